@@ -70,6 +70,13 @@ class FamilyAdapter:
         """The factor the model multiplies Q·Kᵀ by before the softmax."""
         return self.spec(config).head_dim ** -0.5
 
+    def sliding_window(self, config, layer_idx: int) -> int | None:
+        """Keys more than this many positions behind the query are masked (causal sliding window).
+
+        ``None`` (the default) means full attention for this layer.
+        """
+        return None
+
     # ---- locators ----------------------------------------------------------------------------
     def base_model(self, model: nn.Module) -> nn.Module:
         """The bare encoder/decoder inside a task model (``BertForSequenceClassification.bert``)."""
@@ -101,3 +108,59 @@ class FamilyAdapter:
     def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, attention_kwargs: dict):
         """Apply the model's RoPE to q, k [B, H, L, d] given the attention module's kwargs."""
         return q, k
+
+    # ---- student building: sizes, parameter counts, slicing (used by student.py, initialization.py) --
+    #: config key of the number of key/value heads (grouped-query attention); None: K/V have ``num_heads``
+    kv_heads_key: str | None = None
+    #: RoPE rotates the two halves of each head against each other: a narrower head keeps matching halves
+    rotary_half_split: bool = False
+
+    def ffn_size(self, config) -> int:
+        """The FFN (intermediate) width of a config, with the family's default resolved."""
+        return getattr(config, self.config_keys["ffn_size"])
+
+    def parameter_count(self, config, architecture: str | None = None) -> tuple[int, int]:
+        """Closed-form ``(embedding, non_embedding)`` parameter counts of ``architecture`` (a class name
+        such as ``"BertForSequenceClassification"``; default ``config.architectures[0]``, else the bare
+        model) built from ``config``. Embedding = token (+ position, + token-type, + embedding norm)
+        tables; a tied LM head is counted once, there; task heads and poolers are non-embedding.
+        Raises ``KeyError`` for an architecture the family does not know."""
+        raise NotImplementedError
+
+    def block_param_dims(self, config) -> dict[str, tuple[str | None, ...]]:
+        """What each axis of each parameter of one block indexes, keyed by the name inside the block.
+
+        Axis kinds: ``"hidden"`` (model width), ``"heads"`` (query heads x head_dim), ``"kv_heads"``
+        (key/value heads x head_dim), ``"qkv"`` (a fused [q | k | v] projection, each heads x head_dim),
+        ``"ffn"`` (intermediate neurons), ``None`` (not resized). Weights are as stored (GPT-2 Conv1D
+        weights are [in, out])."""
+        raise NotImplementedError
+
+    def outer_param_dims(self, config) -> dict[str, tuple[str | None, ...] | None]:
+        """Like ``block_param_dims`` for parameters outside the blocks (embeddings, final norm, pooler,
+        task heads), keyed by a dotted name suffix. ``None`` instead of a tuple: keep the student's own
+        values (e.g. fixed sinusoidal tables that depend on the width)."""
+        raise NotImplementedError
+
+    def attention_output_module(self, block: nn.Module) -> nn.Module:
+        """The attention output projection; its input is the per-head context [B, L, heads x head_dim]."""
+        raise NotImplementedError
+
+    def ffn_output_module(self, block: nn.Module) -> nn.Module:
+        """The FFN down projection; its input is the intermediate activation [B, L, ffn]."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
+        return n_in * n_out + (n_out if bias else 0)
+
+    @staticmethod
+    def _architecture(config, architecture: str | None) -> str | None:
+        if architecture is None:
+            archs = getattr(config, "architectures", None) or []
+            architecture = archs[0] if archs else None
+        return architecture
+
+    @staticmethod
+    def _tied(config) -> bool:
+        return bool(getattr(config, "tie_word_embeddings", True))

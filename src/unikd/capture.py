@@ -1,0 +1,419 @@
+"""Feature capture: forward hooks that record only what a distillation plan needs.
+
+``FeatureCapture(model, request)`` registers forward hooks on the modules the family adapter points
+at (embedding output, block outputs, the final norm of decoders, the Q/K/V projections and, for
+RoPE models, a pre-hook on the attention module that sees ``position_embeddings``). A call runs the
+model once and returns a :class:`Features` holding just the requested tensors.
+
+The model keeps its attention implementation (SDPA); nothing asks it for ``output_attentions``.
+Attention scores and probabilities are recomputed on demand from the captured Q and K, only for the
+layers a loss asks for, with the same additive mask HF eager attention uses.
+
+Memory: hooks write into per-call buffers that are emptied when the call returns; the returned
+``Features`` owns every tensor, so nothing accumulates over steps. Teacher forwards run under
+``torch.inference_mode()`` and only the captured tensors are copied out to normal tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unikd.errors import ConfigError
+from unikd.families import get_adapter
+
+__all__ = ["CaptureRequest", "Features", "FeatureCapture"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# request
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class CaptureRequest:
+    """What to record. Block indices are 0..N-1; layers in ``attention`` imply their Q and K."""
+
+    embeddings: bool = False
+    hidden: set[int] = field(default_factory=set)
+    qkv: set[int] = field(default_factory=set)
+    attention: set[int] = field(default_factory=set)
+
+    def __post_init__(self):
+        self.hidden = set(self.hidden)
+        self.qkv = set(self.qkv)
+        self.attention = set(self.attention)
+
+    def merge(self, other: CaptureRequest) -> CaptureRequest:
+        """The union of two requests (a new object; neither input is changed)."""
+        return CaptureRequest(
+            embeddings=self.embeddings or other.embeddings,
+            hidden=self.hidden | other.hidden,
+            qkv=self.qkv | other.qkv,
+            attention=self.attention | other.attention,
+        )
+
+    def validate(self, num_layers: int) -> None:
+        """Raise ``ConfigError`` naming ``capture.<field>`` for a layer index outside 0..N-1."""
+        for name in ("hidden", "qkv", "attention"):
+            bad = sorted(
+                (i for i in getattr(self, name) if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers),
+                key=repr,
+            )
+            if bad:
+                raise ConfigError(
+                    f"capture.{name}",
+                    f"layer index {bad} out of range for a model with {num_layers} blocks",
+                    f"use block indices 0..{num_layers - 1} (the embedding output is `embeddings`)",
+                )
+
+
+# ---------------------------------------------------------------------------------------------------
+# features
+# ---------------------------------------------------------------------------------------------------
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """[B, Hkv, L, d] -> [B, Hkv * n_rep, L, d], each KV head repeated for its query group (as HF)."""
+    if n_rep == 1:
+        return x
+    b, h, length, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, length, d).reshape(b, h * n_rep, length, d)
+
+
+@dataclass
+class Features:
+    """The tensors one forward pass recorded (see ``docs/design.md``).
+
+    ``q``/``k``/``v`` are [B, H, L, d] (K/V with the KV head count; Q/K after RoPE), ``hidden[i]`` and
+    ``embeddings`` [B, L, D], ``logits`` [B, C] or [B, L, V], ``attention_mask`` [B, L] (1 = real token).
+    """
+
+    embeddings: Tensor | None
+    hidden: dict[int, Tensor]
+    q: dict[int, Tensor]
+    k: dict[int, Tensor]
+    v: dict[int, Tensor]
+    logits: Tensor | None
+    attention_mask: Tensor
+    causal: bool
+    scalings: dict[int, float]
+    output: Any
+    #: layer -> causal sliding window (Mistral / windowed Qwen2 layers); absent = full attention
+    sliding_windows: dict[int, int] = field(default_factory=dict)
+    _scores: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    _probs: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    _masks: dict[tuple, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def scaling(self) -> float:
+        """The attention scale when it is the same for every captured layer (else use ``scalings``)."""
+        values = set(self.scalings.values())
+        if len(values) != 1:
+            raise ValueError(f"attention scaling differs per layer or is unknown: {self.scalings}; use `scalings[layer]`")
+        return values.pop()
+
+    def _additive_mask(self, dtype: torch.dtype, device: torch.device, window: int | None) -> Tensor:
+        """[B, 1, L, L]: 0 where a query may attend, ``finfo(dtype).min`` elsewhere (as HF eager)."""
+        key = (dtype, device, window)
+        mask = self._masks.get(key)
+        if mask is None:
+            keep = self.attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # [B, 1, 1, Lk]
+            if self.causal:
+                length = keep.shape[-1]
+                pos = torch.arange(length, device=device)
+                allowed = pos[None, :] <= pos[:, None]  # [Lq, Lk]: key at or before the query
+                if window is not None:
+                    allowed = allowed & (pos[None, :] > pos[:, None] - window)
+                keep = keep & allowed
+            zero = torch.zeros((), dtype=dtype, device=device)
+            mask = torch.where(keep, zero, torch.finfo(dtype).min)
+            self._masks[key] = mask
+        return mask
+
+    def _compute_scores(self, layer: int) -> Tensor:
+        if layer not in self.q or layer not in self.k:
+            raise KeyError(
+                f"attention for layer {layer} was not captured; add it to CaptureRequest.attention "
+                f"(captured: {sorted(self.q)})"
+            )
+        q, k = self.q[layer], self.k[layer]
+        if k.dtype != q.dtype:
+            k = k.to(q.dtype)
+        k = _repeat_kv(k, q.shape[1] // k.shape[1])
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scalings[layer]
+        return scores + self._additive_mask(scores.dtype, scores.device, self.sliding_windows.get(layer))
+
+    def attention_scores(self, layer: int) -> Tensor:
+        """[B, H, L, L] pre-softmax scores (scaled, with the additive padding/causal mask); cached."""
+        scores = self._scores.get(layer)
+        if scores is None:
+            scores = self._scores[layer] = self._compute_scores(layer)
+        return scores
+
+    def attention_probs(self, layer: int) -> Tensor:
+        """[B, H, L, L] softmax of ``attention_scores(layer)`` (computed in fp32, returned in Q's dtype); cached."""
+        probs = self._probs.get(layer)
+        if probs is None:
+            scores = self._scores.get(layer)
+            if scores is None:  # do not keep the scores alive when only the probabilities are asked for
+                scores = self._compute_scores(layer)
+            probs = self._probs[layer] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+        return probs
+
+
+# ---------------------------------------------------------------------------------------------------
+# capture
+# ---------------------------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class FeatureCapture:
+    """Hooks on one model that record a :class:`CaptureRequest` on every call.
+
+    ``model`` is what gets called (it may be wrapped by DDP or ``torch.compile``); the hooks are placed
+    on the Hugging Face model inside. Hooks are registered once per module, lazily, the first time a
+    request names its layer; ``set_request`` switches what is recorded without touching them.
+    ``forward_fn`` (default: ``model``) is the callable a capture call runs; set it to the wrapped model
+    when the hooks were placed before ``accelerator.prepare`` so that gradients synchronize.
+    """
+
+    def __init__(self, model: nn.Module, request: CaptureRequest | None = None):
+        self.model = model
+        self.forward_fn = model
+        self.core = core = _unwrap(model)
+        self.adapter = adapter = get_adapter(core)
+        self.config = core.config
+        self.spec = adapter.spec(core.config)
+        self.num_layers = self.spec.num_layers
+        self.head_dim = self.spec.head_dim
+        self.causal = bool(adapter.is_decoder)
+        self._blocks = adapter.blocks(core)
+        self._final_norm = adapter.final_norm(core)
+        self._scalings = [float(adapter.attention_scaling(core.config, i)) for i in range(self.num_layers)]
+        self._windows = [adapter.sliding_window(core.config, i) for i in range(self.num_layers)]
+
+        params = inspect.signature(core.forward).parameters
+        self._accepted = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        self._no_cache = "use_cache" in self._accepted  # decoders would otherwise build a KV cache per step
+
+        self._handles: list = []
+        self._hooked: set = set()
+        # what is recorded (swapped by set_request) and whether a capture call is running
+        self._recording = False
+        self._want_embeddings = False
+        self._want_hidden: frozenset[int] = frozenset()
+        self._want_qk: frozenset[int] = frozenset()
+        self._want_v: frozenset[int] = frozenset()
+        self.request = CaptureRequest()
+        # per-call buffers, emptied when each call returns
+        self._emb: list = []
+        self._hidden: dict[int, Tensor] = {}
+        self._q: dict[int, Tensor] = {}
+        self._k: dict[int, Tensor] = {}
+        self._v: dict[int, Tensor] = {}
+        self._fused: dict[int, Tensor] = {}
+        self._rotary: dict[int, dict] = {}
+        self.set_request(request)
+
+    # ---- request / hooks ---------------------------------------------------------------------
+    def set_request(self, request: CaptureRequest | None) -> None:
+        """Change what is recorded; hooks for layers never requested before are added, none re-added."""
+        request = request if request is not None else CaptureRequest()
+        request.validate(self.num_layers)
+        self.request = request
+        qk = frozenset(request.qkv | request.attention)
+        self._ensure_hooks(request, qk)
+        self._want_embeddings = bool(request.embeddings)
+        self._want_hidden = frozenset(request.hidden)
+        self._want_qk = qk
+        self._want_v = frozenset(request.qkv)
+
+    def _ensure_hooks(self, request: CaptureRequest, qk: frozenset[int]) -> None:
+        if request.embeddings and "emb" not in self._hooked:
+            self._add(self.adapter.embedding_module(self.core).register_forward_hook(self._embedding_hook))
+            self._hooked.add("emb")
+        for i in sorted(request.hidden):
+            if ("hidden", i) not in self._hooked:
+                module = self._blocks[i]
+                if i == self.num_layers - 1 and self._final_norm is not None:
+                    module = self._final_norm  # decoders: the last hidden state is after the final norm
+                self._add(module.register_forward_hook(self._hidden_hook(i)))
+                self._hooked.add(("hidden", i))
+        for i in sorted(qk):
+            if ("qkv", i) not in self._hooked:
+                block = self._blocks[i]
+                modules = self.adapter.qkv_modules(block)
+                if "qkv" in modules:
+                    self._add(modules["qkv"].register_forward_hook(self._fused_hook(i)))
+                else:
+                    self._add(modules["q"].register_forward_hook(self._proj_hook(i, self._q, False)))
+                    self._add(modules["k"].register_forward_hook(self._proj_hook(i, self._k, False)))
+                    self._add(modules["v"].register_forward_hook(self._proj_hook(i, self._v, True)))
+                rotary = self.adapter.rotary_module(block)
+                if rotary is not None:
+                    self._add(rotary.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True))
+                self._hooked.add(("qkv", i))
+
+    def _add(self, handle) -> None:
+        self._handles.append(handle)
+
+    # The hooks: a flag check and a set lookup, nothing else on the forward path.
+    def _embedding_hook(self, module, args, output):
+        if self._recording and self._want_embeddings:
+            self._emb.append(_first(output))
+
+    def _hidden_hook(self, i: int):
+        def hook(module, args, output):
+            if self._recording and i in self._want_hidden:
+                self._hidden[i] = _first(output)
+
+        return hook
+
+    def _proj_hook(self, i: int, store: dict, is_v: bool):
+        def hook(module, args, output):
+            if self._recording and i in (self._want_v if is_v else self._want_qk):
+                store[i] = output
+
+        return hook
+
+    def _fused_hook(self, i: int):
+        def hook(module, args, output):
+            if self._recording and (i in self._want_qk or i in self._want_v):
+                self._fused[i] = output
+
+        return hook
+
+    def _rotary_hook(self, i: int):
+        def hook(module, args, kwargs):
+            if self._recording and i in self._want_qk:
+                self._rotary[i] = kwargs
+
+        return hook
+
+    # ---- the call ----------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._emb.clear()
+        self._hidden.clear()
+        self._q.clear()
+        self._k.clear()
+        self._v.clear()
+        self._fused.clear()
+        self._rotary.clear()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, L, H*d] -> [B, H, L, d] (a view)."""
+        return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
+
+    def __call__(
+        self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None
+    ) -> Features:
+        """Run the model on ``batch`` (a dict of model inputs) and return the requested features.
+
+        Keys the model's ``forward`` does not name are dropped. ``teacher=True`` runs under
+        ``torch.inference_mode()`` and returns normal tensors without grad; otherwise tensors keep
+        their autograd graph. ``autocast_dtype`` runs the forward under ``torch.autocast``.
+        """
+        inputs = {k: v for k, v in batch.items() if k in self._accepted}
+        if self._no_cache and "use_cache" not in inputs:
+            inputs["use_cache"] = False
+        attention_mask = batch.get("attention_mask")
+        if attention_mask is None:
+            ref = batch.get("input_ids")
+            shape = ref.shape if ref is not None else batch["inputs_embeds"].shape[:2]
+            device = (ref if ref is not None else batch["inputs_embeds"]).device
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+
+        with contextlib.ExitStack() as stack:
+            if teacher:
+                stack.enter_context(torch.inference_mode())
+            if autocast_dtype is not None:
+                device_type = next(self.core.parameters()).device.type
+                stack.enter_context(torch.autocast(device_type=device_type, dtype=autocast_dtype))
+            self._clear()
+            self._recording = True
+            try:
+                output = self.forward_fn(**inputs)
+            except BaseException:
+                self._clear()
+                raise
+            finally:
+                self._recording = False
+
+        # Outside inference mode: reshape, split, rotate, and (teacher) copy out the kept tensors.
+        try:
+            with torch.no_grad() if teacher else contextlib.nullcontext():
+                features = self._collect(output, attention_mask, teacher)
+        finally:
+            self._clear()
+        return features
+
+    def _collect(self, output, attention_mask: Tensor, teacher: bool) -> Features:
+        own = (lambda t: t.clone() if t is not None and t.is_inference() else t) if teacher else (lambda t: t)
+
+        q, k, v = {}, {}, {}
+        for i, fused in self._fused.items():
+            parts = self.adapter.split_fused_qkv(self._blocks[i], fused)
+            if i in self._want_qk:
+                q[i], k[i] = self._heads(parts[0]), self._heads(parts[1])
+            if i in self._want_v:
+                v[i] = self._heads(parts[2])
+        for i, t in self._q.items():
+            q[i] = self._heads(t)
+        for i, t in self._k.items():
+            k[i] = self._heads(t)
+        for i, t in self._v.items():
+            v[i] = self._heads(t)
+        for i, kwargs in self._rotary.items():
+            if i in q and i in k:
+                # a functional op on inference tensors outside inference mode returns a normal tensor
+                q[i], k[i] = self.adapter.apply_rotary(q[i], k[i], kwargs)
+
+        logits = getattr(output, "logits", None)
+        if teacher and logits is not None and logits.is_inference():
+            logits = logits.clone()
+            with contextlib.suppress(Exception):
+                output.logits = logits  # keep one copy, not an inference twin alongside it
+
+        layers = q.keys() | v.keys()
+        return Features(
+            embeddings=own(self._emb[-1]) if self._emb else None,
+            hidden={i: own(t) for i, t in sorted(self._hidden.items())},
+            q={i: own(t) for i, t in sorted(q.items())},
+            k={i: own(t) for i, t in sorted(k.items())},
+            v={i: own(t) for i, t in sorted(v.items())},
+            logits=logits,
+            attention_mask=attention_mask,
+            causal=self.causal,
+            scalings={i: self._scalings[i] for i in sorted(layers)},
+            output=output,
+            sliding_windows={i: self._windows[i] for i in sorted(layers) if self._windows[i] is not None},
+        )
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Remove every hook and drop any buffered tensor."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._hooked.clear()
+        self._clear()
+
+    def __enter__(self) -> FeatureCapture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

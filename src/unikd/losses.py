@@ -1,0 +1,403 @@
+"""Distillation losses: a registry of short functions, one per loss.
+
+Conventions (every function):
+
+* student tensor first, teacher second;
+* masks are ``[B, L]`` with 1 = real token (attention losses take a boolean ``valid`` map of
+  ``[B, 1 or H, L, L]`` from :func:`valid_pairs` instead);
+* the result is a float32 scalar: the mean over the valid positions;
+* inputs are cast to float32 (``.float()``), so bf16/fp16 features are safe;
+* padded positions contribute nothing: they are replaced by a neutral value with ``torch.where``
+  *before* any arithmetic, so changing them (even to ``inf``/``nan``/``finfo.min``) changes neither
+  the loss nor the gradients;
+* teacher tensors are detached: gradients only ever reach the student.
+
+Registry: ``LOSSES[group][name] -> fn`` with groups ``logits``, ``hidden``, ``attention``,
+``relation``; :func:`get_loss` looks names up and raises :class:`~unikd.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unikd.errors import ConfigError
+
+__all__ = [
+    "LOSSES",
+    "WIDTH_FREE_HIDDEN_LOSSES",
+    "attention_ce",
+    "attention_kl",
+    "attention_mse",
+    "cosine",
+    "fsp",
+    "get_loss",
+    "gram",
+    "hidden_mse",
+    "kl_div",
+    "logits_mse",
+    "masked_softmax",
+    "mmd",
+    "nst",
+    "pkd",
+    "reduce_heads",
+    "relation_kl",
+    "soft_cross_entropy",
+    "valid_pairs",
+]
+
+#: floor for probabilities inside ``log`` (attention KL / CE)
+EPS = 1e-12
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _row_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Bool mask over all dims of ``x`` but the last (``[B]``, ``[B, L]``); all True if None."""
+    rows = x.shape[:-1]
+    if mask is None:
+        return torch.ones(rows, dtype=torch.bool, device=x.device)
+    if tuple(mask.shape) != tuple(rows):
+        raise ConfigError(
+            "mask",
+            f"shape {tuple(mask.shape)} does not match the leading dims {tuple(rows)} of the input",
+            "pass a [B, L] mask (1 = real token) for [B, L, D] inputs, or no mask",
+        )
+    return mask.to(device=x.device).bool()
+
+
+def _same_shape(s: Tensor, t: Tensor, what: str) -> None:
+    if s.shape != t.shape:
+        raise ConfigError(
+            what,
+            f"student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}",
+            "project the student to the teacher width (plan projections) or use a width-free loss",
+        )
+
+
+def _zero_invalid(x: Tensor, m: Tensor, fill: float = 0.0) -> Tensor:
+    """float32 copy of ``x`` with rows where ``m`` (x.shape[:-1]) is False set to ``fill``."""
+    return torch.where(m.unsqueeze(-1), x.float(), fill)
+
+
+def _masked_mean(values: Tensor, m: Tensor) -> Tensor:
+    """Mean of ``values`` over positions where ``m`` is True (0 if there are none)."""
+    m = m.expand_as(values)
+    return torch.where(m, values, 0.0).sum() / m.sum().clamp_min(1)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ConfigError("temperature", f"must be > 0, got {temperature}", "use e.g. 1.0 to 8.0")
+
+
+# ---- logits ----------------------------------------------------------------------------------
+def _logit_log_probs(s, t, temperature, mask):
+    _check_temperature(temperature)
+    _same_shape(s, t, "logits")
+    m = _row_mask(s, mask)
+    s = _zero_invalid(s, m) / temperature
+    t = _zero_invalid(t.detach(), m) / temperature
+    return F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), m
+
+
+def soft_cross_entropy(
+    s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True
+) -> Tensor:
+    """Soft cross-entropy −Σ softmax(t/T)·log_softmax(s/T), mean over valid rows, ×T² if t2_scaling.
+
+    s, t: ``[B, C]`` (sequence level) or ``[B, L, V]`` (token level); mask: ``[B, L]`` (0 = ignore,
+    e.g. ``labels == -100``) or None. Returns a scalar.
+    """
+    log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
+    p = log_p.exp()
+    ce = -torch.where(p > 0, p * log_q, 0.0).sum(-1)
+    loss = _masked_mean(ce, m)
+    return loss * temperature**2 if t2_scaling else loss
+
+
+def kl_div(
+    s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True
+) -> Tensor:
+    """KL(teacher ‖ student) = Σ p_t (log p_t − log p_s) at temperature T, mean over valid rows, ×T².
+
+    s, t: ``[B, C]`` or ``[B, L, V]``; mask: ``[B, L]`` or None. Returns a scalar.
+    Equals soft_cross_entropy minus the teacher's entropy.
+    """
+    log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
+    p = log_p.exp()
+    kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    loss = _masked_mean(kl, m)
+    return loss * temperature**2 if t2_scaling else loss
+
+
+def logits_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error of raw logits, mean over valid rows and classes.
+
+    s, t: ``[B, C]`` or ``[B, L, V]``; mask: ``[B, L]`` or None. Returns a scalar.
+    """
+    return _mse(s, t, mask, "logits")
+
+
+def _mse(s: Tensor, t: Tensor, mask: Tensor | None, what: str) -> Tensor:
+    _same_shape(s, t, what)
+    m = _row_mask(s, mask)
+    diff = _zero_invalid(s, m) - _zero_invalid(t.detach(), m)
+    return (diff**2).sum() / (m.sum().clamp_min(1) * s.shape[-1])
+
+
+# ---- hidden states / embeddings --------------------------------------------------------------
+def hidden_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MSE over valid tokens and features (TinyBERT hidden/embedding loss).
+
+    s, t: ``[B, L, D]`` (student already projected to the teacher width); mask: ``[B, L]``.
+    """
+    return _mse(s, t, mask, "hidden")
+
+
+def cosine(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """1 − cos(s_i, t_i) per valid token, mean (DistilBERT's cosine embedding loss).
+
+    s, t: ``[B, L, D]``; mask: ``[B, L]``.
+    """
+    _same_shape(s, t, "hidden")
+    m = _row_mask(s, mask)
+    cos = F.cosine_similarity(_zero_invalid(s, m), _zero_invalid(t.detach(), m), dim=-1, eps=1e-8)
+    return _masked_mean(1.0 - cos, m)
+
+
+def pkd(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """BERT-PKD: ‖s₀/‖s₀‖ − t₀/‖t₀‖‖² summed over features, mean over the batch.
+
+    s, t: ``[B, L, D]``; the vector used is the first token ([CLS]) or, with a mask ``[B, L]``,
+    each example's first valid token (left padding). Examples without valid tokens are skipped.
+    """
+    _same_shape(s, t, "hidden")
+    m = _row_mask(s, mask)
+    first = m.int().argmax(dim=1)  # index of the first True per example
+    has = m.any(dim=1)
+    rows = torch.arange(s.shape[0], device=s.device)
+    s0 = torch.where(has[:, None], s[rows, first].float(), 0.0)
+    t0 = torch.where(has[:, None], t.detach()[rows, first].float(), 0.0)
+    d = F.normalize(s0, dim=-1) - F.normalize(t0, dim=-1)
+    return _masked_mean((d**2).sum(-1), has)
+
+
+def gram(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MSE between token Gram matrices H·Hᵀ/D (each side its own D), mean over valid token pairs.
+
+    s: ``[B, L, Ds]``, t: ``[B, L, Dt]`` (widths may differ); mask: ``[B, L]``.
+    """
+    m = _row_mask(s, mask)
+    hs, ht = _zero_invalid(s, m), _zero_invalid(t.detach(), m)
+    gs = hs @ hs.transpose(1, 2) / hs.shape[-1]
+    gt = ht @ ht.transpose(1, 2) / ht.shape[-1]
+    pairs = m[:, :, None] & m[:, None, :]
+    return _masked_mean((gs - gt) ** 2, pairs)
+
+
+def fsp(s_in: Tensor, s_out: Tensor, t_in: Tensor, t_out: Tensor, mask: Tensor | None = None) -> Tensor:
+    """FSP (flow of solution procedure): MSE between G = F_inᵀ·F_out / n_valid_tokens.
+
+    s_in, t_in: ``[B, L, D_in]``; s_out, t_out: ``[B, L, D_out]`` — teacher and student widths must
+    be equal; mask: ``[B, L]``. G is ``[B, D_in, D_out]``; mean over examples with valid tokens and
+    matrix entries.
+    """
+    _same_shape(s_in, t_in, "hidden.fsp")
+    _same_shape(s_out, t_out, "hidden.fsp")
+    m = _row_mask(s_in, mask)
+    n = m.sum(1).clamp_min(1).float()[:, None, None]
+
+    def flow(a, b):
+        return torch.einsum("bld,ble->bde", _zero_invalid(a, m), _zero_invalid(b, m)) / n
+
+    g = (flow(s_in, s_out) - flow(t_in.detach(), t_out.detach())) ** 2
+    return _masked_mean(g.mean(dim=(1, 2)), m.any(1))
+
+
+def nst(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Neuron Selectivity Transfer: MMD² with the polynomial kernel k(x, y) = (xᵀy)².
+
+    s: ``[B, L, Ds]``, t: ``[B, L, Dt]`` (widths may differ); mask: ``[B, L]``. Per example, every
+    channel is a vector over the valid tokens, L2-normalized; MMD² = mean k(t,t') + mean k(s,s')
+    − 2 mean k(s,t) over channel pairs; mean over examples with valid tokens.
+    """
+    m = _row_mask(s, mask)
+    xs = F.normalize(_zero_invalid(s, m), dim=1)  # [B, L, Ds], unit channels over tokens
+    xt = F.normalize(_zero_invalid(t.detach(), m), dim=1)
+    # Σ_ij (x_iᵀ y_j)² = ‖XᵀY‖²_F = Σ (XXᵀ)∘(YYᵀ): token-by-token products, cheap for any width
+    ks, kt = xs @ xs.transpose(1, 2), xt @ xt.transpose(1, 2)
+    ds, dt = xs.shape[-1], xt.shape[-1]
+    mmd2 = (kt * kt).sum((1, 2)) / dt**2 + (ks * ks).sum((1, 2)) / ds**2 - 2 * (ks * kt).sum((1, 2)) / (ds * dt)
+    return _masked_mean(mmd2, m.any(1))
+
+
+mmd = nst
+
+
+# ---- attention maps --------------------------------------------------------------------------
+def valid_pairs(attention_mask: Tensor, causal: bool) -> Tensor:
+    """Bool ``[B, 1, L, L]``: query valid AND key valid AND (if causal) key ≤ query.
+
+    attention_mask: ``[B, L]`` (1 = real token).
+    """
+    m = attention_mask.bool()
+    v = m[:, None, :, None] & m[:, None, None, :]
+    if causal:
+        L = m.shape[1]
+        v = v & torch.ones(L, L, dtype=torch.bool, device=m.device).tril()
+    return v
+
+
+def reduce_heads(maps: Tensor, mode: str, field: str = "heads") -> Tensor:
+    """Combine heads: ``per_head`` keeps ``[B, H, L, L]``; ``sum``/``mean`` give ``[B, 1, L, L]``."""
+    maps = maps.float()
+    if mode == "per_head":
+        return maps
+    if mode == "sum":
+        return maps.sum(1, keepdim=True)
+    if mode == "mean":
+        return maps.mean(1, keepdim=True)
+    raise ConfigError(field, f"unknown head reduction {mode!r}", "use one of per_head, sum, mean")
+
+
+def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
+    """float32 softmax over the last dim of ``scores`` ``[B, H, L, L]`` restricted to ``valid``.
+
+    Invalid keys get probability 0; a row without any valid key is all zeros (no NaN, no NaN grad).
+    """
+    x = torch.where(valid, scores.float(), float("-inf"))
+    x = torch.where(valid.any(-1, keepdim=True), x, 0.0)
+    return torch.where(valid, torch.softmax(x, dim=-1), 0.0)
+
+
+def _all_valid(x: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return torch.ones_like(x, dtype=torch.bool)
+    return valid.to(device=x.device).bool().expand_as(x)
+
+
+def attention_mse(s: Tensor, t: Tensor, valid: Tensor | None = None) -> Tensor:
+    """MSE of attention maps (scores or probabilities), mean over valid pairs and heads.
+
+    s, t: ``[B, H, L, L]`` (same H); valid: ``[B, 1, L, L]`` or ``[B, H, L, L]`` bool. Invalid
+    entries are ignored even when they hold −inf / finfo.min.
+    """
+    _same_shape(s, t, "attention")
+    v = _all_valid(s, valid)
+    d = torch.where(v, s.float(), 0.0) - torch.where(v, t.detach().float(), 0.0)
+    return (d**2).sum() / v.sum().clamp_min(1)
+
+
+def _attention_terms(s_probs, t_probs, valid):
+    _same_shape(s_probs, t_probs, "attention")
+    v = _all_valid(s_probs, valid)
+    p = torch.where(v, t_probs.detach().float(), 0.0)
+    log_q = torch.log(torch.where(v, s_probs.float(), 1.0).clamp_min(EPS))
+    return p, log_q, v
+
+
+def attention_kl(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Σ_keys t·(log t − log s) over valid keys (0·log0 = 0), mean over valid query rows and heads.
+
+    s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
+    """
+    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
+    log_p = torch.log(torch.where(p > 0, p, 1.0))
+    rows = (p * (log_p - log_q)).sum(-1)
+    return _masked_mean(rows, v.any(-1))
+
+
+def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
+    """−Σ_keys t·log s over valid keys, mean over valid query rows and heads.
+
+    s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
+    """
+    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
+    return _masked_mean(-(p * log_q).sum(-1), v.any(-1))
+
+
+# ---- relations (MiniLM / MiniLMv2) -----------------------------------------------------------
+def _relation_log_probs(x: Tensor, heads: int, valid: Tensor, side: str) -> Tensor:
+    B, L, W = x.shape
+    if heads < 1 or W % heads:
+        raise ConfigError(
+            "num_relation_heads",
+            f"{heads} does not divide the {side} width {W}",
+            "choose a relation head count that divides both the teacher and student Q/K/V widths",
+        )
+    d = W // heads
+    xh = x.view(B, L, heads, d).transpose(1, 2)  # [B, A, L, d]
+    scores = xh @ xh.transpose(-1, -2) / math.sqrt(d)
+    scores = torch.where(valid, scores, float("-inf"))
+    scores = torch.where(valid.any(-1, keepdim=True), scores, 0.0)
+    return torch.log_softmax(scores, dim=-1)
+
+
+def relation_kl(
+    s_x: Tensor,
+    t_x: Tensor,
+    num_relation_heads: int,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+) -> Tensor:
+    """MiniLM / MiniLMv2 self-attention relation KL(R_teacher ‖ R_student).
+
+    s_x: ``[B, L, Ws]``, t_x: ``[B, L, Wt]`` — one layer's Q (or K or V), all attention heads
+    concatenated; mask: ``[B, L]``; causal: restrict keys to ≤ query (decoders). Each side is
+    re-split into ``num_relation_heads`` heads of size W/A_r; R = softmax(x_h·x_hᵀ/√(W/A_r)) over
+    valid keys; KL summed over keys, mean over valid query rows, relation heads and batch.
+    MiniLM's value relation is this on V with A_r = the number of attention heads.
+    """
+    if s_x.shape[:2] != t_x.shape[:2]:
+        raise ConfigError(
+            "relation", f"student {tuple(s_x.shape)} and teacher {tuple(t_x.shape)} differ in [B, L]",
+            "feed the same batch to teacher and student",
+        )
+    m = _row_mask(s_x, mask)
+    v = valid_pairs(m, causal)  # [B, 1, L, L]
+    log_q = _relation_log_probs(_zero_invalid(s_x, m), num_relation_heads, v, "student")
+    log_p = _relation_log_probs(_zero_invalid(t_x.detach(), m), num_relation_heads, v, "teacher")
+    p = log_p.exp()
+    kl = torch.where(v & (p > 0), p * (log_p - log_q), 0.0).sum(-1)  # [B, A, L]
+    return _masked_mean(kl, v.any(-1))
+
+
+# ---- registry --------------------------------------------------------------------------------
+LOSSES: dict[str, dict[str, Callable[..., Tensor]]] = {
+    "logits": {"soft_ce": soft_cross_entropy, "kl": kl_div, "mse": logits_mse},
+    "hidden": {
+        "mse": hidden_mse,
+        "cosine": cosine,
+        "pkd": pkd,
+        "gram": gram,
+        "fsp": fsp,
+        "nst": nst,
+        "mmd": mmd,
+    },
+    "attention": {"mse": attention_mse, "kl": attention_kl, "ce": attention_ce},
+    "relation": {"kl": relation_kl},
+}
+
+#: hidden-state losses that compare teacher and student of different widths without a projection
+WIDTH_FREE_HIDDEN_LOSSES = {"gram", "nst", "mmd"}
+
+
+def get_loss(group: str, name: str, field: str = "loss") -> Callable[..., Tensor]:
+    """``LOSSES[group][name]``, or a ConfigError naming ``field`` and listing the valid names."""
+    if group not in LOSSES:
+        raise ConfigError(
+            field, f"unknown knowledge group {group!r}", f"use one of {', '.join(sorted(LOSSES))}"
+        )
+    losses = LOSSES[group]
+    if name not in losses:
+        raise ConfigError(
+            field,
+            f"unknown {group} loss {name!r}",
+            f"use one of {', '.join(sorted(losses))}",
+        )
+    return losses[name]

@@ -1,0 +1,176 @@
+"""GLUE metrics, computed with scikit-learn and scipy.
+
+``compute_metrics(task, predictions, labels)`` returns the task's metrics plus ``"score"``, the
+task's GLUE score as a fraction in [0, 1] (correlations in [-1, 1]):
+
+=========================  ==========================================  ===========================
+task                       metrics                                     score
+=========================  ==========================================  ===========================
+sst2, mnli, qnli, rte,     ``accuracy``                                accuracy
+wnli
+mrpc, qqp                  ``accuracy``, ``f1`` (positive class 1)     mean(accuracy, f1)
+cola                       ``matthews_correlation``                    matthews_correlation
+stsb                       ``pearson``, ``spearman``                   mean(pearson, spearman)
+=========================  ==========================================  ===========================
+
+``glue_average(results)`` is the unweighted mean of the entries' ``"score"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from unikd.data import GLUE_TASKS, TaskInfo, _resolve
+from unikd.errors import ConfigError
+
+__all__ = ["compute_metrics", "glue_average", "TASK_METRICS"]
+
+#: task -> metric keys returned by ``compute_metrics`` besides ``"score"``
+TASK_METRICS: dict[str, tuple[str, ...]] = {name: info.metric_names for name, info in GLUE_TASKS.items()}
+
+
+def _to_numpy(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, tuple):  # e.g. HF EvalPrediction.predictions = (logits, hidden_states, ...)
+        if not x:
+            raise ConfigError(f"metrics.{what}", "is an empty tuple", f"pass the {what} as an array")
+        x = x[0]
+    if hasattr(x, "detach"):  # torch tensor (any dtype/device, incl. bfloat16)
+        x = x.detach().cpu()
+        x = x.float() if x.is_floating_point() else x
+        x = x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ConfigError(f"metrics.{what}", "could not be converted to a numeric array (ragged?)", f"pass the {what} as one [N] or [N, C] array")
+    return arr
+
+
+def _class_ids(info: TaskInfo, preds: np.ndarray) -> np.ndarray:
+    if preds.ndim == 2 and preds.shape[1] == 1:
+        preds = preds[:, 0]
+    if preds.ndim == 2:
+        if preds.shape[1] != info.num_labels:
+            raise ConfigError(
+                "metrics.predictions",
+                f"logits have {preds.shape[1]} classes but {info.name} has {info.num_labels}",
+                f"pass logits shaped [N, {info.num_labels}] or class ids shaped [N]",
+            )
+        return preds.argmax(axis=-1)
+    if preds.ndim != 1:
+        raise ConfigError("metrics.predictions", f"expected shape [N] or [N, C], got {list(preds.shape)}", "pass logits [N, C] or class ids [N]")
+    if np.issubdtype(preds.dtype, np.floating):
+        if not np.all(np.isfinite(preds)) or not np.all(preds == np.round(preds)):
+            raise ConfigError(
+                "metrics.predictions",
+                f"1-D float predictions for classification task {info.name} are not class ids",
+                f"pass logits [N, {info.num_labels}] or integer class ids",
+            )
+    ids = preds.astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= info.num_labels):
+        raise ConfigError("metrics.predictions", f"class ids must be in 0..{info.num_labels - 1}, got {ids.min()}..{ids.max()}", "pass argmax class ids or logits")
+    return ids
+
+
+def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation, or 0.0 where it is undefined (a constant input: e.g. a collapsed regressor)."""
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return 0.0
+    value = float(fn(a, b)[0])
+    return 0.0 if math.isnan(value) else value
+
+
+def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
+    """GLUE metrics for ``task``.
+
+    Args:
+        task: a GLUE task name (any alias accepted by ``unikd.data.resolve_task``: "SST-2",
+            "mnli-mm", ...).
+        predictions: logits ``[N, C]`` or class ids ``[N]`` for classification; scores ``[N]`` or
+            ``[N, 1]`` for STS-B. numpy arrays, lists or torch tensors; for a tuple (as in HF's
+            ``EvalPrediction``) the first element is used.
+        labels: ``[N]`` gold class ids (float scores for STS-B). Unlabelled test rows (-1) are an
+            error: GLUE test labels are not public.
+
+    Returns:
+        ``{metric: value, ..., "score": task GLUE score}`` as Python floats; fractions in 0-1
+        (accuracy, F1), correlations in -1..1. An undefined correlation (constant predictions or
+        labels) is reported as 0.0, as scikit-learn does for the Matthews correlation.
+    """
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    info, _ = _resolve(task, "metrics.task")
+    preds = _to_numpy(predictions, "predictions")
+    gold = _to_numpy(labels, "labels")
+    if gold.ndim == 2 and gold.shape[1] == 1:
+        gold = gold[:, 0]
+    if gold.ndim != 1:
+        raise ConfigError("metrics.labels", f"expected shape [N], got {list(gold.shape)}", "pass one label per example")
+    if len(preds) != len(gold):
+        raise ConfigError("metrics.predictions", f"{len(preds)} predictions for {len(gold)} labels", "pass one prediction per labelled example")
+    if len(gold) == 0:
+        raise ConfigError("metrics.labels", "no examples to score", "evaluate on a non-empty split")
+
+    if info.is_regression:
+        if preds.ndim == 2 and preds.shape[1] == 1:
+            preds = preds[:, 0]
+        if preds.ndim != 1:
+            raise ConfigError("metrics.predictions", f"STS-B predictions must be [N] or [N, 1], got {list(preds.shape)}", "pass the regression head's output")
+        preds = preds.astype(np.float64)
+        gold = gold.astype(np.float64)
+        if np.all(gold == -1):
+            raise ConfigError("metrics.labels", "all labels are -1 (the unlabelled test split)", "score the validation split; GLUE test labels are not public")
+        pearson = _correlation(pearsonr, preds, gold)
+        spearman = _correlation(spearmanr, preds, gold)
+        return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
+
+    ids = _class_ids(info, preds)
+    if np.issubdtype(gold.dtype, np.floating) and not np.all(gold == np.round(gold)):
+        raise ConfigError("metrics.labels", f"labels for {info.name} must be class ids", "pass integer labels")
+    gold = gold.astype(np.int64)
+    if np.any(gold < 0):
+        raise ConfigError("metrics.labels", "labels contain -1 (unlabelled test rows)", "score the validation split; GLUE test labels are not public")
+    if np.any(gold >= info.num_labels):
+        raise ConfigError("metrics.labels", f"labels must be in 0..{info.num_labels - 1}, got max {gold.max()}", "pass class ids as in unikd.data.load_glue")
+
+    if info.name == "cola":
+        mcc = float(matthews_corrcoef(gold, ids))
+        return {"matthews_correlation": mcc, "score": mcc}
+    acc = float(accuracy_score(gold, ids))
+    if info.name in ("mrpc", "qqp"):
+        f1 = float(f1_score(gold, ids, pos_label=1, average="binary", zero_division=0.0))
+        return {"accuracy": acc, "f1": f1, "score": (acc + f1) / 2}
+    return {"accuracy": acc, "score": acc}
+
+
+def glue_average(results: Mapping[str, Mapping[str, float] | float], exclude: tuple[str, ...] = ()) -> float:
+    """Unweighted mean of the task scores in ``results``.
+
+    ``results`` maps task names (any alias) to ``compute_metrics`` dicts (their ``"score"`` is used)
+    or to plain score floats. Every entry counts once, so MNLI reported as ``"mnli-m"`` and
+    ``"mnli-mm"`` counts as two entries, as the two MNLI columns do in the averages of the GLUE
+    leaderboard tables and of BERT/TinyBERT/MiniLM-style result tables; a single ``"mnli"`` entry
+    counts once. Tasks in ``exclude`` (aliases accepted, e.g. ``("wnli",)`` as in BERT's average)
+    are left out; ``exclude=("mnli",)`` drops both MNLI entries.
+
+    Raises ``ConfigError`` for an unknown task, an entry without ``"score"`` or nothing to average.
+    """
+    excluded = {_resolve(t, "metrics.exclude")[0].name for t in exclude}
+    scores: list[float] = []
+    for task, entry in results.items():
+        info, _ = _resolve(task, "metrics.results")
+        if info.name in excluded:
+            continue
+        if isinstance(entry, Mapping):
+            if "score" not in entry:
+                raise ConfigError(f"metrics.results[{task!r}]", "has no 'score' key", "pass the dict returned by compute_metrics")
+            value = entry["score"]
+        else:
+            value = entry
+        scores.append(float(value))
+    if not scores:
+        raise ConfigError("metrics.results", "no task scores to average", "pass {task: compute_metrics(...)} for at least one task")
+    return float(np.mean(scores))

@@ -1,0 +1,107 @@
+"""Teacher-output caching for multi-epoch task distillation.
+
+In the task stage the teacher is frozen, in eval mode, and sees the same rows every epoch, so its
+logits are a pure function of the row. The first epoch stores them in a memory-mapped file (optionally
+only the top-k logits per row); later epochs read them back and skip the teacher forward pass.
+Only logits-only plans qualify: intermediate features are far too large to keep per row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unikd.capture import Features
+from unikd.errors import ConfigError
+from unikd.io import atomic_write_json
+
+# Logits outside the stored top-k are filled this far below the k-th largest: their softmax mass is
+# ~e^-30 of it, and the value stays finite so KL/CE never see inf - inf.
+_TOPK_FILL_MARGIN = 30.0
+
+
+class TeacherLogitCache:
+    """Per-row teacher logits on disk: ``store`` during the first pass, ``lookup`` afterwards."""
+
+    def __init__(self, directory: str | Path, num_rows: int, *, topk: int | None = None, key: dict | None = None):
+        self.directory = Path(directory)
+        self.num_rows = num_rows
+        self.topk = topk
+        self.key = {"num_rows": num_rows, "topk": topk, **(key or {})}
+        self._values: np.memmap | None = None
+        self._indices: np.memmap | None = None
+        self._filled: np.memmap | None = None
+        self._num_classes: int | None = None
+        meta = self.directory / "meta.json"
+        if meta.is_file():
+            stored = json.loads(meta.read_text())
+            if stored.get("key") == self.key:
+                self._open(stored["num_classes"], mode="r+")
+
+    @staticmethod
+    def check_plan(plan, field: str = "train.teacher_cache") -> None:
+        plan = getattr(plan, "module", plan)
+        others = [t.knowledge for t in plan.config.terms if t.knowledge != "logits"]
+        if others:
+            raise ConfigError(field, f"the teacher cache stores logits only, but the plan also uses {sorted(set(others))}",
+                              "set train.teacher_cache=false, or use a logits-only plan")
+
+    def _open(self, num_classes: int, mode: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        width = self.topk or num_classes
+        self._num_classes = num_classes
+        self._values = np.lib.format.open_memmap(self.directory / "values.npy", mode=mode, dtype=np.float32,
+                                                 shape=(self.num_rows, width))
+        if self.topk:
+            self._indices = np.lib.format.open_memmap(self.directory / "indices.npy", mode=mode, dtype=np.int64,
+                                                      shape=(self.num_rows, width))
+        self._filled = np.lib.format.open_memmap(self.directory / "filled.npy", mode=mode, dtype=np.bool_,
+                                                 shape=(self.num_rows,))
+        if mode == "w+":
+            atomic_write_json(self.directory / "meta.json", {"key": self.key, "num_classes": num_classes})
+
+    def store(self, idx: torch.Tensor, features: Features) -> None:
+        """Record the teacher logits [B, C] of rows ``idx`` [B]."""
+        logits = features.logits.detach().float()
+        if logits.dim() != 2:
+            raise ConfigError("train.teacher_cache", "only sequence-level logits [B, C] can be cached",
+                              "disable the teacher cache for token-level (general-stage) distillation")
+        if self._values is None:
+            self._open(logits.shape[-1], mode="w+")
+        rows = idx.cpu().numpy()
+        if self.topk:
+            values, indices = logits.topk(min(self.topk, logits.shape[-1]), dim=-1)
+            self._values[rows] = values.cpu().numpy()
+            self._indices[rows] = indices.cpu().numpy()
+        else:
+            self._values[rows] = logits.cpu().numpy()
+        self._filled[rows] = True
+
+    def lookup(self, idx: torch.Tensor, batch: dict) -> Features | None:
+        """Cached teacher features for rows ``idx``, or None when any row is not stored yet."""
+        if self._filled is None:
+            return None
+        rows = idx.cpu().numpy()
+        if not bool(self._filled[rows].all()):
+            return None
+        device = idx.device
+        values = torch.from_numpy(np.asarray(self._values[rows])).to(device)
+        if self.topk:
+            indices = torch.from_numpy(np.asarray(self._indices[rows])).to(device)
+            fill = values.min(dim=-1, keepdim=True).values - _TOPK_FILL_MARGIN
+            logits = fill.expand(-1, self._num_classes).clone().scatter_(-1, indices, values)
+        else:
+            logits = values
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(batch["input_ids"])
+        return Features(embeddings=None, hidden={}, q={}, k={}, v={}, logits=logits, attention_mask=mask,
+                        causal=False, scalings={}, output=None)
+
+    def flush(self) -> None:
+        for array in (self._values, self._indices, self._filled):
+            if array is not None:
+                array.flush()

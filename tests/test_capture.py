@@ -1,0 +1,303 @@
+"""FeatureCapture against Hugging Face's own outputs, for every supported family (tiny random models)."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+import transformers as T
+
+from unikd.capture import CaptureRequest, FeatureCapture, Features
+from unikd.errors import ConfigError
+from unikd.families import get_adapter
+
+VOCAB = 97
+LENGTHS = [7, 4, 6]  # right padding to 7
+TOL = 1e-5
+
+
+def _configs():
+    enc = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_labels=3)
+    dec = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
+    return {
+        "bert": (T.BertForSequenceClassification, T.BertConfig(**enc)),
+        "roberta": (T.RobertaForSequenceClassification, T.RobertaConfig(**enc, pad_token_id=1)),
+        # embedding_size != hidden_size: the embedding output is ELECTRA's projected embeddings
+        "electra": (T.ElectraForSequenceClassification, T.ElectraConfig(**enc, embedding_size=16)),
+        "distilbert": (T.DistilBertForSequenceClassification, T.DistilBertConfig(
+            vocab_size=VOCAB, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3)),
+        # per-layer scaling (1/sqrt(d) / (layer+1)) exercises adapter.attention_scaling
+        "gpt2": (T.GPT2LMHeadModel, T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                                 scale_attn_by_inverse_layer_idx=True, bos_token_id=0,
+                                                 eos_token_id=0)),
+        "llama": (T.LlamaForCausalLM, T.LlamaConfig(**dec)),
+        # windowed layers 1..2 only (window 3 < sequence length 7)
+        "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**dec, use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+        "mistral": (T.MistralForCausalLM, T.MistralConfig(**dec, sliding_window=4)),
+    }
+
+
+CONFIGS = _configs()
+FAMILIES = list(CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            cls, config = CONFIGS[name]
+            model = cls(copy.deepcopy(config)).eval()
+            cache[name] = model
+        return cache[name]
+
+    return get
+
+
+def _batch(model, labels=False):
+    g = torch.Generator().manual_seed(1)
+    length = max(LENGTHS)
+    ids = torch.randint(3, VOCAB, (len(LENGTHS), length), generator=g)
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(LENGTHS):
+        mask[b, :n] = 1
+    ids = ids.masked_fill(mask == 0, model.config.pad_token_id or 0)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if model.config.model_type == "bert":
+        batch["token_type_ids"] = torch.zeros_like(ids)
+    batch["an_unknown_key"] = torch.zeros(1)  # dropped: not a forward argument
+    if labels:
+        batch["labels"] = ids.masked_fill(mask == 0, -100) if get_adapter(model).is_decoder else torch.tensor([0, 1, 2])
+    return batch
+
+
+def _valid(t: torch.Tensor, mask: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """Per example, the rows of ``t`` (along ``dim``, after batch) at real-token positions."""
+    return [t[b].narrow(dim - 1, 0, int(mask[b].sum())) for b in range(t.shape[0])]
+
+
+def _assert_close_valid(a, b, mask, dim=1):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    for x, y in zip(_valid(a, mask, dim), _valid(b, mask, dim)):
+        torch.testing.assert_close(x, y, atol=TOL, rtol=TOL)
+
+
+def _all_layers(model) -> set[int]:
+    return set(range(get_adapter(model).spec(model.config).num_layers))
+
+
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_hf_eager_attention_and_hidden_states(models, family):
+    model = models(family)
+    assert model.config._attn_implementation == "sdpa"
+    layers = _all_layers(model)
+    batch = _batch(model)
+    inputs = {k: v for k, v in batch.items() if k != "an_unknown_key"}
+    mask = batch["attention_mask"]
+
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        ref_eager = eager(**inputs, output_attentions=True)
+        ref = model(**inputs, output_hidden_states=True)  # a plain call: the capture hooks record nothing
+
+    with FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers)) as cap:
+        with torch.no_grad():
+            f = cap(batch)
+        assert model.config._attn_implementation == "sdpa"
+        assert cap._hidden == {} and cap._q == {}  # nothing left behind after the call
+
+    spec = get_adapter(model).spec(model.config)
+    B, L = mask.shape
+    for i in sorted(layers):
+        assert f.q[i].shape == (B, spec.num_heads, L, spec.head_dim)
+        assert f.k[i].shape == f.v[i].shape == (B, spec.num_kv_heads, L, spec.head_dim)
+        probs = f.attention_probs(i)
+        assert probs.shape == (B, spec.num_heads, L, L)
+        _assert_close_valid(probs, ref_eager.attentions[i], mask, dim=2)
+        # scores: softmax of them is the probs; masked keys carry the dtype minimum exactly
+        scores = f.attention_scores(i)
+        assert f.attention_scores(i) is scores and f.attention_probs(i) is probs  # cached
+        torch.testing.assert_close(torch.softmax(scores, -1), probs)
+        key_pad = mask[:, None, None, :] == 0
+        assert (scores.masked_select(key_pad.expand_as(scores)) <= torch.finfo(scores.dtype).min / 2).all()
+
+    # hidden_states[0] = embeddings, hidden_states[i + 1] = block i (last one after the final norm)
+    assert len(ref.hidden_states) == len(layers) + 1
+    _assert_close_valid(f.embeddings, ref.hidden_states[0], mask)
+    for i in sorted(layers):
+        _assert_close_valid(f.hidden[i], ref.hidden_states[i + 1], mask)
+    if f.logits.dim() == 3:  # LM logits [B, L, V]
+        _assert_close_valid(f.logits, ref.logits, mask)
+    else:  # classification logits [B, C]
+        torch.testing.assert_close(f.logits, ref.logits, atol=TOL, rtol=TOL)
+    assert f.causal == get_adapter(model).is_decoder
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_future_keys_masked_for_decoders(models, family):
+    model = models(family)
+    with FeatureCapture(model, CaptureRequest(attention={0})) as cap, torch.no_grad():
+        f = cap(_batch(model))
+    p = f.attention_probs(0)
+    L = p.shape[-1]
+    future = torch.ones(L, L, dtype=torch.bool).triu(1)
+    assert p[..., future].abs().max() == 0
+    assert f.scalings[0] == get_adapter(model).attention_scaling(model.config, 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_requested_layers_and_grad_semantics(models, family):
+    model = models(family)
+    batch = _batch(model, labels=True)
+    req = CaptureRequest(hidden={1}, qkv={0}, attention={2})
+    with FeatureCapture(model, req) as cap:
+        t = cap(batch, teacher=True)
+        assert t.embeddings is None
+        assert set(t.hidden) == {1} and set(t.q) == {0, 2} and set(t.k) == {0, 2} and set(t.v) == {0}
+        assert set(t.scalings) == {0, 2}
+        teacher_tensors = [*t.hidden.values(), *t.q.values(), *t.k.values(), *t.v.values(), t.logits,
+                           t.attention_probs(2)]
+        for x in teacher_tensors:
+            assert not x.is_inference() and not x.requires_grad and x.grad_fn is None
+        assert t.output.logits is t.logits  # one copy of the teacher logits, not an inference twin
+        # a teacher tensor can be saved for backward by a student loss
+        w = torch.ones((), requires_grad=True)
+        (w * t.q[0]).sum().backward()
+
+        model.zero_grad(set_to_none=True)
+        s = cap(batch)
+        assert s.output.loss is not None and s.output.loss.requires_grad
+        for x in [*s.hidden.values(), *s.q.values(), *s.k.values(), *s.v.values(), s.logits]:
+            assert x.requires_grad
+        # backward through Q (after RoPE for Llama-style) reaches the Q projection weight
+        s.q[0].pow(2).sum().backward()
+        proj = get_adapter(model).qkv_modules(get_adapter(model).blocks(model)[0])
+        weight = (proj.get("q") or proj["qkv"]).weight
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+        model.zero_grad(set_to_none=True)
+
+        # set_request switches what is recorded; hooks are added once per module, never re-registered
+        n_hooks = len(cap._handles)
+        cap.set_request(CaptureRequest(qkv={2}))
+        assert len(cap._handles) == n_hooks  # layer 2's projections are already hooked
+        f = cap(batch, teacher=True)
+        assert f.hidden == {} and set(f.q) == set(f.v) == {2}
+        cap.set_request(CaptureRequest(hidden={0}))
+        assert len(cap._handles) == n_hooks + 1  # a block never asked for before: one new hook
+        cap.set_request(req)
+        cap.set_request(CaptureRequest(hidden={0}))
+        assert len(cap._handles) == n_hooks + 1
+        f = cap(batch, teacher=True)
+        assert set(f.hidden) == {0} and f.q == {} and f.k == {} and f.v == {} and f.embeddings is None
+        cap.set_request(CaptureRequest(embeddings=True))
+        f = cap(batch, teacher=True)
+        assert f.embeddings is not None and f.hidden == {}
+    assert cap._handles == []
+
+
+def test_teacher_autocast(models):
+    model = models("llama")
+    with FeatureCapture(model, CaptureRequest(hidden={0}, attention={1})) as cap:
+        f = cap(_batch(model), teacher=True, autocast_dtype=torch.bfloat16)
+    assert f.q[1].dtype == torch.bfloat16 or f.q[1].dtype == torch.float32  # RoPE may promote, as in HF
+    for x in (f.hidden[0], f.q[1], f.k[1], f.logits, f.attention_probs(1)):
+        assert not x.is_inference() and not x.requires_grad
+    assert f.logits.dtype == torch.bfloat16
+
+
+def test_missing_attention_mask_means_all_real(models):
+    model = models("bert")
+    batch = _batch(model)
+    del batch["attention_mask"]
+    with FeatureCapture(model, CaptureRequest(attention={0})) as cap, torch.no_grad():
+        f = cap(batch)
+    assert f.attention_mask.shape == batch["input_ids"].shape and bool((f.attention_mask == 1).all())
+    assert f.attention_probs(0).shape[-1] == batch["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_no_growth_across_calls(models, teacher):
+    model = models("gpt2")
+    layers = _all_layers(model)
+    batch = _batch(model)
+    cap = FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers))
+    refs = []
+    for _ in range(4):
+        f = cap(batch, teacher=teacher)
+        f.attention_probs(0)
+        refs.append([weakref.ref(x) for x in (f.embeddings, f.hidden[0], f.q[1], f.v[2], f.logits, f.attention_probs(0))])
+        for buf in (cap._emb, cap._hidden, cap._q, cap._k, cap._v, cap._fused, cap._rotary):
+            assert len(buf) == 0
+    del f
+    gc.collect()
+    assert all(r() is None for step in refs for r in step)  # no tensor outlives its Features
+
+    # a forward outside a capture call records nothing
+    with torch.no_grad():
+        model(**{k: v for k, v in batch.items() if k != "an_unknown_key"})
+    assert not cap._hidden and not cap._fused and not cap._emb
+    cap.remove()
+
+
+def test_rope_buffers_released(models):
+    model = models("mistral")
+    with FeatureCapture(model, CaptureRequest(attention={0, 2})) as cap:
+        f = cap(_batch(model), teacher=True)
+        assert cap._rotary == {} and cap._q == {} and cap._k == {}
+    assert f.sliding_windows == {0: 4, 2: 4}
+
+
+@pytest.mark.parametrize("field,req", [
+    ("capture.hidden", CaptureRequest(hidden={3})),
+    ("capture.qkv", CaptureRequest(qkv={-1})),
+    ("capture.attention", CaptureRequest(attention={0, 7})),
+])
+def test_out_of_range_layer(models, field, req):
+    model = models("bert")
+    with pytest.raises(ConfigError) as err:
+        FeatureCapture(model, req)
+    assert err.value.field == field and field in str(err.value)
+    cap = FeatureCapture(model, CaptureRequest())
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        cap.set_request(req)
+    cap.remove()
+
+
+def test_forward_fn_and_empty_request(models):
+    model = models("distilbert")
+    calls = []
+
+    def wrapped(**inputs):  # stands in for the DDP-wrapped model that train.py calls through
+        calls.append(sorted(inputs))
+        return model(**inputs)
+
+    cap = FeatureCapture(model, None)
+    cap.forward_fn = wrapped
+    with torch.no_grad():
+        f = cap(_batch(model))
+    assert calls == [["attention_mask", "input_ids"]]  # unknown keys dropped
+    assert f.hidden == {} and f.q == {} and f.embeddings is None and f.logits.shape == (len(LENGTHS), 3)
+    cap.remove()
+
+
+def test_request_merge():
+    a = CaptureRequest(embeddings=True, hidden={0}, attention={1})
+    b = CaptureRequest(hidden=[2], qkv={0})
+    m = a.merge(b)
+    assert m == CaptureRequest(embeddings=True, hidden={0, 2}, qkv={0}, attention={1})
+    assert a.hidden == {0} and b.hidden == {2}
+
+
+def test_features_scaling_property():
+    f = Features(None, {}, {}, {}, {}, None, torch.ones(1, 2), False, {0: 0.5, 1: 0.5}, None)
+    assert f.scaling == 0.5
