@@ -17,6 +17,20 @@ student_app = typer.Typer(no_args_is_help=True, help="Build and size students.")
 app.add_typer(student_app, name="student")
 
 
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (load reports, warnings).")):
+    """Keep the terminal for unikd's own progress bars and tables unless --verbose."""
+    if not verbose:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -26,6 +40,8 @@ def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage
     from unikd.config import load_config
     from unikd.train import run
 
+    if config is not None and "=" in str(config) and not config.is_file():
+        overrides, config = [str(config)] + overrides, None  # `unikd finetune key=value ...` without a file
     try:
         base = {"stage": stage} if stage else None
         cfg = load_config(config, overrides, base=base)
@@ -58,11 +74,11 @@ def validate(config: Path = typer.Argument(..., help="YAML run config."),
              overrides: list[str] = typer.Argument(None, help="key=value overrides.")):
     """Validate a config (fields, paths, the plan against the model shapes) without training."""
     from unikd.config import load_config
-    from unikd.train import _validate
+    from unikd.train import validate_run
 
     try:
         cfg = load_config(config, overrides or [])
-        _validate(cfg)
+        validate_run(cfg)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(f"ok: {config}")
@@ -116,16 +132,43 @@ def student_params(teacher: str = typer.Option(..., help="Teacher: hub id, direc
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
            out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/export)."),
-           formats: str = typer.Option("hf,onnx,int8", help="Comma-separated: hf, onnx, int8.")):
-    """Export the student as a HF directory, ONNX and ONNX Runtime int8, each checked against PyTorch."""
+           formats: str = typer.Option("hf,onnx,int8", help="Comma-separated: hf, onnx, int8."),
+           dev_rows: Optional[int] = typer.Option(None, help="Score each form on the first N dev rows of the "
+                                                  "run's task (default: the whole dev set).")):
+    """Export the student as a HF directory, ONNX and ONNX Runtime int8, each checked against PyTorch.
+
+    For a run directory of a task run, each form is also scored on the task's dev set, so the int8
+    accuracy is reported next to fp32's.
+    """
     from unikd.export import export_student
 
     model_dir = run_dir / "student" if (run_dir / "student").is_dir() else run_dir
     try:
-        result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")))
+        eval_set = _run_eval_set(run_dir, dev_rows)
+        result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")),
+                                eval_set=eval_set)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _run_eval_set(run_dir: Path, limit: Optional[int]):
+    """The dev set of the run's task as an export EvalSet, or None for a bare model dir / general run."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    from unikd.config import load_config
+    from unikd.data import load_glue, resolve_task
+    from unikd.export import EvalSet
+    from unikd.metrics import compute_metrics
+
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.stage == "general" or not cfg.data.task:
+        return None
+    task = resolve_task(cfg.data.task)
+    dev = load_glue(cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit)
+    return EvalSet(texts_a=dev["text_a"], texts_b=dev["text_b"] if task.is_pair else None, labels=dev["label"],
+                   metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
+                   max_length=cfg.data.max_length)
 
 
 @app.command("bench-latency")
@@ -148,8 +191,11 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
             named[name or Path(path).name] = resolve_model_path(path, "models")
         except ConfigError as exc:
             _fail(exc)
-    rows = bench(named, batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), seq_len=seq_len,
-                 threads=threads, backends=tuple(backends.split(",")), repeats=repeats, work_dir=out / "onnx")
+    try:
+        rows = bench(named, batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), seq_len=seq_len,
+                     threads=threads, backends=tuple(backends.split(",")), repeats=repeats, work_dir=out / "onnx")
+    except ConfigError as exc:
+        _fail(exc)
     table = format_latency_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_latency_json(rows, out / "latency.json")
@@ -169,6 +215,62 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Where the
         run_quickstart(out, train_rows=train_rows, student_layers=student_layers, epochs=epochs)
     except ConfigError as exc:
         _fail(exc)
+
+
+@app.command()
+def study(study_file: Optional[Path] = typer.Argument(None, help="Study YAML (see src/unikd/studies/)."),
+          builtin: Optional[str] = typer.Option(None, "--builtin", help="Run a built-in study by name "
+                                                "(knowledge-types, matching, losses, ...)."),
+          override: list[str] = typer.Option(None, "--override", "-o", help="Patch the study: key=value "
+                                             "(repeatable), e.g. seeds=[1] tasks=[sst2] base.data.train_limit=200."),
+          workers: int = typer.Option(1, "--workers", help="Parallel worker processes (1 = in this process)."),
+          print_commands: bool = typer.Option(False, "--print-commands", help="Write each pending run's config "
+                                              "and print `accelerate launch` commands instead of running."),
+          retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+          output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the study's output_dir."),
+          report: bool = typer.Option(True, "--report/--no-report", help="Write the report when done."),
+          list_builtin: bool = typer.Option(False, "--list", help="List the built-in studies and exit.")):
+    """Run a study: teacher fine-tunes, no-KD baselines and KD runs over the study's axes, tasks and seeds."""
+    from unikd.study import builtin_study_path, list_studies, run_study
+
+    if list_builtin:
+        for name, desc in list_studies().items():
+            typer.echo(f"{name:18s} {desc}")
+        return
+    try:
+        if (study_file is None) == (builtin is None):
+            raise ConfigError("study", "give either a study file or --builtin NAME",
+                              f"built-in studies: {', '.join(list_studies())}")
+        source = builtin_study_path(builtin) if builtin else study_file
+        summary = run_study(source, workers=workers, print_commands=print_commands, retry_failed=retry_failed,
+                            overrides=override or [], output_dir=output_dir, echo=typer.echo)
+        if not print_commands:
+            typer.echo(json.dumps({k: summary[k] for k in ("study", "output_dir", "planned", "status")}, indent=2))
+            typer.echo(f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, "
+                       f"failed {len(summary['failed'])}")
+            if report and summary["status"].get("done"):
+                from unikd.report import make_report
+
+                paths = make_report(summary["output_dir"])
+                typer.echo(f"report: {paths['report.md']}")
+    except ConfigError as exc:
+        _fail(exc)
+    if summary.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="A study's output_dir (holding study.sqlite).")):
+    """Tables (Markdown, CSV) and plots of a study: mean ± std over seeds, GLUE average, score vs size/latency."""
+    from unikd.report import make_report
+
+    try:
+        paths = make_report(study_dir)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo((Path(paths["report.md"])).read_text())
+    for name, path in paths.items():
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -39,7 +39,7 @@ def load_model(path: str, kind: str, num_labels: int | None = None, field: str =
         kwargs["ignore_mismatched_sizes"] = True
     try:
         model = AUTO_CLASSES[kind].from_pretrained(path, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors, torch and HF each raise their own types for a bad file
         if Path(path).is_dir():
             raise ConfigError(field, f"could not load the model in {path!r} ({type(exc).__name__}: {exc})",
                               "the weights may be corrupt or incomplete: re-export them with save_pretrained") from exc

@@ -41,7 +41,7 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---- set-up helpers (everything here runs before the first step) ---------------------------------
-def _validate(cfg: RunConfig):
+def validate_run(cfg: RunConfig):
     """Resolve paths and validate the plan against model shapes, from configs only (no weights yet)."""
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
     if cfg.stage in ("task", "finetune"):
@@ -53,7 +53,7 @@ def _validate(cfg: RunConfig):
         if not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ConfigError(
                 "teacher.path", f"{cfg.teacher.path!r} has no fine-tuned task head ({archs or 'no architectures'})",
-                f"fine-tune it first: unikd finetune --teacher {cfg.teacher.path} data.task={cfg.data.task}, "
+                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} data.task={cfg.data.task}, "
                 "then use that run's student/ directory as teacher.path")
     plan = None
     if cfg.stage != "finetune":
@@ -68,20 +68,26 @@ def _validate(cfg: RunConfig):
     return teacher_path, kind, plan
 
 
+def _cache_dir() -> Path:
+    """Tokenized datasets are cached here, keyed by tokenizer and settings (UNIKD_CACHE overrides)."""
+    return Path(os.environ.get("UNIKD_CACHE", Path.home() / ".cache" / "unikd")) / "tokenized"
+
+
 def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
+    cache = _cache_dir()
     if cfg.stage == "general":
         train = D.chunk_for_lm(D.load_text_corpus(cfg.data.text, limit_lines=cfg.data.text_limit_lines),
-                               tokenizer, cfg.data.block_size)
-        evals = D.chunk_for_lm(D.load_text_corpus(cfg.data.eval_text), tokenizer, cfg.data.block_size) \
-            if cfg.data.eval_text else None
+                               tokenizer, cfg.data.block_size, cache_dir=cache)
+        evals = D.chunk_for_lm(D.load_text_corpus(cfg.data.eval_text), tokenizer, cfg.data.block_size,
+                               cache_dir=cache) if cfg.data.eval_text else None
         collate = D.lm_collator(tokenizer, mlm=not is_decoder, mlm_probability=cfg.data.mlm_probability)
         return train, evals, collate
     task = cfg.data.task
     train = D.tokenize_pairs(D.load_glue(task, "train", cfg.data.data_dir, limit=cfg.data.train_limit, seed=cfg.seed),
-                             tokenizer, cfg.data.max_length)
+                             tokenizer, cfg.data.max_length, cache_dir=cache)
     dev_split = D.resolve_task(task).dev_splits[0]
     evals = D.tokenize_pairs(D.load_glue(task, dev_split, cfg.data.data_dir, limit=cfg.data.eval_limit),
-                             tokenizer, cfg.data.max_length)
+                             tokenizer, cfg.data.max_length, cache_dir=cache)
     return train, evals, D.classification_collator(tokenizer)
 
 
@@ -174,7 +180,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     simulate an interruption; the checkpoint written at that step is what ``resume`` picks up).
     """
     output_dir = Path(cfg.output_dir)
-    teacher_path, kind, plan = _validate(cfg)
+    teacher_path, kind, plan = validate_run(cfg)
     if (output_dir / "metrics.json").is_file() and not resume and _checkpoint_dirs(output_dir):
         raise ConfigError("output_dir", f"{output_dir} already holds a finished or started run",
                           "pass --resume to continue it, or choose another output_dir")

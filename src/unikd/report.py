@@ -1,0 +1,381 @@
+"""Study reports: Markdown and CSV tables, and matplotlib plots, from a study's SQLite database.
+
+``make_report(study_dir)`` reads the finished runs of the study's latest expansion (``current`` rows with
+status ``done``) and writes into ``study_dir``:
+
+- ``results.csv``: one row per task x variant (``label``): kind, axis values, n (seeds), mean and std of
+  the task score and of every other dev metric, parameters, CPU latency (p50, batch 1) and wall time;
+- ``summary.csv``: one row per variant: per-task score mean/std and the GLUE average
+  (``unikd.metrics.glue_average`` over the per-task means; its std is over the per-seed averages);
+- ``report.md``: both tables (scores x100) plus per-axis marginal tables and the list of failed runs;
+- ``score_vs_parameters.png``, ``score_vs_latency.png``: one panel per task (and the GLUE average),
+  teacher (star) and no-KD baselines (squares) marked apart from the KD students (circles);
+- ``axis_<name>.png``: per axis, bars of the mean score per value (over seeds and the other axes) with
+  std error bars, grouped by task, next to the teacher and the no-KD baseline(s).
+
+Std is the sample standard deviation (n - 1); it is 0 when n = 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import statistics
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from unikd.errors import ConfigError
+from unikd.io import atomic_write_text
+
+KIND_ORDER = {"teacher": 0, "no-KD": 1, "kd": 2}
+GLUE = "glue_avg"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (0 for a single value); (None, None) for no values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _metric_names(rows: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        for k in ((r.get("metrics") or {}).get("final") or {}):
+            if k != "score" and k not in names:
+                names.append(k)
+    return names
+
+
+def _group_rows(rows: list[dict]) -> "OrderedDict[tuple[str, str], list[dict]]":
+    """(task, label) -> rows, teacher first, then no-KD, then KD variants in study order."""
+    groups: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
+    for r in sorted(rows, key=lambda r: KIND_ORDER.get(r["kind"], 3)):
+        groups.setdefault((r["task"], r["label"]), []).append(r)
+    return groups
+
+
+def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list[str]]:
+    """(per task x variant records, per variant records, tasks, metric names) from database rows."""
+    done = [r for r in rows if r["status"] == "done"]
+    tasks = list(OrderedDict.fromkeys(r["task"] for r in done))
+    metrics = _metric_names(done)
+    axis_names = list(OrderedDict.fromkeys(a for r in done for a in (r.get("axes") or {})))
+    per_task: list[dict] = []
+    for (task, label), group in _group_rows(done).items():
+        rec = {"task": task, "label": label, "kind": group[0]["kind"], "n": len(group),
+               "seeds": " ".join(str(r["seed"]) for r in group)}
+        for a in axis_names:
+            rec[f"axis:{a}"] = (group[0].get("axes") or {}).get(a, "")
+        rec["score_mean"], rec["score_std"] = mean_std([r["score"] for r in group])
+        for m in metrics:
+            rec[f"{m}_mean"], rec[f"{m}_std"] = mean_std([((r.get("metrics") or {}).get("final") or {}).get(m)
+                                                          for r in group])
+        rec["parameters"] = group[0].get("parameters")
+        rec["latency_ms_mean"], rec["latency_ms_std"] = mean_std([r.get("latency_ms") for r in group])
+        rec["wall_s_mean"], _ = mean_std([r.get("wall_s") for r in group])
+        per_task.append(rec)
+
+    from unikd.metrics import glue_average
+
+    per_variant: list[dict] = []
+    labels = list(OrderedDict.fromkeys(rec["label"] for rec in per_task))
+    for label in labels:
+        recs = {rec["task"]: rec for rec in per_task if rec["label"] == label}
+        first = next(iter(recs.values()))
+        out = {"label": label, "kind": first["kind"]}
+        for a in axis_names:
+            out[f"axis:{a}"] = first.get(f"axis:{a}", "")
+        for t in tasks:
+            rec = recs.get(t)
+            out[f"{t}_mean"] = rec["score_mean"] if rec else None
+            out[f"{t}_std"] = rec["score_std"] if rec else None
+            out[f"{t}_n"] = rec["n"] if rec else 0
+        complete = all(out[f"{t}_mean"] is not None for t in tasks)
+        out[f"{GLUE}_mean"] = glue_average({t: out[f"{t}_mean"] for t in tasks}) if complete and tasks else None
+        # std of the per-seed GLUE averages, over the seeds that have every task
+        by_seed: dict = {}
+        for r in done:
+            if r["label"] == label and r["score"] is not None:
+                by_seed.setdefault(r["seed"], {})[r["task"]] = r["score"]
+        seed_avgs = [glue_average(s) for s in by_seed.values() if set(s) == set(tasks)] if complete else []
+        out[f"{GLUE}_std"] = mean_std(seed_avgs)[1] if seed_avgs else None
+        params = [rec["parameters"] for rec in recs.values() if rec["parameters"] is not None]
+        out["parameters"] = max(params) if params else None  # regression heads have 1 output fewer: take max
+        lats = [rec["latency_ms_mean"] for rec in recs.values() if rec["latency_ms_mean"] is not None]
+        out["latency_ms_mean"] = statistics.fmean(lats) if lats else None
+        per_variant.append(out)
+    return per_task, per_variant, tasks, metrics
+
+
+def marginal(rows: list[dict], axis: str) -> "OrderedDict[tuple[str, str], tuple[float | None, float | None, int]]":
+    """(task, bar label) -> (mean, std, n) of the score over seeds and the other axes: KD rows by their
+    value of ``axis``; the teacher; the no-KD baselines by their value of ``axis`` ('no-KD' when the
+    baseline does not depend on it)."""
+    out: OrderedDict = OrderedDict()
+    groups: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+    for r in sorted((r for r in rows if r["status"] == "done"), key=lambda r: KIND_ORDER.get(r["kind"], 3)):
+        value = (r.get("axes") or {}).get(axis)
+        if r["kind"] == "teacher":
+            bar = "teacher"
+        elif r["kind"] == "no-KD":
+            bar = "no-KD" if value in (None, "no-KD") else f"no-KD ({value})"
+        else:
+            if value is None:
+                continue
+            bar = str(value)
+        groups.setdefault((r["task"], bar), []).append(r["score"])
+    for key, scores in groups.items():
+        m, s = mean_std(scores)
+        out[key] = (m, s, len([x for x in scores if x is not None]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+def _fmt_score(mean, std, n=None) -> str:
+    if mean is None:
+        return "-"
+    text = f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+    return text + (f" (n={n})" if n is not None else "")
+
+
+def _fmt_params(p) -> str:
+    return "-" if p is None else f"{p / 1e6:.2f}M"
+
+
+def _fmt_ms(m, s=None) -> str:
+    if m is None:
+        return "-"
+    return f"{m:.2f}" + (f" ± {s:.2f}" if s else "")
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|") for c in row] for row in [header] + body]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in esc[1:]]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, records: list[dict]) -> None:
+    if not records:
+        atomic_write_text(path, "")
+        return
+    fields = list(OrderedDict.fromkeys(k for r in records for k in r))
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
+                         for k in fields})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "axis"
+
+
+_STYLE = {"teacher": dict(marker="*", s=220, color="tab:red", zorder=4),
+          "no-KD": dict(marker="s", s=70, color="tab:gray", zorder=3),
+          "kd": dict(marker="o", s=50, zorder=3)}
+
+
+def _scatter(per_task: list[dict], per_variant: list[dict], tasks: list[str], x_key: str, x_label: str,
+             path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(tasks) + ([GLUE] if len(tasks) > 1 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == GLUE:
+            points = [(v, v.get(x_key if x_key == "parameters" else "latency_ms_mean"), v[f"{GLUE}_mean"],
+                       v[f"{GLUE}_std"]) for v in per_variant]
+            ax.set_title("GLUE average")
+        else:
+            points = [(r, r.get(x_key), r["score_mean"], r["score_std"]) for r in per_task if r["task"] == panel]
+            ax.set_title(panel)
+        cmap = plt.get_cmap("tab10")
+        kd_i = 0
+        for rec, x, y, s in points:
+            if x is None or y is None:
+                continue
+            kind = rec["kind"]
+            style = dict(_STYLE.get(kind, _STYLE["kd"]))
+            if kind == "kd":
+                style["color"] = cmap(kd_i % 10)
+                kd_i += 1
+            ax.errorbar([x], [100 * y], yerr=[100 * (s or 0.0)], fmt="none", ecolor=style["color"], alpha=0.6,
+                        capsize=3)
+            ax.scatter([x], [100 * y], label=rec["label"], edgecolors="black", linewidths=0.5, **style)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("score (x100)")
+        if x_key == "parameters":
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
+        ax.grid(True, alpha=0.3)
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _bars(rows: list[dict], axis: str, tasks: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = marginal(rows, axis)
+    bars = list(OrderedDict.fromkeys(bar for (_, bar) in stats))
+    n_bars = max(1, len(bars))
+    width = 0.8 / n_bars
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(tasks) * (0.5 + 0.35 * n_bars)), 4.5))
+    cmap = plt.get_cmap("tab10")
+    kd_i = 0
+    for j, bar in enumerate(bars):
+        if bar == "teacher":
+            color, hatch = "tab:red", None
+        elif bar.startswith("no-KD"):
+            color, hatch = "tab:gray", "//"
+        else:
+            color, hatch = cmap(kd_i % 10), None
+            kd_i += 1
+        xs, ys, es = [], [], []
+        for i, task in enumerate(tasks):
+            m, s, _ = stats.get((task, bar), (None, None, 0))
+            if m is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(100 * m)
+            es.append(100 * (s or 0.0))
+        ax.bar(xs, ys, width=width, yerr=es, capsize=3, label=bar, color=color, hatch=hatch, edgecolor="black",
+               linewidth=0.5)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks)
+    ax.set_ylabel("score (x100), mean ± std")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
+    """Write report.md, results.csv, summary.csv and the plots into ``study_dir``; returns
+    {file name: path} of everything written."""
+    from unikd.study import DB_NAME, StudyDB
+
+    study_dir = Path(study_dir)
+    if not (study_dir / DB_NAME).is_file():
+        raise ConfigError("study_dir", f"{study_dir / DB_NAME} does not exist",
+                          "pass the output_dir of a study run with `unikd study`")
+    with StudyDB(study_dir / DB_NAME) as db:
+        rows = db.rows(current_only=True)
+    if not rows:
+        raise ConfigError("study_dir", f"{study_dir / DB_NAME} holds no runs", "run `unikd study` first")
+    names = list(OrderedDict.fromkeys(r["study"] for r in rows))
+    done = [r for r in rows if r["status"] == "done"]
+    per_task, per_variant, tasks, metrics = aggregate(rows)
+    axis_names = list(OrderedDict.fromkeys(a for r in done for a in (r.get("axes") or {})))
+    written: dict[str, str] = {}
+
+    def out(name: str) -> Path:
+        p = study_dir / name
+        written[name] = str(p)
+        return p
+
+    _write_csv(out("results.csv"), per_task)
+    _write_csv(out("summary.csv"), per_variant)
+
+    plots: list[tuple[str, str]] = []
+    if done:
+        _scatter(per_task, per_variant, tasks, "parameters", "parameters", out("score_vs_parameters.png"),
+                 "score vs parameters")
+        plots.append(("score vs parameters", "score_vs_parameters.png"))
+        if any(r.get("latency_ms_mean") is not None for r in per_task):
+            _scatter(per_task, per_variant, tasks, "latency_ms_mean", "CPU latency, batch 1, p50 (ms)",
+                     out("score_vs_latency.png"), "score vs CPU latency")
+            plots.append(("score vs latency", "score_vs_latency.png"))
+        for axis in axis_names:
+            name = f"axis_{_safe(axis)}.png"
+            _bars(rows, axis, tasks, out(name), f"{axis}: score per value (mean ± std over seeds)")
+            plots.append((f"axis {axis}", name))
+
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    md = [f"# Study report: {', '.join(names)}", "",
+          "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (database {DB_NAME}).", "",
+          "Scores are each task's dev `score` x100 (accuracy; MRPC: (accuracy + F1) / 2; STS-B: (Pearson + "
+          "Spearman) / 2), mean ± sample std over seeds (0 when n = 1). Latency: CPU p50 at batch 1 in PyTorch. "
+          "GLUE avg: unikd.metrics.glue_average over the per-task means (its ± is over per-seed averages).", ""]
+    if per_variant:
+        md += ["## Summary", ""]
+        header = ["variant", "kind"] + tasks + (["GLUE avg"] if tasks else []) + ["parameters", "latency (ms)"]
+        body = []
+        for v in per_variant:
+            body.append([v["label"], v["kind"]] + [_fmt_score(v[f"{t}_mean"], v[f"{t}_std"], v[f"{t}_n"] or None)
+                                                   for t in tasks]
+                        + ([_fmt_score(v[f"{GLUE}_mean"], v[f"{GLUE}_std"])] if tasks else [])
+                        + [_fmt_params(v["parameters"]), _fmt_ms(v["latency_ms_mean"])])
+        md += [_md_table(header, body), ""]
+        md += ["## Per task", ""]
+        for task in tasks:
+            recs = [r for r in per_task if r["task"] == task]
+            task_metrics = [m for m in metrics if any(r.get(f"{m}_mean") is not None for r in recs)]
+            header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)", "wall (s)"]
+            body = [[r["label"], r["kind"], str(r["n"]), _fmt_score(r["score_mean"], r["score_std"])]
+                    + [_fmt_score(r[f"{m}_mean"], r[f"{m}_std"]) for m in task_metrics]
+                    + [_fmt_params(r["parameters"]), _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"]),
+                       "-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}"] for r in recs]
+            md += [f"### {task}", "", _md_table(header, body), ""]
+        if len(axis_names) > 1:
+            md += ["## Per axis (mean over seeds and the other axes)", ""]
+            for axis in axis_names:
+                stats = marginal(rows, axis)
+                bars = list(OrderedDict.fromkeys(bar for (_, bar) in stats))
+                body = [[bar] + [_fmt_score(*stats[(t, bar)]) if (t, bar) in stats else "-" for t in tasks]
+                        for bar in bars]
+                md += [f"### {axis}", "", _md_table([axis] + tasks, body), ""]
+    else:
+        md += ["No finished runs yet.", ""]
+    if plots:
+        md += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        md += ["## Failed runs", "", "Re-run them with `unikd study ... --retry-failed`.", ""]
+        body = []
+        for r in failed:
+            lines = (r.get("error") or "").strip().splitlines()
+            first = next((ln for ln in lines if ln.strip()), "")
+            body.append([r["run_id"], r["task"], r["label"], first[:160]])
+        md += [_md_table(["run", "task", "variant", "error"], body), ""]
+    pending = [r for r in rows if r["status"] in ("pending", "running")]
+    if pending:
+        md += [f"{len(pending)} run(s) not finished: " + ", ".join(r["run_id"] for r in pending[:20])
+               + (" ..." if len(pending) > 20 else ""), ""]
+    atomic_write_text(out("report.md"), "\n".join(md))
+    return written
+
+
+__all__ = ["aggregate", "make_report", "marginal", "mean_std"]

@@ -1,0 +1,149 @@
+"""End-to-end runs through the real trainer on tiny models and real SST-2 rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM,
+                          BertForSequenceClassification, BertModel)
+
+from unikd.config import load_config
+from unikd.errors import ConfigError
+from unikd.train import run
+
+
+def _tiny_bert(path: Path, tokenizer_dir: Path, cls=BertForSequenceClassification, layers: int = 2, **kw) -> Path:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, **kw)
+    model = cls(config)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+def _common(tmp: Path, name: str, glue_dir: Path, steps: int = 6) -> list[str]:
+    return [f"data.data_dir={glue_dir}", "data.task=sst2", "data.train_limit=192", "data.eval_limit=96",
+            "data.max_length=32", f"train.max_steps={steps}", "train.batch_size=16", "train.progress=false",
+            "train.log_every=2", "optim.lr=1e-3", f"output_dir={tmp / name}"]
+
+
+@pytest.fixture(scope="module")
+def finetuned_teacher(tmp_path_factory, glue_dir, minilm_path) -> Path:
+    tmp = tmp_path_factory.mktemp("teacher")
+    base = _tiny_bert(tmp / "base", minilm_path, layers=4)
+    cfg = load_config(None, _common(tmp, "run", glue_dir, steps=12) + [
+        "stage=finetune", f"teacher.path={base}", "student.init.strategy=teacher-layers"])
+    result = run(cfg)
+    assert 0.0 <= result["final"]["accuracy"] <= 1.0
+    return tmp / "run" / "student"
+
+
+def test_task_kd_and_no_kd_baseline_end_to_end(finetuned_teacher, tmp_path, glue_dir):
+    student = ["student.shape.num_layers=2", "student.shape.hidden_size=16", "student.shape.num_heads=2",
+               "student.init.strategy=slice"]
+    kd = run(load_config(None, _common(tmp_path, "kd", glue_dir) + student + [
+        "stage=task", f"teacher.path={finetuned_teacher}"]))
+    base = run(load_config(None, _common(tmp_path, "nokd", glue_dir) + student + [
+        "stage=finetune", f"teacher.path={finetuned_teacher}"]))
+    for result, name in ((kd, "kd"), (base, "nokd")):
+        assert set(result["final"]) >= {"accuracy", "score"}
+        on_disk = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert on_disk["final"] == result["final"]
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "student")
+        assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 16
+        assert result["parameters"] == model.num_parameters()
+    # The KD student owns projections (16 -> 32) that are saved beside it, never inside it.
+    weights = load_file(tmp_path / "kd" / "student" / "model.safetensors")
+    assert not any("projection" in k for k in weights)
+    projections = torch.load(tmp_path / "kd" / "projections.pt")
+    assert any(v.shape == (32, 16) for v in projections.values())
+    assert (tmp_path / "kd" / "config.yaml").is_file() and (tmp_path / "kd" / "best").is_dir()
+    assert any((tmp_path / "kd" / "logs").rglob("events.out.tfevents*"))
+
+
+def test_logits_kd_moves_student_towards_teacher(finetuned_teacher, tmp_path, glue_dir):
+    """A KD run against its no-KD baseline: distilling only the teacher's logits (no labels) makes the
+    student's predictive distribution closer to the teacher's than the same student trained on labels."""
+    from unikd.data import classification_collator, load_glue, tokenize_pairs
+
+    student = ["student.shape.num_layers=1", "student.init.strategy=teacher-layers", "optim.lr=3e-3"]
+    run(load_config(None, _common(tmp_path, "kd", glue_dir, steps=24) + student + [
+        "stage=task", f"teacher.path={finetuned_teacher}", "plan.hard_label_weight=0",
+        "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}]"]))
+    run(load_config(None, _common(tmp_path, "nokd", glue_dir, steps=24) + student + [
+        "stage=finetune", f"teacher.path={finetuned_teacher}"]))
+    tok = AutoTokenizer.from_pretrained(finetuned_teacher)
+    dev = tokenize_pairs(load_glue("sst2", "validation", str(glue_dir), limit=128), tok, 32)
+    batch = classification_collator(tok)([dev[i] for i in range(len(dev))])
+    batch.pop("labels")
+
+    def probs(path):
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        with torch.no_grad():
+            return model(**batch).logits.softmax(-1)
+
+    p_teacher = probs(finetuned_teacher)
+
+    def kl(p):
+        return float((p_teacher * (p_teacher.log() - p.log())).sum(-1).mean())
+
+    assert kl(probs(tmp_path / "kd" / "student")) < kl(probs(tmp_path / "nokd" / "student"))
+
+
+def test_resume_matches_uninterrupted_run(finetuned_teacher, tmp_path, glue_dir):
+    args = ["stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=2",
+            "train.save_every=3", "train.grad_accum=2",
+            "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: random}]"]
+    full = run(load_config(None, _common(tmp_path, "full", glue_dir, steps=8) + args))
+    cfg = load_config(None, _common(tmp_path, "parts", glue_dir, steps=8) + args)
+    assert run(cfg, stop_after=5) == {"stopped_at": 5}
+    assert (tmp_path / "parts" / "checkpoints" / "step-3").is_dir()
+    resumed = run(cfg, resume=True)
+    assert resumed["steps"] == full["steps"] == 8
+    a = load_file(tmp_path / "full" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "parts" / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert resumed["final"] == full["final"]
+
+
+def test_general_stage_mlm(tmp_path, minilm_path):
+    teacher = _tiny_bert(tmp_path / "mlm-teacher", minilm_path, cls=BertForMaskedLM, layers=2)
+    text = Path(__file__).resolve().parent / "data" / "tiny_corpus.txt"
+    result = run(load_config(None, [
+        "stage=general", f"teacher.path={teacher}", f"data.text=[{text}]", f"data.eval_text=[{text}]",
+        "data.block_size=32", "train.max_steps=3", "train.batch_size=4", "train.progress=false",
+        "student.shape.num_layers=1", "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}, "
+        "{knowledge: hidden, loss: cosine, matching: last}]", "plan.hard_label_weight=1.0",
+        f"output_dir={tmp_path / 'general'}"]))
+    assert result["final"]["eval_loss"] > 0
+    assert (tmp_path / "general" / "student" / "model.safetensors").is_file()
+
+
+def test_bad_inputs_fail_before_training(tmp_path, glue_dir, minilm_path, finetuned_teacher):
+    base = _tiny_bert(tmp_path / "base", minilm_path, cls=BertModel)
+    common = _common(tmp_path, "x", glue_dir)
+    # A pre-trained model without a fine-tuned task head cannot teach a task.
+    with pytest.raises(ConfigError, match="teacher.path.*task head.*Fix: fine-tune"):
+        run(load_config(None, common + ["stage=task", f"teacher.path={base}"]))
+    with pytest.raises(ConfigError, match="data.data_dir"):
+        run(load_config(None, common + ["stage=finetune", f"teacher.path={base}", f"data.data_dir={tmp_path / 'nope'}"]))
+    with pytest.raises(ConfigError, match=r"plan.terms.0.knowledge"):
+        load_config(None, common + ["stage=task", f"teacher.path={base}", "plan.terms=[{knowledge: gradients}]"])
+    with pytest.raises(ConfigError, match=r"plan.terms\[0\].teacher_layer: teacher layer 9 out of range"):
+        run(load_config(None, common + ["stage=task", f"teacher.path={finetuned_teacher}",
+                                        "plan.terms=[{knowledge: hidden, matching: pair, teacher_layer: 9, student_layer: 0}]"]))
+    with pytest.raises(ConfigError, match="teacher.path.*does not exist"):
+        run(load_config(None, common + ["stage=finetune", f"teacher.path={tmp_path / 'missing'}"]))
+    corrupt = tmp_path / "corrupt"
+    _tiny_bert(corrupt, minilm_path)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ConfigError, match="teacher.path.*corrupt"):
+        run(load_config(None, common + ["stage=finetune", f"teacher.path={corrupt}"]))
+    assert not (tmp_path / "x" / "student").exists()
