@@ -406,23 +406,28 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
             raise ValueError(f"unknown method {m!r}; choose from {ALL_METHODS}")
     names = list(steps)
 
-    def timed(name, batch) -> float:
+    def timed(name, batch) -> tuple[float, float]:
         _sync(ctx.device)
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         steps[name](batch)
         _sync(ctx.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - w0, time.process_time() - c0
 
     for w in range(args.warmup):
         for name in names:
             timed(name, batches[w % len(batches)])
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         batch = batches[r % len(batches)]
         for name in order:
-            times[name].append(timed(name, batch))
-        log(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1] * 1e3:.0f}" for n in names) + " ms")
+            w, c = timed(name, batch)
+            wall[name].append(w)
+            cpu[name].append(c)
+        log(f"  round {r + 1}/{args.repeats} ({args.clock} ms): "
+            + ", ".join(f"{n} {(cpu if args.clock == 'cpu' else wall)[n][-1] * 1e3:.0f}" for n in names))
+    times = cpu if args.clock == "cpu" else wall
 
     memory = {}
     if args.memory:
@@ -435,11 +440,14 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
         med = statistics.median(times[name]) * 1e3
         rows.append({
             "teacher": ctx.teacher_name, "student": ctx.student_name, "method": name,
-            "batch": args.batch, "seq": args.seq, "median_ms": med,
+            "batch": args.batch, "seq": args.seq, "clock": args.clock, "median_ms": med,
             "samples_per_s": args.batch / (med / 1e3),
             "ratio_to_limit": med / limit_ms if limit_ms else None,
+            "median_wall_ms": statistics.median(wall[name]) * 1e3,
+            "median_cpu_ms": statistics.median(cpu[name]) * 1e3,
             "peak_mem_mb": memory[name] / 2**20 if name in memory else None,
-            "times_ms": [t * 1e3 for t in times[name]],
+            "wall_ms": [t * 1e3 for t in wall[name]],
+            "cpu_ms": [t * 1e3 for t in cpu[name]],
         })
     for s in skipped:
         s.update(teacher=ctx.teacher_name, student=ctx.student_name)
@@ -479,7 +487,7 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
 
         def epoch():
             _sync(ctx.device)
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             for batch in batches:
                 batch = dict(batch)
                 idx = batch.pop("idx")
@@ -490,7 +498,8 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
                         cache.store(idx, tf)
                 train_step(batch, tf)
             _sync(ctx.device)
-            return time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            return cpu if args.clock == "cpu" else wall
 
         epoch.warm = warm
         return epoch
@@ -505,10 +514,12 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
         for e in range(args.cache_epochs):
             t_plain.append(plain())
             t_cached.append(cached())
-            log(f"  epoch {e + 1}: no cache {t_plain[-1]:.2f}s, cache {'store' if e == 0 else 'lookup'} {t_cached[-1]:.2f}s")
+            log(f"  epoch {e + 1} ({args.clock} s): no cache {t_plain[-1]:.2f}, cache "
+                f"{'store' if e == 0 else 'lookup'} {t_cached[-1]:.2f}")
     later = t_cached[1:]
     res = {
         "teacher": ctx.teacher_name, "student": ctx.student_name, "plan": "hinton", "batches_per_epoch": n_batches,
+        "clock": args.clock,
         "batch": args.batch, "seq": args.seq, "epochs": args.cache_epochs,
         "no_cache_epoch_s": t_plain, "cache_epoch_s": t_cached,
         "no_cache_median_s": statistics.median(t_plain),
@@ -551,13 +562,14 @@ def machine_info(device: torch.device) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<22} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} {'peak MB':>9}"
+    head = (f"{'method':<22} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
+            f"{'wall ms':>9} {'peak MB':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_to_limit']:.3f}" if r["ratio_to_limit"] is not None else "-"
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
         lines.append(f"{r['method']:<22} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
-                     f"{r['median_ms']:>10.1f} {ratio:>8} {mem:>9}")
+                     f"{r['median_ms']:>10.1f} {ratio:>8} {r['median_wall_ms']:>9.1f} {mem:>9}")
     return "\n".join(lines)
 
 
@@ -580,7 +592,13 @@ def parse_args(argv=None):
     p.add_argument("--cache-epochs", type=int, default=None, help="teacher-cache epochs (0 = skip; default 3, 2 with --tiny)")
     p.add_argument("--cache-batches", type=int, default=None, help="batches per cache epoch (default 6, 2 with --tiny)")
     p.add_argument("--cache-setting", default=None, help="teacher:student for the cache run (default bert-base:4x312)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's default; 1 with --tiny). On a shared, loaded CPU "
+                        "use 1: with more threads than free cores every op waits for a descheduled OpenMP thread")
+    p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                   help="what a step's time is: wall (perf_counter, CUDA-synchronised) or cpu (process_time: the CPU "
+                        "time the process used, robust to other processes on a shared CPU). auto: cpu on --device cpu, "
+                        "wall on cuda. Both are always recorded in the JSON")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -592,6 +610,10 @@ def parse_args(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
     args.cache_epochs = args.cache_epochs if args.cache_epochs is not None else (2 if tiny else 3)
     args.cache_batches = args.cache_batches or (2 if tiny else 6)
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" else "wall"
+    if args.threads is None and tiny:
+        args.threads = 1
     if args.settings:
         args.settings = [tuple(s.split(":")) for s in args.settings.split(",")]
     else:
@@ -653,6 +675,7 @@ def main(argv=None) -> dict:
         "machine": info,
         "config": {"device": args.device, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
                    "repeats": args.repeats, "warmup": args.warmup, "num_batches": args.num_batches,
+                   "clock": args.clock, "threads": torch.get_num_threads(),
                    "tiny": args.tiny, "methods": args.methods, "settings": [list(s) for s in args.settings],
                    "memory_method": MEMORY_METHOD[device.type] if args.memory else None,
                    "argv": sys.argv[1:] if argv is None else list(argv)},
@@ -669,8 +692,9 @@ def main(argv=None) -> dict:
                   f"batches/epoch): no cache {cache_res['no_cache_median_s']:.2f} s/epoch, store epoch "
                   f"{cache_res['store_epoch_s']:.2f} s, lookup epochs {cache_res['lookup_epoch_median_s']:.2f} s "
                   f"-> {cache_res['speedup_per_epoch_after_first']:.2f}x per epoch after the first")
-    print(f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}; step time = median of {args.repeats} interleaved "
-          f"rounds after {args.warmup} warm-up steps; peak memory: "
+    print(f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}, {info['threads']} thread(s); median ms / samples/s "
+          f"/ x limit use the {args.clock} clock ({'process CPU time' if args.clock == 'cpu' else 'wall time'}), median "
+          f"of {args.repeats} interleaved rounds after {args.warmup} warm-up steps; wall ms = median wall time; peak memory: "
           f"{MEMORY_METHOD[device.type] if args.memory else 'not measured'}")
     if args.json:
         with open(args.json, "w") as f:

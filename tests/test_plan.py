@@ -78,7 +78,9 @@ def _batch(decoder: bool = False, seed: int = 0) -> dict:
     ids = torch.randint(1, VOCAB, mask.shape, generator=g) * mask
     batch = {"input_ids": ids, "attention_mask": mask}
     if decoder:
-        batch["labels"] = ids.masked_fill(mask == 0, -100)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :2] = -100  # e.g. prompt tokens: the label mask is not the attention mask
+        batch["labels"] = labels
     else:
         batch["labels"] = torch.tensor([0, 2, 1])
     return batch

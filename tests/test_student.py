@@ -14,13 +14,6 @@ from unikd.student import (BudgetRow, ParamCount, StudentShape, budget_configs, 
 T.logging.set_verbosity_error()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread hand-offs dominate every op on small CPUs, one thread is much faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 BERT = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=40, num_labels=3)

