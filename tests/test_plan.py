@@ -802,3 +802,24 @@ def test_sliding_window_attention_terms_are_finite_and_skip_keys_outside_the_win
                                               reduce="mean"))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_regression_logits_distill_values_not_a_constant_softmax():
+    """STS-B has one output: KL over a 1-way softmax is always 0, so the plan matches values (MSE)."""
+    import torch
+
+    from unikd.capture import Features
+    from unikd.families import ModelSpec
+    from unikd.plan import DistillationPlan, PlanConfig
+
+    spec = ModelSpec("bert", 2, 8, 2, 2, 4, 10, False)
+    plan = DistillationPlan(PlanConfig.model_validate({"terms": [{"knowledge": "logits", "loss": "kl"}]}), spec, spec)
+    mask = torch.ones(3, 4, dtype=torch.long)
+
+    def feats(logits):
+        return Features(embeddings=None, hidden={}, q={}, k={}, v={}, logits=logits, attention_mask=mask,
+                        causal=False, scalings={}, output=None)
+
+    s, t = torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[1.5], [2.0], [3.5]])
+    _, logs = plan(feats(t), feats(s))
+    assert abs(float(logs["logits_kl"]) - ((0.5**2 + 0 + 3.0**2) / 3)) < 1e-6

@@ -142,7 +142,10 @@ class Features:
         if k.dtype != q.dtype:
             k = k.to(q.dtype)
         k = _repeat_kv(k, q.shape[1] // k.shape[1])
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scalings[layer]
+        # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): the same product (HF eager scales
+        # the scores; the results agree to rounding), one fewer full pass over the L x L map forward and
+        # in backward.
+        scores = torch.matmul(q * self.scalings[layer], k.transpose(-1, -2))
         return scores + self._additive_mask(scores.dtype, scores.device, self.sliding_windows.get(layer))
 
     def attention_scores(self, layer: int) -> Tensor:

@@ -6,6 +6,7 @@ Every field is documented and validated by pydantic; cross-field checks that nee
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -134,9 +135,15 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _best_practice_yaml() -> str:
+    return (PRESET_DIR / "best-practice.yaml").read_text()
+
+
 def _best_practice_plan() -> dict:
-    # The default objective lives in presets/best-practice.yaml, set from docs/study-cpu.md.
-    return load_preset("best-practice")["plan"]
+    # The default objective lives in presets/best-practice.yaml, set from docs/study-cpu.md; the text is
+    # read once, and parsed per use so no caller can mutate a shared default.
+    return yaml.safe_load(_best_practice_yaml())["plan"]
 
 
 # ---- loading --------------------------------------------------------------------------------------

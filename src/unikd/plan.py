@@ -320,6 +320,10 @@ class DistillationPlan(nn.Module):
                 mask = (labels != -100).long()
             else:
                 mask = sf.attention_mask
+        if term.loss in ("kl", "soft_ce") and s.shape[-1] == 1:
+            # A regression head (STS-B) has one output: a softmax over it is constant, so the
+            # distribution losses would be identically zero. Match the predicted values instead.
+            return L.logits_mse(s, t, mask=mask)
         fn = L.get_loss("logits", term.loss)
         if term.loss in ("kl", "soft_ce"):
             return fn(s, t, temperature=temperature, mask=mask, t2_scaling=term.t2_scaling)
