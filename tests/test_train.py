@@ -66,6 +66,25 @@ def test_task_kd_and_no_kd_baseline_end_to_end(finetuned_teacher, tmp_path, glue
     assert any((tmp_path / "kd" / "logs").rglob("events.out.tfevents*"))
 
 
+def test_export_run_dir_reports_int8_next_to_fp32(finetuned_teacher, tmp_path, glue_dir):
+    """`unikd export RUN_DIR` scores every exported form on the run's own dev set."""
+    pytest.importorskip("onnxruntime")
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    run(load_config(None, _common(tmp_path, "kd", glue_dir, steps=2) + [
+        "stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=1"]))
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "kd"), "--dev-rows", "48"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "kd" / "export" / "export.json").read_text())
+    metrics = report["task_metrics"]
+    assert metrics["num_examples"] == 48
+    assert metrics["onnx"]["accuracy"] == metrics["torch"]["accuracy"]
+    assert 0.0 <= metrics["int8"]["accuracy"] <= 1.0
+    assert report["checks"]["onnx"]["ok"]
+
+
 def test_logits_kd_moves_student_towards_teacher(finetuned_teacher, tmp_path, glue_dir):
     """A KD run against its no-KD baseline: distilling only the teacher's logits (no labels) makes the
     student's predictive distribution closer to the teacher's than the same student trained on labels."""
