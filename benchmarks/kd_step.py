@@ -443,6 +443,12 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
             "batch": args.batch, "seq": args.seq, "clock": args.clock, "median_ms": med,
             "samples_per_s": args.batch / (med / 1e3),
             "ratio_to_limit": med / limit_ms if limit_ms else None,
+            # the same ratio taken within each round (same batch, minutes apart at most), then the median:
+            # slow drifts of the machine's load cancel; and the ratio of the fastest steps (contention only
+            # ever adds time, so the minimum is the least disturbed sample)
+            "ratio_paired_median": statistics.median(t / l for t, l in zip(times[name], times["limit"]))
+            if "limit" in times else None,
+            "ratio_min": min(times[name]) / min(times["limit"]) if "limit" in times else None,
             "median_wall_ms": statistics.median(wall[name]) * 1e3,
             "median_cpu_ms": statistics.median(cpu[name]) * 1e3,
             "peak_mem_mb": memory[name] / 2**20 if name in memory else None,
@@ -563,13 +569,14 @@ def machine_info(device: torch.device) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'method':<22} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
-            f"{'wall ms':>9} {'peak MB':>9}")
+            f"{'paired x':>9} {'wall ms':>9} {'peak MB':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_to_limit']:.3f}" if r["ratio_to_limit"] is not None else "-"
-        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        paired = f"{r['ratio_paired_median']:.3f}" if r["ratio_paired_median"] is not None else "-"
+        mem = f"{r['peak_mem_mb']:.1f}" if r["peak_mem_mb"] is not None else "-"
         lines.append(f"{r['method']:<22} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
-                     f"{r['median_ms']:>10.1f} {ratio:>8} {r['median_wall_ms']:>9.1f} {mem:>9}")
+                     f"{r['median_ms']:>10.1f} {ratio:>8} {paired:>9} {r['median_wall_ms']:>9.1f} {mem:>9}")
     return "\n".join(lines)
 
 
@@ -694,7 +701,8 @@ def main(argv=None) -> dict:
                   f"-> {cache_res['speedup_per_epoch_after_first']:.2f}x per epoch after the first")
     print(f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}, {info['threads']} thread(s); median ms / samples/s "
           f"/ x limit use the {args.clock} clock ({'process CPU time' if args.clock == 'cpu' else 'wall time'}), median "
-          f"of {args.repeats} interleaved rounds after {args.warmup} warm-up steps; wall ms = median wall time; peak memory: "
+          f"of {args.repeats} interleaved rounds after {args.warmup} warm-up steps; paired x = median over rounds of the "
+          f"step / the limit's step in the same round; wall ms = median wall time; peak memory: "
           f"{MEMORY_METHOD[device.type] if args.memory else 'not measured'}")
     if args.json:
         with open(args.json, "w") as f:

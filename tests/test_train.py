@@ -130,6 +130,9 @@ def test_resume_matches_uninterrupted_run(finetuned_teacher, tmp_path, glue_dir)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     assert resumed["final"] == full["final"]
+    with pytest.raises(ConfigError, match="output_dir.*already holds.*--resume"):
+        run(cfg)  # a finished run is never overwritten by accident
+    assert run(cfg, resume=True)["final"] == full["final"]  # resuming a finished run returns its results
 
 
 def test_general_stage_mlm(tmp_path, minilm_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +103,10 @@ class Features:
     output: Any
     #: layer -> causal sliding window (Mistral / windowed Qwen2 layers); absent = full attention
     sliding_windows: dict[int, int] = field(default_factory=dict)
-    _scores: dict[int, Tensor] = field(default_factory=dict, repr=False)
-    _probs: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    # layer -> weak reference: a map is reused while anyone (the caller, autograd) holds it and freed as
+    # soon as nobody does, instead of living [B, H, L, L] per layer until the Features is dropped
+    _scores: dict[int, weakref.ref] = field(default_factory=dict, repr=False)
+    _probs: dict[int, weakref.ref] = field(default_factory=dict, repr=False)
     _masks: dict[tuple, Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -148,21 +151,35 @@ class Features:
         scores = torch.matmul(q * self.scalings[layer], k.transpose(-1, -2))
         return scores + self._additive_mask(scores.dtype, scores.device, self.sliding_windows.get(layer))
 
+    @staticmethod
+    def _cached(cache: dict[int, weakref.ref], layer: int) -> Tensor | None:
+        ref = cache.get(layer)
+        return ref() if ref is not None else None
+
     def attention_scores(self, layer: int) -> Tensor:
-        """[B, H, L, L] pre-softmax scores (scaled, with the additive padding/causal mask); cached."""
-        scores = self._scores.get(layer)
+        """[B, H, L, L] pre-softmax scores (scaled, with the additive padding/causal mask).
+
+        Cached while referenced: a second call returns the same tensor as long as the first result is
+        still alive; once every user has dropped it, its memory is freed and a later call recomputes it.
+        """
+        scores = self._cached(self._scores, layer)
         if scores is None:
-            scores = self._scores[layer] = self._compute_scores(layer)
+            scores = self._compute_scores(layer)
+            self._scores[layer] = weakref.ref(scores)
         return scores
 
     def attention_probs(self, layer: int) -> Tensor:
-        """[B, H, L, L] softmax of ``attention_scores(layer)`` (computed in fp32, returned in Q's dtype); cached."""
-        probs = self._probs.get(layer)
+        """[B, H, L, L] softmax of ``attention_scores(layer)`` (computed in fp32, returned in Q's dtype).
+
+        Cached while referenced, like ``attention_scores``.
+        """
+        probs = self._cached(self._probs, layer)
         if probs is None:
-            scores = self._scores.get(layer)
+            scores = self._cached(self._scores, layer)
             if scores is None:  # do not keep the scores alive when only the probabilities are asked for
                 scores = self._compute_scores(layer)
-            probs = self._probs[layer] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+            self._probs[layer] = weakref.ref(probs)
         return probs
 
 

@@ -181,9 +181,12 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     """
     output_dir = Path(cfg.output_dir)
     teacher_path, kind, plan = validate_run(cfg)
-    if (output_dir / "metrics.json").is_file() and not resume and _checkpoint_dirs(output_dir):
+    if not resume and ((output_dir / "metrics.json").is_file() or _checkpoint_dirs(output_dir)):
+        # Never train over a finished or checkpointed run: its results would be silently replaced.
         raise ConfigError("output_dir", f"{output_dir} already holds a finished or started run",
                           "pass --resume to continue it, or choose another output_dir")
+    if resume and (output_dir / "metrics.json").is_file():
+        return json.loads((output_dir / "metrics.json").read_text())  # finished already: nothing to resume
 
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
