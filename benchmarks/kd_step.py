@@ -27,8 +27,12 @@ unikd runs exactly the calls ``unikd.train`` makes per step (``FeatureCapture`` 
 ``DistillationPlan.forward``, backward, optimizer step) without Accelerate, scheduler or logging.
 TextBrewer runs its own ``train_on_batch`` and the body of its ``train_with_num_steps`` loop
 (``write_loss``, backward, ``optimizer.step``, ``zero_grad``), minus checkpoint saving. Nobody clips
-gradients or steps an LR scheduler. torchdistill is listed when its distillation core imports; see
-docs/performance.md for why it does not on a CPU-only torch.
+gradients or steps an LR scheduler. torchdistill methods are always reported as skipped, with the
+reason: on a CPU-only torch its distillation core cannot import (it imports torchvision), and this
+benchmark has no torchdistill runner yet -- see docs/performance.md.
+
+Step time on CPU is process CPU time by default (``--clock``), robust to other jobs on a shared machine;
+``paired x`` is the median over rounds of (method step / limit step in the same round).
 
 Timing: one process; every method first runs ``--warmup`` steps, then ``--repeats`` rounds in which
 every method runs one step, in a rotating order (round r starts at method r mod n), on the same batch;
@@ -43,7 +47,7 @@ Also measured (``--cache-epochs`` > 0): one logits-only (hinton) task-KD epoch w
 
 Usage::
 
-    python benchmarks/kd_step.py --device cpu --batch 8 --repeats 5 --json kd_step.json
+    python benchmarks/kd_step.py --device cpu --batch 8 --repeats 8 --warmup 1 --threads 1 --cache-batches 4 --json kd_step.json
     python benchmarks/kd_step.py --tiny            # seconds; what tests/test_kd_step_bench.py runs
 """
 
@@ -378,7 +382,7 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
     steps: dict[str, Callable] = {}
     skipped = []
     tb_ok, tb_reason = textbrewer_available()
-    td_ok, td_reason = torchdistill_available()
+    _, td_reason = torchdistill_available()
     pairs = None
     for m in methods:
         if m == "limit":

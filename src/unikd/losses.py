@@ -287,9 +287,14 @@ def attention_mse(s: Tensor, t: Tensor, valid: Tensor | None = None) -> Tensor:
     entries are ignored even when they hold −inf / finfo.min.
     """
     _same_shape(s, t, "attention")
-    v = _all_valid(s, valid)
-    d = torch.where(v, s.float(), 0.0) - torch.where(v, t.detach().float(), 0.0)
-    return (d**2).sum() / v.sum().clamp_min(1)
+    if valid is None:
+        return (s.float() - t.detach().float()).pow(2).mean()
+    valid = valid.to(device=s.device).bool()
+    # One select over the difference (invalid entries may hold -inf - -inf = nan; `where` drops them and
+    # passes no gradient there), and the count taken on the unexpanded mask: this runs per layer per step.
+    d = torch.where(valid, s.float() - t.detach().float(), 0.0)
+    count = valid.sum() * (s.shape[1] // valid.shape[1])
+    return d.pow(2).sum() / count.clamp_min(1)
 
 
 def _attention_terms(s_probs, t_probs, valid):
