@@ -135,7 +135,7 @@ class Features:
             self._masks[key] = mask
         return mask
 
-    def _compute_scores(self, layer: int) -> Tensor:
+    def _raw_scores(self, layer: int) -> Tensor:
         if layer not in self.q or layer not in self.k:
             raise KeyError(
                 f"attention for layer {layer} was not captured; add it to CaptureRequest.attention "
@@ -148,7 +148,10 @@ class Features:
         # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): the same product (HF eager scales
         # the scores; the results agree to rounding), one fewer full pass over the L x L map forward and
         # in backward.
-        scores = torch.matmul(q * self.scalings[layer], k.transpose(-1, -2))
+        return torch.matmul(q * self.scalings[layer], k.transpose(-1, -2))
+
+    def _compute_scores(self, layer: int) -> Tensor:
+        scores = self._raw_scores(layer)
         return scores + self._additive_mask(scores.dtype, scores.device, self.sliding_windows.get(layer))
 
     @staticmethod
@@ -156,12 +159,17 @@ class Features:
         ref = cache.get(layer)
         return ref() if ref is not None else None
 
-    def attention_scores(self, layer: int) -> Tensor:
+    def attention_scores(self, layer: int, masked: bool = True) -> Tensor:
         """[B, H, L, L] pre-softmax scores (scaled, with the additive padding/causal mask).
+
+        ``masked=False`` skips the additive mask - one pass over the L x L map less - for callers that
+        select the valid pairs themselves (the attention losses do); those results are not cached.
 
         Cached while referenced: a second call returns the same tensor as long as the first result is
         still alive; once every user has dropped it, its memory is freed and a later call recomputes it.
         """
+        if not masked:
+            return self._raw_scores(layer)
         scores = self._cached(self._scores, layer)
         if scores is None:
             scores = self._compute_scores(layer)

@@ -287,7 +287,9 @@ class DistillationPlan(nn.Module):
 
     def _attention_pair(self, term, tf: Features, sf: Features, t_l, s_l, valid):
         valid = self._window_valid(valid, tf, sf, t_l, s_l)
-        get = (lambda f, l: f.attention_scores(l)) if term.attention_on == "scores" else (lambda f, l: f.attention_probs(l))
+        # Scores go unmasked: every attention loss (and masked_softmax) selects the valid pairs itself.
+        get = (lambda f, l: f.attention_scores(l, masked=False)) if term.attention_on == "scores" \
+            else (lambda f, l: f.attention_probs(l))
         s_map = L.reduce_heads(get(sf, s_l), term.head_reduction)
         t_map = L.reduce_heads(get(tf, t_l), term.head_reduction)
         if term.loss == "mse":
