@@ -716,8 +716,9 @@ class StudyDB:
 
     # ---- writes ----
     def begin_study(self, study: str) -> None:
-        """Rows of an earlier expansion stay in the file but leave the report (current=0)."""
-        self.conn.execute("UPDATE runs SET current=0 WHERE study=?", (study,))
+        """Rows of an earlier expansion - of this study or of another one run into the same directory -
+        stay in the file but leave the report (current=0); this expansion's rows are re-marked by plan()."""
+        self.conn.execute("UPDATE runs SET current=0")
         self.conn.commit()
 
     def plan(self, run: PlannedRun) -> dict:
