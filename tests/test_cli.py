@@ -63,3 +63,25 @@ def test_task_stage_needs_a_finetuned_teacher(tmp_path):
 def test_validate_pkg_example_ok():
     result = runner.invoke(app, ["validate", str(EXAMPLES / "minilmv2-general.yaml")])
     assert result.exit_code == 0, result.output
+
+
+def test_bench_latency_on_a_run_dir_writes_table_json_and_plot(tmp_path, minilm_path):
+    """A run directory is timed through its student/ and its dev score lands on the score-vs-latency plot."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    run_dir = tmp_path / "run"
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=4, intermediate_size=64)).save_pretrained(run_dir / "student")
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(run_dir / "student")
+    (run_dir / "metrics.json").write_text(json.dumps({"final": {"accuracy": 0.8, "score": 0.8}}))
+    out = tmp_path / "lat"
+    result = runner.invoke(app, ["bench-latency", f"tiny={run_dir}", "--batch-sizes", "1", "--seq-len", "16",
+                                 "--repeats", "2", "--backends", "torch", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "latency.json").read_text())["rows"]
+    assert [(r["model"], r["backend"], r["batch_size"]) for r in rows] == [("tiny", "torch", 1)]
+    assert rows[0]["p50_ms"] <= rows[0]["p95_ms"]
+    assert (out / "latency.md").read_text().count("tiny") == 1
+    assert (out / "score_vs_latency.png").stat().st_size > 0

@@ -175,7 +175,8 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
 
 
 @app.command("bench-latency")
-def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (or dirs) to time."),
+def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (or dirs) to time; a run directory "
+                                                   "times its student/ and adds its dev score to a plot."),
                   batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
                   seq_len: int = typer.Option(128, help="Sequence length."),
                   threads: Optional[int] = typer.Option(None, help="CPU threads (default: all)."),
@@ -185,13 +186,21 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
     """p50/p95 CPU latency, size on disk and FLOPs for teacher and students in PyTorch and ONNX Runtime."""
     from unikd.config import resolve_model_path
     from unikd.io import atomic_write_text
-    from unikd.latency import bench_latency as bench, format_latency_table, write_latency_json
+    from unikd.latency import bench_latency as bench, format_latency_table, plot_score_vs_latency, write_latency_json
 
-    named = {}
+    named, scores = {}, {}
     for item in models:
         name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+        name = name or Path(path).name
+        run_dir = Path(path)
+        if (run_dir / "student" / "config.json").is_file():  # a run directory: its student and its score
+            path = str(run_dir / "student")
+            if (run_dir / "metrics.json").is_file():
+                final = json.loads((run_dir / "metrics.json").read_text()).get("final") or {}
+                if final.get("score") is not None:
+                    scores[name] = final["score"]
         try:
-            named[name or Path(path).name] = resolve_model_path(path, "models")
+            named[name] = resolve_model_path(path, "models")
         except ConfigError as exc:
             _fail(exc)
     try:
@@ -203,6 +212,8 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
     out.mkdir(parents=True, exist_ok=True)
     write_latency_json(rows, out / "latency.json")
     atomic_write_text(out / "latency.md", table + "\n")
+    if scores:  # run directories carry their dev score: plot score versus latency
+        plot_score_vs_latency(rows, scores, out / "score_vs_latency.png")
     typer.echo(table)
 
 
