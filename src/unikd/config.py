@@ -184,6 +184,17 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def read_yaml_mapping(path: Path, field: str, hint: str) -> dict:
+    """A YAML file that must hold a mapping; syntax errors and other shapes name ``field``."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(field, f"{path} is not valid YAML ({exc})", "fix the YAML syntax") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(field, f"{path} must hold a mapping at the top level", hint)
+    return loaded
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> RunConfig:
     """Read a YAML run config (optional), apply overrides, validate. Errors name the field."""
@@ -192,13 +203,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         p = Path(path)
         if not p.is_file():
             raise ConfigError("config", f"file {str(p)!r} does not exist", "pass the path of a YAML run config")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{p} is not valid YAML ({exc})", "fix the YAML syntax") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError("config", f"{p} must hold a mapping at the top level", "see examples/*.yaml")
-        data = deep_merge(data, loaded)
+        data = deep_merge(data, read_yaml_mapping(p, "config", "see examples/*.yaml"))
     overrides = list(overrides or [])
     preset = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
     overrides = [o for o in overrides if not o.startswith("preset=")]

@@ -64,7 +64,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unikd.config import (RunConfig, _format_validation_error, apply_overrides, deep_merge, dump_config,
-                          list_presets, load_preset)
+                          list_presets, load_preset, read_yaml_mapping)
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_text
 
@@ -200,12 +200,7 @@ def load_study(source: str | os.PathLike | Mapping | StudyConfig,
         if not path.is_file():
             raise ConfigError("study", f"file {str(source)!r} does not exist",
                               f"pass a study YAML, or a built-in name: {sorted(list_studies())}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("study", f"{path} is not valid YAML ({exc})", "fix the YAML syntax") from exc
-        if not isinstance(data, dict):
-            raise ConfigError("study", f"{path} must hold a mapping at the top level", "see unikd/studies/*.yaml")
+        data = read_yaml_mapping(path, "study", "see unikd/studies/*.yaml")
     if overrides:
         data = apply_study_overrides(data, list(overrides))
     try:
