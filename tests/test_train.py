@@ -47,7 +47,9 @@ def test_task_kd_and_no_kd_baseline_end_to_end(finetuned_teacher, tmp_path, glue
     student = ["student.shape.num_layers=2", "student.shape.hidden_size=16", "student.shape.num_heads=2",
                "student.init.strategy=slice"]
     kd = run(load_config(None, _common(tmp_path, "kd", glue_dir) + student + [
-        "stage=task", f"teacher.path={finetuned_teacher}"]))
+        "stage=task", f"teacher.path={finetuned_teacher}",
+        "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: uniform}, "
+        "{knowledge: relation, matching: pair, teacher_layer: -1, student_layer: -1}]"]))
     base = run(load_config(None, _common(tmp_path, "nokd", glue_dir) + student + [
         "stage=finetune", f"teacher.path={finetuned_teacher}"]))
     for result, name in ((kd, "kd"), (base, "nokd")):
