@@ -27,10 +27,8 @@ Layer selection (``cfg.layers``, teacher T blocks -> student S blocks, indices 0
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch

@@ -203,7 +203,7 @@ def build_student(teacher_model: PreTrainedModel, shape: StudentShape | None = N
 
     shape = shape or StudentShape()
     init = init or InitConfig()
-    adapter = get_adapter(teacher_model, field="teacher.path")
+    get_adapter(teacher_model, field="teacher.path")  # an unsupported family fails here, before any weights
     if init.strategy not in INITIALIZERS:
         raise ConfigError(f"{INIT_FIELD}.strategy", f"unknown strategy {init.strategy!r}",
                           f"use one of {sorted(INITIALIZERS)}")

@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -65,7 +64,7 @@ def validate_run(cfg: RunConfig):
                 "plan", f"the teacher {cfg.teacher.path!r} has no LM head, so general-stage logits KD and the LM "
                 "loss are unavailable", "drop the logits terms and set plan.hard_label_weight=0 (intermediate "
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head")
-    return teacher_path, kind, plan
+    return teacher_path, teacher_config, kind, plan
 
 
 def _cache_dir() -> Path:
@@ -180,7 +179,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     simulate an interruption; the checkpoint written at that step is what ``resume`` picks up).
     """
     output_dir = Path(cfg.output_dir)
-    teacher_path, kind, plan = validate_run(cfg)
+    teacher_path, teacher_config, kind, plan = validate_run(cfg)
     if not resume and ((output_dir / "metrics.json").is_file() or _checkpoint_dirs(output_dir)):
         # Never train over a finished or checkpointed run: its results would be silently replaced.
         raise ConfigError("output_dir", f"{output_dir} already holds a finished or started run",
@@ -205,7 +204,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     # Data first (a missing file fails before any weights load), then the teacher (frozen, never
     # wrapped) and the student built from it.
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    is_decoder = get_adapter(AutoConfig.from_pretrained(teacher_path)).is_decoder
+    is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, eval_ds, collate = _datasets(cfg, tokenizer, is_decoder)
