@@ -213,6 +213,99 @@ def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teach
         assert r["score"] == json.loads((Path(r["output_dir"]) / "metrics.json").read_text())["final"]["score"]
 
 
+def test_a_fine_tune_hash_ignores_the_kd_plan(tiny_teacher, mini_glue, tmp_path):
+    """A new default plan (or base plan) must not invalidate finished teachers and no-KD baselines."""
+    a = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "a")))
+    changed = _study(tiny_teacher, mini_glue, tmp_path / "a")
+    changed["base"]["plan"]["hard_label_weight"] = 0.5
+    b = expand_study(StudyConfig.model_validate(changed))
+    same = {r.kind: r.config_hash == s.config_hash for r, s in zip(a, b)}
+    assert same == {"teacher": True, "no-KD": True, "kd": False}
+
+
+class CountingFake:
+    def __init__(self):
+        self.calls: list[RunConfig] = []
+
+    def __call__(self, cfg: RunConfig):
+        self.calls.append(cfg)
+        return fake_runner(cfg)
+
+
+def test_another_configs_results_are_moved_aside_never_deleted(tiny_teacher, mini_glue, tmp_path):
+    out = tmp_path / "aside"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    teacher_dir = out / "teachers" / "sst2"
+    old_metrics = (teacher_dir / "metrics.json").read_text()
+    study["teacher_finetune"]["optim"]["lr"] = 2e-3  # another teacher config, same teachers/sst2 directory
+    notes: list[str] = []
+    summary = run_study(study, runner=fake_runner, echo=notes.append)
+    assert summary["status"] == {"done": 4}
+    aside = [p for p in (out / "teachers").iterdir() if p.name.startswith("sst2.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.json").read_text() == old_metrics
+    assert (aside[0] / "student" / "config.json").is_file() and (teacher_dir / "metrics.json").is_file()
+    assert any("moved to" in n for n in notes)
+
+
+def test_a_teacher_recorded_done_but_deleted_is_fine_tuned_again(tiny_teacher, mini_glue, tmp_path):
+    import shutil
+
+    out = tmp_path / "gone"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    shutil.rmtree(out / "teachers" / "sst2")
+    runner = CountingFake()
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    assert [c.stage for c in runner.calls] == ["finetune"] and runner.calls[0].output_dir.endswith("teachers/sst2")
+    assert summary["status"] == {"done": 4} and (out / "teachers" / "sst2" / "student").is_dir()
+
+
+def test_a_database_of_an_older_hash_scheme_is_rehashed(tiny_teacher, mini_glue, tmp_path):
+    out = tmp_path / "rehash"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    con = sqlite3.connect(out / DB_NAME)
+    con.execute("UPDATE runs SET config_hash='old-' || config_hash")  # what an older version had written
+    con.execute("DELETE FROM meta")
+    con.commit()
+    con.close()
+    runner = CountingFake()
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == [] and len(summary["skipped"]) == 4 and summary["status"] == {"done": 4}
+
+
+def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, mini_glue, tmp_path, monkeypatch):
+    """A pool study stopped mid-phase has times for nothing of that phase; the next call fills them in."""
+    import unikd.study as S
+
+    monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 2.5)
+    out = tmp_path / "latency"
+    study = _study(tiny_teacher, mini_glue, out)
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    con = sqlite3.connect(out / DB_NAME)
+    con.execute("UPDATE runs SET latency_ms=NULL WHERE kind != 'teacher'")
+    con.commit()
+    con.close()
+    runner = CountingFake()
+    run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == [] and [r["latency_ms"] for r in read_rows(out)] == [2.5] * 4
+
+
+def test_an_interrupted_attempt_of_the_same_config_resumes(tiny_teacher, mini_glue, tmp_path):
+    from unikd.config import dump_config
+    from unikd.study import _prepare_dir
+
+    planned = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "r")))
+    run, other = planned[2], planned[3]
+    run.output_dir.mkdir(parents=True)
+    (run.output_dir / "config.yaml").write_text(dump_config(run.config))
+    assert _prepare_dir(run, print) == {"resume": True} and run.output_dir.is_dir()
+    # a directory with another config's unfinished attempt is cleared
+    (run.output_dir / "config.yaml").write_text(dump_config(other.config))
+    assert _prepare_dir(run, print) == {} and not run.output_dir.exists()
+
+
 # ---------------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------------

@@ -459,14 +459,22 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def config_hash(cfg: RunConfig, root: str | None = None, teacher_hash: str | None = None) -> str:
-    """sha256 of the canonical JSON of the resolved config without output_dir (and train.progress, which
-    does not change results). Paths under the study's output_dir are written relative to it, so a moved
-    study keeps its hashes; a run that reads a study teacher also hashes that teacher's config hash."""
+def _hash_payload(cfg: RunConfig) -> dict:
+    """What can change a run's result: the resolved config without output_dir, train.progress and - for a
+    fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished teachers)."""
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
     data.get("train", {}).pop("progress", None)
-    text = _canonical(data)
+    if data.get("stage") == "finetune":
+        data.pop("plan", None)
+    return data
+
+
+def config_hash(cfg: RunConfig, root: str | None = None, teacher_hash: str | None = None) -> str:
+    """sha256 of the canonical JSON of ``_hash_payload(cfg)``. Paths under the study's output_dir are written
+    relative to it, so a moved study keeps its hashes; a run that reads a study teacher also hashes that
+    teacher's config hash. Changing what is hashed means bumping HASH_VERSION (databases are re-hashed)."""
+    text = _canonical(_hash_payload(cfg))
     if root:
         text = text.replace(json.dumps(root)[1:-1], "<study>")
     if teacher_hash:
@@ -656,7 +664,11 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash);
 CREATE INDEX IF NOT EXISTS runs_study ON runs(study, status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Version of what config_hash covers; a database written under an older version is re-hashed on open.
+# 1: the whole config; 2: a fine-tune's hash leaves out the (unused) KD plan.
+HASH_VERSION = 2
 JSON_COLUMNS = ("axes", "config", "metrics")
 
 
@@ -675,6 +687,29 @@ class StudyDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        self.conn.commit()
+        row = self.conn.execute("SELECT value FROM meta WHERE key='hash_version'").fetchone()
+        version = int(row[0]) if row else (1 if self.conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() else 0)
+        if version != HASH_VERSION:
+            self._rehash()
+
+    def _rehash(self) -> None:
+        """Recompute every row's config hash from its stored config (teachers first, since the other runs
+        hash their teacher's hash), so finished runs are still found after the hash scheme changed. A row
+        whose config no longer validates keeps its old hash (it will simply not be matched)."""
+        root = str(self.path.parent.resolve())
+        new_hash: dict[str, str] = {}
+        rows = self.conn.execute("SELECT run_id, kind, config, teacher_id FROM runs "
+                                 "ORDER BY (kind='teacher') DESC").fetchall()
+        for r in rows:
+            try:
+                cfg = RunConfig.model_validate(json.loads(r["config"]))
+            except Exception:  # noqa: BLE001 - an old, no longer valid config
+                continue
+            teacher_hash = new_hash.get(r["teacher_id"]) if r["teacher_id"] else None
+            new_hash[r["run_id"]] = config_hash(cfg, root, teacher_hash)
+            self.conn.execute("UPDATE runs SET config_hash=? WHERE run_id=?", (new_hash[r["run_id"]], r["run_id"]))
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hash_version', ?)", (str(HASH_VERSION),))
         self.conn.commit()
 
     def close(self) -> None:
@@ -780,10 +815,10 @@ def read_rows(study_dir: str | os.PathLike, current_only: bool = True, status: s
 # ---------------------------------------------------------------------------------------------------
 # Executing one run (in this process or a worker)
 # ---------------------------------------------------------------------------------------------------
-def _default_runner(cfg: RunConfig):
+def _default_runner(cfg: RunConfig, resume: bool = False):
     from unikd.train import run
 
-    return run(cfg)
+    return run(cfg, resume=resume)
 
 
 def _tail(text: str, limit: int = ERROR_TAIL) -> str:
@@ -831,7 +866,8 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
         if job.get("collect"):
             returned, wall = None, job.get("wall_s")
         else:
-            returned = (runner or _default_runner)(cfg)
+            # Resuming is the trainer's; a custom runner is always handed a clean directory's config.
+            returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
             wall = time.perf_counter() - t0
         outcome = {"status": "done", "wall_s": wall, **_outcome_from_dir(cfg, returned)}
         if isinstance(returned, Mapping) and "stopped_at" in returned:
@@ -864,16 +900,41 @@ def _worker_init(threads: int | None) -> None:
 # ---------------------------------------------------------------------------------------------------
 # The runner
 # ---------------------------------------------------------------------------------------------------
-def _finished_elsewhere(run: PlannedRun) -> bool:
-    """A run directory whose metrics.json sits next to a config.yaml equal to the planned config."""
-    out = run.output_dir
-    if not ((out / "metrics.json").is_file() and (out / "config.yaml").is_file()):
-        return False
+def _saved_config(out: Path) -> RunConfig | None:
     try:
-        done = RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
-    except Exception:  # noqa: BLE001
-        return False
-    return _canonical(done.model_dump(mode="json")) == _canonical(run.config.model_dump(mode="json"))
+        return RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    except Exception:  # noqa: BLE001 - missing or unreadable: not this run's
+        return None
+
+
+def _same_run(saved: RunConfig | None, run: PlannedRun) -> bool:
+    return saved is not None and _canonical(_hash_payload(saved)) == _canonical(_hash_payload(run.config))
+
+
+def _finished_elsewhere(run: PlannedRun) -> bool:
+    """A run directory whose metrics.json sits next to a config.yaml of the same planned config."""
+    out = run.output_dir
+    return (out / "metrics.json").is_file() and _same_run(_saved_config(out), run)
+
+
+def _prepare_dir(run: PlannedRun, echo) -> dict:
+    """How to start ``run`` in its output directory: collect a run finished elsewhere, resume an interrupted
+    attempt of the same config from its last checkpoint, and never delete another config's results - they
+    are moved aside to ``<dir>.replaced-<time>`` (a teacher directory is shared by every teacher config)."""
+    out = run.output_dir
+    if _finished_elsewhere(run):
+        return {"collect": True}
+    if not out.exists():
+        return {}
+    if _same_run(_saved_config(out), run):
+        return {"resume": True}
+    if (out / "metrics.json").is_file() or (out / "student").is_dir():
+        aside = out.with_name(f"{out.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        echo(f"  note: {out} held another config's results; moved to {aside}")
+    else:
+        shutil.rmtree(out)  # an attempt that never got to results
+    return {}
 
 
 def _command(path: Path) -> str:
@@ -919,9 +980,18 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
     with StudyDB(root / DB_NAME) as db:
         db.begin_study(study.name)
         todo: list[PlannedRun] = []
+        attached: dict[str, str] = {}  # planned teacher id -> the id of the row it re-attached to
         for run in planned:
+            if run.teacher_id:
+                run.teacher_id = attached.get(run.teacher_id, run.teacher_id)
+            planned_id = run.run_id
             row = db.plan(run)
-            if row["status"] == "done" or (row["status"] == "failed" and not retry_failed):
+            attached[planned_id] = row["run_id"]
+            if run.kind == "teacher" and row["status"] == "done" and not (run.output_dir / "student").is_dir():
+                echo(f"teacher {row['run_id']} is recorded done but {run.output_dir / 'student'} is gone: "
+                     "fine-tuning it again")
+                todo.append(run)
+            elif row["status"] == "done" or (row["status"] == "failed" and not retry_failed):
                 summary["skipped"].append(run.run_id)
             else:
                 todo.append(run)
@@ -933,6 +1003,7 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
             rest = [r for r in todo if r.kind != "teacher"]
             echo(f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
                  f"before (skipped), {len(todo)} to run -> {root}")
+            _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
             pool = _make_pool(workers) if workers > 1 and todo else None
             try:
                 _execute_all(db, teachers, latency, pool, runner, echo, summary)
@@ -991,13 +1062,12 @@ def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runne
         return
     jobs = []
     for run in runs:
-        collect = _finished_elsewhere(run)
-        if not collect and run.output_dir.exists():
-            shutil.rmtree(run.output_dir)  # a crashed or stale attempt of this very config: start clean
-        jobs.append((run, {"config": run.config.model_dump(mode="json"), "latency": latency, "collect": collect}))
+        jobs.append((run, {"config": run.config.model_dump(mode="json"), "latency": latency,
+                           **_prepare_dir(run, echo)}))
     if pool is None:
         for i, (run, job) in enumerate(jobs):
-            echo(f"[{i + 1}/{len(jobs)}] {run.kind} {run.run_id}" + (" (collecting)" if job["collect"] else ""))
+            how = " (collecting)" if job.get("collect") else " (resuming)" if job.get("resume") else ""
+            echo(f"[{i + 1}/{len(jobs)}] {run.kind} {run.run_id}{how}")
             db.mark_running(run.run_id)
             _store(db, run, execute_run(job, runner), echo, summary)
         return
@@ -1024,15 +1094,31 @@ def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runne
             finished.append(run)
     if settings.enabled:
         for run in finished:
-            student = run.output_dir / "student"
-            if not (student / "config.json").is_file():
-                continue
-            try:
-                ms = measure_latency(student, settings.seq_len or run.config.data.max_length, settings)
-                db.set_latency(run.run_id, ms)
-                echo(f"  latency {run.run_id}: {ms:.2f} ms")
-            except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
-                db.set_latency(run.run_id, None, f"latency not measured: {type(exc).__name__}: {exc}")
+            _time_latency(db, run, settings, echo)
+
+
+def _time_latency(db: StudyDB, run: PlannedRun, settings: LatencySettings, echo) -> None:
+    student = run.output_dir / "student"
+    if not (student / "config.json").is_file():
+        return
+    try:
+        ms = measure_latency(student, settings.seq_len or run.config.data.max_length, settings)
+        db.set_latency(run.run_id, ms)
+        echo(f"  latency {run.run_id}: {ms:.2f} ms")
+    except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
+        db.set_latency(run.run_id, None, f"latency not measured: {type(exc).__name__}: {exc}")
+
+
+def _backfill_latency(db: StudyDB, finished: list[PlannedRun], latency: dict, echo) -> None:
+    """Time the finished runs that have no latency yet - a pool study stopped before the end of a phase
+    times nothing of that phase - here, before any worker starts."""
+    settings = LatencySettings.model_validate(latency)
+    if not settings.enabled:
+        return
+    for run in finished:
+        row = db.get(run.run_id)
+        if row and row["status"] == "done" and row["latency_ms"] is None:
+            _time_latency(db, run, settings, echo)
 
 
 def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> None:
