@@ -124,6 +124,18 @@ def test_all_three_forms_written_and_recorded(exported):
     assert not list(out.glob(".*tmp*")), "no temp files left behind"
 
 
+def test_re_export_with_fewer_forms_removes_the_stale_ones(bert_dir, tmp_path):
+    out = tmp_path / "again"
+    export_student(bert_dir, out, formats=("onnx", "int8"), seq_len=SEQ_LEN)
+    (out / "notes.txt").write_text("mine")
+    assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
+    result = export_student(bert_dir, out, formats=("hf",), seq_len=SEQ_LEN)
+    assert set(result["files"]) == {"hf"} and (out / "hf" / "config.json").is_file()
+    # the ONNX graphs of the earlier export could be another model's: gone; the user's own file stays
+    assert not (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_checks_use_other_shapes_and_fp32_matches(exported):
     _, result = exported
     shapes = result["check_inputs"]

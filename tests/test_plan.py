@@ -556,6 +556,7 @@ def test_random_matching_is_deterministic_per_seed_and_step():
     for d in draws_a:
         assert [s for _, s in d[1]] == [0, 1]
         assert d[1][0][0] < d[1][1][0] and all(0 <= t < 6 for t, _ in d[1])
+        assert d[2] == d[1]  # random terms share the step's draw: one layer subset, captured once
         assert d[3] == [(2, 0), (5, 1)]  # static terms do not move
         assert 0 not in d  # logits have no layer pairs
 

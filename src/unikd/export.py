@@ -19,7 +19,9 @@ PyTorch to ~1e-7 for any batch size / length (checked on every export).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -36,6 +38,8 @@ from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 #: model_type values whose ONNX export is supported (and tested).
 ONNX_FAMILIES: tuple[str, ...] = ("bert", "roberta", "electra", "distilbert", "gpt2", "llama", "qwen2", "mistral")
@@ -199,18 +203,8 @@ def file_bytes(path: str | os.PathLike) -> int:
 
 def onnx_bytes(path: str | os.PathLike) -> int:
     """Size of an ONNX file plus any external-data files it references."""
-    import onnx
-
     path = Path(path)
-    total = path.stat().st_size
-    model = onnx.load(str(path), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in model.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
+    return path.stat().st_size + sum(p.stat().st_size for p in _onnx_external_files(path) if p.is_file())
 
 
 def weights_bytes(model_dir: str | os.PathLike) -> int:
@@ -590,6 +584,41 @@ def _write_hf(model: nn.Module, tokenizer, hf_dir: Path) -> list[str]:
     return keys
 
 
+def _remove_stale_forms(out_dir: Path, formats: Sequence[str]) -> list[str]:
+    """Delete the forms an earlier export wrote into ``out_dir`` (as its export.json lists them) that this
+    export does not rewrite: they may belong to another model, and out_dir must describe one export.
+    They are derived files, reproducible from the run directory; nothing else in out_dir is touched."""
+    previous = out_dir / "export.json"
+    try:
+        files = json.loads(previous.read_text()).get("files", {}) if previous.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    removed = []
+    for form, entry in files.items():
+        path = Path(entry.get("path", "")) if isinstance(entry, dict) else None
+        if form in formats or path is None or not _is_within(path, out_dir) or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(Exception):  # an unreadable graph: only the file itself goes
+                for extra in _onnx_external_files(path):
+                    extra.unlink(missing_ok=True)
+            path.unlink()
+        removed.append(str(path))
+        logger.info("removed %s, left from an earlier export of other formats", path)
+    return removed
+
+
+def _onnx_external_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX file references (none for models under 2 GB)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return [path.parent / n for n in sorted(names) if _is_within(path.parent / n, path.parent)]
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
@@ -645,6 +674,7 @@ def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     model, info = load_model(model_dir, "run_dir", config)
     tokenizer = load_tokenizer(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_forms(out_dir, formats)
     input_names = model_input_names(model)
     check_tok = _prepare_tokenizer(load_tokenizer(model_dir)) if tokenizer is not None else None
     batches = _check_batches(config, input_names, check_tok, check_inputs or DEFAULT_CHECK_TEXTS, seq_len)

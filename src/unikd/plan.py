@@ -225,7 +225,11 @@ class DistillationPlan(nn.Module):
 
     # ---- what to capture ----------------------------------------------------------------------
     def pairs_at(self, step: int) -> dict[int, list[tuple[int, int]]]:
-        """Layer pairs for every layered term at ``step`` (random matching re-drawn per step)."""
+        """Layer pairs for every layered term at ``step`` (random matching re-drawn per step).
+
+        All random-matching terms of a plan see the same draw in a step (one generator state per step):
+        hidden-state and attention terms then use one RAIL-KD layer subset, and only those layers are
+        captured."""
         out = {}
         for i, term in enumerate(self.config.terms):
             if term.knowledge in _LAYERED:
