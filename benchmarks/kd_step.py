@@ -22,14 +22,30 @@ Methods (each with its own student copy, same initial weights, its own AdamW):
                        ``output_hidden_states=True, output_attentions=True`` -- which needs eager
                        attention in transformers 5 (SDPA returns no attention maps), so both of its
                        models run eager attention, as the tool forces.
+* ``torchdistill-logits``  torchdistill ``DistillationBox``: forward hooks on both classifiers, ``WeightedSumLoss``
+                       of one ``KDLoss`` (T=2, alpha 0.5: 0.5 hard CE + 0.5 T² KL), labels passed as targets.
+* ``torchdistill-tinybert`` ``DistillationBox`` with forward hooks on the embeddings, the matched layers and
+                       their self-attention modules (same pairs as above) and the classifiers, eager
+                       attention in both models; ``WeightedSumLoss`` of ``MSELoss`` terms on the embedding
+                       and layer outputs (student side through trainable linear projections held by an
+                       auxiliary model wrapper where widths differ), an attention-probability MSE per pair
+                       (summed over heads when head counts differ) and ``KDLoss`` at T=1 (no hard loss).
+                       torchdistill reduces every MSE by a plain mean (padding included), TextBrewer by
+                       masked means: the same terms, not the same numbers.
 
 unikd runs exactly the calls ``unikd.train`` makes per step (``FeatureCapture`` on teacher and student,
 ``DistillationPlan.forward``, backward, optimizer step) without Accelerate, scheduler or logging.
 TextBrewer runs its own ``train_on_batch`` and the body of its ``train_with_num_steps`` loop
-(``write_loss``, backward, ``optimizer.step``, ``zero_grad``), minus checkpoint saving. Nobody clips
-gradients or steps an LR scheduler. torchdistill methods are always reported as skipped, with the
-reason: on a CPU-only torch its distillation core cannot import (it imports torchvision), and this
-benchmark has no torchdistill runner yet -- see docs/performance.md.
+(``write_loss``, backward, ``optimizer.step``, ``zero_grad``), minus checkpoint saving. torchdistill runs
+what its training loops call per batch: ``DistillationBox.forward_process`` and its default
+``post_forward_process`` (backward, ``optimizer.step``, ``zero_grad``), after one ``pre_epoch_process``,
+minus metric logging. Nobody clips gradients or steps an LR scheduler.
+
+torchdistill imports torchvision. On a CPU-only torch the PyPI torchvision wheel (a CUDA build) fails to
+import unless torchvision::nms/qnms are defined first; this module does that before importing
+transformers (see ``import_torchvision``), so ``pip install --no-deps --target DIR torchvision==0.28.0``
+and ``PYTHONPATH=DIR`` are enough. Without torchvision the torchdistill methods are reported as skipped,
+with that hint -- see docs/performance.md.
 
 Step time on CPU is process CPU time by default (``--clock``), robust to other jobs on a shared machine;
 ``paired x`` is the median over rounds of (method step / limit step in the same round).
@@ -49,6 +65,7 @@ Usage::
 
     python benchmarks/kd_step.py --device cpu --batch 8 --repeats 8 --warmup 1 --threads 1 --cache-batches 4 --json kd_step.json
     python benchmarks/kd_step.py --tiny            # seconds; what tests/test_kd_step_bench.py runs
+    PYTHONPATH=DIR python benchmarks/kd_step.py ...  # DIR holds torchvision, for the torchdistill methods
 """
 
 from __future__ import annotations
@@ -61,6 +78,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -75,6 +93,64 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---- torchvision on a CPU-only torch ----------------------------------------------------------
+# torchdistill imports torchvision (torchdistill.core -> torchdistill.models -> torchvision's ResNet and
+# DenseNet), but only its Python modules. The torchvision 0.28.0 wheel on PyPI is a CUDA build: its C
+# extension links libtorch_cuda and does not load beside torch 2.13.0+cpu (the CPU wheel lives only on
+# download.pytorch.org). torchvision then carries on without its ops, except that _meta_registrations.py
+# calls ``torch.library.register_fake`` on torchvision::nms and ::qnms unguarded and raises "operator
+# torchvision::nms does not exist". Defining those two schemas first (no kernels: nothing here runs NMS)
+# lets it import. transformers imports torchvision whenever it is installed, so this runs before the
+# transformers import below, not only when torchdistill is asked for.
+_TV_MISSING_OP = re.compile(r"operator torchvision::\w+ does not exist")
+_TV_NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+TORCHVISION_HINT = ("on a CPU-only torch: pip install --no-deps --target DIR torchvision==0.28.0, "
+                    "then run with PYTHONPATH=DIR (installing it into site-packages breaks transformers)")
+
+
+def _has_op(namespace: str, name: str) -> bool:
+    try:
+        getattr(getattr(torch.ops, namespace), name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _define_missing_torchvision_ops() -> bool:
+    """Define torchvision::nms/qnms schemas if torchvision's C ops did not load; True if it defined any."""
+    ext = sys.modules.get("torchvision.extension")
+    if ext is None or ext._has_ops():  # C ops loaded (or unknown): the error is something else
+        return False
+    missing = [op for op in ("nms", "qnms") if not _has_op("torchvision", op)]
+    for op in missing:
+        torch.library.define(f"torchvision::{op}", _TV_NMS_SCHEMA)
+    return bool(missing)
+
+
+def _try_import_torchvision() -> Exception | None:
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
+        return e
+    return None
+
+
+def import_torchvision() -> str:
+    """Import torchvision if it is installed, with the shim above when needed; '' or why it failed."""
+    if importlib.util.find_spec("torchvision") is None:
+        return "torchvision is not installed"
+    err = _try_import_torchvision()
+    if err is not None and _TV_MISSING_OP.search(str(err)) and _define_missing_torchvision_ops():
+        # the failed import left some torchvision submodules behind: import it afresh
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        err = _try_import_torchvision()
+    return "" if err is None else f"import torchvision failed: {type(err).__name__}: {err}"
+
+
+TORCHVISION_ERROR = import_torchvision()
 
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -243,7 +319,7 @@ def unikd_step(preset: str) -> Callable[[Context], Callable[[dict], None]]:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        step.plan = plan  # the TextBrewer set-up reads the layer pairs from it
+        step.plan = plan  # for inspection (tests)
         return step
 
     return build
@@ -329,14 +405,162 @@ def textbrewer_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
 # ---- torchdistill ----------------------------------------------------------------------------
 def torchdistill_available() -> tuple[bool, str]:
     if importlib.util.find_spec("torchdistill") is None:
-        return False, "torchdistill is not installed (pip install torchdistill torchvision)"
+        return False, f"torchdistill is not installed (pip install torchdistill; it imports torchvision: {TORCHVISION_HINT})"
+    if importlib.util.find_spec("torchvision") is None:
+        return False, f"torchdistill imports torchvision, which is not installed; {TORCHVISION_HINT}"
+    # torchdistill.core -> torchdistill.models -> torchvision, which import_torchvision() imported (or failed
+    # to) at module import, defining torchvision::nms/qnms first if the PyPI (CUDA) wheel's C ops did not load:
+    # without that, this import fails with "operator torchvision::nms does not exist"
+    if TORCHVISION_ERROR:
+        return False, f"torchdistill imports torchvision: {TORCHVISION_ERROR}; {TORCHVISION_HINT}"
     try:
-        import torchdistill.core.distillation  # noqa: F401  (imports torchdistill.models -> torchvision)
+        import torchdistill.core.distillation  # noqa: F401
     except Exception as e:
-        return False, (f"torchdistill's distillation core does not import: {type(e).__name__}: {e} "
-                       "(torchdistill.core -> torchdistill.models -> torchvision; on a CPU-only torch the PyPI "
-                       "torchvision wheel cannot load its CUDA-linked C extension)")
-    return False, "torchdistill imports, but this benchmark has no torchdistill runner yet (see docs/performance.md)"
+        return False, f"torchdistill's distillation core does not import: {type(e).__name__}: {e}"
+    _register_torchdistill_parts()
+    return True, ""
+
+
+_TD_PARTS: dict = {}
+
+
+def _register_torchdistill_parts() -> None:
+    """The two pieces a torchdistill user has to write for TinyBERT-style KD on Hugging Face BERT, in
+    torchdistill's registries (once): an auxiliary student wrapper holding the student->teacher linear
+    projections (torchdistill's own connectors are Conv2d / flattening Linear), and a mid-level loss on the
+    attention probabilities, which an eager ``BertSelfAttention`` returns as element 1 of its
+    ``(context, weights)`` output (torchdistill's hooks store the whole tuple)."""
+    if _TD_PARTS:
+        return
+    from torch import nn
+    from torchdistill.losses.registry import register_mid_level_loss
+    from torchdistill.models.registry import register_auxiliary_model_wrapper
+    from torchdistill.models.wrapper import AuxiliaryModelWrapper
+
+    @register_auxiliary_model_wrapper(key="KDStepLinearProjections")
+    class LinearProjections(AuxiliaryModelWrapper):
+        """Like torchdistill's ``Connector4DAB``: ``secondary_forward`` runs each linear on a hooked output;
+        hooks on ``+linears.<key>`` hand the projected tensors to the loss."""
+
+        def __init__(self, student_model, linears, device, device_ids, distributed, **kwargs):
+            super().__init__()
+            self.student_model = student_model
+            self.linears = nn.ModuleDict({k: nn.Linear(c["in_features"], c["out_features"]) for k, c in linears.items()})
+            self.io_path_pairs = [(k, c["io"], c["path"]) for k, c in linears.items()]
+            self.to(device)
+
+        def forward(self, *args, **kwargs):
+            return self.student_model(*args, **kwargs)
+
+        def secondary_forward(self, io_dict):
+            for key, io_type, module_path in self.io_path_pairs:
+                self.linears[key](io_dict[module_path][io_type])
+
+    @register_mid_level_loss(key="KDStepAttentionMSELoss")
+    class AttentionMSELoss(nn.MSELoss):
+        """MSE of the attention probabilities of one hooked self-attention module per model; with
+        ``sums_heads`` both maps are first summed over heads (TextBrewer's attention_mse_sum)."""
+
+        def __init__(self, student_module_path, teacher_module_path, sums_heads=False, **kwargs):
+            super().__init__(reduction="mean")
+            self.student_module_path, self.teacher_module_path = student_module_path, teacher_module_path
+            self.sums_heads = sums_heads
+
+        def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
+            s = student_io_dict[self.student_module_path]["output"][1]
+            t = teacher_io_dict[self.teacher_module_path]["output"][1]
+            if self.sums_heads:
+                s, t = s.sum(dim=1), t.sum(dim=1)
+            return super().forward(s, t)
+
+    _TD_PARTS.update(projections=LinearProjections, attention_loss=AttentionMSELoss)
+
+
+def _td_model_config(hooks: list[str], extra: dict | None = None, trainable: bool = True) -> dict:
+    # forward_batch_only_as_kwargs: model(**sample_batch), as torchdistill's HF examples' forward_batch_as_kwargs
+    return {"forward_proc": "forward_batch_only_as_kwargs", "requires_grad": trainable, "frozen_modules": [],
+            "sequential": [], "forward_hook": {"input": [], "output": hooks}, **(extra or {})}
+
+
+def _td_kd_term(student_path: str, temperature: float, alpha: float, weight: float) -> dict:
+    kwargs = {"student_module_path": student_path, "student_module_io": "output", "teacher_module_path": "classifier",
+              "teacher_module_io": "output", "temperature": temperature, "alpha": alpha, "reduction": "batchmean"}
+    return {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weight}
+
+
+def _td_mse_term(student_path: str, teacher_path: str) -> dict:
+    wrapper = {"key": "SimpleLossWrapper", "kwargs": {
+        "input": {"is_from_teacher": False, "module_path": student_path, "io": "output"},
+        "target": {"is_from_teacher": True, "module_path": teacher_path, "io": "output"}}}
+    return {"criterion": {"key": "MSELoss", "kwargs": {"reduction": "mean"}}, "criterion_wrapper": wrapper, "weight": 1.0}
+
+
+def _td_train_config(teacher_cfg: dict, student_cfg: dict, sub_terms: dict) -> dict:
+    """A DistillationBox training config: no data loaders (the benchmark feeds its batches), plain AdamW
+    (no clipping, no scheduler, no accumulation), WeightedSumLoss of the sub-terms only (no model loss)."""
+    return {"num_epochs": 1, "teacher": teacher_cfg, "student": student_cfg,
+            "optimizer": {"key": "AdamW", "kwargs": {"lr": LR}},
+            "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": sub_terms}}}
+
+
+def _torchdistill_runner(teacher, student, train_config: dict, ctx: Context):
+    """torchdistill's own per-step code: ``DistillationBox.forward_process`` (teacher forward under no_grad,
+    student forward, hook I/O extraction, auxiliary ``secondary_forward``, criterion) and its default
+    ``post_forward_process`` (backward, optimizer step, zero_grad), as its training loops call them; the
+    epoch starts with its ``pre_epoch_process``. Labels go in as ``targets``, the rest as the model inputs."""
+    from torchdistill.core.distillation import DistillationBox
+
+    box = DistillationBox(teacher, student, {}, train_config, ctx.device, None, False, 1)
+    box.pre_epoch_process(epoch=0)
+
+    def step(batch):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with ctx.autocast():
+            loss = box.forward_process(inputs, batch["labels"], None)
+        box.post_forward_process(loss=loss)
+
+    step.box = box
+    return step
+
+
+def torchdistill_logits(ctx: Context):
+    """KDLoss on the hooked classifier outputs: 0.5 * CE(labels) + 0.5 * T^2 * KL at T=2."""
+    teacher, student = ctx.teacher_copy("sdpa", "torchdistill"), ctx.new_student()
+    config = _td_train_config(_td_model_config(["classifier"], trainable=False), _td_model_config(["classifier"]),
+                              {"kd": _td_kd_term("classifier", temperature=2.0, alpha=0.5, weight=1.0)})
+    return _torchdistill_runner(teacher, student, config, ctx)
+
+
+def torchdistill_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
+    """MSE of the embedding outputs and of the matched layers' outputs (student side through trainable
+    linear projections when the widths differ), MSE of the matched layers' attention probabilities (summed
+    over heads when the head counts differ), KL of the logits at T=1; all from forward hooks on eager models."""
+    teacher, student = ctx.teacher_copy("eager", "torchdistill"), ctx.new_student("eager")
+    t, s = model_spec(teacher), model_spec(student)
+    project = s.hidden_size != t.hidden_size
+    prefix = "student_model." if project else ""  # hook paths resolve against the wrapper when there is one
+    t_hidden = ["bert.embeddings"] + [f"bert.encoder.layer.{lt}" for lt, _ in pairs]
+    s_hidden = [prefix + "bert.embeddings"] + [f"{prefix}bert.encoder.layer.{ls}" for _, ls in pairs]
+    t_att = [f"bert.encoder.layer.{lt}.attention.self" for lt, _ in pairs]
+    s_att = [f"{prefix}bert.encoder.layer.{ls}.attention.self" for _, ls in pairs]
+    s_hooks, s_extra = s_hidden + s_att + [prefix + "classifier"], None
+    if project:
+        keys = [f"h{i}" for i in range(len(s_hidden))]
+        linears = {k: {"path": path, "io": "output", "in_features": s.hidden_size, "out_features": t.hidden_size}
+                   for k, path in zip(keys, s_hidden)}
+        s_extra = {"auxiliary_model_wrapper": {"key": "KDStepLinearProjections", "kwargs": {"linears": linears}}}
+        s_hooks += [f"+linears.{k}" for k in keys]
+        s_inputs = [f"+linears.{k}" for k in keys]
+    else:
+        s_inputs = s_hidden
+    terms = {f"hidden{i}": _td_mse_term(si, ti) for i, (si, ti) in enumerate(zip(s_inputs, t_hidden))}
+    for i, (sa, ta) in enumerate(zip(s_att, t_att)):
+        kwargs = {"student_module_path": sa, "teacher_module_path": ta, "sums_heads": s.num_heads != t.num_heads}
+        terms[f"attention{i}"] = {"criterion": {"key": "KDStepAttentionMSELoss", "kwargs": kwargs}, "weight": 1.0}
+    terms["kd"] = _td_kd_term(prefix + "classifier", temperature=1.0, alpha=0.0, weight=1.0)  # alpha 0: no hard loss
+    config = _td_train_config(_td_model_config(t_hidden + t_att + ["classifier"], trainable=False),
+                              _td_model_config(s_hooks, s_extra), terms)
+    return _torchdistill_runner(teacher, student, config, ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,35 +601,33 @@ MEMORY_METHOD = {
 }
 
 
+def tinybert_pairs(ctx: Context) -> list[tuple[int, int]]:
+    """The (teacher layer, student layer) pairs of the tinybert preset's uniform matching, 0-based."""
+    student = ctx.new_student()
+    plan = DistillationPlan(_plan_config("tinybert", ctx.teacher, student), model_spec(ctx.teacher), model_spec(student))
+    return plan.pairs_at(0)[1]
+
+
 def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict], list[dict]]:
     batches = make_batches(args.num_batches, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device)
     steps: dict[str, Callable] = {}
     skipped = []
-    tb_ok, tb_reason = textbrewer_available()
-    _, td_reason = torchdistill_available()
-    pairs = None
+    available = {"textbrewer": textbrewer_available(), "torchdistill": torchdistill_available()}
+    peers = {"textbrewer-logits": textbrewer_logits, "torchdistill-logits": torchdistill_logits,
+             "textbrewer-tinybert": lambda c: textbrewer_tinybert(c, tinybert_pairs(c)),
+             "torchdistill-tinybert": lambda c: torchdistill_tinybert(c, tinybert_pairs(c))}
     for m in methods:
         if m == "limit":
             steps[m] = limit_step(ctx)
         elif m.startswith("unikd-"):
             steps[m] = unikd_step({"unikd-logits": "hinton", "unikd-tinybert": "tinybert",
                                    "unikd-minilmv2": "minilmv2"}[m])(ctx)
-            if m == "unikd-tinybert":
-                pairs = steps[m].plan.pairs_at(0)[1]
-        elif m.startswith("textbrewer-"):
-            if not tb_ok:
-                skipped.append({"method": m, "reason": tb_reason})
-                continue
-            if m == "textbrewer-logits":
-                steps[m] = textbrewer_logits(ctx)
+        elif m in peers:
+            ok, reason = available[m.split("-")[0]]
+            if ok:
+                steps[m] = peers[m](ctx)
             else:
-                if pairs is None:
-                    probe = DistillationPlan(_plan_config("tinybert", ctx.teacher, ctx.new_student()),
-                                             model_spec(ctx.teacher), model_spec(ctx.new_student()))
-                    pairs = probe.pairs_at(0)[1]
-                steps[m] = textbrewer_tinybert(ctx, pairs)
-        elif m.startswith("torchdistill-"):
-            skipped.append({"method": m, "reason": td_reason})
+                skipped.append({"method": m, "reason": reason})
         else:
             raise ValueError(f"unknown method {m!r}; choose from {ALL_METHODS}")
     names = list(steps)
