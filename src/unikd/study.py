@@ -51,6 +51,7 @@ import re
 import shlex
 import shutil
 import sqlite3
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -889,7 +890,27 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
     return outcome
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the study process dies (killed, Ctrl-C'd
+    twice, out of memory). Otherwise a stopped study leaves its workers training on, orphaned, writing
+    into run directories the next call is about to use."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: the worker simply outlives a killed parent
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_init(threads: int | None) -> None:
+    _die_with_parent()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads:
         import torch
