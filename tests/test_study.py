@@ -520,6 +520,24 @@ def test_builtin_studies_load_and_validate(minilm_path):
         assert check_study_shapes(study, teacher_config) > 0
 
 
+def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_path):
+    """docs/studies/*.yaml (the study of docs/study-cpu.md) validate against the real teacher config, and the
+    student-size study reuses the knowledge-types 3 x 384 runs by hash (the doc's run times assume it)."""
+    from transformers import AutoConfig
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "studies"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"cpu-knowledge-types", "cpu-knowledge-types-stsb", "cpu-student-size"}
+    teacher_config = AutoConfig.from_pretrained(str(minilm_path))
+    hashes = {}
+    for f in files:
+        study = load_study(f)
+        assert check_study_shapes(study, teacher_config) > 0
+        hashes[f.stem] = {r.config_hash for r in expand_study(study, "/tmp/unikd-docs-study")}
+    shared = hashes["cpu-knowledge-types"] & hashes["cpu-student-size"]
+    assert len(shared) == 2 + 2 * 3 * 2  # two teachers, no-KD and relation+logits x 2 tasks x 3 seeds
+
+
 def test_width_depth_shapes_share_a_quarter_of_the_teacher_blocks(minilm_path):
     from transformers import AutoConfig
 
