@@ -932,24 +932,18 @@ def _same_run(saved: RunConfig | None, run: PlannedRun) -> bool:
     return saved is not None and _canonical(_hash_payload(saved)) == _canonical(_hash_payload(run.config))
 
 
-def _finished_elsewhere(run: PlannedRun) -> bool:
-    """A run directory whose metrics.json sits next to a config.yaml of the same planned config."""
-    out = run.output_dir
-    return (out / "metrics.json").is_file() and _same_run(_saved_config(out), run)
-
-
 def _prepare_dir(run: PlannedRun, echo) -> dict:
-    """How to start ``run`` in its output directory: collect a run finished elsewhere, resume an interrupted
-    attempt of the same config from its last checkpoint, and never delete another config's results - they
-    are moved aside to ``<dir>.replaced-<time>`` (a teacher directory is shared by every teacher config)."""
+    """How to start ``run`` in its output directory: collect a run of the same config finished elsewhere
+    (metrics.json beside its config.yaml), resume an interrupted attempt of the same config from its last
+    checkpoint, and never delete another config's results - they are moved aside to ``<dir>.replaced-<time>``
+    (a teacher directory is shared by every teacher config)."""
     out = run.output_dir
-    if _finished_elsewhere(run):
-        return {"collect": True}
     if not out.exists():
         return {}
+    finished = (out / "metrics.json").is_file()
     if _same_run(_saved_config(out), run):
-        return {"resume": True}
-    if (out / "metrics.json").is_file() or (out / "student").is_dir():
+        return {"collect": True} if finished else {"resume": True}
+    if finished or (out / "student").is_dir():
         aside = out.with_name(f"{out.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         out.rename(aside)
         echo(f"  note: {out} held another config's results; moved to {aside}")
