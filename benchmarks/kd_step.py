@@ -155,7 +155,9 @@ TORCHVISION_ERROR = import_torchvision()
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from unikd.allocator import keep_freed_memory  # noqa: E402
 from unikd.capture import FeatureCapture  # noqa: E402
+from unikd.models import quantize_int8  # noqa: E402
 from unikd.config import load_preset  # noqa: E402
 from unikd.families import model_spec  # noqa: E402
 from unikd.plan import DistillationPlan, PlanConfig  # noqa: E402
@@ -168,9 +170,18 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 NUM_LABELS = 2
 LR = 1e-4
-ALL_METHODS = ("limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2",
-               "textbrewer-logits", "textbrewer-tinybert", "torchdistill-logits", "torchdistill-tinybert")
+DEFAULT_METHODS = ("limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2",
+                   "textbrewer-logits", "textbrewer-tinybert", "torchdistill-logits", "torchdistill-tinybert")
+# unikd-tinybert captures attention maps the way train.attention_capture=auto does (inline on CPU, recompute
+# on CUDA); these two pin one way, to compare them on one machine
+# "+int8": the same plan with teacher.precision=int8 (CPU: dynamic int8 quantization of the frozen teacher)
+ALL_METHODS = DEFAULT_METHODS + ("unikd-tinybert-inline", "unikd-tinybert-recompute", "unikd-logits+int8",
+                                 "unikd-tinybert+int8")
 TINYBERT_LIKE = ("unikd-tinybert", "textbrewer-tinybert", "torchdistill-tinybert")
+UNIKD_PRESETS = {"unikd-logits": ("hinton", "auto"), "unikd-tinybert": ("tinybert", "auto"),
+                 "unikd-minilmv2": ("minilmv2", "auto"), "unikd-tinybert-inline": ("tinybert", "inline"),
+                 "unikd-tinybert-recompute": ("tinybert", "recompute"),
+                 "unikd-logits+int8": ("hinton", "auto", True), "unikd-tinybert+int8": ("tinybert", "auto", True)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,12 +312,22 @@ def limit_step(ctx: Context) -> Callable[[dict], None]:
     return step
 
 
-def unikd_step(preset: str) -> Callable[[Context], Callable[[dict], None]]:
+class SkipMethod(Exception):
+    """A method that cannot run on this device (the reason goes into the results)."""
+
+
+def unikd_step(preset: str, attention: str = "auto", int8_teacher: bool = False) -> Callable[[Context], Callable[[dict], None]]:
     def build(ctx: Context):
-        teacher, student = ctx.teacher_copy("sdpa", "unikd"), ctx.new_student()
+        teacher = ctx.teacher_copy("sdpa", f"unikd-{preset}-{attention}-{int8_teacher}")
+        if int8_teacher:
+            if ctx.device.type != "cpu":
+                raise SkipMethod("teacher.precision=int8 runs on CPU only")
+            quantize_int8(teacher)  # in place, on this tool's own teacher copy
+        student = ctx.new_student()
         plan = DistillationPlan(_plan_config(preset, teacher, student), model_spec(teacher), model_spec(student)).to(ctx.device)
         t_req, s_req = plan.requests(0)
-        t_cap, s_cap = FeatureCapture(teacher, t_req), FeatureCapture(student, s_req)
+        t_cap = FeatureCapture(teacher, t_req, attention=attention)
+        s_cap = FeatureCapture(student, s_req, attention=attention)
         pairs = plan.pairs_at(0)
         opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
 
@@ -314,7 +335,9 @@ def unikd_step(preset: str) -> Callable[[Context], Callable[[dict], None]]:
             tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
             with ctx.autocast():
                 sf = s_cap(batch)
-                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs)
+                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs,
+                               release_maps=True)
+            del tf, sf  # as unikd.train does: the features do not live through backward
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -620,8 +643,10 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
         if m == "limit":
             steps[m] = limit_step(ctx)
         elif m.startswith("unikd-"):
-            steps[m] = unikd_step({"unikd-logits": "hinton", "unikd-tinybert": "tinybert",
-                                   "unikd-minilmv2": "minilmv2"}[m])(ctx)
+            try:
+                steps[m] = unikd_step(*UNIKD_PRESETS[m])(ctx)
+            except SkipMethod as why:
+                skipped.append({"method": m, "reason": str(why)})
         elif m in peers:
             ok, reason = available[m.split("-")[0]]
             if ok:
@@ -794,14 +819,14 @@ def machine_info(device: torch.device) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'method':<22} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
+    head = (f"{'method':<24} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
             f"{'paired x':>9} {'wall ms':>9} {'peak MB':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_to_limit']:.3f}" if r["ratio_to_limit"] is not None else "-"
         paired = f"{r['ratio_paired_median']:.3f}" if r["ratio_paired_median"] is not None else "-"
         mem = f"{r['peak_mem_mb']:.1f}" if r["peak_mem_mb"] is not None else "-"
-        lines.append(f"{r['method']:<22} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
+        lines.append(f"{r['method']:<24} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
                      f"{r['median_ms']:>10.1f} {ratio:>8} {paired:>9} {r['median_wall_ms']:>9.1f} {mem:>9}")
     return "\n".join(lines)
 
@@ -817,7 +842,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 2 with --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 with --tiny)")
     p.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through the rounds")
-    p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list from {','.join(ALL_METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list from {','.join(ALL_METHODS)} (default: all but the last two)")
     p.add_argument("--settings", default=None,
                    help="comma list of teacher:student (teachers: bert-base, minilm-l6; students: 4x312, 6x384); "
                         "default: all four (tiny:tiny with --tiny)")
@@ -832,6 +858,10 @@ def parse_args(argv=None):
                    help="what a step's time is: wall (perf_counter, CUDA-synchronised) or cpu (process_time: the CPU "
                         "time the process used, robust to other processes on a shared CPU). auto: cpu on --device cpu, "
                         "wall on cuda. Both are always recorded in the JSON")
+    p.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                   help="CPU: keep (default) = unikd.allocator.keep_freed_memory(), what `unikd train` does on CPU, "
+                        "for every method alike; default = glibc's defaults (memory returned to the OS and "
+                        "page-faulted back each step)")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -863,6 +893,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc_kept = args.device == "cpu" and args.malloc == "keep" and keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -870,7 +901,7 @@ def main(argv=None) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     info = machine_info(device)
     log(f"kd_step: device={device} dtype={args.dtype} batch={args.batch} seq={args.seq} repeats={args.repeats} "
-        f"warmup={args.warmup} threads={info['threads']} load={info.get('loadavg_start')}")
+        f"warmup={args.warmup} threads={info['threads']} malloc_kept={malloc_kept} load={info.get('loadavg_start')}")
 
     rows, skipped, cache_res = [], [], None
     teachers: dict[str, torch.nn.Module] = {}
@@ -908,7 +939,7 @@ def main(argv=None) -> dict:
         "machine": info,
         "config": {"device": args.device, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
                    "repeats": args.repeats, "warmup": args.warmup, "num_batches": args.num_batches,
-                   "clock": args.clock, "threads": torch.get_num_threads(),
+                   "clock": args.clock, "threads": torch.get_num_threads(), "malloc_kept": malloc_kept,
                    "tiny": args.tiny, "methods": args.methods, "settings": [list(s) for s in args.settings],
                    "memory_method": MEMORY_METHOD[device.type] if args.memory else None,
                    "argv": sys.argv[1:] if argv is None else list(argv)},

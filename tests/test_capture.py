@@ -94,8 +94,9 @@ def _all_layers(model) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["recompute", "inline"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_matches_hf_eager_attention_and_hidden_states(models, family):
+def test_matches_hf_eager_attention_and_hidden_states(models, family, mode):
     model = models(family)
     assert model.config._attn_implementation == "sdpa"
     layers = _all_layers(model)
@@ -110,11 +111,15 @@ def test_matches_hf_eager_attention_and_hidden_states(models, family):
         ref_eager = eager(**inputs, output_attentions=True)
         ref = model(**inputs, output_hidden_states=True)  # a plain call: the capture hooks record nothing
 
-    with FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers)) as cap:
+    request = CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers)
+    with FeatureCapture(model, request, attention=mode) as cap:
         with torch.no_grad():
             f = cap(batch)
-        assert model.config._attn_implementation == "sdpa"
-        assert cap._hidden == {} and cap._q == {}  # nothing left behind after the call
+        # inline wraps the model's own implementation for as long as the capture lives
+        assert model.config._attn_implementation == {"recompute": "sdpa", "inline": "unikd_inline:sdpa"}[mode]
+        assert cap._hidden == {} and cap._q == {} and cap._att_scores == {}  # nothing left behind after the call
+    assert model.config._attn_implementation == "sdpa"
+    assert set(f.inline_scores) == set(f.inline_probs) == (layers if mode == "inline" else set())
 
     spec = get_adapter(model).spec(model.config)
     B, L = mask.shape
@@ -160,7 +165,7 @@ def test_only_requested_layers_and_grad_semantics(models, family):
     model = models(family)
     batch = _batch(model, labels=True)
     req = CaptureRequest(hidden={1}, qkv={0}, attention={2})
-    with FeatureCapture(model, req) as cap:
+    with FeatureCapture(model, req, attention="recompute") as cap:
         t = cap(batch, teacher=True)
         assert t.embeddings is None
         assert set(t.hidden) == {1} and set(t.q) == {0, 2} and set(t.k) == {0, 2} and set(t.v) == {0}
@@ -207,7 +212,7 @@ def test_only_requested_layers_and_grad_semantics(models, family):
 
 def test_teacher_autocast(models):
     model = models("llama")
-    with FeatureCapture(model, CaptureRequest(hidden={0}, attention={1})) as cap:
+    with FeatureCapture(model, CaptureRequest(hidden={0}, attention={1}), attention="recompute") as cap:
         f = cap(_batch(model), teacher=True, autocast_dtype=torch.bfloat16)
     assert f.q[1].dtype == torch.bfloat16 or f.q[1].dtype == torch.float32  # RoPE may promote, as in HF
     for x in (f.hidden[0], f.q[1], f.k[1], f.logits, f.attention_probs(1)):
@@ -225,18 +230,21 @@ def test_missing_attention_mask_means_all_real(models):
     assert f.attention_probs(0).shape[-1] == batch["input_ids"].shape[1]
 
 
+@pytest.mark.parametrize("mode", ["recompute", "inline"])
 @pytest.mark.parametrize("teacher", [True, False])
-def test_no_growth_across_calls(models, teacher):
+def test_no_growth_across_calls(models, teacher, mode):
     model = models("gpt2")
     layers = _all_layers(model)
     batch = _batch(model)
-    cap = FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers))
+    cap = FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers),
+                         attention=mode)
     refs = []
     for _ in range(4):
         f = cap(batch, teacher=teacher)
         f.attention_probs(0)
         refs.append([weakref.ref(x) for x in (f.embeddings, f.hidden[0], f.q[1], f.v[2], f.logits, f.attention_probs(0))])
-        for buf in (cap._emb, cap._hidden, cap._q, cap._k, cap._v, cap._fused, cap._rotary):
+        for buf in (cap._emb, cap._hidden, cap._q, cap._k, cap._v, cap._fused, cap._rotary, cap._att_scores,
+                    cap._att_probs):
             assert len(buf) == 0
     del f
     gc.collect()
@@ -251,7 +259,7 @@ def test_no_growth_across_calls(models, teacher):
 
 def test_rope_buffers_released(models):
     model = models("mistral")
-    with FeatureCapture(model, CaptureRequest(attention={0, 2})) as cap:
+    with FeatureCapture(model, CaptureRequest(attention={0, 2}), attention="recompute") as cap:
         f = cap(_batch(model), teacher=True)
         assert cap._rotary == {} and cap._q == {} and cap._k == {}
     assert f.sliding_windows == {0: 4, 2: 4}
@@ -301,3 +309,118 @@ def test_request_merge():
 def test_features_scaling_property():
     f = Features(None, {}, {}, {}, {}, None, torch.ones(1, 2), False, {0: 0.5, 1: 0.5}, None)
     assert f.scaling == 0.5
+
+
+# ---- inline attention capture ---------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama", "qwen2"])
+def test_inline_gives_the_recompute_loss_and_gradients(models, family):
+    """A student attention-score loss: inline (maps from the forward) equals recompute (maps from Q, K)."""
+    model = copy.deepcopy(models(family))  # eval mode: no dropout, so both forwards are the same function
+    batch = _batch(model, labels=True)
+    mask = batch["attention_mask"]
+    valid = (mask[:, None, :, None] * mask[:, None, None, :]).bool()
+    target = torch.randn(len(LENGTHS), model.config.num_attention_heads, mask.shape[1], mask.shape[1],
+                         generator=torch.Generator().manual_seed(3))
+    results = {}
+    for mode in ("recompute", "inline"):
+        model.zero_grad(set_to_none=True)
+        with FeatureCapture(model, CaptureRequest(attention={0, 2}), attention=mode) as cap:
+            f = cap(batch)
+            # valid pairs only, as every attention loss reads them: a windowed layer's padded query may see
+            # no real key, and through such a row recompute's `+ finfo.min` passes rounding-level gradient
+            loss = sum(torch.where(valid, f.attention_scores(i, masked=False) - target, 0).pow(2).sum()
+                       + torch.where(valid, f.attention_probs(i) * target, 0).sum() for i in (0, 2)) + f.output.loss
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[mode] = (loss.detach(), grads)
+    (l_r, g_r), (l_i, g_i) = results["recompute"], results["inline"]
+    torch.testing.assert_close(l_i, l_r, atol=1e-4, rtol=1e-5)
+    assert g_r.keys() == g_i.keys() and len(g_r) > 0
+    for name in g_r:
+        torch.testing.assert_close(g_i[name], g_r[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_inline_teacher_maps_and_kept_maps(models):
+    model = models("llama")
+    batch = _batch(model)
+    with torch.no_grad():
+        plain = model(**{k: v for k, v in batch.items() if k != "an_unknown_key"}).logits
+    req = CaptureRequest(attention={1}, attention_maps={"scores"})
+    with FeatureCapture(model, req, attention="inline") as cap:
+        f = cap(batch, teacher=True)
+        # the unrecorded layers ran the wrapped SDPA, the recorded one the unfused math: same outputs
+        torch.testing.assert_close(f.logits, plain, atol=TOL, rtol=TOL)
+        assert set(f.inline_scores) == {1} and f.inline_probs == {}  # only what the loss reads is kept
+        assert f.q == {} and f.k == {}  # inline needs no Q/K copies
+        scores = f.attention_scores(1, masked=False)
+        assert not scores.is_inference() and not scores.requires_grad
+        # probabilities, not kept, still follow from the kept scores and the padding/causal mask
+        p = f.attention_probs(1)
+        assert p[..., torch.ones(p.shape[-1], p.shape[-1], dtype=torch.bool).triu(1)].abs().max() == 0
+        cap.set_request(CaptureRequest(attention={0}, attention_maps={"probs"}))
+        f = cap(batch, teacher=True)
+        assert set(f.inline_probs) == {0} and f.inline_scores == {}
+        with pytest.raises(KeyError, match="attention_maps"):
+            f.attention_scores(0)
+        # outside a capture call the wrapper records nothing
+        with torch.no_grad():
+            model(**{k: v for k, v in batch.items() if k != "an_unknown_key"})
+        assert cap._att_scores == {} and cap._att_probs == {}
+
+
+def test_inline_autocast_and_eager_base(models):
+    model = copy.deepcopy(models("bert"))
+    model.set_attn_implementation("eager")
+    batch = _batch(model)
+    with FeatureCapture(model, CaptureRequest(attention={0}), attention="inline") as cap:
+        assert model.config._attn_implementation == "unikd_inline:eager"
+        f = cap(batch, teacher=True, autocast_dtype=torch.bfloat16)
+        assert f.inline_scores[0].dtype == torch.bfloat16 and not f.inline_scores[0].is_inference()
+    with FeatureCapture(model, CaptureRequest(attention={0}), attention="recompute") as cap:
+        r = cap(batch, teacher=True, autocast_dtype=torch.bfloat16)
+    for b, n in enumerate(LENGTHS):  # real tokens only; bf16 products: agreement to bf16 rounding
+        torch.testing.assert_close(f.attention_probs(0)[b, :, :n, :n].float(), r.attention_probs(0)[b, :, :n, :n].float(),
+                                   atol=2e-2, rtol=0)
+    assert model.config._attn_implementation == "eager"
+
+
+def test_auto_decides_at_the_first_call_and_remove_restores(models):
+    model = models("bert")
+    cap = FeatureCapture(model, CaptureRequest(attention={1}))
+    assert cap.attention_mode == "auto" and model.config._attn_implementation == "sdpa"  # not before a call
+    f = cap(_batch(model), teacher=True)
+    assert cap.attention_mode == "inline" and set(f.inline_probs) == {1}  # on a CPU
+    cap.remove()
+    assert model.config._attn_implementation == "sdpa"
+    logits_only = FeatureCapture(model, CaptureRequest())
+    logits_only(_batch(model), teacher=True)
+    assert model.config._attn_implementation == "sdpa"  # a plan without attention terms changes nothing
+    logits_only.remove()
+
+
+def test_inline_refuses_an_implementation_it_cannot_wrap():
+    config = T.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, attn_implementation="flex_attention")
+    model = T.BertForSequenceClassification(config)
+    with pytest.raises(ConfigError) as err:
+        FeatureCapture(model, CaptureRequest(attention={0}), attention="inline")
+    assert err.value.field == "train.attention_capture" and "recompute" in str(err.value)
+    with pytest.raises(ConfigError, match="attention_capture"):
+        FeatureCapture(model, None, attention="fused")
+    cap = FeatureCapture(model, CaptureRequest(attention={0}))  # auto falls back to recompute
+    assert cap._auto_mode() == "recompute"
+    cap.remove()
+
+
+def test_two_inline_captures_on_one_model(models):
+    model = models("bert")
+    batch = _batch(model)
+    first = FeatureCapture(model, CaptureRequest(attention={0}), attention="inline")
+    second = FeatureCapture(model, CaptureRequest(attention={2}), attention="inline")
+    assert second._base_attention == "sdpa"  # sees through the first one's wrapper
+    assert set(second(batch, teacher=True).inline_probs) == {2}
+    first.remove()
+    assert model.config._attn_implementation == "unikd_inline:sdpa"  # the second still records inline
+    assert set(second(batch, teacher=True).inline_probs) == {2}
+    second.remove()
+    assert model.config._attn_implementation == "sdpa"

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_step.py"
-UNIKD_METHODS = ["limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2"]
+UNIKD_METHODS = ["limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2", "unikd-tinybert-inline",
+                 "unikd-tinybert-recompute"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def kd_step():
 
 def test_tiny_run_reports_every_method(kd_step, tmp_path, capsys):
     out = tmp_path / "kd_step.json"
-    result = kd_step.main(["--tiny", "--quiet", "--json", str(out)])
+    result = kd_step.main(["--tiny", "--quiet", "--json", str(out), "--methods", ",".join(kd_step.ALL_METHODS)])
     printed = capsys.readouterr().out
 
     data = json.loads(out.read_text())

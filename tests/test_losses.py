@@ -255,6 +255,16 @@ def test_attention_mse_ignores_min_and_inf(causal):
     loss.backward()
     assert loss.item() == pytest.approx(ref, rel=1e-6)
     assert torch.isfinite(s2.grad).all()
+    # the hand-written backward: 2 (s - t) / n on valid entries, exactly 0 elsewhere
+    expected = torch.where(valid, 2 * (s - t) / n, 0.0).expand_as(s)
+    torch.testing.assert_close(s2.grad, expected, atol=1e-7, rtol=1e-6)
+    # bf16 maps (autocast): computed in fp32, the gradient comes back in the student's dtype
+    s3 = s.bfloat16().requires_grad_(True)
+    loss3 = L.attention_mse(s3, t.bfloat16(), valid)
+    loss3.backward()
+    assert loss3.dtype == torch.float32 and s3.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(s3.grad.float(), torch.where(valid, 2 * (s3.float() - t.bfloat16().float()) / n, 0.0)
+                               .expand_as(s), atol=1e-2, rtol=1e-2)
 
 
 def ref_attn_kl_ce(sp, tp, valid):

@@ -824,3 +824,38 @@ def test_regression_logits_distill_values_not_a_constant_softmax():
     s, t = torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[1.5], [2.0], [3.5]])
     _, logs = plan(feats(t), feats(s))
     assert abs(float(logs["logits_kl"]) - ((0.5**2 + 0 + 3.0**2) / 3)) < 1e-6
+
+
+@pytest.mark.parametrize("attention", ["inline", "recompute"])
+def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, bert_student_narrow, attention):
+    """Two attention terms read the same layers: maps are dropped after the last one, values are unchanged."""
+    cfg = PlanConfig(terms=[
+        {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
+        {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
+        {"knowledge": "logits"},
+    ])
+    plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
+    batch = _batch()
+    t_req, s_req = plan.requests(0)
+    results = []
+    for release in (False, True):
+        with FeatureCapture(bert_teacher, t_req, attention=attention) as tc, \
+                FeatureCapture(bert_student_narrow, s_req, attention=attention) as sc:
+            tf, sf = tc(batch, teacher=True), sc(batch)
+            bert_student_narrow.zero_grad(set_to_none=True)
+            loss, logs = plan(tf, sf, labels=batch["labels"], release_maps=release)
+            if release and attention == "inline":
+                assert tf.inline_scores == tf.inline_probs == sf.inline_scores == sf.inline_probs == {}
+            elif attention == "inline":
+                assert set(sf.inline_scores) == set(sf.inline_probs) == {p[1] for p in plan.pairs_at(0)[0]}
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in bert_student_narrow.named_parameters() if p.grad is not None}
+        results.append((logs, grads))
+    (logs_a, grads_a), (logs_b, grads_b) = results
+    assert logs_a.keys() == logs_b.keys()
+    for key in logs_a:
+        torch.testing.assert_close(logs_a[key], logs_b[key])
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    bert_student_narrow.zero_grad(set_to_none=True)

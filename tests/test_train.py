@@ -171,3 +171,32 @@ def test_bad_inputs_fail_before_training(tmp_path, glue_dir, minilm_path, finetu
     with pytest.raises(ConfigError, match="teacher.path.*corrupt"):
         run(load_config(None, common + ["stage=finetune", f"teacher.path={corrupt}"]))
     assert not (tmp_path / "x" / "student").exists()
+
+
+def test_attention_capture_inline_equals_recompute_and_int8_teacher(tmp_path, glue_dir, minilm_path):
+    """A TinyBERT-style run (attention scores, hidden states, logits) trains the same student whether the
+    maps come inline from the forward or are recomputed from Q/K (no dropout, so both forwards are one
+    function); an int8 teacher runs the same plan."""
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = _tiny_bert(tmp_path / "teacher", minilm_path, layers=4, **no_dropout)
+    args = ["stage=task", f"teacher.path={teacher}", "student.shape.num_layers=2",
+            "student.init.strategy=teacher-layers",
+            "plan.terms=[{knowledge: attention, loss: mse, attention_on: scores, matching: uniform}, "
+            "{knowledge: hidden, loss: mse, matching: uniform}, {knowledge: logits, loss: kl}]"]
+    runs = {mode: run(load_config(None, _common(tmp_path, mode, glue_dir) + args + [f"train.attention_capture={mode}"]))
+            for mode in ("inline", "recompute")}
+    a = load_file(tmp_path / "inline" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "recompute" / "student" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert runs["inline"]["final"]["accuracy"] == runs["recompute"]["final"]["accuracy"]
+    # the saved student knows nothing of the capture: it loads with a stock attention implementation
+    saved = json.loads((tmp_path / "inline" / "student" / "config.json").read_text())
+    assert "unikd" not in json.dumps(saved)
+
+    int8 = run(load_config(None, _common(tmp_path, "int8", glue_dir) + args + ["teacher.precision=int8"]))
+    assert int8["steps"] == runs["inline"]["steps"] and 0.0 <= int8["final"]["accuracy"] <= 1.0
+    c = load_file(tmp_path / "int8" / "student" / "model.safetensors")
+    # trained against the quantized teacher's features: close to, not the same as, the fp32-teacher student
+    diff = max(float((c[k] - a[k]).abs().max()) for k in a)
+    assert 0 < diff < 0.05

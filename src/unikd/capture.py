@@ -5,9 +5,19 @@ at (embedding output, block outputs, the final norm of decoders, the Q/K/V proje
 RoPE models, a pre-hook on the attention module that sees ``position_embeddings``). A call runs the
 model once and returns a :class:`Features` holding just the requested tensors.
 
-The model keeps its attention implementation (SDPA); nothing asks it for ``output_attentions``.
-Attention scores and probabilities are recomputed on demand from the captured Q and K, only for the
-layers a loss asks for, with the same additive mask HF eager attention uses.
+Attention maps come one of two ways (``attention=`` below), and nothing asks for ``output_attentions``:
+
+- ``recompute``: the model keeps its attention implementation (SDPA, flash); scores and probabilities
+  are recomputed on demand from the captured Q and K, only for the layers a loss asks for, with the
+  same additive mask HF eager attention uses. Right where attention is fused (CUDA): the other layers
+  keep the fused kernel, and the maps exist only while a loss uses them.
+- ``inline``: the model's attention implementation is wrapped (``unikd_inline:<sdpa|eager>``, an
+  ``AttentionInterface`` entry): the requested layers compute their attention once, unfused, and hand
+  the very scores and probabilities the forward used to the capture; every other layer calls the
+  wrapped implementation unchanged. Right where attention is not fused anyway (CPU training: attention
+  dropout sends SDPA to its math path): it saves the second Q·Kᵀ product per matched layer and side.
+- ``auto`` (default): inline on CPU, recompute elsewhere; recompute where the model's implementation is
+  neither SDPA nor eager.
 
 Memory: hooks write into per-call buffers that are emptied when the call returns; the returned
 ``Features`` owns every tensor, so nothing accumulates over steps. Teacher forwards run under
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +38,12 @@ from torch import Tensor, nn
 
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
+
+try:  # transformers >= 4.48: attention is dispatched through these registries
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+except ImportError:  # pragma: no cover - older transformers: recompute only
+    ALL_ATTENTION_FUNCTIONS = ALL_MASK_ATTENTION_FUNCTIONS = None
 
 __all__ = ["CaptureRequest", "Features", "FeatureCapture"]
 
@@ -42,11 +59,15 @@ class CaptureRequest:
     hidden: set[int] = field(default_factory=set)
     qkv: set[int] = field(default_factory=set)
     attention: set[int] = field(default_factory=set)
+    #: which maps of the ``attention`` layers a loss reads: "scores" (pre-softmax), "probs" or both.
+    #: Inline capture keeps only these alive; recompute serves either on demand.
+    attention_maps: set[str] = field(default_factory=lambda: {"scores", "probs"})
 
     def __post_init__(self):
         self.hidden = set(self.hidden)
         self.qkv = set(self.qkv)
         self.attention = set(self.attention)
+        self.attention_maps = set(self.attention_maps)
 
     def merge(self, other: CaptureRequest) -> CaptureRequest:
         """The union of two requests (a new object; neither input is changed)."""
@@ -55,6 +76,7 @@ class CaptureRequest:
             hidden=self.hidden | other.hidden,
             qkv=self.qkv | other.qkv,
             attention=self.attention | other.attention,
+            attention_maps=self.attention_maps | other.attention_maps,
         )
 
     def validate(self, num_layers: int) -> None:
@@ -70,6 +92,9 @@ class CaptureRequest:
                     f"layer index {bad} out of range for a model with {num_layers} blocks",
                     f"use block indices 0..{num_layers - 1} (the embedding output is `embeddings`)",
                 )
+        unknown = sorted(self.attention_maps - {"scores", "probs"})
+        if unknown:
+            raise ConfigError("capture.attention_maps", f"unknown attention map {unknown}", "use 'scores' and/or 'probs'")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,6 +128,10 @@ class Features:
     output: Any
     #: layer -> causal sliding window (Mistral / windowed Qwen2 layers); absent = full attention
     sliding_windows: dict[int, int] = field(default_factory=dict)
+    #: inline capture: layer -> the unmasked scaled Q·Kᵀ [B, H, L, L] and the softmax the forward computed
+    #: (pre-dropout), exactly the tensors in the model's graph
+    inline_scores: dict[int, Tensor] = field(default_factory=dict)
+    inline_probs: dict[int, Tensor] = field(default_factory=dict)
     # layer -> weak reference: a map is reused while anyone (the caller, autograd) holds it and freed as
     # soon as nobody does, instead of living [B, H, L, L] per layer until the Features is dropped
     _scores: dict[int, weakref.ref] = field(default_factory=dict, repr=False)
@@ -136,10 +165,13 @@ class Features:
         return mask
 
     def _raw_scores(self, layer: int) -> Tensor:
+        if layer in self.inline_scores:
+            return self.inline_scores[layer]
         if layer not in self.q or layer not in self.k:
             raise KeyError(
-                f"attention for layer {layer} was not captured; add it to CaptureRequest.attention "
-                f"(captured: {sorted(self.q)})"
+                f"attention scores for layer {layer} were not captured; add the layer to CaptureRequest.attention "
+                f"and 'scores' to its attention_maps (captured: Q/K {sorted(self.q)}, inline scores "
+                f"{sorted(self.inline_scores)}, inline probabilities {sorted(self.inline_probs)})"
             )
         q, k = self.q[layer], self.k[layer]
         if k.dtype != q.dtype:
@@ -153,6 +185,11 @@ class Features:
     def _compute_scores(self, layer: int) -> Tensor:
         scores = self._raw_scores(layer)
         return scores + self._additive_mask(scores.dtype, scores.device, self.sliding_windows.get(layer))
+
+    def release_attention(self, layer: int) -> None:
+        """Drop every attention map of ``layer`` this object holds (autograd keeps what backward needs)."""
+        for store in (self.inline_scores, self.inline_probs, self._scores, self._probs):
+            store.pop(layer, None)
 
     @staticmethod
     def _cached(cache: dict[int, weakref.ref], layer: int) -> Tensor | None:
@@ -181,6 +218,8 @@ class Features:
 
         Cached while referenced, like ``attention_scores``.
         """
+        if layer in self.inline_probs:
+            return self.inline_probs[layer]
         probs = self._cached(self._probs, layer)
         if probs is None:
             scores = self._cached(self._scores, layer)
@@ -189,6 +228,82 @@ class Features:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
             self._probs[layer] = weakref.ref(probs)
         return probs
+
+
+# ---------------------------------------------------------------------------------------------------
+# inline attention: the requested layers compute their maps once and hand them over
+# ---------------------------------------------------------------------------------------------------
+_INLINE_PREFIX = "unikd_inline:"
+_INLINE_BASES = ("sdpa", "eager")
+# attention module -> (weak ref to its FeatureCapture, block index). Weak keys: a dropped model takes its
+# entries with it. One capture per model: a second FeatureCapture on the same model takes its layers over.
+_INLINE_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inline_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *,
+                      _base: str, **kwargs):
+    """An ``AttentionInterface`` function: ``_base`` for every layer but those a capture is recording.
+
+    Those run the eager computation (same math and mask as HF eager attention; the softmax in fp32 as
+    the recompute path does) and give the capture the scaled, unmasked Q·Kᵀ and the pre-dropout softmax.
+    q: [B, H, Lq, d], k/v: [B, Hkv, Lk, d]; attention_mask in the ``_base`` implementation's format
+    (bool keep-mask for SDPA, additive for eager, or None).
+    """
+    slot = _INLINE_SLOTS.get(module)
+    capture = slot[0]() if slot is not None else None
+    if capture is None or not capture._records_inline(slot[1]):
+        if _base == "eager":  # the model family's own eager function, as HF would have called it
+            fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", _eager_attention)
+        else:
+            fn = ALL_ATTENTION_FUNCTIONS[_base]
+        return fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return _eager_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                            _record=(capture, slot[1]), **kwargs)
+
+
+def _eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *,
+                     _record=None, is_causal=None, **kwargs):
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    # A teacher runs under inference_mode: build the maps outside it (still without grad) so that they are
+    # normal tensors a loss can use, instead of inference tensors the capture would have to copy.
+    grad_free = torch.is_inference_mode_enabled() and _record is not None
+    with torch.inference_mode(False) if grad_free else contextlib.nullcontext(), \
+            torch.no_grad() if grad_free else contextlib.nullcontext():
+        # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): one full pass over the map less.
+        raw = torch.matmul(query * scaling, key.transpose(-1, -2))
+        scores = raw
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores = raw.masked_fill(~attention_mask, torch.finfo(raw.dtype).min)
+            else:
+                scores = raw + attention_mask[..., : key.shape[-2]]
+        elif (is_causal if is_causal is not None else getattr(module, "is_causal", False)) and raw.shape[-2] > 1:
+            # SDPA got no mask and relies on its is_causal flag (a causal batch without padding)
+            lq, lk = raw.shape[-2:]
+            allowed = torch.ones(lq, lk, dtype=torch.bool, device=raw.device).tril(lk - lq)
+            scores = raw.masked_fill(~allowed, torch.finfo(raw.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if _record is not None:
+        _record[0]._record_inline(_record[1], raw, probs)
+    weights = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, None
+
+
+def _inline_name(base: str) -> str:
+    """Register (once) and return the wrapper of attention implementation ``base`` ("sdpa" or "eager")."""
+    name = _INLINE_PREFIX + base
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        def fn(*args, **kwargs):
+            return _inline_attention(*args, _base=base, **kwargs)
+
+        ALL_ATTENTION_FUNCTIONS.register(name, fn)
+        # the same masks the wrapped implementation gets (class-wide: masking_utils reads the global mapping)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,9 +332,17 @@ class FeatureCapture:
     request names its layer; ``set_request`` switches what is recorded without touching them.
     ``forward_fn`` (default: ``model``) is the callable a capture call runs; set it to the wrapped model
     when the hooks were placed before ``accelerator.prepare`` so that gradients synchronize.
+
+    ``attention`` says how attention maps are obtained: "inline", "recompute" or "auto" (see the module
+    docstring). Auto decides at the first call that records attention, from the device the model is on
+    then. Inline switches the model to the wrapping implementation for as long as the capture lives;
+    ``remove()`` switches it back.
     """
 
-    def __init__(self, model: nn.Module, request: CaptureRequest | None = None):
+    def __init__(self, model: nn.Module, request: CaptureRequest | None = None, *, attention: str = "auto"):
+        if attention not in ("auto", "inline", "recompute"):
+            raise ConfigError("train.attention_capture", f"unknown attention capture {attention!r}",
+                              "use auto, inline or recompute")
         self.model = model
         self.forward_fn = model
         self.core = core = _unwrap(model)
@@ -238,6 +361,12 @@ class FeatureCapture:
         self._accepted = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         self._no_cache = "use_cache" in self._accepted  # decoders would otherwise build a KV cache per step
 
+        self.attention_mode = attention  # "inline" / "recompute" once decided
+        impl = getattr(core.config, "_attn_implementation", None)
+        # a model another capture has wrapped already: the implementation underneath
+        self._base_attention = impl.removeprefix(_INLINE_PREFIX) if isinstance(impl, str) else impl
+        self._inline_set = False
+
         self._handles: list = []
         self._hooked: set = set()
         # what is recorded (swapped by set_request) and whether a capture call is running
@@ -246,6 +375,8 @@ class FeatureCapture:
         self._want_hidden: frozenset[int] = frozenset()
         self._want_qk: frozenset[int] = frozenset()
         self._want_v: frozenset[int] = frozenset()
+        self._want_att: frozenset[int] = frozenset()
+        self._keep_scores = self._keep_probs = False
         self.request = CaptureRequest()
         # per-call buffers, emptied when each call returns
         self._emb: list = []
@@ -255,6 +386,8 @@ class FeatureCapture:
         self._v: dict[int, Tensor] = {}
         self._fused: dict[int, Tensor] = {}
         self._rotary: dict[int, dict] = {}
+        self._att_scores: dict[int, Tensor] = {}
+        self._att_probs: dict[int, Tensor] = {}
         self.set_request(request)
 
     # ---- request / hooks ---------------------------------------------------------------------
@@ -263,12 +396,60 @@ class FeatureCapture:
         request = request if request is not None else CaptureRequest()
         request.validate(self.num_layers)
         self.request = request
-        qk = frozenset(request.qkv | request.attention)
+        # "auto" places nothing for attention layers yet: the first call decides, once the model sits on
+        # the device it trains on (the trainer builds captures before accelerate moves the models)
+        inline = self.attention_mode == "inline"
+        qk = frozenset(request.qkv | (request.attention if self.attention_mode == "recompute" else set()))
         self._ensure_hooks(request, qk)
+        if inline and request.attention:
+            self._ensure_inline(request.attention)
         self._want_embeddings = bool(request.embeddings)
         self._want_hidden = frozenset(request.hidden)
         self._want_qk = qk
         self._want_v = frozenset(request.qkv)
+        self._want_att = frozenset(request.attention) if inline else frozenset()
+        self._keep_scores = "scores" in request.attention_maps
+        self._keep_probs = "probs" in request.attention_maps
+
+    # ---- inline attention --------------------------------------------------------------------
+    def _auto_mode(self) -> str:
+        param = next(self.core.parameters(), None)
+        on_cpu = param is None or param.device.type == "cpu"
+        return "inline" if on_cpu and self._inline_supported() is None else "recompute"
+
+    def _inline_supported(self) -> str | None:
+        """None when inline capture works for this model, else why not."""
+        if ALL_ATTENTION_FUNCTIONS is None:
+            return "this transformers version has no AttentionInterface"
+        base = self._base_attention
+        if base not in _INLINE_BASES:
+            return f"the model runs attention implementation {base!r}; inline capture wraps only {list(_INLINE_BASES)}"
+        if not getattr(self.core, "_can_set_attn_implementation", lambda: False)():
+            return f"{type(self.core).__name__} cannot switch its attention implementation"
+        return None
+
+    def _ensure_inline(self, layers) -> None:
+        if not self._inline_set:
+            why = self._inline_supported()
+            if why is not None:
+                raise ConfigError("train.attention_capture", f"inline attention capture is not possible: {why}",
+                                  "use attention_capture: recompute (or auto)")
+            name = _inline_name(self._base_attention)
+            if self.core.config._attn_implementation != name:
+                self.core.set_attn_implementation(name)
+            self._inline_set = True
+        for i in layers:
+            module = self.adapter.attention_module(self._blocks[i])
+            _INLINE_SLOTS[module] = (weakref.ref(self), i)
+
+    def _records_inline(self, layer: int) -> bool:
+        return self._recording and layer in self._want_att
+
+    def _record_inline(self, layer: int, raw: Tensor, probs: Tensor) -> None:
+        if self._keep_scores:
+            self._att_scores[layer] = raw
+        if self._keep_probs:
+            self._att_probs[layer] = probs
 
     def _ensure_hooks(self, request: CaptureRequest, qk: frozenset[int]) -> None:
         if request.embeddings and "emb" not in self._hooked:
@@ -341,6 +522,8 @@ class FeatureCapture:
         self._v.clear()
         self._fused.clear()
         self._rotary.clear()
+        self._att_scores.clear()
+        self._att_probs.clear()
 
     def _heads(self, x: Tensor) -> Tensor:
         """[B, L, H*d] -> [B, H, L, d] (a view)."""
@@ -355,6 +538,9 @@ class FeatureCapture:
         ``torch.inference_mode()`` and returns normal tensors without grad; otherwise tensors keep
         their autograd graph. ``autocast_dtype`` runs the forward under ``torch.autocast``.
         """
+        if self.attention_mode == "auto" and self.request.attention:
+            self.attention_mode = self._auto_mode()
+            self.set_request(self.request)
         inputs = {k: v for k, v in batch.items() if k in self._accepted}
         if self._no_cache and "use_cache" not in inputs:
             inputs["use_cache"] = False
@@ -416,7 +602,7 @@ class FeatureCapture:
             with contextlib.suppress(Exception):
                 output.logits = logits  # keep one copy, not an inference twin alongside it
 
-        layers = q.keys() | v.keys()
+        layers = q.keys() | v.keys() | self._att_scores.keys() | self._att_probs.keys()
         return Features(
             embeddings=own(self._emb[-1]) if self._emb else None,
             hidden={i: own(t) for i, t in sorted(self._hidden.items())},
@@ -429,6 +615,8 @@ class FeatureCapture:
             scalings={i: self._scalings[i] for i in sorted(layers)},
             output=output,
             sliding_windows={i: self._windows[i] for i in sorted(layers) if self._windows[i] is not None},
+            inline_scores=dict(sorted(self._att_scores.items())),
+            inline_probs=dict(sorted(self._att_probs.items())),
         )
 
     # ---- lifetime ----------------------------------------------------------------------------
@@ -439,6 +627,17 @@ class FeatureCapture:
         self._handles.clear()
         self._hooked.clear()
         self._clear()
+        if self._inline_set:
+            shared = False
+            for module, (ref, _) in list(_INLINE_SLOTS.items()):
+                owner = ref()
+                if owner is self:
+                    del _INLINE_SLOTS[module]
+                elif owner is not None and owner.core is self.core:
+                    shared = True
+            if not shared:  # the last inline capture on this model puts its implementation back
+                self.core.set_attn_implementation(self._base_attention)
+            self._inline_set = False
 
     def __enter__(self) -> FeatureCapture:
         return self

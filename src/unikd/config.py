@@ -28,8 +28,10 @@ class _Strict(BaseModel):
 class TeacherConfig(_Strict):
     path: str | None = Field(None, description="Teacher model: a hub id, a local directory, or "
                              "'pkg:<python package>' for a model directory shipped inside an installed package.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast dtype of the teacher's forward pass (bf16/fp16 need a GPU or a recent CPU).")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="The teacher's forward pass: fp32; bf16/fp16 autocast (a GPU or a recent CPU); int8: "
+        "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (about 1.8x faster teacher "
+        "forward on CPU; soft targets carry the quantization error, see docs/performance.md).")
 
 
 class StudentConfig(_Strict):
@@ -78,6 +80,14 @@ class TrainConfig(_Strict):
     teacher_cache: bool = Field(False, description="task stage: cache teacher logits on disk after the first "
                                 "epoch (logits-only plans); later epochs skip the teacher forward.")
     teacher_cache_topk: int | None = Field(None, ge=1, description="Store only the top-k teacher logits.")
+    attention_capture: Literal["auto", "inline", "recompute"] = Field(
+        "auto", description="How attention-map terms get their maps. inline: the matched layers compute "
+        "attention unfused once and hand over the scores/probabilities (fastest where attention is not fused: "
+        "CPU); recompute: every layer keeps SDPA/flash and the maps are recomputed from the captured Q and K "
+        "(keeps fused attention: GPU). auto: inline on CPU, recompute elsewhere.")
+    keep_freed_memory: bool = Field(
+        True, description="CPU runs on Linux: keep memory freed by a step in the process (glibc mallopt) "
+        "instead of returning it to the OS and page-faulting it back the next step. No effect on GPU runs.")
 
 
 class RunConfig(_Strict):

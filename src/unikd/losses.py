@@ -290,11 +290,33 @@ def attention_mse(s: Tensor, t: Tensor, valid: Tensor | None = None) -> Tensor:
     if valid is None:
         return (s.float() - t.detach().float()).pow(2).mean()
     valid = valid.to(device=s.device).bool()
-    # One select over the difference (invalid entries may hold -inf - -inf = nan; `where` drops them and
-    # passes no gradient there), and the count taken on the unexpanded mask: this runs per layer per step.
-    d = torch.where(valid, s.float() - t.detach().float(), 0.0)
+    # the count on the unexpanded mask: this runs per layer per step
     count = valid.sum() * (s.shape[1] // valid.shape[1])
-    return d.pow(2).sum() / count.clamp_min(1)
+    return _MaskedSumOfSquares.apply(s, t.detach(), valid) / count.clamp_min(1)
+
+
+class _MaskedSumOfSquares(torch.autograd.Function):
+    """Σ over valid entries of (s − t)², with d/ds = 2·(s − t)·valid.
+
+    The per-layer hot spot of TinyBERT-style KD: autograd's ``where(valid, s - t, 0).pow(2).sum()`` writes
+    three [B, H, L, L] maps forward and three more backward; this writes the masked difference once
+    (invalid entries, which may hold −inf − −inf = nan, become 0 in place), reduces it with a dot product,
+    keeps it for backward and scales it there: one map forward, one backward.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, valid: Tensor) -> Tensor:
+        d = s.float() - t.float()
+        d.masked_fill_(~valid, 0.0)
+        ctx.save_for_backward(d)
+        ctx.s_dtype = s.dtype
+        flat = d.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (d,) = ctx.saved_tensors
+        return (d * (2 * grad)).to(ctx.s_dtype), None, None
 
 
 def _attention_terms(s_probs, t_probs, valid):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
                           AutoModelForSequenceClassification)
 
@@ -47,3 +48,20 @@ def load_model(path: str, kind: str, num_labels: int | None = None, field: str =
     if kind == "sequence-classification" and num_labels == 1:
         model.config.problem_type = "regression"
     return model
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of every ``nn.Linear`` in ``model``, in place, for CPU inference.
+
+    Weights are quantized once, activations per batch (fbgemm / qnnpack kernels); embeddings and norms
+    stay fp32. For a frozen teacher only: the quantized layers have no gradients. Forward hooks and the
+    attention interface keep working, so feature capture is unchanged.
+    """
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; its dynamic int8 Linear is what runs fastest on CPU
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -239,7 +239,7 @@ class DistillationPlan(nn.Module):
 
     def requests(self, step: int = 0) -> tuple[CaptureRequest, CaptureRequest]:
         """What the teacher and the student must record at ``step``."""
-        teacher, student = CaptureRequest(), CaptureRequest()
+        teacher, student = CaptureRequest(attention_maps=set()), CaptureRequest(attention_maps=set())
         pairs = self.pairs_at(step)
         for i, term in enumerate(self.config.terms):
             for req, idx in ((teacher, 0), (student, 1)):
@@ -253,6 +253,7 @@ class DistillationPlan(nn.Module):
                         req.embeddings = req.embeddings or 0 in layers
                 elif term.knowledge == "attention":
                     req.attention |= layers
+                    req.attention_maps.add(term.attention_on)
                 elif term.knowledge in ("value_relation", "relation"):
                     req.qkv |= layers
         return teacher, student
@@ -337,13 +338,22 @@ class DistillationPlan(nn.Module):
 
     def forward(self, teacher: Features, student: Features, *, labels: torch.Tensor | None = None,
                 hard_loss: torch.Tensor | None = None, step: int = 0, total_steps: int = 1,
-                pairs: dict[int, list[tuple[int, int]]] | None = None):
+                pairs: dict[int, list[tuple[int, int]]] | None = None, release_maps: bool = False):
         """Total loss and each term's unweighted value (detached tensors, so logging never syncs a GPU).
 
         ``pairs`` are the layer pairs used for this step's capture (``pairs_at(step)``); passing them
-        avoids a second draw for random matching.
+        avoids a second draw for random matching. ``release_maps=True`` (the trainer's choice) drops each
+        layer's attention maps from ``teacher``/``student`` once the last attention loss has read them, so
+        that only what backward needs stays alive: a lower peak, and those maps are gone from the Features.
         """
         pairs = self.pairs_at(step) if pairs is None else pairs
+        uses = {}  # (side, layer) -> attention pairs still to read it
+        if release_maps:
+            for i, term in enumerate(self.config.terms):
+                if term.knowledge == "attention":
+                    for t_l, s_l in pairs[i]:
+                        uses[0, t_l] = uses.get((0, t_l), 0) + 1
+                        uses[1, s_l] = uses.get((1, s_l), 0) + 1
         mask = student.attention_mask
         valid = L.valid_pairs(mask, student.causal)
         total = torch.zeros((), device=mask.device)
@@ -365,6 +375,10 @@ class DistillationPlan(nn.Module):
                         values.append(self._hidden_pair(i, term, teacher, student, t_l, s_l, mask))
                     elif term.knowledge == "attention":
                         values.append(self._attention_pair(term, teacher, student, t_l, s_l, valid))
+                        for side, features, layer in ((0, teacher, t_l), (1, student, s_l)) if uses else ():
+                            uses[side, layer] -= 1
+                            if uses[side, layer] == 0:
+                                features.release_attention(layer)
                     else:
                         values.append(self._relation_pair(term, teacher, student, t_l, s_l, mask))
                 value = torch.stack([torch.as_tensor(v) for v in values]).sum()

@@ -24,19 +24,20 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
 from unikd import data as D
+from unikd.allocator import keep_freed_memory
 from unikd.capture import FeatureCapture
 from unikd.config import RunConfig, dump_config, resolve_model_path
 from unikd.errors import ConfigError
 from unikd.families import get_adapter, model_spec
 from unikd.io import atomic_write_json, atomic_write_text
 from unikd.metrics import compute_metrics
-from unikd.models import load_model, model_kind_for
+from unikd.models import load_model, model_kind_for, quantize_int8
 from unikd.plan import DistillationPlan
 from unikd.student import build_student, count_parameters, student_config
 from unikd.teacher_cache import TeacherLogitCache
 
 CHECKPOINTS = "checkpoints"
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
 # ---- set-up helpers (everything here runs before the first step) ---------------------------------
@@ -197,6 +198,11 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=plan is not None and plan.is_dynamic)],
     )
     set_seed(cfg.seed)
+    if cfg.teacher.precision == "int8" and cfg.stage != "finetune" and accelerator.device.type != "cpu":
+        raise ConfigError("teacher.precision", f"int8 (dynamic quantization) runs on CPU only; this run is on "
+                          f"{accelerator.device.type}", "use teacher.precision=bf16 (or fp16) on a GPU")
+    if accelerator.device.type == "cpu" and cfg.train.keep_freed_memory:
+        keep_freed_memory()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "config.yaml", dump_config(cfg))
@@ -218,13 +224,17 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
         teacher = None
     else:
         teacher.eval().requires_grad_(False).to(accelerator.device)
+        if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
+            quantize_int8(teacher)
 
     cache = None
     if cfg.train.teacher_cache and cfg.stage == "task":
         TeacherLogitCache.check_plan(plan)
         cache = TeacherLogitCache(output_dir / "teacher_cache", len(train_ds), topk=cfg.train.teacher_cache_topk,
                                   key={"teacher": teacher_path, "task": cfg.data.task, "seed": cfg.seed,
-                                       "train_limit": cfg.data.train_limit, "max_length": cfg.data.max_length})
+                                       "train_limit": cfg.data.train_limit, "max_length": cfg.data.max_length,
+                                       # other precisions give other logits (absent for fp32: older caches stay valid)
+                                       **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {})})
         train_ds = train_ds.add_column("idx", list(range(len(train_ds))))
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate,
                               generator=torch.Generator().manual_seed(cfg.seed))
@@ -237,8 +247,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     student.train()
     # Hooks go on the bare modules before wrapping; DDP/FSDP forwards still run through them.
     teacher_req, student_req = plan.requests(0) if plan is not None else (None, None)
-    t_capture = FeatureCapture(teacher, teacher_req) if teacher is not None else None
-    s_capture = FeatureCapture(student, student_req) if plan is not None else None
+    attention = cfg.train.attention_capture
+    t_capture = FeatureCapture(teacher, teacher_req, attention=attention) if teacher is not None else None
+    s_capture = FeatureCapture(student, student_req, attention=attention) if plan is not None else None
     student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
     if plan is not None:
         # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
@@ -295,7 +306,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
                     sf = s_capture(batch)
                     hard = getattr(sf.output, "loss", None)
                     loss, logs = plan(tf, sf, labels=batch.get("labels"), hard_loss=hard, step=step,
-                                      total_steps=total_steps, pairs=pairs)
+                                      total_steps=total_steps, pairs=pairs, release_maps=True)
+                    # the features (hidden states, attention maps) must not live on through the next forward
+                    del tf, sf, hard
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_(list(student.parameters()) + (list(plan.parameters()) if plan else []),
@@ -338,6 +351,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     if progress:
         progress.close()
     accelerator.end_training()
+    for capture in (t_capture, s_capture):
+        if capture is not None:
+            capture.remove()  # hooks off, and the models back on their own attention implementation
     if stopped and step < total_steps:
         return {"stopped_at": step}
 

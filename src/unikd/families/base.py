@@ -97,6 +97,10 @@ class FamilyAdapter:
         """``{"q": m, "k": m, "v": m}`` projections, or ``{"qkv": m}`` for a fused projection."""
         raise NotImplementedError
 
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        """The module that calls the attention function (``AttentionInterface``) with Q, K, V."""
+        raise NotImplementedError
+
     def split_fused_qkv(self, block: nn.Module, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split a fused projection output [B, L, 3W] into q, k, v [B, L, W]."""
         raise NotImplementedError

@@ -24,6 +24,9 @@ class BertAdapter(FamilyAdapter):
         attn = block.attention.self
         return {"q": attn.query, "k": attn.key, "v": attn.value}
 
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attention.self
+
     # ---- student building: sizes, parameter counts, slicing ---------------------------------
     def _embedding_size(self, config) -> int:
         """ELECTRA's embedding width (``embedding_size``); BERT/RoBERTa embed at ``hidden_size``."""

@@ -21,6 +21,9 @@ class DistilBertAdapter(FamilyAdapter):
         attn = block.attention
         return {"q": attn.q_lin, "k": attn.k_lin, "v": attn.v_lin}
 
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attention
+
     # ---- student building: sizes, parameter counts, slicing ---------------------------------
     def parameter_count(self, config, architecture: str | None = None) -> tuple[int, int]:
         lin = self._linear

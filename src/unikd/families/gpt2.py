@@ -34,6 +34,9 @@ class GPT2Adapter(FamilyAdapter):
     def qkv_modules(self, block: nn.Module) -> dict[str, nn.Module]:
         return {"qkv": block.attn.c_attn}
 
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
     def split_fused_qkv(self, block: nn.Module, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return output.split(block.attn.split_size, dim=-1)
 

@@ -39,6 +39,9 @@ class LlamaAdapter(FamilyAdapter):
         attn = block.self_attn
         return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
 
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.self_attn
+
     def rotary_module(self, block: nn.Module) -> nn.Module | None:
         return block.self_attn
 
