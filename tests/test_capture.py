@@ -424,3 +424,20 @@ def test_two_inline_captures_on_one_model(models):
     assert set(second(batch, teacher=True).inline_probs) == {2}
     second.remove()
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_inline_causal_batch_without_padding(models):
+    """No padding: SDPA may get no mask at all and rely on is_causal; inline must still mask future keys."""
+    model = models("llama")
+    batch = _batch(model)
+    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    maps = {}
+    for mode in ("inline", "recompute"):
+        with FeatureCapture(model, CaptureRequest(attention={0, 2}), attention=mode) as cap:
+            f = cap(batch, teacher=True)
+        maps[mode] = (f.attention_probs(0), f.attention_probs(2), f.logits)
+    length = batch["input_ids"].shape[1]
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)
+    assert maps["inline"][0][..., future].abs().max() == 0
+    for a, b in zip(maps["inline"], maps["recompute"]):
+        torch.testing.assert_close(a, b, atol=TOL, rtol=TOL)
