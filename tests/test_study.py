@@ -177,6 +177,22 @@ def test_config_hash_ignores_output_dir_and_tracks_the_config(tiny_teacher, mini
     assert not {r.config_hash for r in a} & {r.config_hash for r in c}
 
 
+
+def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):
+    """How attention maps are captured and whether the heap is kept change no result: finished runs stay found
+    when they change (or, as in existing databases, were not fields yet); an int8 teacher is another run."""
+    a = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "a")))
+    fast = _study(tiny_teacher, mini_glue, tmp_path / "a")
+    fast["base"].setdefault("train", {}).update(attention_capture="recompute", keep_freed_memory=False)
+    b = expand_study(StudyConfig.model_validate(fast))
+    assert [r.config_hash for r in a] == [r.config_hash for r in b]
+    int8 = _study(tiny_teacher, mini_glue, tmp_path / "a")
+    int8["base"].setdefault("teacher", {})["precision"] = "int8"
+    c = expand_study(StudyConfig.model_validate(int8))
+    kd = [i for i, r in enumerate(a) if r.kind == "kd"]
+    assert kd and all(a[i].config_hash != c[i].config_hash for i in kd)
+
+
 def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teacher, mini_glue, tmp_path, capsys):
     from unikd.config import dump_config, load_config
 

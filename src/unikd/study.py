@@ -460,12 +460,20 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
+# give the same losses and gradients; the heap setting is the allocator's): finished runs stay found when they
+# are added or changed
+_SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+
+
 def _hash_payload(cfg: RunConfig) -> dict:
-    """What can change a run's result: the resolved config without output_dir, train.progress and - for a
-    fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished teachers)."""
+    """What can change a run's result: the resolved config without output_dir, the speed-only train fields and
+    - for a fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished
+    teachers)."""
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
-    data.get("train", {}).pop("progress", None)
+    for name in _SPEED_ONLY_TRAIN_FIELDS:
+        data.get("train", {}).pop(name, None)
     if data.get("stage") == "finetune":
         data.pop("plan", None)
     return data
