@@ -329,14 +329,20 @@ def unikd_step(preset: str, attention: str = "auto", int8_teacher: bool = False)
         t_cap = FeatureCapture(teacher, t_req, attention=attention)
         s_cap = FeatureCapture(student, s_req, attention=attention)
         pairs = plan.pairs_at(0)
+        has_attention = any(t.knowledge == "attention" for t in plan.config.terms)
         opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
 
         def step(batch):
             tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
             with ctx.autocast():
+                precomputed = None
+                if has_attention:  # as unikd.train does
+                    s_cap.on_inline, precomputed = plan.inline_consumer(
+                        tf, s_cap.mask_of(batch), s_cap.causal, s_cap.sliding_windows, pairs=pairs)
                 sf = s_cap(batch)
+                s_cap.on_inline = None
                 loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs,
-                               release_maps=True)
+                               release_maps=True, precomputed=precomputed)
             del tf, sf  # as unikd.train does: the features do not live through backward
             loss.backward()
             opt.step()

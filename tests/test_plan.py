@@ -859,3 +859,42 @@ def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, b
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
     bert_student_narrow.zero_grad(set_to_none=True)
+
+
+def test_inline_consumer_takes_attention_losses_during_the_student_forward(bert_teacher, bert_student_narrow):
+    """The losses taken as each student layer runs equal the ones taken afterwards, gradients too, and the
+    student's maps are never held."""
+    cfg = PlanConfig(terms=[
+        {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
+        {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
+        {"knowledge": "logits"},
+    ])
+    plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
+    batch = _batch()
+    t_req, s_req = plan.requests(0)
+    results = []
+    for consume in (False, True):
+        with FeatureCapture(bert_teacher, t_req, attention="inline") as tc, \
+                FeatureCapture(bert_student_narrow, s_req, attention="inline") as sc:
+            tf = tc(batch, teacher=True)
+            precomputed = None
+            if consume:
+                sc.on_inline, precomputed = plan.inline_consumer(tf, sc.mask_of(batch), sc.causal, sc.sliding_windows)
+            sf = sc(batch)
+            sc.on_inline = None
+            if consume:
+                assert sf.inline_scores == sf.inline_probs == {}  # used up inside the forward
+                assert tf.inline_scores == tf.inline_probs == {}  # teacher maps released after their last pair
+                assert len(precomputed) == 2 * len(plan.pairs_at(0)[0])
+            bert_student_narrow.zero_grad(set_to_none=True)
+            loss, logs = plan(tf, sf, labels=batch["labels"], precomputed=precomputed)
+            assert not precomputed  # every value was used
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in bert_student_narrow.named_parameters() if p.grad is not None}
+        results.append((logs, grads))
+    (logs_a, grads_a), (logs_b, grads_b) = results
+    for key in logs_a:
+        torch.testing.assert_close(logs_a[key], logs_b[key])
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    bert_student_narrow.zero_grad(set_to_none=True)

@@ -30,6 +30,7 @@ import contextlib
 import inspect
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -388,6 +389,9 @@ class FeatureCapture:
         self._rotary: dict[int, dict] = {}
         self._att_scores: dict[int, Tensor] = {}
         self._att_probs: dict[int, Tensor] = {}
+        #: inline capture only: called with (layer, scores, probs) as each recorded layer runs; returning True
+        #: means the maps were used up there and are not kept in the Features
+        self.on_inline: Callable[[int, Tensor, Tensor], bool] | None = None
         self.set_request(request)
 
     # ---- request / hooks ---------------------------------------------------------------------
@@ -446,6 +450,8 @@ class FeatureCapture:
         return self._recording and layer in self._want_att
 
     def _record_inline(self, layer: int, raw: Tensor, probs: Tensor) -> None:
+        if self.on_inline is not None and self.on_inline(layer, raw, probs):
+            return  # consumed where it was made (DistillationPlan.inline_consumer): nothing is held
         if self._keep_scores:
             self._att_scores[layer] = raw
         if self._keep_probs:
@@ -544,12 +550,7 @@ class FeatureCapture:
         inputs = {k: v for k, v in batch.items() if k in self._accepted}
         if self._no_cache and "use_cache" not in inputs:
             inputs["use_cache"] = False
-        attention_mask = batch.get("attention_mask")
-        if attention_mask is None:
-            ref = batch.get("input_ids")
-            shape = ref.shape if ref is not None else batch["inputs_embeds"].shape[:2]
-            device = (ref if ref is not None else batch["inputs_embeds"]).device
-            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        attention_mask = self.mask_of(batch)
 
         with contextlib.ExitStack() as stack:
             if teacher:
@@ -574,6 +575,22 @@ class FeatureCapture:
         finally:
             self._clear()
         return features
+
+    @staticmethod
+    def mask_of(batch: dict) -> Tensor:
+        """The batch's [B, L] attention mask (1 = real token), all ones when it has none."""
+        attention_mask = batch.get("attention_mask")
+        if attention_mask is None:
+            ref = batch.get("input_ids")
+            shape = ref.shape if ref is not None else batch["inputs_embeds"].shape[:2]
+            device = (ref if ref is not None else batch["inputs_embeds"]).device
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        return attention_mask
+
+    @property
+    def sliding_windows(self) -> dict[int, int]:
+        """Block index -> causal sliding window, for the windowed layers only."""
+        return {i: w for i, w in enumerate(self._windows) if w is not None}
 
     def _collect(self, output, attention_mask: Tensor, teacher: bool) -> Features:
         own = (lambda t: t.clone() if t is not None and t.is_inference() else t) if teacher else (lambda t: t)

@@ -336,15 +336,52 @@ class DistillationPlan(nn.Module):
             return fn(s, t, temperature=temperature, mask=mask, t2_scaling=term.t2_scaling)
         return fn(s, t, mask=mask)
 
+    def inline_consumer(self, teacher: Features, attention_mask: torch.Tensor, causal: bool,
+                        sliding_windows: dict[int, int], *, step: int = 0,
+                        pairs: dict[int, list[tuple[int, int]]] | None = None, release_maps: bool = True):
+        """``(callback, values)`` for a student ``FeatureCapture.on_inline``: each attention pair's loss is
+        computed the moment the student's layer has run, from the maps it just made, so the student's
+        [B, H, L, L] maps are never held (only what the loss saves for backward). ``values`` fills with
+        ``(term index, teacher layer, student layer) -> unweighted loss``; pass it to ``forward(precomputed=)``.
+        The teacher's maps are released once the last pair has read them (``release_maps``).
+        """
+        pairs = self.pairs_at(step) if pairs is None else pairs
+        jobs: dict[int, list] = {}
+        teacher_uses: dict[int, int] = {}
+        for i, term in enumerate(self.config.terms):
+            if term.knowledge == "attention":
+                for t_l, s_l in pairs[i]:
+                    jobs.setdefault(s_l, []).append((i, term, t_l))
+                    teacher_uses[t_l] = teacher_uses.get(t_l, 0) + 1
+        valid = L.valid_pairs(attention_mask, causal)
+        values: dict[tuple, torch.Tensor] = {}
+
+        def consume(layer: int, scores: torch.Tensor, probs: torch.Tensor) -> bool:
+            if layer not in jobs:
+                return False
+            view = Features(None, {}, {}, {}, {}, None, attention_mask, causal, {}, None,
+                            sliding_windows={layer: sliding_windows[layer]} if layer in sliding_windows else {},
+                            inline_scores={layer: scores}, inline_probs={layer: probs})
+            for i, term, t_l in jobs[layer]:
+                values[i, t_l, layer] = self._attention_pair(term, teacher, view, t_l, layer, valid)
+                teacher_uses[t_l] -= 1
+                if release_maps and teacher_uses[t_l] == 0:
+                    teacher.release_attention(t_l)
+            return True
+
+        return consume, values
+
     def forward(self, teacher: Features, student: Features, *, labels: torch.Tensor | None = None,
                 hard_loss: torch.Tensor | None = None, step: int = 0, total_steps: int = 1,
-                pairs: dict[int, list[tuple[int, int]]] | None = None, release_maps: bool = False):
+                pairs: dict[int, list[tuple[int, int]]] | None = None, release_maps: bool = False,
+                precomputed: dict | None = None):
         """Total loss and each term's unweighted value (detached tensors, so logging never syncs a GPU).
 
         ``pairs`` are the layer pairs used for this step's capture (``pairs_at(step)``); passing them
         avoids a second draw for random matching. ``release_maps=True`` (the trainer's choice) drops each
         layer's attention maps from ``teacher``/``student`` once the last attention loss has read them, so
         that only what backward needs stays alive: a lower peak, and those maps are gone from the Features.
+        ``precomputed``: the values an ``inline_consumer`` computed during the student's forward.
         """
         pairs = self.pairs_at(step) if pairs is None else pairs
         uses = {}  # (side, layer) -> attention pairs still to read it
@@ -374,6 +411,9 @@ class DistillationPlan(nn.Module):
                     if term.knowledge == "hidden":
                         values.append(self._hidden_pair(i, term, teacher, student, t_l, s_l, mask))
                     elif term.knowledge == "attention":
+                        if precomputed and (i, t_l, s_l) in precomputed:
+                            values.append(precomputed.pop((i, t_l, s_l)))
+                            continue
                         values.append(self._attention_pair(term, teacher, student, t_l, s_l, valid))
                         for side, features, layer in ((0, teacher, t_l), (1, student, s_l)) if uses else ():
                             uses[side, layer] -= 1
