@@ -826,15 +826,30 @@ def test_regression_logits_distill_values_not_a_constant_softmax():
     assert abs(float(logs["logits_kl"]) - ((0.5**2 + 0 + 3.0**2) / 3)) < 1e-6
 
 
-@pytest.mark.parametrize("attention", ["inline", "recompute"])
-def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, bert_student_narrow, attention):
-    """Two attention terms read the same layers: maps are dropped after the last one, values are unchanged."""
+def _two_attention_terms(teacher, student) -> DistillationPlan:
+    """Score MSE and probability KL on the same (uniformly matched) layers, plus logits."""
     cfg = PlanConfig(terms=[
         {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
         {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
         {"knowledge": "logits"},
     ])
-    plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
+    return DistillationPlan(cfg, model_spec(teacher), model_spec(student))
+
+
+def _assert_same_logs_and_grads(results):
+    (logs_a, grads_a), (logs_b, grads_b) = results
+    assert logs_a.keys() == logs_b.keys()
+    for key in logs_a:
+        torch.testing.assert_close(logs_a[key], logs_b[key])
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+@pytest.mark.parametrize("attention", ["inline", "recompute"])
+def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, bert_student_narrow, attention):
+    """Two attention terms read the same layers: maps are dropped after the last one, values are unchanged."""
+    plan = _two_attention_terms(bert_teacher, bert_student_narrow)
     batch = _batch()
     t_req, s_req = plan.requests(0)
     results = []
@@ -851,25 +866,14 @@ def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, b
             loss.backward()
         grads = {n: p.grad.clone() for n, p in bert_student_narrow.named_parameters() if p.grad is not None}
         results.append((logs, grads))
-    (logs_a, grads_a), (logs_b, grads_b) = results
-    assert logs_a.keys() == logs_b.keys()
-    for key in logs_a:
-        torch.testing.assert_close(logs_a[key], logs_b[key])
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    _assert_same_logs_and_grads(results)
     bert_student_narrow.zero_grad(set_to_none=True)
 
 
 def test_inline_consumer_takes_attention_losses_during_the_student_forward(bert_teacher, bert_student_narrow):
     """The losses taken as each student layer runs equal the ones taken afterwards, gradients too, and the
     student's maps are never held."""
-    cfg = PlanConfig(terms=[
-        {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
-        {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
-        {"knowledge": "logits"},
-    ])
-    plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
+    plan = _two_attention_terms(bert_teacher, bert_student_narrow)
     batch = _batch()
     t_req, s_req = plan.requests(0)
     results = []
@@ -892,9 +896,5 @@ def test_inline_consumer_takes_attention_losses_during_the_student_forward(bert_
             loss.backward()
         grads = {n: p.grad.clone() for n, p in bert_student_narrow.named_parameters() if p.grad is not None}
         results.append((logs, grads))
-    (logs_a, grads_a), (logs_b, grads_b) = results
-    for key in logs_a:
-        torch.testing.assert_close(logs_a[key], logs_b[key])
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    _assert_same_logs_and_grads(results)
     bert_student_narrow.zero_grad(set_to_none=True)
