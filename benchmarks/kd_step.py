@@ -329,18 +329,12 @@ def unikd_step(preset: str, attention: str = "auto", int8_teacher: bool = False)
         t_cap = FeatureCapture(teacher, t_req, attention=attention)
         s_cap = FeatureCapture(student, s_req, attention=attention)
         pairs = plan.pairs_at(0)
-        has_attention = any(t.knowledge == "attention" for t in plan.config.terms)
         opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
 
         def step(batch):
             tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
             with ctx.autocast():
-                precomputed = None
-                if has_attention:  # as unikd.train does
-                    s_cap.on_inline, precomputed = plan.inline_consumer(
-                        tf, s_cap.mask_of(batch), s_cap.causal, s_cap.sliding_windows, pairs=pairs)
-                sf = s_cap(batch)
-                s_cap.on_inline = None
+                sf, precomputed = plan.capture_student(s_cap, batch, tf, pairs=pairs)  # as unikd.train does
                 loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs,
                                release_maps=True, precomputed=precomputed)
             del tf, sf  # as unikd.train does: the features do not live through backward
@@ -849,7 +843,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 with --tiny)")
     p.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through the rounds")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma list from {','.join(ALL_METHODS)} (default: all but the last two)")
+                   help=f"comma list from {','.join(ALL_METHODS)} (default: all but the last four)")
     p.add_argument("--settings", default=None,
                    help="comma list of teacher:student (teachers: bert-base, minilm-l6; students: 4x312, 6x384); "
                         "default: all four (tiny:tiny with --tiny)")

@@ -881,11 +881,8 @@ def test_inline_consumer_takes_attention_losses_during_the_student_forward(bert_
         with FeatureCapture(bert_teacher, t_req, attention="inline") as tc, \
                 FeatureCapture(bert_student_narrow, s_req, attention="inline") as sc:
             tf = tc(batch, teacher=True)
-            precomputed = None
-            if consume:
-                sc.on_inline, precomputed = plan.inline_consumer(tf, sc.mask_of(batch), sc.causal, sc.sliding_windows)
-            sf = sc(batch)
-            sc.on_inline = None
+            sf, precomputed = plan.capture_student(sc, batch, tf) if consume else (sc(batch), None)
+            assert sc.on_inline is None  # the consumer lives for one student forward only
             if consume:
                 assert sf.inline_scores == sf.inline_probs == {}  # used up inside the forward
                 assert tf.inline_scores == tf.inline_probs == {}  # teacher maps released after their last pair

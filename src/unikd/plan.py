@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from unikd import losses as L
-from unikd.capture import CaptureRequest, Features
+from unikd.capture import CaptureRequest, FeatureCapture, Features
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
 from unikd.matching import is_dynamic, resolve_matching
@@ -223,6 +223,18 @@ class DistillationPlan(nn.Module):
         """True when some layer pairs change from step to step (random matching)."""
         return any(t.knowledge in _LAYERED and is_dynamic(t.matching) for t in self.config.terms)
 
+    @property
+    def has_attention(self) -> bool:
+        """True when some term reads attention maps."""
+        return any(t.knowledge == "attention" for t in self.config.terms)
+
+    def _attention_pairs(self, pairs: dict[int, list[tuple[int, int]]]):
+        """(term index, term, teacher layer, student layer) of every attention-map pair of this step."""
+        for i, term in enumerate(self.config.terms):
+            if term.knowledge == "attention":
+                for t_l, s_l in pairs[i]:
+                    yield i, term, t_l, s_l
+
     # ---- what to capture ----------------------------------------------------------------------
     def pairs_at(self, step: int) -> dict[int, list[tuple[int, int]]]:
         """Layer pairs for every layered term at ``step`` (random matching re-drawn per step).
@@ -348,11 +360,9 @@ class DistillationPlan(nn.Module):
         pairs = self.pairs_at(step) if pairs is None else pairs
         jobs: dict[int, list] = {}
         teacher_uses: dict[int, int] = {}
-        for i, term in enumerate(self.config.terms):
-            if term.knowledge == "attention":
-                for t_l, s_l in pairs[i]:
-                    jobs.setdefault(s_l, []).append((i, term, t_l))
-                    teacher_uses[t_l] = teacher_uses.get(t_l, 0) + 1
+        for i, term, t_l, s_l in self._attention_pairs(pairs):
+            jobs.setdefault(s_l, []).append((i, term, t_l))
+            teacher_uses[t_l] = teacher_uses.get(t_l, 0) + 1
         valid = L.valid_pairs(attention_mask, causal)
         values: dict[tuple, torch.Tensor] = {}
 
@@ -371,6 +381,22 @@ class DistillationPlan(nn.Module):
 
         return consume, values
 
+    def capture_student(self, capture: FeatureCapture, batch: dict, teacher: Features, *, step: int = 0,
+                        pairs: dict[int, list[tuple[int, int]]] | None = None) -> tuple[Features, dict | None]:
+        """Run the student's capture for this step; ``(features, precomputed)`` for ``forward``.
+
+        Where the capture records attention inline, each attention loss is taken while its student layer runs
+        (``inline_consumer`` on ``capture.on_inline``); elsewhere ``precomputed`` stays empty.
+        """
+        if not self.has_attention:
+            return capture(batch), None
+        capture.on_inline, precomputed = self.inline_consumer(
+            teacher, capture.mask_of(batch), capture.causal, capture.sliding_windows, step=step, pairs=pairs)
+        try:
+            return capture(batch), precomputed
+        finally:
+            capture.on_inline = None
+
     def forward(self, teacher: Features, student: Features, *, labels: torch.Tensor | None = None,
                 hard_loss: torch.Tensor | None = None, step: int = 0, total_steps: int = 1,
                 pairs: dict[int, list[tuple[int, int]]] | None = None, release_maps: bool = False,
@@ -386,11 +412,9 @@ class DistillationPlan(nn.Module):
         pairs = self.pairs_at(step) if pairs is None else pairs
         uses = {}  # (side, layer) -> attention pairs still to read it
         if release_maps:
-            for i, term in enumerate(self.config.terms):
-                if term.knowledge == "attention":
-                    for t_l, s_l in pairs[i]:
-                        uses[0, t_l] = uses.get((0, t_l), 0) + 1
-                        uses[1, s_l] = uses.get((1, s_l), 0) + 1
+            for _, _, t_l, s_l in self._attention_pairs(pairs):
+                uses[0, t_l] = uses.get((0, t_l), 0) + 1
+                uses[1, s_l] = uses.get((1, s_l), 0) + 1
         mask = student.attention_mask
         valid = L.valid_pairs(mask, student.causal)
         total = torch.zeros((), device=mask.device)

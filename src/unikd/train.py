@@ -259,7 +259,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     dynamic = plan is not None and plan_module(plan).is_dynamic
-    has_attention = plan is not None and any(t.knowledge == "attention" for t in plan_module(plan).config.terms)
 
     # Resume: restore model/optimizer/scheduler/RNG and the data position.
     start_step, best = 0, {"score": None, "step": None}
@@ -304,15 +303,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) 
                         tf = t_capture(batch, teacher=True, autocast_dtype=t_dtype)
                         if cache is not None:
                             cache.store(idx, tf)
-                    precomputed = None
-                    if has_attention:  # inline capture: each attention loss is taken as its student layer runs
-                        s_capture.on_inline, precomputed = plan_module(plan).inline_consumer(
-                            tf, s_capture.mask_of(batch), s_capture.causal, s_capture.sliding_windows,
-                            step=step, pairs=pairs)
-                    try:
-                        sf = s_capture(batch)
-                    finally:
-                        s_capture.on_inline = None
+                    # inline capture: each attention loss is taken as its student layer runs
+                    sf, precomputed = plan_module(plan).capture_student(s_capture, batch, tf, step=step, pairs=pairs)
                     hard = getattr(sf.output, "loss", None)
                     loss, logs = plan(tf, sf, labels=batch.get("labels"), hard_loss=hard, step=step,
                                       total_steps=total_steps, pairs=pairs, release_maps=True,
