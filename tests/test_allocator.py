@@ -23,7 +23,7 @@ model = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=1
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 ids, labels = torch.randint(0, 30522, (8, 128)), torch.randint(0, 2, (8,))
 faults = []
-for _ in range(7):
+for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     model(input_ids=ids, labels=labels).loss.backward()
     opt.step()
@@ -45,9 +45,13 @@ def test_training_steps_stop_faulting_memory_back_in():
         pytest.skip("no glibc mallopt here")
     default = _probe("default")
     steady = slice(3, None)  # after the heap has grown to a step's peak
+    default_steady, kept_steady = default["faults"][steady], kept["faults"][steady]
     # glibc defaults: thousands of pages handed back and faulted in again every step (~7,500 here)
-    assert min(default["faults"][steady]) > 1000, default
-    assert max(kept["faults"][steady]) < 100, kept
+    assert min(default_steady) > 1000, default
+    # kept heap: a typical step faults nothing; an occasional step may still grow the heap once (a CI
+    # machine saw one step of 1,617 pages), so the bound is on the median and on the total
+    assert sorted(kept_steady)[len(kept_steady) // 2] < 100, kept
+    assert sum(kept_steady) < 0.1 * sum(default_steady), (kept, default)
 
 
 def test_no_glibc_is_a_no_op(monkeypatch):
