@@ -504,3 +504,29 @@ def test_all_padded_batch_gives_zero_not_nan():
         assert fn(x, y, m).item() == 0.0
     assert L.kl_div(x, y, 2.0, m).item() == 0.0
     assert L.relation_kl(x, y, 2, m).item() == 0.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cpu_fast_path_equals_the_exact_path(case, monkeypatch):
+    """On a CPU the large maps skip torch.where (multiply-masked, checked); the exact path must agree."""
+    _, fn, s, t, pad = case
+    s_fast = [x.clone().requires_grad_(True) for x in pad(s, 100)]
+    fast = fn(s_fast, pad(t, 200))
+    fast.backward()
+    monkeypatch.setattr(L, "_cpu_fast_path", lambda fast_fn, exact_fn, device: exact_fn())
+    s_exact = [x.clone().requires_grad_(True) for x in pad(s, 100)]
+    exact = fn(s_exact, pad(t, 200))
+    exact.backward()
+    assert fast.item() == pytest.approx(exact.item(), rel=1e-6, abs=1e-7)
+    for a, b in zip(s_fast, s_exact):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_masked_softmax_fast_path_equals_the_exact_path(monkeypatch):
+    valid = L.valid_pairs(MASK, causal=True)
+    scores = rnd(B, 2, SEQ, SEQ, seed=72).masked_fill(~valid, 1e3)
+    fast = L.masked_softmax(scores, valid)
+    monkeypatch.setattr(L, "_cpu_fast_path", lambda fast_fn, exact_fn, device: exact_fn())
+    exact = L.masked_softmax(scores, valid)
+    torch.testing.assert_close(fast, exact, atol=1e-7, rtol=1e-6)
+    assert (fast[~valid.expand_as(fast)] == 0).all() and (fast.sum(-1)[valid.any(-1).expand(B, 2, SEQ)] - 1).abs().max() < 1e-6

@@ -9,7 +9,10 @@ Conventions (every function):
 * inputs are cast to float32 (``.float()``), so bf16/fp16 features are safe;
 * padded positions contribute nothing: they are replaced by a neutral value with ``torch.where``
   *before* any arithmetic, so changing them (even to ``inf``/``nan``/``finfo.min``) changes neither
-  the loss nor the gradients;
+  the loss nor the gradients. On a CPU the large maps (attention ``[B, H, L, L]``, vocabulary-sized
+  soft targets) go without ``torch.where`` first, which has no vectorised CPU kernel for such masks
+  (5-15x a multiply): masked by multiplying, checked by a sum over every term, masked ones included;
+  where that sum is not finite the exact ``torch.where`` path runs instead (see :func:`_cpu_fast_path`);
 * teacher tensors are detached: gradients only ever reach the student.
 
 Registry: ``LOSSES[group][name] -> fn`` with groups ``logits``, ``hidden``, ``attention``,
@@ -89,6 +92,22 @@ def _masked_mean(values: Tensor, m: Tensor) -> Tensor:
     return torch.where(m, values, 0.0).sum() / m.sum().clamp_min(1)
 
 
+def _cpu_fast_path(fast: Callable[[], tuple[Tensor, Tensor]], exact: Callable[[], Tensor], device) -> Tensor:
+    """``fast()`` on a CPU when its result holds, else ``exact()``.
+
+    ``fast`` returns (loss, witness): the witness sums every term the loss is made of, masked ones
+    included, so a nan or inf anywhere (padding holding -inf or nan: 0·inf = nan) makes it non-finite
+    and the exact path runs; a finite witness means every term, and so every gradient, equals the exact
+    path's. Other devices go straight to ``exact``: their ``torch.where`` is fast, and the check would
+    synchronise with the host.
+    """
+    if device.type == "cpu":
+        loss, witness = fast()
+        if torch.isfinite(witness):
+            return loss
+    return exact()
+
+
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}", "use e.g. 1.0 to 8.0")
@@ -114,8 +133,12 @@ def soft_cross_entropy(
     """
     log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
     p = log_p.exp()
-    ce = -torch.where(p > 0, p * log_q, 0.0).sum(-1)
-    loss = _masked_mean(ce, m)
+
+    def fast():
+        ce = -(p * log_q).sum(-1)
+        return _masked_mean(ce, m), ce.sum()
+
+    loss = _cpu_fast_path(fast, lambda: _masked_mean(-torch.where(p > 0, p * log_q, 0.0).sum(-1), m), p.device)
     return loss * temperature**2 if t2_scaling else loss
 
 
@@ -129,8 +152,13 @@ def kl_div(
     """
     log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
     p = log_p.exp()
-    kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
-    loss = _masked_mean(kl, m)
+
+    def fast():
+        kl = (p * (log_p - log_q)).sum(-1)
+        return _masked_mean(kl, m), kl.sum()
+
+    loss = _cpu_fast_path(fast, lambda: _masked_mean(torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1), m),
+                          p.device)
     return loss * temperature**2 if t2_scaling else loss
 
 
@@ -269,9 +297,18 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
 
     Invalid keys get probability 0; a row without any valid key is all zeros (no NaN, no NaN grad).
     """
-    x = torch.where(valid, scores.float(), float("-inf"))
-    x = torch.where(valid.any(-1, keepdim=True), x, 0.0)
-    return torch.where(valid, torch.softmax(x, dim=-1), 0.0)
+    def fast():
+        # finfo.min added, not -inf: a row without valid keys stays finite (uniform, then zeroed)
+        bias = torch.where(valid, 0.0, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores.float() + bias, dim=-1) * valid
+        return probs, probs.sum()
+
+    def exact():
+        x = torch.where(valid, scores.float(), float("-inf"))
+        x = torch.where(valid.any(-1, keepdim=True), x, 0.0)
+        return torch.where(valid, torch.softmax(x, dim=-1), 0.0)
+
+    return _cpu_fast_path(fast, exact, scores.device)
 
 
 def _all_valid(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -307,11 +344,23 @@ class _MaskedSumOfSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, valid: Tensor) -> Tensor:
         d = s.float() - t.float()
-        d.masked_fill_(~valid, 0.0)
+        flat = d.reshape(-1)
+        total = None
+        if d.device.type == "cpu":
+            # masked_fill_ with a broadcast mask has no vectorised CPU kernel (~15x this multiply on a
+            # [B, H, L, L] map). The multiply is exact unless an invalid entry is ±inf or nan (inf·0 = nan);
+            # the sum of squares then is not finite, and the exact way below runs instead.
+            d.mul_(valid.to(d.dtype))
+            total = torch.dot(flat, flat)
+            if not torch.isfinite(total):
+                d = s.float() - t.float()
+                flat, total = d.reshape(-1), None
+        if total is None:
+            d.masked_fill_(~valid, 0.0)
+            total = torch.dot(flat, flat)
         ctx.save_for_backward(d)
         ctx.s_dtype = s.dtype
-        flat = d.reshape(-1)
-        return torch.dot(flat, flat)
+        return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -319,12 +368,28 @@ class _MaskedSumOfSquares(torch.autograd.Function):
         return (d * (2 * grad)).to(ctx.s_dtype), None, None
 
 
-def _attention_terms(s_probs, t_probs, valid):
+def _attention_terms(s_probs, t_probs, valid, exact: bool):
+    """(p, log q, valid): the teacher's probabilities zeroed and the student's log-probabilities set to 0
+    outside ``valid``; with torch.where if ``exact``, else by multiplying (see _cpu_fast_path)."""
     _same_shape(s_probs, t_probs, "attention")
     v = _all_valid(s_probs, valid)
+    if not exact:
+        vf = (valid if valid is not None else v).to(device=s_probs.device, dtype=torch.float32)
+        return t_probs.detach().float() * vf, torch.log(s_probs.float().clamp_min(EPS)) * vf, v
     p = torch.where(v, t_probs.detach().float(), 0.0)
     log_q = torch.log(torch.where(v, s_probs.float(), 1.0).clamp_min(EPS))
     return p, log_q, v
+
+
+def _attention_loss(rows_of, s_probs, t_probs, valid):
+    """Mean over valid query rows of ``rows_of(p, log_q)`` ([B, H, L]); the fast terms on a CPU when
+    they are all finite."""
+    def run(exact: bool):
+        p, log_q, v = _attention_terms(s_probs, t_probs, valid, exact)
+        rows = rows_of(p, log_q)
+        return _masked_mean(rows, v.any(-1)), rows.sum()
+
+    return _cpu_fast_path(lambda: run(False), lambda: run(True)[0], s_probs.device)
 
 
 def attention_kl(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -332,10 +397,7 @@ def attention_kl(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) 
 
     s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
     """
-    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
-    log_p = torch.log(torch.where(p > 0, p, 1.0))
-    rows = (p * (log_p - log_q)).sum(-1)
-    return _masked_mean(rows, v.any(-1))
+    return _attention_loss(lambda p, log_q: (torch.xlogy(p, p) - p * log_q).sum(-1), s_probs, t_probs, valid)
 
 
 def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -343,12 +405,11 @@ def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) 
 
     s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
     """
-    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
-    return _masked_mean(-(p * log_q).sum(-1), v.any(-1))
+    return _attention_loss(lambda p, log_q: -(p * log_q).sum(-1), s_probs, t_probs, valid)
 
 
 # ---- relations (MiniLM / MiniLMv2) -----------------------------------------------------------
-def _relation_log_probs(x: Tensor, heads: int, valid: Tensor, side: str) -> Tensor:
+def _relation_log_probs(x: Tensor, heads: int, bias: Tensor, side: str) -> Tensor:
     B, L, W = x.shape
     if heads < 1 or W % heads:
         raise ConfigError(
@@ -358,10 +419,8 @@ def _relation_log_probs(x: Tensor, heads: int, valid: Tensor, side: str) -> Tens
         )
     d = W // heads
     xh = x.view(B, L, heads, d).transpose(1, 2)  # [B, A, L, d]
-    scores = xh @ xh.transpose(-1, -2) / math.sqrt(d)
-    scores = torch.where(valid, scores, float("-inf"))
-    scores = torch.where(valid.any(-1, keepdim=True), scores, 0.0)
-    return torch.log_softmax(scores, dim=-1)
+    scores = (xh / math.sqrt(d)) @ xh.transpose(-1, -2)  # scale [B, A, L, d], not the L x L map
+    return torch.log_softmax(scores + bias, dim=-1)
 
 
 def relation_kl(
@@ -387,10 +446,14 @@ def relation_kl(
         )
     m = _row_mask(s_x, mask)
     v = valid_pairs(m, causal)  # [B, 1, L, L]
-    log_q = _relation_log_probs(_zero_invalid(s_x, m), num_relation_heads, v, "student")
-    log_p = _relation_log_probs(_zero_invalid(t_x.detach(), m), num_relation_heads, v, "teacher")
-    p = log_p.exp()
-    kl = torch.where(v & (p > 0), p * (log_p - log_q), 0.0).sum(-1)  # [B, A, L]
+    # Invalid keys get finfo.min added, not -inf, and no torch.where over the [B, A, L, L] maps (a
+    # broadcast-mask where has no vectorised CPU kernel: ~5x an add). Both sides' invalid log-probs then
+    # round to the same finite value and their probability to exactly 0, so p·(log p − log q) is exactly
+    # 0 there, with a zero gradient; a query row without any valid key is uniform and left out of the mean.
+    bias = torch.where(v, 0.0, torch.finfo(torch.float32).min)
+    log_q = _relation_log_probs(_zero_invalid(s_x, m), num_relation_heads, bias, "student")
+    log_p = _relation_log_probs(_zero_invalid(t_x.detach(), m), num_relation_heads, bias, "teacher")
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [B, A, L]
     return _masked_mean(kl, v.any(-1))
 
 
