@@ -11,8 +11,9 @@ Conventions (every function):
   *before* any arithmetic, so changing them (even to ``inf``/``nan``/``finfo.min``) changes neither
   the loss nor the gradients. On a CPU the large maps (attention ``[B, H, L, L]``, vocabulary-sized
   soft targets) go without ``torch.where`` first, which has no vectorised CPU kernel for such masks
-  (5-15x a multiply): masked by multiplying, checked by a sum over every term, masked ones included;
-  where that sum is not finite the exact ``torch.where`` path runs instead (see :func:`_cpu_fast_path`);
+  (5-15x a multiply): masked by multiplying or by adding ``finfo.min``, checked by a sum over every
+  term, masked ones included; where that sum is not finite the exact ``torch.where`` path runs instead
+  (see :func:`_cpu_fast_path`). Attention KL/CE keep ``torch.where``: their logarithms cost more;
 * teacher tensors are detached: gradients only ever reach the student.
 
 Registry: ``LOSSES[group][name] -> fn`` with groups ``logits``, ``hidden``, ``attention``,
@@ -368,28 +369,12 @@ class _MaskedSumOfSquares(torch.autograd.Function):
         return (d * (2 * grad)).to(ctx.s_dtype), None, None
 
 
-def _attention_terms(s_probs, t_probs, valid, exact: bool):
-    """(p, log q, valid): the teacher's probabilities zeroed and the student's log-probabilities set to 0
-    outside ``valid``; with torch.where if ``exact``, else by multiplying (see _cpu_fast_path)."""
+def _attention_terms(s_probs, t_probs, valid):
     _same_shape(s_probs, t_probs, "attention")
     v = _all_valid(s_probs, valid)
-    if not exact:
-        vf = (valid if valid is not None else v).to(device=s_probs.device, dtype=torch.float32)
-        return t_probs.detach().float() * vf, torch.log(s_probs.float().clamp_min(EPS)) * vf, v
     p = torch.where(v, t_probs.detach().float(), 0.0)
     log_q = torch.log(torch.where(v, s_probs.float(), 1.0).clamp_min(EPS))
     return p, log_q, v
-
-
-def _attention_loss(rows_of, s_probs, t_probs, valid):
-    """Mean over valid query rows of ``rows_of(p, log_q)`` ([B, H, L]); the fast terms on a CPU when
-    they are all finite."""
-    def run(exact: bool):
-        p, log_q, v = _attention_terms(s_probs, t_probs, valid, exact)
-        rows = rows_of(p, log_q)
-        return _masked_mean(rows, v.any(-1)), rows.sum()
-
-    return _cpu_fast_path(lambda: run(False), lambda: run(True)[0], s_probs.device)
 
 
 def attention_kl(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -397,7 +382,10 @@ def attention_kl(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) 
 
     s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
     """
-    return _attention_loss(lambda p, log_q: (torch.xlogy(p, p) - p * log_q).sum(-1), s_probs, t_probs, valid)
+    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
+    log_p = torch.log(torch.where(p > 0, p, 1.0))
+    rows = (p * (log_p - log_q)).sum(-1)
+    return _masked_mean(rows, v.any(-1))
 
 
 def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -405,7 +393,8 @@ def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) 
 
     s_probs, t_probs: ``[B, H, L, L]`` probabilities; valid: ``[B, 1 or H, L, L]`` bool.
     """
-    return _attention_loss(lambda p, log_q: -(p * log_q).sum(-1), s_probs, t_probs, valid)
+    p, log_q, v = _attention_terms(s_probs, t_probs, valid)
+    return _masked_mean(-(p * log_q).sum(-1), v.any(-1))
 
 
 # ---- relations (MiniLM / MiniLMv2) -----------------------------------------------------------
