@@ -174,8 +174,7 @@ def logits_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
 def _mse(s: Tensor, t: Tensor, mask: Tensor | None, what: str) -> Tensor:
     _same_shape(s, t, what)
     m = _row_mask(s, mask)
-    diff = _zero_invalid(s, m) - _zero_invalid(t.detach(), m)
-    return (diff**2).sum() / (m.sum().clamp_min(1) * s.shape[-1])
+    return _MaskedSumOfSquares.apply(s, t.detach(), m.unsqueeze(-1)) / (m.sum().clamp_min(1) * s.shape[-1])
 
 
 # ---- hidden states / embeddings --------------------------------------------------------------
@@ -334,12 +333,13 @@ def attention_mse(s: Tensor, t: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 class _MaskedSumOfSquares(torch.autograd.Function):
-    """Σ over valid entries of (s − t)², with d/ds = 2·(s − t)·valid.
+    """Σ over valid entries of (s − t)², with d/ds = 2·(s − t)·valid; ``valid`` broadcasts to s.
 
     The per-layer hot spot of TinyBERT-style KD: autograd's ``where(valid, s - t, 0).pow(2).sum()`` writes
     three [B, H, L, L] maps forward and three more backward; this writes the masked difference once
     (invalid entries, which may hold −inf − −inf = nan, become 0 in place), reduces it with a dot product,
-    keeps it for backward and scales it there: one map forward, one backward.
+    keeps it for backward and scales it there: one map forward, one backward. The hidden-state and logit
+    MSEs use it too (``valid`` = the row mask [B, L, 1]): one temporary instead of four.
     """
 
     @staticmethod
