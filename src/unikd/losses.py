@@ -398,7 +398,8 @@ def attention_ce(s_probs: Tensor, t_probs: Tensor, valid: Tensor | None = None) 
 
 
 # ---- relations (MiniLM / MiniLMv2) -----------------------------------------------------------
-def _relation_log_probs(x: Tensor, heads: int, bias: Tensor, side: str) -> Tensor:
+def _relation_scores(x: Tensor, heads: int, bias: Tensor, side: str) -> Tensor:
+    """[B, A, L, L] scaled x_h·x_hᵀ of ``x`` [B, L, W] re-split into ``heads`` heads, plus ``bias``."""
     B, L, W = x.shape
     if heads < 1 or W % heads:
         raise ConfigError(
@@ -408,8 +409,30 @@ def _relation_log_probs(x: Tensor, heads: int, bias: Tensor, side: str) -> Tenso
         )
     d = W // heads
     xh = x.view(B, L, heads, d).transpose(1, 2)  # [B, A, L, d]
-    scores = (xh / math.sqrt(d)) @ xh.transpose(-1, -2)  # scale [B, A, L, d], not the L x L map
-    return torch.log_softmax(scores + bias, dim=-1)
+    return (xh / math.sqrt(d)) @ xh.transpose(-1, -2) + bias  # scale [B, A, L, d], not the L x L map
+
+
+class _RowKL(torch.autograd.Function):
+    """Σ over rows of w·KL(p ‖ softmax(z)), with d/dz = w·(softmax(z)·Σp − p).
+
+    z: [..., L] student scores; log_p: teacher log-probabilities (same shape); w: row weights broadcasting
+    to z.shape[:-1]. Autograd through log_softmax keeps log q and p for backward (two maps per relation)
+    and writes three there; this keeps the one gradient map and scales it.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, log_p: Tensor, w: Tensor) -> Tensor:
+        log_q = torch.log_softmax(z, dim=-1)
+        p = log_p.exp()
+        rows = (p * (log_p - log_q)).sum(-1)
+        grad_z = log_q.exp_().mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(w.unsqueeze(-1))  # in log_q's memory
+        ctx.save_for_backward(grad_z)
+        return (rows * w).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (grad_z,) = ctx.saved_tensors
+        return grad_z * grad, None, None
 
 
 def relation_kl(
@@ -440,10 +463,11 @@ def relation_kl(
     # round to the same finite value and their probability to exactly 0, so p·(log p − log q) is exactly
     # 0 there, with a zero gradient; a query row without any valid key is uniform and left out of the mean.
     bias = torch.where(v, 0.0, torch.finfo(torch.float32).min)
-    log_q = _relation_log_probs(_zero_invalid(s_x, m), num_relation_heads, bias, "student")
-    log_p = _relation_log_probs(_zero_invalid(t_x.detach(), m), num_relation_heads, bias, "teacher")
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [B, A, L]
-    return _masked_mean(kl, v.any(-1))
+    z = _relation_scores(_zero_invalid(s_x, m), num_relation_heads, bias, "student")
+    log_p = torch.log_softmax(_relation_scores(_zero_invalid(t_x.detach(), m), num_relation_heads, bias, "teacher"), -1)
+    rows = v.any(-1).float()  # [B, 1, L]: query rows with a valid key
+    # mean over valid rows and relation heads, as _masked_mean
+    return _RowKL.apply(z, log_p, rows / (rows.sum() * z.shape[1]).clamp_min(1))
 
 
 # ---- registry --------------------------------------------------------------------------------
