@@ -441,3 +441,22 @@ def test_inline_causal_batch_without_padding(models):
     assert maps["inline"][0][..., future].abs().max() == 0
     for a, b in zip(maps["inline"], maps["recompute"]):
         torch.testing.assert_close(a, b, atol=TOL, rtol=TOL)
+
+
+def test_inline_converts_the_mask_once_per_forward_and_lets_it_go(models, monkeypatch):
+    """Inline attention adds HF eager's additive mask, made once per forward from the model's boolean mask,
+    held by the capture for its call only."""
+    import unikd.capture as C
+
+    model = models("bert")
+    made = []
+    real = C._additive_mask
+    monkeypatch.setattr(C, "_additive_mask", lambda keep, dtype, cap: made.append(real(keep, dtype, cap)) or made[-1])
+    with FeatureCapture(model, CaptureRequest(attention={0, 1}, attention_maps={"probs"}), attention="inline") as cap:
+        f = cap(_batch(model), teacher=True)
+        assert len(made) == 2 and made[0] is made[1]  # both recorded layers, one conversion
+        assert made[0].dtype == torch.float32 and set(made[0].unique().tolist()) == {0.0, torch.finfo(torch.float32).min}
+        assert cap._additive is None  # released with the call
+        # the padded keys got exactly zero probability, as with masked_fill
+        mask = _batch(model)["attention_mask"].bool()
+        assert f.attention_probs(1).masked_select(~mask[:, None, None, :].expand_as(f.attention_probs(1))).abs().max() == 0

@@ -278,14 +278,14 @@ def _eager_attention(module, query, key, value, attention_mask, dropout: float =
         scores = raw
         if attention_mask is not None:
             if attention_mask.dtype == torch.bool:
-                scores = raw + _additive_mask(attention_mask, raw.dtype)
+                scores = raw + _additive_mask(attention_mask, raw.dtype, _record[0] if _record else None)
             else:
                 scores = raw + attention_mask[..., : key.shape[-2]]
         elif (is_causal if is_causal is not None else getattr(module, "is_causal", False)) and raw.shape[-2] > 1:
             # SDPA got no mask and relies on its is_causal flag (a causal batch without padding)
             lq, lk = raw.shape[-2:]
             allowed = torch.ones(lq, lk, dtype=torch.bool, device=raw.device).tril(lk - lq)
-            scores = raw + _additive_mask(allowed, raw.dtype)
+            scores = raw + _additive_mask(allowed, raw.dtype, None)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if _record is not None:
         _record[0]._record_inline(_record[1], raw, probs)
@@ -294,23 +294,20 @@ def _eager_attention(module, query, key, value, attention_mask, dropout: float =
     return out, None
 
 
-# (weak ref to the last boolean mask converted, dtype, its additive form): every layer of one forward gets
-# the same mask tensor from the model, so it is converted once per forward, not once per layer
-_last_additive: tuple[weakref.ref, torch.dtype, Tensor] | None = None
-
-
-def _additive_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
+def _additive_mask(keep: Tensor, dtype: torch.dtype, capture: "FeatureCapture | None") -> Tensor:
     """``keep`` (bool, True = may attend) as HF eager's additive mask: 0, or ``finfo(dtype).min``.
 
     Adding it is what HF eager attention does. It is also the fast way on a CPU: ``masked_fill`` with a
     broadcast boolean mask has no vectorised CPU kernel and took ~5x an add over a [B, H, L, L] map.
+    Every layer of one forward gets the same mask tensor from the model, so ``capture`` keeps the last
+    conversion for the rest of its call (emptied with its other per-call buffers).
     """
-    global _last_additive
-    hit = _last_additive
-    if hit is not None and hit[0]() is keep and hit[1] == dtype:
+    hit = capture._additive if capture is not None else None
+    if hit is not None and hit[0] is keep and hit[1] == dtype:
         return hit[2]
     additive = torch.where(keep, torch.zeros((), dtype=dtype, device=keep.device), torch.finfo(dtype).min)
-    _last_additive = (weakref.ref(keep), dtype, additive)
+    if capture is not None:
+        capture._additive = (keep, dtype, additive)
     return additive
 
 
@@ -409,6 +406,7 @@ class FeatureCapture:
         self._rotary: dict[int, dict] = {}
         self._att_scores: dict[int, Tensor] = {}
         self._att_probs: dict[int, Tensor] = {}
+        self._additive: tuple[Tensor, torch.dtype, Tensor] | None = None  # this call's mask, as added (inline)
         #: inline capture only: called with (layer, scores, probs) as each recorded layer runs; returning True
         #: means the maps were used up there and are not kept in the Features
         self.on_inline: Callable[[int, Tensor, Tensor], bool] | None = None
@@ -550,6 +548,7 @@ class FeatureCapture:
         self._rotary.clear()
         self._att_scores.clear()
         self._att_probs.clear()
+        self._additive = None
 
     def _heads(self, x: Tensor) -> Tensor:
         """[B, L, H*d] -> [B, H, L, d] (a view)."""
