@@ -87,6 +87,24 @@ def test_token_level_logits_with_mask():
     assert L.logits_mse(s, t, MASK).item() == pytest.approx(mse, rel=1e-5)
 
 
+def test_soft_targets_with_masked_vocabulary_entries():
+    """A teacher whose logits are -inf on some classes (a masked vocabulary): p = 0 there, its terms are 0
+    (the CPU's one-map path gives NaN on such input and hands over to the exact path), gradients finite."""
+    s, t = rnd(2, 5, seed=7, scale=2), rnd(2, 5, seed=8, scale=2)
+    t_masked = t.clone()
+    t_masked[:, 3:] = float("-inf")
+    p = [softmax_list(row[:3], 2.0) + [0.0, 0.0] for row in t.tolist()]
+    q = [softmax_list(row, 2.0) for row in s.tolist()]
+    ce = sum(-sum(pi * math.log(qi) for pi, qi in zip(pr, qr) if pi > 0) for pr, qr in zip(p, q)) / 2
+    kl = sum(sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(pr, qr) if pi > 0) for pr, qr in zip(p, q)) / 2
+    for fn, ref in ((L.soft_cross_entropy, ce), (L.kl_div, kl)):
+        x = s.clone().requires_grad_(True)
+        loss = fn(x, t_masked, 2.0, t2_scaling=False)
+        loss.backward()
+        assert loss.item() == pytest.approx(ref, rel=1e-5)
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_logits_mse_sequence_level():
     s, t = rnd(2, 3, seed=5), rnd(2, 3, seed=6)
     ref = sum((a - b) ** 2 for rs, rt in zip(s.tolist(), t.tolist()) for a, b in zip(rs, rt)) / 6

@@ -109,19 +109,58 @@ def _cpu_fast_path(fast: Callable[[], tuple[Tensor, Tensor]], exact: Callable[[]
     return exact()
 
 
+class _RowKL(torch.autograd.Function):
+    """Σ over rows of w·KL(p ‖ softmax(z)) (or, ``cross_entropy``, of w·(−Σ p·log softmax(z))), with
+    d/dz = w·(softmax(z)·Σp − p) either way.
+
+    z: [..., K] student scores; log_p: teacher log-probabilities (same shape); w: row weights broadcasting
+    to z.shape[:-1]. Autograd through log_softmax keeps log q and p for backward (two maps the size of z:
+    per relation head, or per token times the vocabulary) and writes three there; this keeps the one
+    gradient map, built in log q's memory, and scales it. Finite inputs only: -inf logits make the sum
+    NaN, which is why the logit losses call it through _cpu_fast_path.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, log_p: Tensor, w: Tensor, cross_entropy: bool = False) -> Tensor:
+        log_q = torch.log_softmax(z, dim=-1)
+        p = log_p.exp()
+        rows = -(p * log_q).sum(-1) if cross_entropy else (p * (log_p - log_q)).sum(-1)
+        grad_z = log_q.exp_().mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(w.unsqueeze(-1))
+        ctx.save_for_backward(grad_z)
+        return (rows * w).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (grad_z,) = ctx.saved_tensors
+        return grad_z * grad, None, None, None
+
+
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}", "use e.g. 1.0 to 8.0")
 
 
 # ---- logits ----------------------------------------------------------------------------------
-def _logit_log_probs(s, t, temperature, mask):
+def _logit_kd(s: Tensor, t: Tensor, temperature: float, mask: Tensor | None, cross_entropy: bool) -> Tensor:
+    """Mean over valid rows of KL(softmax(t/T) ‖ softmax(s/T)), or of the soft cross-entropy."""
     _check_temperature(temperature)
     _same_shape(s, t, "logits")
     m = _row_mask(s, mask)
-    s = _zero_invalid(s, m) / temperature
-    t = _zero_invalid(t.detach(), m) / temperature
-    return F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), m
+    z = _zero_invalid(s, m) / temperature
+    log_p = F.log_softmax(_zero_invalid(t.detach(), m) / temperature, dim=-1)
+
+    def fast():  # one kept map instead of two (vocabulary-sized for LMs); NaN on -inf logits -> exact
+        rows = m.float()
+        loss = _RowKL.apply(z, log_p, rows / rows.sum().clamp_min(1), cross_entropy)
+        return loss, loss
+
+    def exact():
+        log_q = F.log_softmax(z, dim=-1)
+        p = log_p.exp()
+        terms = torch.where(p > 0, -p * log_q if cross_entropy else p * (log_p - log_q), 0.0)
+        return _masked_mean(terms.sum(-1), m)
+
+    return _cpu_fast_path(fast, exact, s.device)
 
 
 def soft_cross_entropy(
@@ -132,14 +171,7 @@ def soft_cross_entropy(
     s, t: ``[B, C]`` (sequence level) or ``[B, L, V]`` (token level); mask: ``[B, L]`` (0 = ignore,
     e.g. ``labels == -100``) or None. Returns a scalar.
     """
-    log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
-    p = log_p.exp()
-
-    def fast():
-        ce = -(p * log_q).sum(-1)
-        return _masked_mean(ce, m), ce.sum()
-
-    loss = _cpu_fast_path(fast, lambda: _masked_mean(-torch.where(p > 0, p * log_q, 0.0).sum(-1), m), p.device)
+    loss = _logit_kd(s, t, temperature, mask, cross_entropy=True)
     return loss * temperature**2 if t2_scaling else loss
 
 
@@ -151,15 +183,7 @@ def kl_div(
     s, t: ``[B, C]`` or ``[B, L, V]``; mask: ``[B, L]`` or None. Returns a scalar.
     Equals soft_cross_entropy minus the teacher's entropy.
     """
-    log_q, log_p, m = _logit_log_probs(s, t, temperature, mask)
-    p = log_p.exp()
-
-    def fast():
-        kl = (p * (log_p - log_q)).sum(-1)
-        return _masked_mean(kl, m), kl.sum()
-
-    loss = _cpu_fast_path(fast, lambda: _masked_mean(torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1), m),
-                          p.device)
+    loss = _logit_kd(s, t, temperature, mask, cross_entropy=False)
     return loss * temperature**2 if t2_scaling else loss
 
 
@@ -410,29 +434,6 @@ def _relation_scores(x: Tensor, heads: int, bias: Tensor, side: str) -> Tensor:
     d = W // heads
     xh = x.view(B, L, heads, d).transpose(1, 2)  # [B, A, L, d]
     return (xh / math.sqrt(d)) @ xh.transpose(-1, -2) + bias  # scale [B, A, L, d], not the L x L map
-
-
-class _RowKL(torch.autograd.Function):
-    """Σ over rows of w·KL(p ‖ softmax(z)), with d/dz = w·(softmax(z)·Σp − p).
-
-    z: [..., L] student scores; log_p: teacher log-probabilities (same shape); w: row weights broadcasting
-    to z.shape[:-1]. Autograd through log_softmax keeps log q and p for backward (two maps per relation)
-    and writes three there; this keeps the one gradient map and scales it.
-    """
-
-    @staticmethod
-    def forward(ctx, z: Tensor, log_p: Tensor, w: Tensor) -> Tensor:
-        log_q = torch.log_softmax(z, dim=-1)
-        p = log_p.exp()
-        rows = (p * (log_p - log_q)).sum(-1)
-        grad_z = log_q.exp_().mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(w.unsqueeze(-1))  # in log_q's memory
-        ctx.save_for_backward(grad_z)
-        return (rows * w).sum()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (grad_z,) = ctx.saved_tensors
-        return grad_z * grad, None, None
 
 
 def relation_kl(
