@@ -51,7 +51,7 @@ def test_training_steps_stop_faulting_memory_back_in():
     # kept heap: a typical step faults nothing; an occasional step may still grow the heap once (a CI
     # machine saw one step of 1,617 pages), so the bound is on the median and on the total
     assert sorted(kept_steady)[len(kept_steady) // 2] < 100, kept
-    assert sum(kept_steady) < 0.1 * sum(default_steady), (kept, default)
+    assert sum(kept_steady) < 0.25 * sum(default_steady), (kept, default)
 
 
 def test_no_glibc_is_a_no_op(monkeypatch):
