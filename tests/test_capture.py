@@ -450,8 +450,8 @@ def test_inline_converts_the_mask_once_per_forward_and_lets_it_go(models, monkey
 
     model = models("bert")
     made = []
-    real = C._additive_mask
-    monkeypatch.setattr(C, "_additive_mask", lambda keep, dtype, cap: made.append(real(keep, dtype, cap)) or made[-1])
+    real = C._to_additive
+    monkeypatch.setattr(C, "_to_additive", lambda keep, dtype, cap: made.append(real(keep, dtype, cap)) or made[-1])
     with FeatureCapture(model, CaptureRequest(attention={0, 1}, attention_maps={"probs"}), attention="inline") as cap:
         f = cap(_batch(model), teacher=True)
         assert len(made) == 2 and made[0] is made[1]  # both recorded layers, one conversion

@@ -160,8 +160,7 @@ class Features:
                 if window is not None:
                     allowed = allowed & (pos[None, :] > pos[:, None] - window)
                 keep = keep & allowed
-            zero = torch.zeros((), dtype=dtype, device=device)
-            mask = torch.where(keep, zero, torch.finfo(dtype).min)
+            mask = _to_additive(keep, dtype, None)
             self._masks[key] = mask
         return mask
 
@@ -278,14 +277,14 @@ def _eager_attention(module, query, key, value, attention_mask, dropout: float =
         scores = raw
         if attention_mask is not None:
             if attention_mask.dtype == torch.bool:
-                scores = raw + _additive_mask(attention_mask, raw.dtype, _record[0] if _record else None)
+                scores = raw + _to_additive(attention_mask, raw.dtype, _record[0] if _record else None)
             else:
                 scores = raw + attention_mask[..., : key.shape[-2]]
         elif (is_causal if is_causal is not None else getattr(module, "is_causal", False)) and raw.shape[-2] > 1:
             # SDPA got no mask and relies on its is_causal flag (a causal batch without padding)
             lq, lk = raw.shape[-2:]
             allowed = torch.ones(lq, lk, dtype=torch.bool, device=raw.device).tril(lk - lq)
-            scores = raw + _additive_mask(allowed, raw.dtype, None)
+            scores = raw + _to_additive(allowed, raw.dtype, None)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if _record is not None:
         _record[0]._record_inline(_record[1], raw, probs)
@@ -294,13 +293,14 @@ def _eager_attention(module, query, key, value, attention_mask, dropout: float =
     return out, None
 
 
-def _additive_mask(keep: Tensor, dtype: torch.dtype, capture: "FeatureCapture | None") -> Tensor:
+def _to_additive(keep: Tensor, dtype: torch.dtype, capture: "FeatureCapture | None") -> Tensor:
     """``keep`` (bool, True = may attend) as HF eager's additive mask: 0, or ``finfo(dtype).min``.
 
     Adding it is what HF eager attention does. It is also the fast way on a CPU: ``masked_fill`` with a
     broadcast boolean mask has no vectorised CPU kernel and took ~5x an add over a [B, H, L, L] map.
-    Every layer of one forward gets the same mask tensor from the model, so ``capture`` keeps the last
-    conversion for the rest of its call (emptied with its other per-call buffers).
+    Inline: every layer of one forward gets the same mask tensor from the model, so ``capture`` keeps the
+    last conversion for the rest of its call (emptied with its other per-call buffers). Recompute
+    (``Features``) caches its own, per dtype and window, and passes None.
     """
     hit = capture._additive if capture is not None else None
     if hit is not None and hit[0] is keep and hit[1] == dtype:
