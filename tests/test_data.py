@@ -464,6 +464,48 @@ def test_text_corpus_hub(monkeypatch):
     assert calls[-1] == ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation[:10]")
 
 
+
+def test_text_corpus_limit_spans_entries(tmp_path, monkeypatch):
+    """limit_lines is one budget for all entries, hub rows and local lines alike; once it is spent
+    the remaining entries are not read (nor checked)."""
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"text": ["", " = Title = \n", " Some text .\n", ""]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (tmp_path / "a.txt").write_text("one\n\ntwo\nthree\n")
+    (tmp_path / "b.txt").write_text("four\n")
+    entries = ["hub:wikitext/wikitext-103-raw-v1", tmp_path, str(tmp_path / "missing.txt")]
+    ds = D.load_text_corpus(entries, limit_lines=7)
+    assert calls[-1] == ("wikitext", "wikitext-103-raw-v1", "train[:7]")
+    assert list(ds["text"]) == ["= Title =", "Some text .", "one", "two"]  # 4 hub rows + 3 lines of a.txt
+    ds = D.load_text_corpus(entries[1:], limit_lines=5)  # a.txt (4 lines) + b.txt (1 line)
+    assert list(ds["text"]) == ["one", "two three", "four"]
+    with pytest.raises(ConfigError) as err:
+        D.load_text_corpus(entries[1:], limit_lines=6)
+    assert err.value.field == "data.text" and "missing.txt" in str(err.value)
+
+
+def test_import_is_light():
+    """Importing unikd.data (as unikd.metrics does) must not import datasets, transformers or torch."""
+    import subprocess
+    import sys
+
+    import unikd
+
+    src = str(Path(unikd.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    code = (
+        "import sys, unikd.data, unikd.metrics; "
+        "heavy = [m for m in ('datasets', 'transformers', 'torch') if m in sys.modules]; "
+        "assert unikd.data.__file__.startswith(sys.argv[1]), unikd.data.__file__; "
+        "assert not heavy, heavy"
+    )
+    out = subprocess.run([sys.executable, "-c", code, src], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
 @needs_text
 def test_gutenberg_paragraphs():
     ds = D.load_text_corpus(TEXT / "gutenberg_nltk", limit_lines=200)
