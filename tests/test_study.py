@@ -293,7 +293,7 @@ def test_a_database_of_an_older_hash_scheme_is_rehashed(tiny_teacher, mini_glue,
 
 def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """A pool study stopped mid-phase has times for nothing of that phase; the next call fills them in."""
-    import unikd.study as S
+    import unikd.study.runner as S  # measure_latency is looked up in the runner module
 
     monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 2.5)
     out = tmp_path / "latency"
@@ -320,6 +320,34 @@ def test_an_interrupted_attempt_of_the_same_config_resumes(tiny_teacher, mini_gl
     # a directory with another config's unfinished attempt is cleared
     (run.output_dir / "config.yaml").write_text(dump_config(other.config))
     assert _prepare_dir(run, print) == {} and not run.output_dir.exists()
+
+
+def test_one_run_study_call_expands_the_study_once(tiny_teacher, mini_glue, tmp_path, monkeypatch):
+    """run_study validates, checks the shapes of and runs a single expansion; load_study still expands to
+    validate every run config."""
+    import importlib
+    import pkgutil
+
+    import unikd.study as S
+
+    original = S.expand.expand_study
+    calls: list[tuple] = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    # every module of the package that looks the name up, so no call site escapes the count
+    for mod in [S] + [importlib.import_module(f"unikd.study.{m.name}") for m in pkgutil.iter_modules(S.__path__)]:
+        if hasattr(mod, "expand_study"):
+            monkeypatch.setattr(mod, "expand_study", counting)
+    study = _study(tiny_teacher, mini_glue, tmp_path / "once", latency={"enabled": False})
+    summary = run_study(study, runner=fake_runner, echo=lambda s: None)
+    assert summary["status"] == {"done": 4}
+    assert len(calls) == 1
+    calls.clear()
+    load_study(study)
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,7 +423,7 @@ def fake_runner(cfg: RunConfig) -> dict:
 
 def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """Three seeds, two tasks, two axis values (fake scores): mean/std/GLUE average equal the test's own."""
-    import unikd.study as S
+    import unikd.study.runner as S  # measure_latency is looked up in the runner module
 
     monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 1.0 + len(str(d)) % 7)
     out = tmp_path / "multi"

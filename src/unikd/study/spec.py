@@ -1,0 +1,309 @@
+"""The study file: its schema (``StudyConfig``), loading with overrides, and the static checks."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unikd.config import RunConfig, _format_validation_error, apply_overrides, list_presets, read_yaml_mapping
+from unikd.errors import ConfigError
+
+STUDY_DIR = Path(__file__).parent.parent / "studies"
+PRESET_AXIS = "preset"
+RUNS_AXIS = "variant"  # the axis name of explicit ``runs:`` lists
+
+
+# ---------------------------------------------------------------------------------------------------
+# The study file
+# ---------------------------------------------------------------------------------------------------
+class LatencySettings(BaseModel):
+    """CPU latency of each finished model: p50 at batch 1 in PyTorch (``unikd.latency.bench_latency``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Measure latency after each run.")
+    seq_len: int | None = Field(None, ge=1, description="Sequence length (default: the run's data.max_length).")
+    repeats: int = Field(10, ge=1, description="Timed repeats.")
+    warmup: int = Field(2, ge=0, description="Untimed warm-up calls.")
+    threads: int | None = Field(None, ge=1, description="torch threads while timing (default: the library's).")
+
+
+class StudyConfig(BaseModel):
+    """A sweep of distillation runs over one or more axes, several tasks and seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Study name (recorded in every database row).")
+    description: str = Field("", description="What the study measures.")
+    base: dict[str, Any] = Field(default_factory=dict, description="Run-config fragment every KD run starts "
+                                 "from (may include 'preset: <name>').")
+    teacher_finetune: dict[str, Any] = Field(default_factory=dict, description="Run-config fragment of the "
+                                             "teacher fine-tune (teacher.path = the pre-trained model, epochs, lr).")
+    tasks: list[str] = Field(min_length=1, description="GLUE tasks; each run gets data.task.")
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="field.path -> values; the special "
+                                       "axis 'preset' takes preset names.")
+    labels: dict[str, list[str]] = Field(default_factory=dict, description="axis -> display label per value "
+                                         "(default: the value itself).")
+    mode: Literal["grid", "list"] = Field("grid", description="grid: product of the axes; list: zip of "
+                                          "equal-length axes, or the explicit 'runs'.")
+    runs: list[dict[str, Any]] | None = Field(None, description="mode list: explicit runs, each a mapping "
+                                              "{field.path: value, ..., label: name}.")
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1, description="Seeds; every KD and "
+                             "no-KD run is repeated per seed.")
+    output_dir: str = Field(description="Where teachers/, runs/, configs/ and study.sqlite go.")
+    latency: LatencySettings = Field(default_factory=LatencySettings, description="Latency measurement.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict) -> dict:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        return v
+
+
+def list_studies() -> dict[str, str]:
+    """Built-in study name -> description (the YAML files in unikd/studies/)."""
+    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
+            for p in sorted(STUDY_DIR.glob("*.yaml"))}
+
+
+def builtin_study_path(name: str) -> Path:
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError("--builtin", f"unknown built-in study {name!r}", f"use one of {sorted(list_studies())}")
+    return path
+
+
+def apply_study_overrides(data: dict, overrides: list[str]) -> dict:
+    """``key=value`` patches of a study mapping (values are YAML). ``axes.<field.path>=[...]`` and
+    ``labels.<field.path>=[...]`` take the whole rest as the axis name; other keys nest on dots
+    (``base.data.train_limit=200``)."""
+    rest = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key=value", "write e.g. seeds=[1]")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        head, _, axis = key.partition(".")
+        if head in ("axes", "labels") and axis:
+            node = data.get(head)
+            if not isinstance(node, dict):
+                node = data[head] = {}
+            value = yaml.safe_load(raw)
+            if value is None:
+                node.pop(axis, None)
+            else:
+                node[axis] = value
+        else:
+            rest.append(f"{key}={raw}")
+    return apply_overrides(data, rest)
+
+
+def load_study(source: str | os.PathLike | Mapping | StudyConfig,
+               overrides: list[str] | None = None) -> StudyConfig:
+    """A validated study from a YAML path, a built-in name, a mapping or a ``StudyConfig``.
+
+    Checks the field paths of axes/runs/labels against ``RunConfig``, preset names, list-mode lengths and
+    tasks, then expands every run and validates its config; errors name the study field
+    (``axes.plan.terms.0.temperature``, ``runs[2].student.shape``, ``tasks[1]``, ...).
+    """
+    from unikd.study.expand import expand_study  # expand imports this module
+
+    study = _read_study(source, overrides)
+    expand_study(study)  # validates every run config
+    return study
+
+
+def _read_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
+    """``load_study`` up to the static checks, without the expansion: a caller that expands the study anyway
+    (``run_study``) gets the same validation from that one expansion."""
+    if isinstance(source, StudyConfig):
+        data = source.model_dump()
+    elif isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        path = Path(source)
+        if not path.is_file() and re.fullmatch(r"[A-Za-z0-9_.-]+", str(source)) and \
+                (STUDY_DIR / f"{source}.yaml").is_file():
+            path = STUDY_DIR / f"{source}.yaml"
+        if not path.is_file():
+            raise ConfigError("study", f"file {str(source)!r} does not exist",
+                              f"pass a study YAML, or a built-in name: {sorted(list_studies())}")
+        data = read_yaml_mapping(path, "study", "see unikd/studies/*.yaml")
+    if overrides:
+        data = apply_study_overrides(data, list(overrides))
+    try:
+        study = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("study", _format_validation_error(exc), "see unikd/studies/*.yaml for valid fields") from exc
+    _check_study(study)
+    return study
+
+
+# ---- static checks ---------------------------------------------------------------------------------
+def _unwrap(annotation) -> Any:
+    """The next level of a field path: a BaseModel class, ('list', item) for lists, or None (a leaf)."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return _unwrap(inner[0])
+        return None  # e.g. 'uniform' | [[t, s], ...]: a leaf
+    if origin in (list, tuple):
+        args = get_args(annotation)
+        return ("list", _unwrap(args[0]) if args else None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def check_field_path(path: str, field: str) -> None:
+    """Raise ``ConfigError(field)`` unless ``path`` (``a.b.0.c``) names a ``RunConfig`` field."""
+    node: Any = RunConfig
+    parts = path.split(".")
+    for j, part in enumerate(parts):
+        where = ".".join(parts[:j]) or "the run config"
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                raise ConfigError(field, f"{path!r}: {part!r} is not a field of {where}",
+                                  f"use one of {sorted(node.model_fields)} (see `unikd config-schema`)")
+            node = _unwrap(node.model_fields[part].annotation)
+        elif isinstance(node, tuple):
+            if not part.isdigit():
+                raise ConfigError(field, f"{path!r}: {where} is a list, so {part!r} must be an index",
+                                  f"write e.g. {where}.0")
+            node = node[1]
+        else:
+            raise ConfigError(field, f"{path!r}: {where} has no sub-fields", f"use {where} as the axis")
+
+
+def _check_study(study: StudyConfig) -> None:
+    """The checks that need no expansion, in this order; the first failing one raises ``ConfigError``."""
+    _check_tasks(study)
+    presets = set(list_presets())
+    _check_reserved_fields(study)
+    _check_base_preset(study, presets)
+    _check_axes(study, presets)
+    _check_labels(study)
+    if study.runs is not None:
+        _check_runs(study, presets)
+    elif study.mode == "list" and study.axes:
+        _check_zipped_axes(study)
+
+
+def _check_tasks(study: StudyConfig) -> None:
+    from unikd.data import resolve_task
+
+    for i, task in enumerate(study.tasks):
+        try:
+            resolve_task(task)
+        except ConfigError as exc:
+            raise ConfigError(f"tasks[{i}]", exc.problem, exc.fix) from None
+    if len({resolve_task(t).name for t in study.tasks}) != len(study.tasks):
+        raise ConfigError("tasks", "lists a task twice", "list each task once")
+
+
+def _check_reserved_fields(study: StudyConfig) -> None:
+    """The fields the runner sets itself, and a preset where it cannot apply."""
+    for name, frag in (("base", study.base), ("teacher_finetune", study.teacher_finetune)):
+        for key in ("output_dir", "stage"):
+            if key in frag:
+                raise ConfigError(f"{name}.{key}", "is set by the study runner",
+                                  "remove it (teachers and no-KD runs are stage finetune, KD runs stage task, "
+                                  "all under the study's output_dir)")
+    if "seed" in study.base:
+        raise ConfigError("base.seed", "is set per run from 'seeds'", "remove it and list the seeds in 'seeds'")
+    if "preset" in study.teacher_finetune:
+        raise ConfigError("teacher_finetune.preset", "presets are distillation objectives, not fine-tunes",
+                          "remove it")
+
+
+def _check_base_preset(study: StudyConfig, presets: set[str]) -> None:
+    if study.base.get("preset") is not None and study.base["preset"] not in presets:
+        raise ConfigError("base.preset", f"unknown preset {study.base['preset']!r}", f"use one of {sorted(presets)}")
+
+
+def _check_assignment(study: StudyConfig, presets: set[str], key: str, value: Any, field: str) -> None:
+    """One ``key: value`` of an axis or an explicit run."""
+    if key == PRESET_AXIS:
+        if value not in presets:
+            raise ConfigError(field, f"unknown preset {value!r}", f"use one of {sorted(presets)}")
+        if "plan" in study.base:
+            raise ConfigError("base.plan", "a preset axis merges each preset under the base, so base.plan "
+                              "would replace every preset's plan", "remove base.plan")
+        return
+    if key in ("stage", "output_dir", "seed") or key.startswith(("data.task", "teacher.path")):
+        raise ConfigError(field, f"{key!r} is set by the study runner",
+                          "vary it through 'tasks', 'seeds' or teacher_finetune instead")
+    check_field_path(key, field)
+
+
+def _check_axes(study: StudyConfig, presets: set[str]) -> None:
+    for key, values in study.axes.items():
+        if key != PRESET_AXIS:
+            check_field_path(key, f"axes.{key}")
+        for j, value in enumerate(values):
+            _check_assignment(study, presets, key, value, f"axes.{key}[{j}]")
+
+
+def _check_labels(study: StudyConfig) -> None:
+    for key, labels in study.labels.items():
+        if key not in study.axes:
+            raise ConfigError(f"labels.{key}", "names no axis", f"use one of {sorted(study.axes)}")
+        if len(labels) != len(study.axes[key]):
+            raise ConfigError(f"labels.{key}", f"has {len(labels)} labels for {len(study.axes[key])} values",
+                              "give one label per axis value")
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"labels.{key}", "labels must be distinct", "rename the duplicates")
+
+
+def _check_runs(study: StudyConfig, presets: set[str]) -> None:
+    """Explicit ``runs:`` (list mode without axes): each entry's assignments, and distinct labels."""
+    if study.mode != "list":
+        raise ConfigError("runs", "explicit runs need mode: list", "set mode: list, or use axes")
+    if study.axes:
+        raise ConfigError("axes", "mode list takes either axes (zipped) or explicit runs, not both",
+                          "move the axes into each entry of runs")
+    if not study.runs:
+        raise ConfigError("runs", "is empty", "list at least one run, or remove 'runs'")
+    seen = set()
+    for i, entry in enumerate(study.runs):
+        for key, value in entry.items():
+            if key == "label":
+                continue
+            _check_assignment(study, presets, key, value, f"runs[{i}].{key}")
+        label = entry.get("label")
+        if label is not None and label in seen:
+            raise ConfigError(f"runs[{i}].label", f"label {label!r} is used twice", "give each run its own label")
+        seen.add(label)
+
+
+def _check_zipped_axes(study: StudyConfig) -> None:
+    """List mode zips the axes: they need equal lengths."""
+    lengths = {k: len(v) for k, v in study.axes.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError("axes", f"mode list zips the axes, which need equal lengths (got {lengths})",
+                          "give every axis the same number of values, or use mode: grid")
