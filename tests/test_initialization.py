@@ -1,55 +1,46 @@
-"""Student initializers on tiny teachers built here: exact copies, slices, importance pruning, round trips."""
+"""Student initializers on tiny random teachers: exact copies, slices, importance pruning, round trips."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
 import transformers as T
+from conftest import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
-from unikd.initialization import (INITIALIZERS, InitConfig, check_init, importance_indices, importance_scores,
-                                  select_layers, slice_indices)
-from unikd.student import StudentShape, build_student, count_parameters, student_config
+from unikd.initialization import (
+    INITIALIZERS,
+    InitConfig,
+    check_init,
+    importance_indices,
+    importance_scores,
+    select_layers,
+    slice_indices,
+)
+from unikd.initialization import build_student
+from unikd.student import StudentShape, count_parameters, student_config
 
 T.logging.set_verbosity_error()
 
 
-
-
-def _bert():
-    return T.BertForSequenceClassification(T.BertConfig(
-        vocab_size=97, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=40, num_labels=3))
-
-
-def _distilbert():
-    return T.DistilBertForMaskedLM(T.DistilBertConfig(
-        vocab_size=97, dim=64, n_layers=4, n_heads=4, hidden_dim=128, max_position_embeddings=40))
-
-
-def _gpt2():
-    return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=97, n_embd=64, n_layer=4, n_head=4, n_positions=40,
-                                          bos_token_id=0, eos_token_id=0))
-
-
-def _llama():  # grouped-query attention: 8 query heads share 2 key/value heads
-    return T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=97, hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-        intermediate_size=96, max_position_embeddings=64))
-
-
+#: family -> (its tiny teacher's builder, taking seed=; the Auto class that reloads it)
 FAMILIES = {
-    "bert": (_bert, T.AutoModelForSequenceClassification),
-    "distilbert": (_distilbert, T.AutoModelForMaskedLM),
-    "gpt2": (_gpt2, T.AutoModelForCausalLM),
-    "llama": (_llama, T.AutoModelForCausalLM),
+    "bert": (partial(tiny_bert, 4, 64, 4, vocab=97, positions=40, num_labels=3), T.AutoModelForSequenceClassification),
+    "distilbert": (
+        partial(tiny_distilbert, 4, 64, 4, vocab=97, positions=40, cls=T.DistilBertForMaskedLM),
+        T.AutoModelForMaskedLM,
+    ),
+    "gpt2": (partial(tiny_gpt2, 4, 64, 4, vocab=97, positions=40), T.AutoModelForCausalLM),
+    # grouped-query attention: 8 query heads share 2 key/value heads
+    "llama": (partial(tiny_llama, 4, 64, 8, 2, vocab=97, ffn=96), T.AutoModelForCausalLM),
 }
 
 
 def _teacher(family: str):
-    torch.manual_seed(0)
-    return FAMILIES[family][0]().eval()
+    return FAMILIES[family][0](seed=0).eval()
 
 
 def _batch(vocab: int = 97):
@@ -101,8 +92,9 @@ def test_full_copy_reproduces_the_teacher(family):
     expected = _out(teacher, batch)
     for strategy in ("teacher-layers", "slice", "importance"):
         layers = "first" if strategy == "teacher-layers" else "uniform"
-        student = build_student(teacher, StudentShape(), InitConfig(strategy=strategy, layers=layers),
-                                calibration_batch=batch).eval()
+        student = build_student(
+            teacher, StudentShape(), InitConfig(strategy=strategy, layers=layers), calibration_batch=batch
+        ).eval()
         assert type(student) is type(teacher)
         assert torch.equal(_out(student, batch), expected), strategy
 
@@ -111,8 +103,7 @@ def test_full_copy_reproduces_the_teacher(family):
 def test_teacher_layers_copies_the_selected_blocks(family):
     teacher = _teacher(family)
     adapter = get_adapter(teacher)
-    student = build_student(teacher, StudentShape(num_layers=2), InitConfig(strategy="teacher-layers",
-                                                                             layers=[3, 1]))
+    student = build_student(teacher, StudentShape(num_layers=2), InitConfig(strategy="teacher-layers", layers=[3, 1]))
     for s_block, t_index in zip(adapter.blocks(student), [3, 1]):
         t_state = adapter.blocks(teacher)[t_index].state_dict()
         for name, value in s_block.state_dict().items():
@@ -157,8 +148,9 @@ def test_slice_takes_leading_rows_and_columns_bert():
     assert torch.equal(s.embeddings.LayerNorm.weight, t.embeddings.LayerNorm.weight[:32])
     q_t, q_s = t.encoder.layer[2].attention.self.query, s.encoder.layer[0].attention.self.query
     assert torch.equal(q_s.weight, q_t.weight[:32, :32]) and torch.equal(q_s.bias, q_t.bias[:32])  # heads 0, 1
-    assert torch.equal(s.encoder.layer[1].intermediate.dense.weight,
-                       t.encoder.layer[3].intermediate.dense.weight[:48, :32])
+    assert torch.equal(
+        s.encoder.layer[1].intermediate.dense.weight, t.encoder.layer[3].intermediate.dense.weight[:48, :32]
+    )
     assert torch.equal(s.encoder.layer[1].output.dense.weight, t.encoder.layer[3].output.dense.weight[:32, :48])
     assert torch.equal(s.pooler.dense.weight, t.pooler.dense.weight[:32, :32])
     assert torch.equal(student.classifier.weight, teacher.classifier.weight[:, :32])
@@ -166,23 +158,28 @@ def test_slice_takes_leading_rows_and_columns_bert():
 
 def test_slice_gpt2_fused_qkv():
     teacher = _teacher("gpt2")
-    student = build_student(teacher, StudentShape(num_layers=1, hidden_size=32), InitConfig(strategy="slice",
-                                                                                             layers="first"))
+    student = build_student(
+        teacher, StudentShape(num_layers=1, hidden_size=32), InitConfig(strategy="slice", layers="first")
+    )
     w_t = teacher.transformer.h[0].attn.c_attn.weight  # Conv1D [in 64, out q|k|v 3 x 64]
     w_s = student.transformer.h[0].attn.c_attn.weight  # [32, 3 x 32]
     assert w_s.shape == (32, 96)
     expected = torch.cat([w_t[:32, 0:32], w_t[:32, 64:96], w_t[:32, 128:160]], dim=1)
     assert torch.equal(w_s, expected)
-    assert torch.equal(student.transformer.h[0].attn.c_proj.weight,
-                       teacher.transformer.h[0].attn.c_proj.weight[:32, :32])
+    assert torch.equal(
+        student.transformer.h[0].attn.c_proj.weight, teacher.transformer.h[0].attn.c_proj.weight[:32, :32]
+    )
     assert torch.equal(student.transformer.h[0].mlp.c_fc.weight, teacher.transformer.h[0].mlp.c_fc.weight[:32, :128])
     assert student.lm_head.weight.data_ptr() == student.transformer.wte.weight.data_ptr()  # still tied
 
 
 def test_slice_llama_keeps_query_heads_with_their_kv_head():
     teacher = _teacher("llama")  # 8 heads of 8 dims, 2 KV heads: heads 0-3 use KV 0, heads 4-7 use KV 1
-    student = build_student(teacher, StudentShape(num_layers=1, hidden_size=32),  # 4 heads, 2 KV heads
-                            InitConfig(strategy="slice", layers="first"))
+    student = build_student(
+        teacher,
+        StudentShape(num_layers=1, hidden_size=32),  # 4 heads, 2 KV heads
+        InitConfig(strategy="slice", layers="first"),
+    )
     c = student.config
     assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (4, 2, 8)
     a_t, a_s = teacher.model.layers[0].self_attn, student.model.layers[0].self_attn
@@ -230,8 +227,9 @@ def test_importance_keeps_dominant_neuron_head_and_channel():
     assert torch.equal(student.bert.encoder.layer[1].intermediate.dense.weight[pos], t_row)
     assert torch.equal(student.bert.embeddings.LayerNorm.weight, teacher.bert.embeddings.LayerNorm.weight[hidden])
     v_rows = torch.cat([torch.arange(h * 16, h * 16 + 16) for h in keep.heads[1]])
-    assert torch.equal(student.bert.encoder.layer[1].attention.self.value.weight,
-                       layer.attention.self.value.weight[v_rows][:, hidden])
+    assert torch.equal(
+        student.bert.encoder.layer[1].attention.self.value.weight, layer.attention.self.value.weight[v_rows][:, hidden]
+    )
 
 
 def test_importance_keeps_the_kv_group_of_a_dominant_head():
@@ -257,58 +255,68 @@ def test_random_is_the_fresh_family_init():
     teacher = _teacher("bert")
     student = build_student(teacher, StudentShape(num_layers=2, hidden_size=32), InitConfig(strategy="random"))
     assert student.num_parameters() == count_parameters(student).total
-    assert not torch.equal(student.bert.embeddings.word_embeddings.weight,
-                           teacher.bert.embeddings.word_embeddings.weight[:, :32])
+    assert not torch.equal(
+        student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight[:, :32]
+    )
 
 
 def test_pretrained_loads_same_task_across_families(tmp_path):
     teacher = _teacher("bert")
-    torch.manual_seed(3)
-    base = T.DistilBertModel(T.DistilBertConfig(vocab_size=97, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                                max_position_embeddings=40))
+    base = tiny_distilbert(2, 32, 2, vocab=97, positions=40, cls=T.DistilBertModel, seed=3)
     base.save_pretrained(tmp_path / "distil")
-    student = build_student(teacher, StudentShape(),
-                            InitConfig(strategy="pretrained", pretrained=str(tmp_path / "distil")))
+    student = build_student(
+        teacher, StudentShape(), InitConfig(strategy="pretrained", pretrained=str(tmp_path / "distil"))
+    )
     assert type(student) is T.DistilBertForSequenceClassification and student.config.num_labels == 3
     assert torch.equal(student.distilbert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight)
 
     copy = build_student(teacher, SMALL, InitConfig(strategy="slice"))
     copy.save_pretrained(tmp_path / "small")
-    loaded = build_student(teacher, StudentShape(num_layers=2),
-                           InitConfig(strategy="pretrained", pretrained=str(tmp_path / "small"))).eval()
+    loaded = build_student(
+        teacher, StudentShape(num_layers=2), InitConfig(strategy="pretrained", pretrained=str(tmp_path / "small"))
+    ).eval()
     assert torch.equal(_out(loaded, _batch()), _out(copy.eval(), _batch()))
     with pytest.raises(ConfigError) as err:  # a shape that contradicts the checkpoint
-        build_student(teacher, StudentShape(num_layers=3),
-                      InitConfig(strategy="pretrained", pretrained=str(tmp_path / "small")))
+        build_student(
+            teacher, StudentShape(num_layers=3), InitConfig(strategy="pretrained", pretrained=str(tmp_path / "small"))
+        )
     assert err.value.field == "student.shape.num_layers"
 
 
 def test_source_donates_the_weights(tmp_path):
     teacher = _teacher("bert")
-    torch.manual_seed(7)
-    donor = _bert()
+    donor = FAMILIES["bert"][0](seed=7)
     donor.save_pretrained(tmp_path)
-    student = build_student(teacher, StudentShape(num_layers=2),
-                            InitConfig(strategy="teacher-layers", source=str(tmp_path)))
-    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight,
-                       donor.bert.encoder.layer[1].output.dense.weight)
-    assert not torch.equal(student.bert.encoder.layer[0].output.dense.weight,
-                           teacher.bert.encoder.layer[1].output.dense.weight)
+    student = build_student(
+        teacher, StudentShape(num_layers=2), InitConfig(strategy="teacher-layers", source=str(tmp_path))
+    )
+    assert torch.equal(
+        student.bert.encoder.layer[0].output.dense.weight, donor.bert.encoder.layer[1].output.dense.weight
+    )
+    assert not torch.equal(
+        student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight
+    )
 
 
 # ---- bad requests fail with the field name, before weights are touched ---------------------------
-@pytest.mark.parametrize("shape,init,field", [
-    (StudentShape(num_heads=3), InitConfig(strategy="slice"), "student.shape.num_heads"),
-    (StudentShape(num_layers=5), InitConfig(strategy="teacher-layers"), "student.shape.num_layers"),
-    (StudentShape(hidden_size=32), InitConfig(strategy="teacher-layers"), "student.shape.hidden_size"),
-    (StudentShape(hidden_size=128), InitConfig(strategy="slice"), "student.shape.hidden_size"),
-    (StudentShape(ffn_size=256), InitConfig(strategy="importance"), "student.shape.ffn_size"),
-    (StudentShape(num_layers=2), InitConfig(layers=[0, 9]), "student.init.layers"),
-    (StudentShape(), InitConfig(strategy="pretrained", pretrained="/nonexistent/unikd-student"),
-     "student.init.pretrained"),
-    (StudentShape(), InitConfig(strategy="pretrained"), "student.init.pretrained"),
-    (StudentShape(), InitConfig(source="./missing-dir"), "student.init.source"),
-])
+@pytest.mark.parametrize(
+    "shape,init,field",
+    [
+        (StudentShape(num_heads=3), InitConfig(strategy="slice"), "student.shape.num_heads"),
+        (StudentShape(num_layers=5), InitConfig(strategy="teacher-layers"), "student.shape.num_layers"),
+        (StudentShape(hidden_size=32), InitConfig(strategy="teacher-layers"), "student.shape.hidden_size"),
+        (StudentShape(hidden_size=128), InitConfig(strategy="slice"), "student.shape.hidden_size"),
+        (StudentShape(ffn_size=256), InitConfig(strategy="importance"), "student.shape.ffn_size"),
+        (StudentShape(num_layers=2), InitConfig(layers=[0, 9]), "student.init.layers"),
+        (
+            StudentShape(),
+            InitConfig(strategy="pretrained", pretrained="/nonexistent/unikd-student"),
+            "student.init.pretrained",
+        ),
+        (StudentShape(), InitConfig(strategy="pretrained"), "student.init.pretrained"),
+        (StudentShape(), InitConfig(source="./missing-dir"), "student.init.source"),
+    ],
+)
 def test_bad_requests_raise_before_weights_are_touched(shape, init, field, monkeypatch):
     teacher = _teacher("bert")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}

@@ -18,8 +18,14 @@ import torch
 import torch.nn.functional as F
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_step.py"
-UNIKD_METHODS = ["limit", "unikd-logits", "unikd-tinybert", "unikd-minilmv2", "unikd-tinybert-inline",
-                 "unikd-tinybert-recompute"]
+UNIKD_METHODS = [
+    "limit",
+    "unikd-logits",
+    "unikd-tinybert",
+    "unikd-minilmv2",
+    "unikd-tinybert-inline",
+    "unikd-tinybert-recompute",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +38,7 @@ def kd_step():
     sys.modules.pop(spec.name, None)
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_every_method(kd_step, tmp_path, capsys):
     out = tmp_path / "kd_step.json"
     result = kd_step.main(["--tiny", "--quiet", "--json", str(out), "--methods", ",".join(kd_step.ALL_METHODS)])
@@ -114,6 +121,7 @@ def _record_terms(box) -> dict:
         def run(*args, **kwargs):
             values[name] = criterion(*args, **kwargs)
             return values[name]
+
         return run
 
     for name, (criterion, weight) in list(box.criterion.term_dict.items()):
@@ -137,22 +145,29 @@ def test_torchdistill_tinybert_loss_is_its_configured_terms(kd_step, shape):
     batch, inputs = _batch(kd_step, ctx)
     with torch.no_grad():
         loss = box.forward_process(inputs, batch["labels"], None)
-        t = kd_step.same_weights(ctx.teacher, "eager").eval()(**inputs, output_hidden_states=True, output_attentions=True)
+        t = kd_step.same_weights(ctx.teacher, "eager").eval()(
+            **inputs, output_hidden_states=True, output_attentions=True
+        )
         s = ctx.new_student("eager").eval()(**inputs, output_hidden_states=True, output_attentions=True)
         linears = getattr(box.student_model, "linears", None)
         assert (linears is None) == (shape == "same-width")
         t_hidden = [t.hidden_states[0]] + [t.hidden_states[lt + 1] for lt, _ in pairs]
         s_hidden = [s.hidden_states[0]] + [s.hidden_states[ls + 1] for _, ls in pairs]
-        want = {f"hidden{i}": F.mse_loss(linears[f"h{i}"](sh) if linears is not None else sh, th)
-                for i, (sh, th) in enumerate(zip(s_hidden, t_hidden))}
+        want = {
+            f"hidden{i}": F.mse_loss(linears[f"h{i}"](sh) if linears is not None else sh, th)
+            for i, (sh, th) in enumerate(zip(s_hidden, t_hidden))
+        }
         for i, (lt, ls) in enumerate(pairs):
             sa, ta = s.attentions[ls], t.attentions[lt]
             if sa.shape[1] != ta.shape[1]:
                 sa, ta = sa.sum(dim=1), ta.sum(dim=1)
             want[f"attention{i}"] = F.mse_loss(sa, ta)
         want["kd"] = F.kl_div(F.log_softmax(s.logits, dim=1), F.softmax(t.logits, dim=1), reduction="batchmean")
-    print(f"torchdistill-tinybert [{shape}, pairs {pairs}]: box loss {loss.item():.8f}, hand-computed "
-          f"{sum(want.values()).item():.8f}; " + ", ".join(f"{k} {got[k].item():.4g}/{v.item():.4g}" for k, v in want.items()))
+    print(
+        f"torchdistill-tinybert [{shape}, pairs {pairs}]: box loss {loss.item():.8f}, hand-computed "
+        f"{sum(want.values()).item():.8f}; "
+        + ", ".join(f"{k} {got[k].item():.4g}/{v.item():.4g}" for k, v in want.items())
+    )
     assert set(got) == set(want)
     for name, value in want.items():
         assert value > 0, name
@@ -163,7 +178,7 @@ def test_torchdistill_tinybert_loss_is_its_configured_terms(kd_step, shape):
 def test_torchdistill_logits_loss_equals_unikd_hinton_up_to_teacher_entropy(kd_step):
     """Both are 0.5 hard CE + 0.5 T² soft term at T=2 on the same weights; torchdistill's soft term is a
     KL, unikd's a cross-entropy, which differ by exactly the teacher's entropy at T (no student grad)."""
-    from unikd.capture import FeatureCapture
+    from unikd.distiller import Distiller
     from unikd.families import model_spec
     from unikd.plan import DistillationPlan
 
@@ -174,16 +189,15 @@ def test_torchdistill_logits_loss_equals_unikd_hinton_up_to_teacher_entropy(kd_s
     batch, inputs = _batch(kd_step, ctx)
     teacher, student = ctx.teacher, ctx.new_student().eval()
     plan = DistillationPlan(kd_step._plan_config("hinton", teacher, student), model_spec(teacher), model_spec(student))
-    t_req, s_req = plan.requests(0)
     with torch.no_grad():
         td_loss = box.forward_process(inputs, batch["labels"], None)
-        tf = FeatureCapture(teacher, t_req)(batch, teacher=True)
-        sf = FeatureCapture(student, s_req)(batch)
-        unikd_loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss)
+        unikd_loss, _ = Distiller(plan, teacher, student).step(batch)
         p_t = F.softmax(teacher(**inputs).logits / 2.0, dim=1)
         entropy = -(p_t * p_t.log()).sum(dim=1).mean()
     shifted = unikd_loss - 0.5 * 2.0**2 * entropy
-    print(f"torchdistill-logits: box loss {td_loss.item():.8f}, unikd hinton {unikd_loss.item():.8f}, "
-          f"unikd - 0.5*T^2*H(teacher) {shifted.item():.8f}")
+    print(
+        f"torchdistill-logits: box loss {td_loss.item():.8f}, unikd hinton {unikd_loss.item():.8f}, "
+        f"unikd - 0.5*T^2*H(teacher) {shifted.item():.8f}"
+    )
     assert entropy > 0.1  # the shift is not negligible: the comparison can tell KL from CE
     assert td_loss.item() == pytest.approx(shifted.item(), rel=1e-5, abs=1e-7)

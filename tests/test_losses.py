@@ -230,7 +230,9 @@ def test_reduce_heads():
     assert torch.equal(L.reduce_heads(x, "per_head"), x)
     assert L.reduce_heads(x, "sum").shape == (2, 1, 4, 4)
     assert L.reduce_heads(x, "sum")[1, 0, 2, 3].item() == pytest.approx(sum(x[1, h, 2, 3].item() for h in range(3)))
-    assert L.reduce_heads(x, "mean")[0, 0, 1, 0].item() == pytest.approx(sum(x[0, h, 1, 0].item() for h in range(3)) / 3)
+    assert L.reduce_heads(x, "mean")[0, 0, 1, 0].item() == pytest.approx(
+        sum(x[0, h, 1, 0].item() for h in range(3)) / 3
+    )
     with pytest.raises(ConfigError, match="per_head"):
         L.reduce_heads(x, "max")
 
@@ -281,8 +283,12 @@ def test_attention_mse_ignores_min_and_inf(causal):
     loss3 = L.attention_mse(s3, t.bfloat16(), valid)
     loss3.backward()
     assert loss3.dtype == torch.float32 and s3.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(s3.grad.float(), torch.where(valid, 2 * (s3.float() - t.bfloat16().float()) / n, 0.0)
-                               .expand_as(s), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        s3.grad.float(),
+        torch.where(valid, 2 * (s3.float() - t.bfloat16().float()) / n, 0.0).expand_as(s),
+        atol=1e-2,
+        rtol=1e-2,
+    )
 
 
 def ref_attn_kl_ce(sp, tp, valid):
@@ -450,19 +456,43 @@ def _cases():
     att = lambda xs, seed: [_attn_pad(x, valid, 123.0 + seed) for x in xs]  # noqa: E731
     h3, h5 = (lambda seed: rnd(B, SEQ, 3, seed=seed)), (lambda seed: rnd(B, SEQ, 5, seed=seed))
     return [
-        ("soft_ce", lambda s, t: L.soft_cross_entropy(s[0], t[0], 2.0, m), [rnd(B, SEQ, 6, seed=42)], [rnd(B, SEQ, 6, seed=43)], tok),
+        (
+            "soft_ce",
+            lambda s, t: L.soft_cross_entropy(s[0], t[0], 2.0, m),
+            [rnd(B, SEQ, 6, seed=42)],
+            [rnd(B, SEQ, 6, seed=43)],
+            tok,
+        ),
         ("kl", lambda s, t: L.kl_div(s[0], t[0], 2.0, m), [rnd(B, SEQ, 6, seed=44)], [rnd(B, SEQ, 6, seed=45)], tok),
-        ("logits_mse", lambda s, t: L.logits_mse(s[0], t[0], m), [rnd(B, SEQ, 6, seed=46)], [rnd(B, SEQ, 6, seed=47)], tok),
+        (
+            "logits_mse",
+            lambda s, t: L.logits_mse(s[0], t[0], m),
+            [rnd(B, SEQ, 6, seed=46)],
+            [rnd(B, SEQ, 6, seed=47)],
+            tok,
+        ),
         ("hidden_mse", lambda s, t: L.hidden_mse(s[0], t[0], m), [h3(48)], [h3(49)], tok),
         ("cosine", lambda s, t: L.cosine(s[0], t[0], m), [h3(50)], [h3(51)], tok),
         ("pkd", lambda s, t: L.pkd(s[0], t[0], m), [h3(52)], [h3(53)], tok),
         ("gram", lambda s, t: L.gram(s[0], t[0], m), [h3(54)], [h5(55)], tok),
         ("fsp", lambda s, t: L.fsp(s[0], s[1], t[0], t[1], m), [h3(56), h3(57)], [h3(58), h3(59)], tok),
         ("nst", lambda s, t: L.nst(s[0], t[0], m), [h3(60)], [h5(61)], tok),
-        ("attention_mse", lambda s, t: L.attention_mse(s[0], t[0], valid), [rnd(B, 2, SEQ, SEQ, seed=62)], [rnd(B, 2, SEQ, SEQ, seed=63)], att),
+        (
+            "attention_mse",
+            lambda s, t: L.attention_mse(s[0], t[0], valid),
+            [rnd(B, 2, SEQ, SEQ, seed=62)],
+            [rnd(B, 2, SEQ, SEQ, seed=63)],
+            att,
+        ),
         ("attention_kl", lambda s, t: L.attention_kl(s[0], t[0], valid), [sp], [tp], att),
         ("attention_ce", lambda s, t: L.attention_ce(s[0], t[0], valid), [sp], [tp], att),
-        ("relation_kl", lambda s, t: L.relation_kl(s[0], t[0], 2, m, causal=True), [rnd(B, SEQ, 8, seed=64)], [rnd(B, SEQ, 12, seed=65)], tok),
+        (
+            "relation_kl",
+            lambda s, t: L.relation_kl(s[0], t[0], 2, m, causal=True),
+            [rnd(B, SEQ, 8, seed=64)],
+            [rnd(B, SEQ, 12, seed=65)],
+            tok,
+        ),
     ]
 
 
@@ -583,4 +613,6 @@ def test_masked_softmax_fast_path_equals_the_exact_path(monkeypatch):
     monkeypatch.setattr(L, "_cpu_fast_path", lambda fast_fn, exact_fn, device: exact_fn())
     exact = L.masked_softmax(scores, valid)
     torch.testing.assert_close(fast, exact, atol=1e-7, rtol=1e-6)
-    assert (fast[~valid.expand_as(fast)] == 0).all() and (fast.sum(-1)[valid.any(-1).expand(B, 2, SEQ)] - 1).abs().max() < 1e-6
+    assert (fast[~valid.expand_as(fast)] == 0).all() and (
+        fast.sum(-1)[valid.any(-1).expand(B, 2, SEQ)] - 1
+    ).abs().max() < 1e-6

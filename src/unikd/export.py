@@ -38,6 +38,7 @@ from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
+from unikd.models import auto_class_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,10 @@ FP32_TOLERANCE: float = 1e-4
 DEFAULT_OPSET: int = 17
 FORMATS: tuple[str, ...] = ("hf", "onnx", "int8")
 WEIGHT_FILES: tuple[str, ...] = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 #: sentences used to check exported forms when ``check_inputs`` is not given (lengths vary on purpose).
 DEFAULT_CHECK_TEXTS: tuple[str, ...] = (
@@ -90,8 +94,10 @@ class EvalSet:
 def check_model_dir(model_dir: str | os.PathLike, field: str = "run_dir") -> Path:
     """``model_dir`` as a Path, or a ConfigError naming ``field`` if it holds no HF model."""
     path = Path(model_dir).expanduser()
-    fix = ("point it at a directory written by save_pretrained (a unikd run's student/ folder): it must hold "
-           "config.json and model.safetensors (or pytorch_model.bin)")
+    fix = (
+        "point it at a directory written by save_pretrained (a unikd run's student/ folder): it must hold "
+        "config.json and model.safetensors (or pytorch_model.bin)"
+    )
     if not path.is_dir():
         raise ConfigError(field, f"model directory {str(path)!r} does not exist", fix)
     if not (path / "config.json").is_file():
@@ -101,43 +107,31 @@ def check_model_dir(model_dir: str | os.PathLike, field: str = "run_dir") -> Pat
     return path
 
 
-def _auto_class(config):
-    import transformers
-
-    archs = list(getattr(config, "architectures", None) or [])
-    arch = archs[0] if archs else ""
-    if arch.endswith("ForSequenceClassification"):
-        return transformers.AutoModelForSequenceClassification
-    if arch.endswith(("ForCausalLM", "LMHeadModel")):
-        return transformers.AutoModelForCausalLM
-    if arch.endswith("ForMaskedLM"):
-        return transformers.AutoModelForMaskedLM
-    # Any other head: the exact class if transformers has it (so save_pretrained keeps the head), else
-    # the bare model.
-    exact = getattr(transformers, arch, None) if arch else None
-    return exact if isinstance(exact, type) and issubclass(exact, nn.Module) else transformers.AutoModel
-
-
-def load_config(model_dir: str | os.PathLike, field: str = "run_dir"):
+def read_model_config(model_dir: str | os.PathLike, field: str = "run_dir"):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(str(model_dir))
     except (ValueError, KeyError, OSError) as exc:
-        raise ConfigError(field, f"cannot read the config in {str(model_dir)!r}: {exc}",
-                          "check config.json (its model_type must be known to transformers)") from exc
+        raise ConfigError(
+            field,
+            f"cannot read the config in {str(model_dir)!r}: {exc}",
+            "check config.json (its model_type must be known to transformers)",
+        ) from exc
 
 
-def load_model(model_dir: str | os.PathLike, field: str = "run_dir", config=None) -> tuple[nn.Module, dict]:
+def load_model_dir(model_dir: str | os.PathLike, field: str = "run_dir", config=None) -> tuple[nn.Module, dict]:
     """The fp32 model in eval mode, and HF's loading info (``unexpected_keys`` are dropped weights)."""
-    config = config if config is not None else load_config(model_dir, field)
-    cls = _auto_class(config)
+    config = config if config is not None else read_model_config(model_dir, field)
+    cls = auto_class_for(config)
     try:
-        model, info = cls.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
-                                          output_loading_info=True)
+        model, info = cls.from_pretrained(str(model_dir), config=config, dtype=torch.float32, output_loading_info=True)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise ConfigError(field, f"cannot load the model in {str(model_dir)!r} with {cls.__name__}: {exc}",
-                          "check that the weights match config.json") from exc
+        raise ConfigError(
+            field,
+            f"cannot load the model in {str(model_dir)!r} with {cls.__name__}: {exc}",
+            "check that the weights match config.json",
+        ) from exc
     model.eval()
     return model, info
 
@@ -249,15 +243,16 @@ class _OnnxWrapper(nn.Module):
         return out[self.output_name]
 
 
-def _dummy_inputs(config, input_names: list[str], batch: int, length: int, seed: int = 0,
-                  pad_row: bool = True) -> dict[str, torch.Tensor]:
+def _dummy_inputs(
+    config, input_names: list[str], batch: int, length: int, seed: int = 0, pad_row: bool = True
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     vocab = int(config.vocab_size)
     low = min(5, vocab - 1)
     inputs = {"input_ids": torch.randint(low, vocab, (batch, length), generator=gen)}
     mask = torch.ones(batch, length, dtype=torch.long)
     if pad_row and batch > 1 and length > 1:
-        mask[-1, length // 2:] = 0  # trace the padded path, not a "no padding" shortcut
+        mask[-1, length // 2 :] = 0  # trace the padded path, not a "no padding" shortcut
     inputs["attention_mask"] = mask
     if "token_type_ids" in input_names:
         inputs["token_type_ids"] = torch.zeros(batch, length, dtype=torch.long)
@@ -272,8 +267,11 @@ def _output_name(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[str
         value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if isinstance(value, torch.Tensor):
             return name, value.dim()
-    raise ConfigError("run_dir", f"{type(model).__name__} returns neither logits nor last_hidden_state",
-                      "export a model with a sequence-classification, LM or bare-encoder head")
+    raise ConfigError(
+        "run_dir",
+        f"{type(model).__name__} returns neither logits nor last_hidden_state",
+        "export a model with a sequence-classification, LM or bare-encoder head",
+    )
 
 
 def check_onnx_family(config, field: str = "run_dir") -> None:
@@ -287,16 +285,18 @@ def check_onnx_family(config, field: str = "run_dir") -> None:
         )
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, seq_len: int = 128, opset: int | None = None,
-                field: str = "run_dir") -> dict:
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, seq_len: int = 128, opset: int | None = None, field: str = "run_dir"
+) -> dict:
     """Write ``model`` to ``path`` as fp32 ONNX with dynamic batch/sequence axes; returns the graph facts."""
     config = model.config
     check_onnx_family(config, field)
     input_names = model_input_names(model)
     limit = max_positions(config)
     if limit is not None and seq_len > limit:
-        raise ConfigError("seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions",
-                          f"use seq_len <= {limit}")
+        raise ConfigError(
+            "seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions", f"use seq_len <= {limit}"
+        )
     dummy = _dummy_inputs(config, input_names, batch=2, length=seq_len)
     output_name, out_dim = _output_name(model, dummy)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
@@ -310,21 +310,30 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, seq_len: int = 128, o
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the legacy-exporter notice
             torch.onnx.export(
-                wrapper, tuple(dummy[n] for n in input_names), str(path), dynamo=False,
-                input_names=input_names, output_names=[output_name], dynamic_axes=dynamic_axes,
-                opset_version=opset, do_constant_folding=True,
+                wrapper,
+                tuple(dummy[n] for n in input_names),
+                str(path),
+                dynamo=False,
+                input_names=input_names,
+                output_names=[output_name],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
             )
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any exporter failure is reported the same way
-        raise ConfigError(field, f"ONNX export of {config.model_type!r} failed: {type(exc).__name__}: {exc}",
-                          "export only the Hugging Face form (formats=('hf',)), or try another opset") from exc
+        raise ConfigError(
+            field,
+            f"ONNX export of {config.model_type!r} failed: {type(exc).__name__}: {exc}",
+            "export only the Hugging Face form (formats=('hf',)), or try another opset",
+        ) from exc
     finally:
         model.train(was_training)
     return {"input_names": input_names, "output_name": output_name, "output_dims": out_dim, "opset": opset}
 
 
-def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, per_channel: bool = True) -> None:
+def quantize_onnx_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, per_channel: bool = True) -> None:
     """ONNX Runtime dynamic quantization: QInt8 weights, activations quantized at run time.
 
     ``per_channel=True`` (one weight scale per output column): on all-MiniLM-L6-v2 it lifts the worst
@@ -337,8 +346,13 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, per
     quiet = _DropMessage("pre-processing before quantization")  # ORT's generic advice, logged every call
     root.addFilter(quiet)
     try:
-        quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         use_external_data_format=external)
+        quantize_dynamic(
+            str(onnx_path),
+            str(out_path),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            use_external_data_format=external,
+        )
     finally:
         root.removeFilter(quiet)
 
@@ -366,8 +380,9 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def _check_batches(config, input_names: list[str], tokenizer, texts: Sequence[str], seq_len: int
-                   ) -> list[dict[str, np.ndarray]]:
+def _check_batches(
+    config, input_names: list[str], tokenizer, texts: Sequence[str], seq_len: int
+) -> list[dict[str, np.ndarray]]:
     """Batches of sizes CHECK_BATCH_SIZES; tokenized texts if possible, else random ids."""
     texts = list(texts) or list(DEFAULT_CHECK_TEXTS)
     limit = max_positions(config) or seq_len
@@ -375,13 +390,16 @@ def _check_batches(config, input_names: list[str], tokenizer, texts: Sequence[st
     for i, size in enumerate(CHECK_BATCH_SIZES):
         if tokenizer is not None:
             chunk = [texts[(i * 2 + j) % len(texts)] for j in range(size)]
-            enc = tokenizer(chunk, padding="longest", truncation=True, max_length=min(seq_len, limit),
-                            return_tensors="np")
-            batch = {"input_ids": enc["input_ids"].astype(np.int64),
-                     "attention_mask": enc["attention_mask"].astype(np.int64)}
+            enc = tokenizer(
+                chunk, padding="longest", truncation=True, max_length=min(seq_len, limit), return_tensors="np"
+            )
+            batch = {
+                "input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64),
+            }
             if "token_type_ids" in input_names:
                 tt = enc.get("token_type_ids")
-                batch["token_type_ids"] = (np.zeros_like(batch["input_ids"]) if tt is None else tt.astype(np.int64))
+                batch["token_type_ids"] = np.zeros_like(batch["input_ids"]) if tt is None else tt.astype(np.int64)
         else:
             length = max(2, min(limit, 7 + 6 * i))
             t = _dummy_inputs(config, input_names, batch=size, length=length, seed=100 + i)
@@ -418,8 +436,9 @@ def _min_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(cos.min()) if cos.size else 1.0
 
 
-def _compare_onnx(session, model_refs: list[np.ndarray], batches: list[dict[str, np.ndarray]],
-                  classification: bool) -> dict:
+def _compare_onnx(
+    session, model_refs: list[np.ndarray], batches: list[dict[str, np.ndarray]], classification: bool
+) -> dict:
     worst = 0.0
     min_cos = 1.0
     agree = total = 0
@@ -441,10 +460,10 @@ def _compare_onnx(session, model_refs: list[np.ndarray], batches: list[dict[str,
 # ---------------------------------------------------------------------------------------------------
 def _tokenize_pairs(tokenizer, texts_a, texts_b, max_length: int):
     if texts_b is None:
-        return tokenizer(list(texts_a), padding="longest", truncation=True, max_length=max_length,
-                         return_tensors="np")
-    return tokenizer(list(texts_a), list(texts_b), padding="longest", truncation=True, max_length=max_length,
-                     return_tensors="np")
+        return tokenizer(list(texts_a), padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    return tokenizer(
+        list(texts_a), list(texts_b), padding="longest", truncation=True, max_length=max_length, return_tensors="np"
+    )
 
 
 def _iter_batches(n: int, batch_size: int):
@@ -456,17 +475,28 @@ def _check_eval_args(texts_a, texts_b, labels, batch_size) -> None:
     if len(texts_a) == 0:
         raise ConfigError("texts_a", "the dev set is empty", "pass at least one example")
     if texts_b is not None and len(texts_b) != len(texts_a):
-        raise ConfigError("texts_b", f"{len(texts_b)} second sentences for {len(texts_a)} first sentences",
-                          "pass one texts_b entry per texts_a entry, or texts_b=None")
+        raise ConfigError(
+            "texts_b",
+            f"{len(texts_b)} second sentences for {len(texts_a)} first sentences",
+            "pass one texts_b entry per texts_a entry, or texts_b=None",
+        )
     if len(labels) != len(texts_a):
         raise ConfigError("labels", f"{len(labels)} labels for {len(texts_a)} examples", "pass one label per example")
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}", "use e.g. 32")
 
 
-def evaluate_onnx(onnx_path: str | os.PathLike, tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | None,
-                  labels: Sequence[Any], task_metric_fn: Callable[[np.ndarray, np.ndarray], dict],
-                  batch_size: int = 32, max_length: int = 128, threads: int | None = None) -> dict:
+def evaluate_onnx(
+    onnx_path: str | os.PathLike,
+    tokenizer,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None,
+    labels: Sequence[Any],
+    task_metric_fn: Callable[[np.ndarray, np.ndarray], dict],
+    batch_size: int = 32,
+    max_length: int = 128,
+    threads: int | None = None,
+) -> dict:
     """Run an exported model over a labelled dev set with ONNX Runtime.
 
     ``tokenizer`` is a tokenizer or a directory holding one; ``texts_b`` is None for single-sentence
@@ -516,10 +546,12 @@ def _evaluate_torch(model: nn.Module, tokenizer, ev: EvalSet, output_name: str =
     input_names = model_input_names(model)
     outputs = []
     for lo, hi in _iter_batches(len(ev.texts_a), ev.batch_size):
-        enc = _tokenize_pairs(tokenizer, ev.texts_a[lo:hi], None if ev.texts_b is None else ev.texts_b[lo:hi],
-                              ev.max_length)
-        batch = {n: (np.zeros_like(enc["input_ids"]) if enc.get(n) is None else enc[n]).astype(np.int64)
-                 for n in input_names}
+        enc = _tokenize_pairs(
+            tokenizer, ev.texts_a[lo:hi], None if ev.texts_b is None else ev.texts_b[lo:hi], ev.max_length
+        )
+        batch = {
+            n: (np.zeros_like(enc["input_ids"]) if enc.get(n) is None else enc[n]).astype(np.int64) for n in input_names
+        }
         out = _torch_outputs(model, batch, output_name)
         if out.ndim == 3:
             last = batch["attention_mask"].sum(1) - 1
@@ -574,8 +606,11 @@ def _write_hf(model: nn.Module, tokenizer, hf_dir: Path) -> list[str]:
                 keys.extend(handle.keys())
         leaked = [k for k in keys if "projection" in k.lower()]
         if leaked:
-            raise ConfigError("run_dir", f"the student's weights contain projection parameters {leaked[:3]}",
-                              "projections belong to the distillation plan; save only the student model")
+            raise ConfigError(
+                "run_dir",
+                f"the student's weights contain projection parameters {leaked[:3]}",
+                "projections belong to the distillation plan; save only the student model",
+            )
         if hf_dir.exists():
             shutil.rmtree(hf_dir)
         os.replace(tmp, hf_dir)
@@ -631,9 +666,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   formats: Sequence[str] = ("hf", "onnx", "int8"), seq_len: int = 128, opset: int | None = None,
-                   check_inputs: Sequence[str] | None = None, eval_set: EvalSet | None = None) -> dict:
+def export_student(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = ("hf", "onnx", "int8"),
+    seq_len: int = 128,
+    opset: int | None = None,
+    check_inputs: Sequence[str] | None = None,
+    eval_set: EvalSet | None = None,
+) -> dict:
     """Export the student in ``model_dir`` to ``out_dir`` and check each form against PyTorch.
 
     - ``hf``: ``out_dir/hf`` via save_pretrained (safetensors) + tokenizer; only the student's own
@@ -660,18 +701,22 @@ def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     model_dir = check_model_dir(model_dir, "run_dir")
     out_dir = Path(out_dir).expanduser()
     if _is_within(model_dir, out_dir / "hf"):
-        raise ConfigError("out_dir", f"{str(out_dir)!r} would overwrite the model being exported ({model_dir})",
-                          "choose another output directory")
-    config = load_config(model_dir, "run_dir")
+        raise ConfigError(
+            "out_dir",
+            f"{str(out_dir)!r} would overwrite the model being exported ({model_dir})",
+            "choose another output directory",
+        )
+    config = read_model_config(model_dir, "run_dir")
     wants_onnx = "onnx" in formats
     if wants_onnx:
         check_onnx_family(config, "run_dir")
         limit = max_positions(config)
         if limit is not None and seq_len > limit:
-            raise ConfigError("seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions",
-                              f"use seq_len <= {limit}")
+            raise ConfigError(
+                "seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions", f"use seq_len <= {limit}"
+            )
 
-    model, info = load_model(model_dir, "run_dir", config)
+    model, info = load_model_dir(model_dir, "run_dir", config)
     tokenizer = load_tokenizer(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_forms(out_dir, formats)
@@ -685,15 +730,20 @@ def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "model_type": config.model_type,
         "architecture": type(model).__name__,
         "formats": list(formats),
-        "settings": {"seq_len": seq_len, "opset": opset or DEFAULT_OPSET, "exporter": "torch.onnx.export(dynamo=False)",
-                     "int8": "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True)",
-                     "fp32_tolerance": FP32_TOLERANCE},
+        "settings": {
+            "seq_len": seq_len,
+            "opset": opset or DEFAULT_OPSET,
+            "exporter": "torch.onnx.export(dynamo=False)",
+            "int8": "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True)",
+            "fp32_tolerance": FP32_TOLERANCE,
+        },
         "parameters": parameter_counts(model),
         "dropped_keys": sorted(info.get("unexpected_keys", []) or []),
         "tokenizer": tokenizer is not None,
         "versions": _versions(),
-        "check_inputs": [{"batch_size": int(b["input_ids"].shape[0]), "length": int(b["input_ids"].shape[1])}
-                         for b in batches],
+        "check_inputs": [
+            {"batch_size": int(b["input_ids"].shape[0]), "length": int(b["input_ids"].shape[1])} for b in batches
+        ],
         "files": {},
         "checks": {},
     }
@@ -709,7 +759,7 @@ def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if "hf" in formats:
         hf_dir = out_dir / "hf"
         _write_hf(model, tokenizer, hf_dir)
-        reloaded, _ = load_model(hf_dir, "run_dir")
+        reloaded, _ = load_model_dir(hf_dir, "run_dir")
         result["files"]["hf"] = {"path": str(hf_dir), "bytes": weights_bytes(hf_dir), "dir_bytes": file_bytes(hf_dir)}
         result["checks"]["hf"] = _compare_state(model, reloaded)
         del reloaded
@@ -728,17 +778,20 @@ def export_student(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         result["checks"]["onnx"] = check
         result["settings"]["opset"] = graph["opset"]
         if not check["ok"] and failure is None:
-            failure = (f"ONNX fp32 differs from PyTorch by {check['max_abs_diff']:.3g} "
-                       f"(> {FP32_TOLERANCE}); see {out_dir / 'export.json'}")
+            failure = (
+                f"ONNX fp32 differs from PyTorch by {check['max_abs_diff']:.3g} "
+                f"(> {FP32_TOLERANCE}); see {out_dir / 'export.json'}"
+            )
         if "int8" in formats:
             int8_path = out_dir / "model.int8.onnx"
-            quantize_int8(onnx_path, int8_path)
+            quantize_onnx_int8(onnx_path, int8_path)
             check8 = _compare_onnx(onnx_session(int8_path), refs, batches, classification)
             result["files"]["int8"] = {"path": str(int8_path), "bytes": onnx_bytes(int8_path)}
             result["checks"]["int8"] = check8
             if result["files"]["onnx"]["bytes"]:
                 result["files"]["int8"]["size_ratio_vs_fp32"] = (
-                    result["files"]["int8"]["bytes"] / result["files"]["onnx"]["bytes"])
+                    result["files"]["int8"]["bytes"] / result["files"]["onnx"]["bytes"]
+                )
 
     if eval_set is not None:
         result["task_metrics"] = _evaluate_all(model, check_tok, eval_set, result)
@@ -767,20 +820,45 @@ def _evaluate_all(model: nn.Module, tokenizer, ev: EvalSet, result: dict) -> dic
     _check_eval_args(ev.texts_a, ev.texts_b, ev.labels, ev.batch_size)
     tok = tokenizer
     if tok is None:
-        raise ConfigError("eval_set", "the model directory has no usable tokenizer",
-                          "save the tokenizer next to the student (tokenizer.save_pretrained)")
+        raise ConfigError(
+            "eval_set",
+            "the model directory has no usable tokenizer",
+            "save the tokenizer next to the student (tokenizer.save_pretrained)",
+        )
     metrics = {"torch": _evaluate_torch(model, tok, ev, result["output_name"])}
     for form in ("onnx", "int8"):
         if form in result["files"]:
-            out = evaluate_onnx(result["files"][form]["path"], tok, ev.texts_a, ev.texts_b, ev.labels, ev.metric_fn,
-                                batch_size=ev.batch_size, max_length=ev.max_length)
+            out = evaluate_onnx(
+                result["files"][form]["path"],
+                tok,
+                ev.texts_a,
+                ev.texts_b,
+                ev.labels,
+                ev.metric_fn,
+                batch_size=ev.batch_size,
+                max_length=ev.max_length,
+            )
             metrics[form] = out["metrics"]
     metrics["num_examples"] = len(ev.texts_a)
     return metrics
 
 
 __all__ = [
-    "DEFAULT_OPSET", "EvalSet", "ExportCheckError", "FP32_TOLERANCE", "FORMATS", "ONNX_FAMILIES",
-    "check_model_dir", "evaluate_onnx", "export_onnx", "export_student", "load_model", "load_tokenizer",
-    "model_input_names", "onnx_session", "parameter_counts", "quantize_int8",
+    "DEFAULT_OPSET",
+    "EvalSet",
+    "ExportCheckError",
+    "FP32_TOLERANCE",
+    "FORMATS",
+    "ONNX_FAMILIES",
+    "check_model_dir",
+    "evaluate_onnx",
+    "export_onnx",
+    "export_student",
+    "load_model_dir",
+    "load_tokenizer",
+    "model_input_names",
+    "onnx_session",
+    "parameter_counts",
+    "quantize_onnx_int8",
+    "read_model_config",
 ]

@@ -16,8 +16,8 @@ can fail (layer selection, widths, paths) runs in ``check_init`` before any weig
 Layer selection (``cfg.layers``, teacher T blocks -> student S blocks, indices 0-based):
 
 - ``uniform``: student block i <- teacher block floor((i + 1) * T / S) - 1 (12 -> 4: 2, 5, 8, 11), so
-  the last teacher block is always kept;
-- ``first``: 0 .. S-1; ``last``: T-S .. T-1;
+  the last teacher block is always kept; ``first``: 0 .. S-1; ``last``: T-S .. T-1 (each the teacher side of
+  the layer-matching strategy of the same name, ``unikd.matching``);
 - ``every-other``: DistilBERT's choice generalized. With stride k = T // S (2 when halving), the lower
   ceil(S/2) student blocks take teacher blocks 0, k, 2k, ... and the upper floor(S/2) take
   ..., T-1-k, T-1, so the first and the last teacher blocks are kept (12 -> 6: 0, 2, 4, 7, 9, 11);
@@ -35,9 +35,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from unikd import matching
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
-from unikd.student import SHAPE_FIELD, ResolvedShape
+from unikd.models import auto_class_for, resolve_model_path
+from unikd.student import SHAPE_FIELD, ResolvedShape, StudentShape, resolve_shape, student_config
 
 INIT_FIELD = "student.init"
 
@@ -51,23 +53,34 @@ class InitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     strategy: Strategy = Field(
-        "teacher-layers", description="random: the family's own init; teacher-layers: copy embeddings and "
+        "teacher-layers",
+        description="random: the family's own init; teacher-layers: copy embeddings and "
         "selected teacher blocks (equal widths); slice: a narrower student keeps the teacher's leading "
         "channels/heads/neurons; importance: keeps the most active ones on a calibration batch (Minitron); "
-        "pretrained: load the checkpoint in 'pretrained'.")
+        "pretrained: load the checkpoint in 'pretrained'.",
+    )
     layers: LayerRule | list[int] = Field(
-        "uniform", description="Which teacher block initializes each student block: uniform (12->4: "
+        "uniform",
+        description="Which teacher block initializes each student block: uniform (12->4: "
         "2,5,8,11), first, last, every-other (DistilBERT, 12->6: 0,2,4,7,9,11), or a list of teacher "
-        "block indices, one per student block.")
+        "block indices, one per student block.",
+    )
     pretrained: str | None = Field(
-        None, description="strategy pretrained: hub id or local directory of the student checkpoint, loaded "
-        "with the teacher's task head (AutoModelFor<task>).")
+        None,
+        description="strategy pretrained: hub id or local directory of the student checkpoint, loaded "
+        "with the teacher's task head (AutoModelFor<task>).",
+    )
     source: str | None = Field(
-        None, description="teacher-layers/slice/importance: take the weights from this checkpoint (same family "
-        "as the teacher, e.g. the pre-trained model a fine-tuned teacher started from) instead of the teacher.")
+        None,
+        description="teacher-layers/slice/importance: take the weights from this checkpoint (same family "
+        "as the teacher, e.g. the pre-trained model a fine-tuned teacher started from) instead of the teacher.",
+    )
     calibration_texts: int = Field(
-        64, ge=1, description="strategy importance: number of calibration texts (rows of the calibration "
-        "batch) whose activations rank channels, heads and neurons.")
+        64,
+        ge=1,
+        description="strategy importance: number of calibration texts (rows of the calibration "
+        "batch) whose activations rank channels, heads and neurons.",
+    )
 
 
 Initializer = Callable[..., nn.Module]
@@ -85,38 +98,47 @@ def register_initializer(name: str):
 # ---------------------------------------------------------------------------------------------
 # Validation (configs only, before any weight is touched)
 # ---------------------------------------------------------------------------------------------
-def select_layers(teacher_layers: int, student_layers: int, rule: str | list[int] = "uniform",
-                  field: str = f"{INIT_FIELD}.layers") -> list[int]:
+def select_layers(
+    teacher_layers: int, student_layers: int, rule: str | list[int] = "uniform", field: str = f"{INIT_FIELD}.layers"
+) -> list[int]:
     """The teacher block each student block is initialized from (see the module docstring)."""
     T, S = teacher_layers, student_layers
     if S > T:
-        raise ConfigError(f"{SHAPE_FIELD}.num_layers", f"the student has {S} layers but the teacher only {T}, and "
-                          "each student layer is initialized from its own teacher layer",
-                          f"use num_layers <= {T}, or student.init.strategy=random")
+        raise ConfigError(
+            f"{SHAPE_FIELD}.num_layers",
+            f"the student has {S} layers but the teacher only {T}, and "
+            "each student layer is initialized from its own teacher layer",
+            f"use num_layers <= {T}, or student.init.strategy=random",
+        )
     if S < 1:
         raise ConfigError(f"{SHAPE_FIELD}.num_layers", f"must be positive, got {S}", "use num_layers >= 1")
     if isinstance(rule, (list, tuple)):
         layers = [int(i) for i in rule]
         if len(layers) != S:
-            raise ConfigError(field, f"lists {len(layers)} teacher layers for {S} student layers",
-                              f"give exactly {S} teacher layer indices in 0..{T - 1}")
+            raise ConfigError(
+                field,
+                f"lists {len(layers)} teacher layers for {S} student layers",
+                f"give exactly {S} teacher layer indices in 0..{T - 1}",
+            )
         bad = [i for i in layers if not 0 <= i < T]
         if bad:
-            raise ConfigError(field, f"teacher layer(s) {bad} out of range (the teacher has layers 0..{T - 1})",
-                              f"use indices in 0..{T - 1}")
+            raise ConfigError(
+                field,
+                f"teacher layer(s) {bad} out of range (the teacher has layers 0..{T - 1})",
+                f"use indices in 0..{T - 1}",
+            )
         return layers
-    if rule == "uniform":
-        return [((i + 1) * T) // S - 1 for i in range(S)]
-    if rule == "first":
-        return list(range(S))
-    if rule == "last":
-        return list(range(T - S, T))
+    if rule in ("uniform", "first", "last"):  # the layer-matching strategies of the same name
+        return [t for t, _ in matching.MATCHINGS[rule](T, S)]
     if rule == "every-other":
         k, lower = T // S, (S + 1) // 2
         upper = S - lower
         return [i * k for i in range(lower)] + [T - 1 - (upper - 1 - j) * k for j in range(upper)]
-    raise ConfigError(field, f"unknown layer selection {rule!r}",
-                      "use uniform, first, last, every-other, or a list of teacher layer indices")
+    raise ConfigError(
+        field,
+        f"unknown layer selection {rule!r}",
+        "use uniform, first, last, every-other, or a list of teacher layer indices",
+    )
 
 
 def _shape_of(config_or_shape) -> ResolvedShape:
@@ -125,13 +147,23 @@ def _shape_of(config_or_shape) -> ResolvedShape:
     config = getattr(config_or_shape, "config", config_or_shape)
     adapter = get_adapter(config)
     spec = adapter.spec(config)
-    return ResolvedShape(num_layers=spec.num_layers, hidden_size=spec.hidden_size, num_heads=spec.num_heads,
-                         num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim, ffn_size=adapter.ffn_size(config))
+    return ResolvedShape(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        ffn_size=adapter.ffn_size(config),
+    )
 
 
-_WIDTHS = (("hidden_size", "hidden_size", "width"), ("num_heads", "num_heads", "attention heads"),
-           ("num_kv_heads", "num_kv_heads", "key/value heads"), ("head_dim", "num_heads", "head size"),
-           ("ffn_size", "ffn_size", "FFN neurons"))
+_WIDTHS = (
+    ("hidden_size", "hidden_size", "width"),
+    ("num_heads", "num_heads", "attention heads"),
+    ("num_kv_heads", "num_kv_heads", "key/value heads"),
+    ("head_dim", "num_heads", "head size"),
+    ("ffn_size", "ffn_size", "FFN neurons"),
+)
 
 
 def check_init(teacher_config, student, cfg: InitConfig, strategy: str | None = None) -> list[int] | None:
@@ -142,8 +174,9 @@ def check_init(teacher_config, student, cfg: InitConfig, strategy: str | None = 
     """
     strategy = strategy or cfg.strategy
     if strategy not in INITIALIZERS:
-        raise ConfigError(f"{INIT_FIELD}.strategy", f"unknown strategy {strategy!r}",
-                          f"use one of {sorted(INITIALIZERS)}")
+        raise ConfigError(
+            f"{INIT_FIELD}.strategy", f"unknown strategy {strategy!r}", f"use one of {sorted(INITIALIZERS)}"
+        )
     if strategy in ("random", "pretrained"):
         return None
     t, s = _shape_of(teacher_config), _shape_of(student)
@@ -151,13 +184,19 @@ def check_init(teacher_config, student, cfg: InitConfig, strategy: str | None = 
     for attr, field, what in _WIDTHS:
         tv, sv = getattr(t, attr), getattr(s, attr)
         if strategy == "teacher-layers" and sv != tv:
-            raise ConfigError(f"{SHAPE_FIELD}.{field}", f"teacher-layers copies whole teacher blocks, so the "
-                              f"student's {what} ({sv}) must equal the teacher's ({tv})",
-                              "use student.init.strategy=slice or importance for a narrower student, or random")
+            raise ConfigError(
+                f"{SHAPE_FIELD}.{field}",
+                f"teacher-layers copies whole teacher blocks, so the "
+                f"student's {what} ({sv}) must equal the teacher's ({tv})",
+                "use student.init.strategy=slice or importance for a narrower student, or random",
+            )
         if strategy in ("slice", "importance") and sv > tv:
-            raise ConfigError(f"{SHAPE_FIELD}.{field}", f"{strategy} keeps a subset of the teacher's {what}, so "
-                              f"the student's {what} ({sv}) cannot exceed the teacher's ({tv})",
-                              f"use at most {tv}, or student.init.strategy=random")
+            raise ConfigError(
+                f"{SHAPE_FIELD}.{field}",
+                f"{strategy} keeps a subset of the teacher's {what}, so "
+                f"the student's {what} ({sv}) cannot exceed the teacher's ({tv})",
+                f"use at most {tv}, or student.init.strategy=random",
+            )
     return layers
 
 
@@ -193,7 +232,7 @@ def _select_heads(t: ResolvedShape, s: ResolvedShape, scores: torch.Tensor) -> t
     kv_scores = scores.float().view(t.num_kv_heads, g_t).sum(1)
     kv = _top(kv_scores, s.num_kv_heads)
     if g_s <= g_t:
-        q = [g * g_t + j for g in kv for j in _top(scores[g * g_t:(g + 1) * g_t], g_s)]
+        q = [g * g_t + j for g in kv for j in _top(scores[g * g_t : (g + 1) * g_t], g_s)]
     else:  # the student groups more query heads per KV head than the teacher: rank them separately
         q = _top(scores, s.num_heads)
     return q, kv
@@ -213,9 +252,14 @@ def slice_indices(teacher_config, student, layers: list[int]) -> KeepIndices:
     adapter = get_adapter(teacher_config)
     t, s = _shape_of(teacher_config), _shape_of(student)
     heads, kv = _select_heads(t, s, _leading(t.num_heads))
-    return KeepIndices(layers=list(layers), hidden=torch.arange(s.hidden_size), heads=[heads] * len(layers),
-                       kv_heads=[kv] * len(layers), ffn=[torch.arange(s.ffn_size)] * len(layers),
-                       head_dims=_head_dims(adapter, t, s))
+    return KeepIndices(
+        layers=list(layers),
+        hidden=torch.arange(s.hidden_size),
+        heads=[heads] * len(layers),
+        kv_heads=[kv] * len(layers),
+        ffn=[torch.arange(s.ffn_size)] * len(layers),
+        head_dims=_head_dims(adapter, t, s),
+    )
 
 
 @dataclass
@@ -241,8 +285,11 @@ def _model_inputs(model: nn.Module, batch: dict, limit: int | None = None) -> di
         value = torch.as_tensor(value)
         inputs[key] = (value[:limit] if limit else value).to(device)
     if "input_ids" not in inputs:
-        raise ConfigError(f"{INIT_FIELD}.strategy", "the calibration batch has no input_ids",
-                          "pass a tokenized batch (a dict with input_ids and attention_mask)")
+        raise ConfigError(
+            f"{INIT_FIELD}.strategy",
+            "the calibration batch has no input_ids",
+            "pass a tokenized batch (a dict with input_ids and attention_mask)",
+        )
     return inputs
 
 
@@ -273,6 +320,7 @@ def importance_scores(teacher: nn.Module, batch: dict, limit: int | None = None)
     ffn: list[torch.Tensor | None] = [None] * len(blocks)
     handles = []
     for i, block in enumerate(blocks):
+
         def attn_hook(module, args, i=i):
             x = args[0]
             heads[i] = masked_mean(x.reshape(*x.shape[:2], spec.num_heads, -1).float().norm(dim=-1)).cpu()
@@ -299,10 +347,14 @@ def importance_indices(teacher_config, student, layers: list[int], scores: Impor
     adapter = get_adapter(teacher_config)
     t, s = _shape_of(teacher_config), _shape_of(student)
     picked = [_select_heads(t, s, scores.heads[tl]) for tl in layers]
-    return KeepIndices(layers=list(layers), hidden=torch.tensor(_top(scores.hidden, s.hidden_size)),
-                       heads=[q for q, _ in picked], kv_heads=[kv for _, kv in picked],
-                       ffn=[torch.tensor(_top(scores.ffn[tl], s.ffn_size)) for tl in layers],
-                       head_dims=_head_dims(adapter, t, s))
+    return KeepIndices(
+        layers=list(layers),
+        hidden=torch.tensor(_top(scores.hidden, s.hidden_size)),
+        heads=[q for q, _ in picked],
+        kv_heads=[kv for _, kv in picked],
+        ffn=[torch.tensor(_top(scores.ffn[tl], s.ffn_size)) for tl in layers],
+        head_dims=_head_dims(adapter, t, s),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,14 +368,14 @@ def _suffix_match(table: dict, name: str):
     return best
 
 
-@torch.no_grad()
-def copy_weights(student: nn.Module, teacher: nn.Module, keep: KeepIndices) -> nn.Module:
-    """Copy the kept rows/columns of every teacher weight into the student (same family and class)."""
-    adapter = get_adapter(teacher)
-    t = _shape_of(teacher.config)
-    s_hidden = adapter.spec(student.config).hidden_size
+class _Taker:
+    """Selects the kept rows/columns of a teacher tensor, axis by axis, from the adapter's axis kinds."""
 
-    def index(kind: str, layer: int | None) -> torch.Tensor:
+    def __init__(self, keep: KeepIndices, teacher: ResolvedShape):
+        self.keep, self.t = keep, teacher
+
+    def index(self, kind: str, layer: int | None) -> torch.Tensor:
+        keep, t = self.keep, self.t
         if kind == "hidden":
             return keep.hidden
         if kind == "ffn" and layer is not None:
@@ -337,18 +389,20 @@ def copy_weights(student: nn.Module, teacher: nn.Module, keep: KeepIndices) -> n
             return idx
         raise ValueError(f"axis kind {kind!r} is not valid here")
 
-    def take(tp: torch.Tensor, dims, layer) -> torch.Tensor:
+    def take(self, tp: torch.Tensor, dims, layer: int | None) -> torch.Tensor:
         x = tp.detach()
         for axis, kind in enumerate(dims):
             if kind is None:
                 continue
-            idx = index(kind, layer)
+            idx = self.index(kind, layer)
             if idx.numel() == x.shape[axis] and torch.equal(idx, torch.arange(x.shape[axis])):
                 continue
             x = x.index_select(axis, idx.to(x.device))
         return x
 
-    # Blocks: every parameter must be known to the adapter (or unchanged in shape).
+
+def _copy_blocks(student: nn.Module, teacher: nn.Module, keep: KeepIndices, taker: _Taker, adapter) -> None:
+    """Every block parameter must be known to the adapter (or unchanged in shape)."""
     block_dims = adapter.block_param_dims(teacher.config)
     t_blocks, s_blocks = adapter.blocks(teacher), adapter.blocks(student)
     for si, ti in enumerate(keep.layers):
@@ -356,38 +410,63 @@ def copy_weights(student: nn.Module, teacher: nn.Module, keep: KeepIndices) -> n
         for name, sp in s_blocks[si].named_parameters():
             tp = t_params[name]
             dims = block_dims.get(name)
-            x = take(tp, dims, si) if dims is not None else tp.detach()
+            x = taker.take(tp, dims, si) if dims is not None else tp.detach()
             if x.shape != sp.shape:
-                raise ConfigError(f"{INIT_FIELD}.strategy", f"cannot resize block parameter {name!r} "
-                                  f"{tuple(tp.shape)} -> {tuple(sp.shape)} ({type(adapter).__name__} has no "
-                                  "slicing rule for it)", "use student.init.strategy=random or teacher-layers")
+                raise ConfigError(
+                    f"{INIT_FIELD}.strategy",
+                    f"cannot resize block parameter {name!r} "
+                    f"{tuple(tp.shape)} -> {tuple(sp.shape)} ({type(adapter).__name__} has no "
+                    "slicing rule for it)",
+                    "use student.init.strategy=random or teacher-layers",
+                )
             sp.copy_(x)
 
-    # Everything else: embeddings, final norm, pooler, task heads.
-    block_ids = {id(p) for b in s_blocks for p in b.parameters()}
+
+def _outer_dims(outer: dict, name: str, tp: torch.Tensor, sp: torch.Tensor, t_hidden: int, s_hidden: int):
+    """The axis kinds of a parameter outside the blocks; None: the student keeps its own values."""
+    key = _suffix_match(outer, name)
+    if key is not None:
+        return outer[key]
+    # unknown head: an axis that shrank from the teacher's width to the student's is "hidden"
+    return tuple("hidden" if a != b and a == t_hidden and b == s_hidden else None for a, b in zip(tp.shape, sp.shape))
+
+
+def _copy_outer(student: nn.Module, teacher: nn.Module, taker: _Taker, adapter) -> None:
+    """Everything else: embeddings, final norm, pooler, task heads."""
+    block_ids = {id(p) for b in adapter.blocks(student) for p in b.parameters()}
     t_named = dict(teacher.named_parameters())
-    outer_dims = adapter.outer_param_dims(teacher.config)
+    outer = adapter.outer_param_dims(teacher.config)
+    t_hidden, s_hidden = taker.t.hidden_size, adapter.spec(student.config).hidden_size
     for name, sp in student.named_parameters():
         if id(sp) in block_ids:
             continue
         tp = t_named.get(name)
         if tp is None:
-            warnings.warn(f"student parameter {name!r} has no teacher counterpart; it keeps its initialization")
+            warnings.warn(
+                f"student parameter {name!r} has no teacher counterpart; it keeps its initialization", stacklevel=3
+            )
             continue
-        key = _suffix_match(outer_dims, name)
-        if key is not None and outer_dims[key] is None:
+        dims = _outer_dims(outer, name, tp, sp, t_hidden, s_hidden)
+        if dims is None:
             continue  # the student keeps its own values (e.g. width-dependent sinusoids)
-        if key is not None:
-            dims = outer_dims[key]
-        else:  # unknown head: an axis that shrank from the teacher's width to the student's is "hidden"
-            dims = tuple("hidden" if a != b and a == t.hidden_size and b == s_hidden else None
-                         for a, b in zip(tp.shape, sp.shape))
-        x = take(tp, dims, None) if len(dims) == tp.dim() else tp.detach()
+        x = taker.take(tp, dims, None) if len(dims) == tp.dim() else tp.detach()
         if x.shape != sp.shape:
-            warnings.warn(f"{name}: teacher shape {tuple(tp.shape)} does not fit the student's {tuple(sp.shape)}; "
-                          "it keeps its initialization")
+            warnings.warn(
+                f"{name}: teacher shape {tuple(tp.shape)} does not fit the student's {tuple(sp.shape)}; "
+                "it keeps its initialization",
+                stacklevel=3,
+            )
             continue
         sp.copy_(x)
+
+
+@torch.no_grad()
+def copy_weights(student: nn.Module, teacher: nn.Module, keep: KeepIndices) -> nn.Module:
+    """Copy the kept rows/columns of every teacher weight into the student (same family and class)."""
+    adapter = get_adapter(teacher)
+    taker = _Taker(keep, _shape_of(teacher.config))
+    _copy_blocks(student, teacher, keep, taker, adapter)
+    _copy_outer(student, teacher, taker, adapter)
     return student
 
 
@@ -419,8 +498,11 @@ def init_importance(student, teacher, cfg: InitConfig, calibration_batch=None):
     """The most active hidden channels, heads and FFN neurons on ``calibration_batch`` (Minitron)."""
     layers = check_init(teacher.config, student.config, cfg, strategy="importance")
     if calibration_batch is None:
-        warnings.warn("importance initialization without a calibration batch: ranking on random tokens; "
-                      "pass calibration_batch (tokenized training texts) for a meaningful ranking")
+        warnings.warn(
+            "importance initialization without a calibration batch: ranking on random tokens; "
+            "pass calibration_batch (tokenized training texts) for a meaningful ranking",
+            stacklevel=2,
+        )
         calibration_batch = random_calibration_batch(teacher.config, cfg.calibration_texts)
     scores = importance_scores(teacher, calibration_batch, limit=cfg.calibration_texts)
     return copy_weights(student, teacher, importance_indices(teacher.config, student.config, layers, scores))
@@ -436,8 +518,11 @@ def init_pretrained(student, teacher, cfg: InitConfig, calibration_batch=None):
     try:
         return auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ConfigError(field, f"could not load {cfg.pretrained!r} ({type(exc).__name__}: {exc})",
-                          "give a hub id or a directory written by save_pretrained") from exc
+        raise ConfigError(
+            field,
+            f"could not load {cfg.pretrained!r} ({type(exc).__name__}: {exc})",
+            "give a hub id or a directory written by save_pretrained",
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,11 +530,10 @@ def init_pretrained(student, teacher, cfg: InitConfig, calibration_batch=None):
 # ---------------------------------------------------------------------------------------------
 def resolve_checkpoint(path: str | None, field: str) -> str:
     """A hub id, an existing local model directory, or ``pkg:<package>`` (as in ``teacher.path``)."""
-    from unikd.config import resolve_model_path
-
     if not path:
-        raise ConfigError(field, "no checkpoint given", f"set {field} to a hub id or a directory written by "
-                          "save_pretrained")
+        raise ConfigError(
+            field, "no checkpoint given", f"set {field} to a hub id or a directory written by save_pretrained"
+        )
     return resolve_model_path(path, field)
 
 
@@ -462,8 +546,11 @@ def pretrained_config(cfg: InitConfig):
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(field, f"could not read the config of {cfg.pretrained!r} ({type(exc).__name__}: {exc})",
-                          "give a hub id or a directory written by save_pretrained") from exc
+        raise ConfigError(
+            field,
+            f"could not read the config of {cfg.pretrained!r} ({type(exc).__name__}: {exc})",
+            "give a hub id or a directory written by save_pretrained",
+        ) from exc
 
 
 def load_donor(teacher: nn.Module, cfg: InitConfig) -> nn.Module:
@@ -475,44 +562,26 @@ def load_donor(teacher: nn.Module, cfg: InitConfig) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(field, f"could not read {cfg.source!r} ({type(exc).__name__}: {exc})",
-                          "give a hub id or a directory written by save_pretrained") from exc
+        raise ConfigError(
+            field,
+            f"could not read {cfg.source!r} ({type(exc).__name__}: {exc})",
+            "give a hub id or a directory written by save_pretrained",
+        ) from exc
     if get_adapter(config, field) is not get_adapter(teacher) or config.model_type != teacher.config.model_type:
-        raise ConfigError(field, f"{cfg.source!r} is a {config.model_type} model but the teacher is "
-                          f"{teacher.config.model_type}", "use a checkpoint of the teacher's family")
+        raise ConfigError(
+            field,
+            f"{cfg.source!r} is a {config.model_type} model but the teacher is {teacher.config.model_type}",
+            "use a checkpoint of the teacher's family",
+        )
     kwargs = {"dtype": teacher.dtype, **_label_kwargs(teacher, None)}
     try:
         return type(teacher).from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ConfigError(field, f"could not load {cfg.source!r} ({type(exc).__name__}: {exc})",
-                          "give a hub id or a directory written by save_pretrained") from exc
-
-
-_AUTO_TASKS = (
-    ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
-    ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
-    ("AutoModelForQuestionAnswering", "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"),
-    ("AutoModelForMultipleChoice", "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES"),
-    ("AutoModelForNextSentencePrediction", "MODEL_FOR_NEXT_SENTENCE_PREDICTION_MAPPING_NAMES"),
-    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    ("AutoModelForPreTraining", "MODEL_FOR_PRETRAINING_MAPPING_NAMES"),
-    ("AutoModel", "MODEL_MAPPING_NAMES"),
-)
-
-
-def auto_class_for(model: nn.Module):
-    """The ``AutoModelFor<task>`` class whose task matches the model's class."""
-    import transformers
-    from transformers.models.auto import modeling_auto
-
-    name = type(model).__name__
-    for auto_name, mapping_name in _AUTO_TASKS:
-        for value in getattr(modeling_auto, mapping_name).values():
-            if name in ((value,) if isinstance(value, str) else tuple(value)):
-                return getattr(transformers, auto_name)
-    raise ConfigError("teacher.path", f"no Auto class loads the task of {name}",
-                      "use a teacher with a standard head (sequence classification, MLM, CLM, or the bare model)")
+        raise ConfigError(
+            field,
+            f"could not load {cfg.source!r} ({type(exc).__name__}: {exc})",
+            "give a hub id or a directory written by save_pretrained",
+        ) from exc
 
 
 def _label_kwargs(teacher: nn.Module, auto) -> dict:
@@ -521,14 +590,89 @@ def _label_kwargs(teacher: nn.Module, auto) -> dict:
     if not (name.endswith("ForSequenceClassification") or name.endswith("ForTokenClassification")):
         return {}
     config = teacher.config
-    kwargs = {"num_labels": config.num_labels, "id2label": dict(config.id2label),
-              "label2id": dict(config.label2id), "ignore_mismatched_sizes": True}
+    kwargs = {
+        "num_labels": config.num_labels,
+        "id2label": dict(config.id2label),
+        "label2id": dict(config.label2id),
+        "ignore_mismatched_sizes": True,
+    }
     if getattr(config, "problem_type", None):
         kwargs["problem_type"] = config.problem_type
     return kwargs
 
 
-__all__ = ["INITIALIZERS", "ImportanceScores", "InitConfig", "KeepIndices", "auto_class_for", "check_init",
-           "copy_weights", "importance_indices", "importance_scores", "load_donor", "pretrained_config",
-           "random_calibration_batch", "register_initializer", "resolve_checkpoint", "select_layers",
-           "slice_indices"]
+# ---------------------------------------------------------------------------------------------
+# Building the student
+# ---------------------------------------------------------------------------------------------
+def build_student(
+    teacher_model: nn.Module,
+    shape: StudentShape | None = None,
+    init: InitConfig | None = None,
+    calibration_batch: dict | None = None,
+) -> nn.Module:
+    """The student: the teacher's class with the student config, then ``init``'s initializer.
+
+    Everything (shape, layer selection, widths against the strategy, paths) is validated before the
+    student's weights are created. ``init.source`` (optional) names a checkpoint that donates the
+    weights instead of the teacher (same family and class). ``strategy: pretrained`` loads
+    ``init.pretrained`` instead and ignores the teacher's weights; shape fields set alongside it must
+    match that checkpoint. The student is built on the CPU in the teacher's dtype.
+    """
+    shape = shape or StudentShape()
+    init = init or InitConfig()
+    get_adapter(teacher_model, field="teacher.path")  # an unsupported family fails here, before any weights
+    if init.strategy not in INITIALIZERS:
+        raise ConfigError(
+            f"{INIT_FIELD}.strategy", f"unknown strategy {init.strategy!r}", f"use one of {sorted(INITIALIZERS)}"
+        )
+    if init.strategy == "pretrained":
+        config = pretrained_config(init)
+        _check_shape_matches(config, shape)
+        return INITIALIZERS["pretrained"](None, teacher_model, init, calibration_batch)
+
+    resolved = resolve_shape(teacher_model.config, shape)
+    donor = load_donor(teacher_model, init) if init.source else teacher_model
+    layers = check_init(donor.config, resolved, init)
+    s_config = student_config(teacher_model.config, shape, layers=layers)
+    student = type(teacher_model)._from_config(s_config, dtype=teacher_model.dtype)
+    return INITIALIZERS[init.strategy](student, donor, init, calibration_batch)
+
+
+def _check_shape_matches(config, shape: StudentShape, field: str = SHAPE_FIELD) -> None:
+    adapter = get_adapter(config, field="student.init.pretrained")
+    spec = adapter.spec(config)
+    actual = {
+        "num_layers": spec.num_layers,
+        "hidden_size": spec.hidden_size,
+        "num_heads": spec.num_heads,
+        "num_kv_heads": spec.num_kv_heads,
+        "ffn_size": adapter.ffn_size(config),
+    }
+    for name, value in actual.items():
+        wanted = getattr(shape, name)
+        if wanted is not None and wanted != value:
+            raise ConfigError(
+                f"{field}.{name}",
+                f"{wanted} does not match the pretrained student's {value}",
+                f"leave {field}.{name} unset with strategy 'pretrained' (the checkpoint fixes it)",
+            )
+
+
+__all__ = [
+    "INITIALIZERS",
+    "ImportanceScores",
+    "InitConfig",
+    "KeepIndices",
+    "build_student",
+    "check_init",
+    "copy_weights",
+    "importance_indices",
+    "importance_scores",
+    "load_donor",
+    "pretrained_config",
+    "random_calibration_batch",
+    "register_initializer",
+    "resolve_checkpoint",
+    "select_layers",
+    "slice_indices",
+]

@@ -28,14 +28,14 @@ from unikd.export import (
     check_model_dir,
     check_onnx_family,
     export_student,
-    load_config,
-    load_model,
+    load_model_dir,
     load_tokenizer,
     max_positions,
     model_input_names,
     onnx_bytes,
     onnx_session,
     parameter_counts,
+    read_model_config,
     weights_bytes,
 )
 from unikd.io import atomic_write_json
@@ -67,7 +67,7 @@ def flops_per_sequence(model: nn.Module, seq_len: int) -> int:
         if tied:
             n_nonemb += out_emb.weight.numel()
     config = model.config
-    n_layers = int(getattr(config, "num_hidden_layers"))
+    n_layers = int(config.num_hidden_layers)
     width = None
     try:
         from unikd.families import model_spec
@@ -75,7 +75,7 @@ def flops_per_sequence(model: nn.Module, seq_len: int) -> int:
         width = model_spec(config).q_width
     except Exception:  # noqa: BLE001 - unknown family: fall back to the hidden size
         width = None
-    width = width or int(getattr(config, "hidden_size"))
+    width = width or int(config.hidden_size)
     return int(2 * n_nonemb * seq_len + n_layers * 4 * seq_len * seq_len * width)
 
 
@@ -119,7 +119,9 @@ def _inputs(config, input_names: list[str], batch_size: int, seq_len: int) -> di
 # ---------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------
-def _validate(models, batch_sizes, seq_len, threads, backends, warmup, repeats) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _validate(
+    models, batch_sizes, seq_len, threads, backends, warmup, repeats
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
     if not isinstance(models, Mapping) or not models:
         raise ConfigError("models", "no models to time", "pass {name: model_dir}, e.g. {'student': 'runs/x/student'}")
     if isinstance(backends, str):
@@ -127,8 +129,9 @@ def _validate(models, batch_sizes, seq_len, threads, backends, warmup, repeats) 
     backends = tuple(b.strip().lower() for b in backends if b.strip())
     bad = [b for b in backends if b not in BACKENDS]
     if bad or not backends:
-        raise ConfigError("backends", f"unknown backend(s) {bad}" if bad else "no backend given",
-                          f"use a subset of {list(BACKENDS)}")
+        raise ConfigError(
+            "backends", f"unknown backend(s) {bad}" if bad else "no backend given", f"use a subset of {list(BACKENDS)}"
+        )
     try:
         sizes = tuple(int(b) for b in batch_sizes)
     except (TypeError, ValueError) as exc:
@@ -138,8 +141,11 @@ def _validate(models, batch_sizes, seq_len, threads, backends, warmup, repeats) 
     if not isinstance(seq_len, int) or seq_len < 2:
         raise ConfigError("seq_len", f"must be an integer >= 2, got {seq_len!r}", "use e.g. 128")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError("threads", f"must be a positive integer or None, got {threads!r}",
-                          "use e.g. 1 or 4, or None for the library default")
+        raise ConfigError(
+            "threads",
+            f"must be a positive integer or None, got {threads!r}",
+            "use e.g. 1 or 4, or None for the library default",
+        )
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError("repeats", f"must be >= 1, got {repeats!r}", "use e.g. 20")
     if not isinstance(warmup, int) or warmup < 0:
@@ -162,11 +168,14 @@ def _resolve(name: str, path: str, scratch: Path, field: str) -> tuple[Path, dic
     target = scratch / _safe(name) / "hf"
     if not (target / "config.json").is_file():
         try:
-            config = load_config(s, field)
-            model, _ = load_model(s, field, config)
+            config = read_model_config(s, field)
+            model, _ = load_model_dir(s, field, config)
         except ConfigError as exc:
-            raise ConfigError(field, f"{s!r} is neither a local model directory nor a loadable hub id ({exc.problem})",
-                              "check the path, or the network for hub ids") from exc
+            raise ConfigError(
+                field,
+                f"{s!r} is neither a local model directory nor a loadable hub id ({exc.problem})",
+                "check the path, or the network for hub ids",
+            ) from exc
         model.save_pretrained(str(target))
         tokenizer = load_tokenizer(s)
         if tokenizer is not None:
@@ -181,9 +190,16 @@ def _safe(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # bench_latency
 # ---------------------------------------------------------------------------------------------------
-def bench_latency(models: dict[str, str], batch_sizes: Sequence[int] = (1, 32), seq_len: int = 128,
-                  threads: int | None = None, backends: Sequence[str] = BACKENDS, warmup: int = 3,
-                  repeats: int = 20, work_dir: str | os.PathLike | None = None) -> list[dict]:
+def bench_latency(
+    models: dict[str, str],
+    batch_sizes: Sequence[int] = (1, 32),
+    seq_len: int = 128,
+    threads: int | None = None,
+    backends: Sequence[str] = BACKENDS,
+    warmup: int = 3,
+    repeats: int = 20,
+    work_dir: str | os.PathLike | None = None,
+) -> list[dict]:
     """Time each model in each backend at each batch size; one row per (model, backend, batch size).
 
     ``models`` maps a display name to a HF model directory, an ``export_student`` output directory
@@ -214,11 +230,12 @@ def bench_latency(models: dict[str, str], batch_sizes: Sequence[int] = (1, 32), 
         for name, path in models.items():
             field = f"models[{name!r}]"
             hf_dir, existing = _resolve(name, path, scratch, field)
-            config = load_config(hf_dir, field)
+            config = read_model_config(hf_dir, field)
             limit = max_positions(config)
             if limit is not None and seq_len > limit:
-                raise ConfigError("seq_len", f"seq_len={seq_len} exceeds {name!r}'s {limit} positions",
-                                  f"use seq_len <= {limit}")
+                raise ConfigError(
+                    "seq_len", f"seq_len={seq_len} exceeds {name!r}'s {limit} positions", f"use seq_len <= {limit}"
+                )
             if any(b in ONNX_FILES for b in backends):
                 check_onnx_family(config, field)
             plan.append((name, field, hf_dir, existing, config))
@@ -226,7 +243,7 @@ def bench_latency(models: dict[str, str], batch_sizes: Sequence[int] = (1, 32), 
         if threads:
             torch.set_num_threads(threads)
         for name, field, hf_dir, existing, config in plan:
-            model, _ = load_model(hf_dir, field, config)
+            model, _ = load_model_dir(hf_dir, field, config)
             counts = parameter_counts(model)
             input_names = model_input_names(model)
             common = {
@@ -261,12 +278,23 @@ def bench_latency(models: dict[str, str], batch_sizes: Sequence[int] = (1, 32), 
                     try:
                         run(feeds)  # also a check that the model runs on these inputs at all
                     except Exception as exc:  # noqa: BLE001
-                        raise ConfigError(field, f"{name!r} ({type(model).__name__}) does not run on "
-                                          f"{input_names} in {backend}: {type(exc).__name__}: {exc}",
-                                          "time encoder-only or decoder-only models") from exc
-                    times = _time_ms(lambda: run(feeds), warmup, repeats)
-                    rows.append({**common, "backend": backend, "batch_size": bs, **_stats(times, bs),
-                                 "size_bytes": int(size), "path": str(path)})
+                        raise ConfigError(
+                            field,
+                            f"{name!r} ({type(model).__name__}) does not run on "
+                            f"{input_names} in {backend}: {type(exc).__name__}: {exc}",
+                            "time encoder-only or decoder-only models",
+                        ) from exc
+                    times = _time_ms(lambda run=run, feeds=feeds: run(feeds), warmup, repeats)
+                    rows.append(
+                        {
+                            **common,
+                            "backend": backend,
+                            "batch_size": bs,
+                            **_stats(times, bs),
+                            "size_bytes": int(size),
+                            "path": str(path),
+                        }
+                    )
             del model
     finally:
         torch.set_num_threads(old_threads)
@@ -309,25 +337,47 @@ def _human(n: float) -> str:
 
 def format_latency_table(rows: Sequence[dict]) -> str:
     """A Markdown table (also readable as plain text), one line per row, in the given order."""
-    header = ["model", "backend", "batch", "seq", "p50 ms", "p95 ms", "seq/s", "params", "non-emb",
-              "size MB", "GFLOPs/seq"]
+    header = [
+        "model",
+        "backend",
+        "batch",
+        "seq",
+        "p50 ms",
+        "p95 ms",
+        "seq/s",
+        "params",
+        "non-emb",
+        "size MB",
+        "GFLOPs/seq",
+    ]
     lines = []
     for r in rows:
-        lines.append([
-            str(r["model"]), str(r["backend"]), str(r["batch_size"]), str(r["seq_len"]),
-            f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['sequences_per_s']:.1f}",
-            _human(r["parameters"]), _human(r["non_embedding_parameters"]),
-            f"{r['size_bytes'] / 1e6:.2f}", f"{r['flops_per_sequence'] / 1e9:.3f}",
-        ])
+        lines.append(
+            [
+                str(r["model"]),
+                str(r["backend"]),
+                str(r["batch_size"]),
+                str(r["seq_len"]),
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['sequences_per_s']:.1f}",
+                _human(r["parameters"]),
+                _human(r["non_embedding_parameters"]),
+                f"{r['size_bytes'] / 1e6:.2f}",
+                f"{r['flops_per_sequence'] / 1e9:.3f}",
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     right = set(range(2, len(header)))
 
     def fmt(cells):
-        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(header), sep, *(fmt(line) for line in lines)])
 
 
@@ -378,8 +428,11 @@ def plot_score_vs_latency(rows: Sequence[dict], scores: Mapping[str, float], pat
             continue
         points.append((r["model"], r["backend"], float(r["p50_ms"]), float(score)))
     if not points:
-        raise ConfigError("scores", f"no score for any timed model ({sorted({r['model'] for r in rows})})",
-                          "pass scores keyed by the model names given to bench_latency")
+        raise ConfigError(
+            "scores",
+            f"no score for any timed model ({sorted({r['model'] for r in rows})})",
+            "pass scores keyed by the model names given to bench_latency",
+        )
 
     fig = Figure(figsize=(6.4, 4.8))
     FigureCanvasAgg(fig)
@@ -388,8 +441,9 @@ def plot_score_vs_latency(rows: Sequence[dict], scores: Mapping[str, float], pat
     model_names = list(dict.fromkeys(p[0] for p in points))
     colors = {m: f"C{i % 10}" for i, m in enumerate(model_names)}
     for model, backend, latency, score in points:
-        ax.scatter(latency, score, marker=markers.get(backend, "x"), color=colors[model], s=60,
-                   label=f"{model} ({backend})")
+        ax.scatter(
+            latency, score, marker=markers.get(backend, "x"), color=colors[model], s=60, label=f"{model} ({backend})"
+        )
         ax.annotate(f"{model}/{backend}", (latency, score), textcoords="offset points", xytext=(5, 4), fontsize=8)
     latencies = [p[2] for p in points]
     if min(latencies) > 0 and max(latencies) / min(latencies) > 10:
@@ -408,5 +462,11 @@ def plot_score_vs_latency(rows: Sequence[dict], scores: Mapping[str, float], pat
     return path
 
 
-__all__ = ["BACKENDS", "bench_latency", "flops_per_sequence", "format_latency_table", "plot_score_vs_latency",
-           "write_latency_json"]
+__all__ = [
+    "BACKENDS",
+    "bench_latency",
+    "flops_per_sequence",
+    "format_latency_table",
+    "plot_score_vs_latency",
+    "write_latency_json",
+]

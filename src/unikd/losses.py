@@ -16,13 +16,16 @@ Conventions (every function):
   (see :func:`_cpu_fast_path`). Attention KL/CE keep ``torch.where``: their logarithms cost more;
 * teacher tensors are detached: gradients only ever reach the student.
 
-Registry: ``LOSSES[group][name] -> fn`` with groups ``logits``, ``hidden``, ``attention``,
-``relation``; :func:`get_loss` looks names up and raises :class:`~unikd.errors.ConfigError`.
+Registry: ``REGISTRY[group][name] -> LossSpec`` (the function and what it needs: width-free, block
+input, distribution, temperature) with groups ``logits``, ``hidden``, ``attention``, ``relation``;
+:func:`register_loss` adds one, :func:`loss_spec` / :func:`get_loss` look names up and raise
+:class:`~unikd.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -33,6 +36,8 @@ from unikd.errors import ConfigError
 
 __all__ = [
     "LOSSES",
+    "REGISTRY",
+    "LossSpec",
     "WIDTH_FREE_HIDDEN_LOSSES",
     "attention_ce",
     "attention_kl",
@@ -44,11 +49,13 @@ __all__ = [
     "hidden_mse",
     "kl_div",
     "logits_mse",
+    "loss_spec",
     "masked_softmax",
     "mmd",
     "nst",
     "pkd",
     "reduce_heads",
+    "register_loss",
     "relation_kl",
     "soft_cross_entropy",
     "valid_pairs",
@@ -331,6 +338,7 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
 
     Invalid keys get probability 0; a row without any valid key is all zeros (no NaN, no NaN grad).
     """
+
     def fast():
         probs = torch.softmax(scores.float() + _key_bias(valid), dim=-1) * valid
         return probs, probs.sum()
@@ -461,7 +469,8 @@ def relation_kl(
     """
     if s_x.shape[:2] != t_x.shape[:2]:
         raise ConfigError(
-            "relation", f"student {tuple(s_x.shape)} and teacher {tuple(t_x.shape)} differ in [B, L]",
+            "relation",
+            f"student {tuple(s_x.shape)} and teacher {tuple(t_x.shape)} differ in [B, L]",
             "feed the same batch to teacher and student",
         )
     m = _row_mask(s_x, mask)
@@ -477,36 +486,80 @@ def relation_kl(
 
 
 # ---- registry --------------------------------------------------------------------------------
-LOSSES: dict[str, dict[str, Callable[..., Tensor]]] = {
-    "logits": {"soft_ce": soft_cross_entropy, "kl": kl_div, "mse": logits_mse},
-    "hidden": {
-        "mse": hidden_mse,
-        "cosine": cosine,
-        "pkd": pkd,
-        "gram": gram,
-        "fsp": fsp,
-        "nst": nst,
-        "mmd": mmd,
-    },
-    "attention": {"mse": attention_mse, "kl": attention_kl, "ce": attention_ce},
-    "relation": {"kl": relation_kl},
-}
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss and what it needs from the term that calls it (the terms read these flags; no
+    code compares loss names).
 
+    ==================  ===========================================================================
+    width_free          compares teacher and student of different widths without a projection
+    needs_block_input   also takes each block's input: ``fn(s_in, s_out, t_in, t_out, mask)`` (FSP)
+    distribution        compares probability distributions (KL / cross-entropy): attention scores
+                        go through a masked softmax first, maps summed over heads are refused, and a
+                        one-output regression head is matched by MSE instead
+    temperature         takes ``temperature=`` and ``t2_scaling=`` (soft targets on logits)
+    ==================  ===========================================================================
+    """
+
+    fn: Callable[..., Tensor]
+    width_free: bool = False
+    needs_block_input: bool = False
+    distribution: bool = False
+    temperature: bool = False
+
+
+#: group -> loss name -> spec. Groups: ``logits``, ``hidden`` (embeddings and hidden states), ``attention``,
+#: ``relation`` (MiniLM value relation and MiniLMv2 Q/K/V relations). Add a loss with :func:`register_loss`.
+REGISTRY: dict[str, dict[str, LossSpec]] = {"logits": {}, "hidden": {}, "attention": {}, "relation": {}}
+
+
+def register_loss(group: str, name: str, fn: Callable[..., Tensor], **needs: bool) -> LossSpec:
+    """Register ``fn`` as loss ``name`` of ``group``; ``needs`` are the :class:`LossSpec` flags."""
+    spec = LossSpec(fn, **needs)
+    REGISTRY.setdefault(group, {})[name] = spec
+    return spec
+
+
+register_loss("logits", "soft_ce", soft_cross_entropy, distribution=True, temperature=True)
+register_loss("logits", "kl", kl_div, distribution=True, temperature=True)
+register_loss("logits", "mse", logits_mse)
+register_loss("hidden", "mse", hidden_mse)
+register_loss("hidden", "cosine", cosine)
+register_loss("hidden", "pkd", pkd)
+register_loss("hidden", "gram", gram, width_free=True)
+register_loss("hidden", "fsp", fsp, needs_block_input=True)
+register_loss("hidden", "nst", nst, width_free=True)
+register_loss("hidden", "mmd", mmd, width_free=True)
+register_loss("attention", "mse", attention_mse)
+register_loss("attention", "kl", attention_kl, distribution=True)
+register_loss("attention", "ce", attention_ce, distribution=True)
+register_loss("relation", "kl", relation_kl, distribution=True)
+
+
+def _view(pick: Callable[[LossSpec], Any]) -> dict:
+    return {group: {name: pick(spec) for name, spec in specs.items()} for group, specs in REGISTRY.items()}
+
+
+#: ``LOSSES[group][name] -> fn``: the registry's functions (a view of :data:`REGISTRY`)
+LOSSES: dict[str, dict[str, Callable[..., Tensor]]] = _view(lambda spec: spec.fn)
 #: hidden-state losses that compare teacher and student of different widths without a projection
-WIDTH_FREE_HIDDEN_LOSSES = {"gram", "nst", "mmd"}
+WIDTH_FREE_HIDDEN_LOSSES = {name for name, spec in REGISTRY["hidden"].items() if spec.width_free}
 
 
-def get_loss(group: str, name: str, field: str = "loss") -> Callable[..., Tensor]:
-    """``LOSSES[group][name]``, or a ConfigError naming ``field`` and listing the valid names."""
-    if group not in LOSSES:
-        raise ConfigError(
-            field, f"unknown knowledge group {group!r}", f"use one of {', '.join(sorted(LOSSES))}"
-        )
-    losses = LOSSES[group]
-    if name not in losses:
+def loss_spec(group: str, name: str, field: str = "loss") -> LossSpec:
+    """``REGISTRY[group][name]``, or a ConfigError naming ``field`` and listing the valid names."""
+    if group not in REGISTRY:
+        raise ConfigError(field, f"unknown knowledge group {group!r}", f"use one of {', '.join(sorted(REGISTRY))}")
+    specs = REGISTRY[group]
+    if name not in specs:
         raise ConfigError(
             field,
             f"unknown {group} loss {name!r}",
-            f"use one of {', '.join(sorted(losses))}",
+            f"use one of {', '.join(sorted(specs))}",
         )
-    return losses[name]
+    return specs[name]
+
+
+def get_loss(group: str, name: str, field: str = "loss") -> Callable[..., Tensor]:
+    """The function of ``loss_spec(group, name, field)``."""
+    return loss_spec(group, name, field).fn

@@ -117,9 +117,7 @@ def pair(
     ]
 
 
-def random(
-    T: int, S: int, *, generator: torch.Generator | None = None, field: str = "matching", **_
-) -> Pairs:
+def random(T: int, S: int, *, generator: torch.Generator | None = None, field: str = "matching", **_) -> Pairs:
     """RAIL-KD: a sorted random subset of S teacher layers paired with student layers 0..S-1."""
     _need_s_le_t("random", T, S, field)
     chosen = sorted(torch.randperm(T, generator=generator)[:S].tolist())

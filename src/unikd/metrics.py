@@ -44,7 +44,11 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
         x = x.numpy()
     arr = np.asarray(x)
     if arr.dtype == object:
-        raise ConfigError(f"metrics.{what}", "could not be converted to a numeric array (ragged?)", f"pass the {what} as one [N] or [N, C] array")
+        raise ConfigError(
+            f"metrics.{what}",
+            "could not be converted to a numeric array (ragged?)",
+            f"pass the {what} as one [N] or [N, C] array",
+        )
     return arr
 
 
@@ -60,7 +64,11 @@ def _class_ids(info: TaskInfo, preds: np.ndarray) -> np.ndarray:
             )
         return preds.argmax(axis=-1)
     if preds.ndim != 1:
-        raise ConfigError("metrics.predictions", f"expected shape [N] or [N, C], got {list(preds.shape)}", "pass logits [N, C] or class ids [N]")
+        raise ConfigError(
+            "metrics.predictions",
+            f"expected shape [N] or [N, C], got {list(preds.shape)}",
+            "pass logits [N, C] or class ids [N]",
+        )
     if np.issubdtype(preds.dtype, np.floating):
         if not np.all(np.isfinite(preds)) or not np.all(preds == np.round(preds)):
             raise ConfigError(
@@ -70,7 +78,11 @@ def _class_ids(info: TaskInfo, preds: np.ndarray) -> np.ndarray:
             )
     ids = preds.astype(np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= info.num_labels):
-        raise ConfigError("metrics.predictions", f"class ids must be in 0..{info.num_labels - 1}, got {ids.min()}..{ids.max()}", "pass argmax class ids or logits")
+        raise ConfigError(
+            "metrics.predictions",
+            f"class ids must be in 0..{info.num_labels - 1}, got {ids.min()}..{ids.max()}",
+            "pass argmax class ids or logits",
+        )
     return ids
 
 
@@ -110,7 +122,11 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
     if gold.ndim != 1:
         raise ConfigError("metrics.labels", f"expected shape [N], got {list(gold.shape)}", "pass one label per example")
     if len(preds) != len(gold):
-        raise ConfigError("metrics.predictions", f"{len(preds)} predictions for {len(gold)} labels", "pass one prediction per labelled example")
+        raise ConfigError(
+            "metrics.predictions",
+            f"{len(preds)} predictions for {len(gold)} labels",
+            "pass one prediction per labelled example",
+        )
     if len(gold) == 0:
         raise ConfigError("metrics.labels", "no examples to score", "evaluate on a non-empty split")
 
@@ -118,11 +134,19 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
         if preds.ndim == 2 and preds.shape[1] == 1:
             preds = preds[:, 0]
         if preds.ndim != 1:
-            raise ConfigError("metrics.predictions", f"STS-B predictions must be [N] or [N, 1], got {list(preds.shape)}", "pass the regression head's output")
+            raise ConfigError(
+                "metrics.predictions",
+                f"STS-B predictions must be [N] or [N, 1], got {list(preds.shape)}",
+                "pass the regression head's output",
+            )
         preds = preds.astype(np.float64)
         gold = gold.astype(np.float64)
         if np.all(gold == -1):
-            raise ConfigError("metrics.labels", "all labels are -1 (the unlabelled test split)", "score the validation split; GLUE test labels are not public")
+            raise ConfigError(
+                "metrics.labels",
+                "all labels are -1 (the unlabelled test split)",
+                "score the validation split; GLUE test labels are not public",
+            )
         pearson = _correlation(pearsonr, preds, gold)
         spearman = _correlation(spearmanr, preds, gold)
         return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
@@ -132,9 +156,17 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
         raise ConfigError("metrics.labels", f"labels for {info.name} must be class ids", "pass integer labels")
     gold = gold.astype(np.int64)
     if np.any(gold < 0):
-        raise ConfigError("metrics.labels", "labels contain -1 (unlabelled test rows)", "score the validation split; GLUE test labels are not public")
+        raise ConfigError(
+            "metrics.labels",
+            "labels contain -1 (unlabelled test rows)",
+            "score the validation split; GLUE test labels are not public",
+        )
     if np.any(gold >= info.num_labels):
-        raise ConfigError("metrics.labels", f"labels must be in 0..{info.num_labels - 1}, got max {gold.max()}", "pass class ids as in unikd.data.load_glue")
+        raise ConfigError(
+            "metrics.labels",
+            f"labels must be in 0..{info.num_labels - 1}, got max {gold.max()}",
+            "pass class ids as in unikd.data.load_glue",
+        )
 
     if info.name == "cola":
         mcc = float(matthews_corrcoef(gold, ids))
@@ -166,11 +198,15 @@ def glue_average(results: Mapping[str, Mapping[str, float] | float], exclude: tu
             continue
         if isinstance(entry, Mapping):
             if "score" not in entry:
-                raise ConfigError(f"metrics.results[{task!r}]", "has no 'score' key", "pass the dict returned by compute_metrics")
+                raise ConfigError(
+                    f"metrics.results[{task!r}]", "has no 'score' key", "pass the dict returned by compute_metrics"
+                )
             value = entry["score"]
         else:
             value = entry
         scores.append(float(value))
     if not scores:
-        raise ConfigError("metrics.results", "no task scores to average", "pass {task: compute_metrics(...)} for at least one task")
+        raise ConfigError(
+            "metrics.results", "no task scores to average", "pass {task: compute_metrics(...)} for at least one task"
+        )
     return float(np.mean(scores))

@@ -45,7 +45,7 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 def _metric_names(rows: list[dict]) -> list[str]:
     names: list[str] = []
     for r in rows:
-        for k in ((r.get("metrics") or {}).get("final") or {}):
+        for k in (r.get("metrics") or {}).get("final") or {}:
             if k != "score" and k not in names:
                 names.append(k)
     return names
@@ -67,14 +67,20 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
     axis_names = list(OrderedDict.fromkeys(a for r in done for a in (r.get("axes") or {})))
     per_task: list[dict] = []
     for (task, label), group in _group_rows(done).items():
-        rec = {"task": task, "label": label, "kind": group[0]["kind"], "n": len(group),
-               "seeds": " ".join(str(r["seed"]) for r in group)}
+        rec = {
+            "task": task,
+            "label": label,
+            "kind": group[0]["kind"],
+            "n": len(group),
+            "seeds": " ".join(str(r["seed"]) for r in group),
+        }
         for a in axis_names:
             rec[f"axis:{a}"] = (group[0].get("axes") or {}).get(a, "")
         rec["score_mean"], rec["score_std"] = mean_std([r["score"] for r in group])
         for m in metrics:
-            rec[f"{m}_mean"], rec[f"{m}_std"] = mean_std([((r.get("metrics") or {}).get("final") or {}).get(m)
-                                                          for r in group])
+            rec[f"{m}_mean"], rec[f"{m}_std"] = mean_std(
+                [((r.get("metrics") or {}).get("final") or {}).get(m) for r in group]
+            )
         rec["parameters"] = group[0].get("parameters")
         rec["latency_ms_mean"], rec["latency_ms_std"] = mean_std([r.get("latency_ms") for r in group])
         rec["wall_s_mean"], _ = mean_std([r.get("wall_s") for r in group])
@@ -178,8 +184,9 @@ def _write_csv(path: Path, records: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in records:
-        writer.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
-                         for k in fields})
+        writer.writerow(
+            {k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in fields}
+        )
     atomic_write_text(path, buf.getvalue())
 
 
@@ -187,13 +194,16 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "axis"
 
 
-_STYLE = {"teacher": dict(marker="*", s=220, color="tab:red", zorder=4),
-          "no-KD": dict(marker="s", s=70, color="tab:gray", zorder=3),
-          "kd": dict(marker="o", s=50, zorder=3)}
+_STYLE = {
+    "teacher": dict(marker="*", s=220, color="tab:red", zorder=4),
+    "no-KD": dict(marker="s", s=70, color="tab:gray", zorder=3),
+    "kd": dict(marker="o", s=50, zorder=3),
+}
 
 
-def _scatter(per_task: list[dict], per_variant: list[dict], tasks: list[str], x_key: str, x_label: str,
-             path: Path, title: str) -> Path:
+def _scatter(
+    per_task: list[dict], per_variant: list[dict], tasks: list[str], x_key: str, x_label: str, path: Path, title: str
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,8 +232,9 @@ def _scatter(per_task: list[dict], per_variant: list[dict], tasks: list[str], x_
             elif kind == "no-KD" and len(no_kd) > 1:
                 shade = 0.3 + 0.5 * no_kd.index(rec["label"]) / (len(no_kd) - 1)
                 style["color"] = (shade, shade, shade)
-            ax.errorbar([x], [100 * y], yerr=[100 * (s or 0.0)], fmt="none", ecolor=style["color"], alpha=0.6,
-                        capsize=3)
+            ax.errorbar(
+                [x], [100 * y], yerr=[100 * (s or 0.0)], fmt="none", ecolor=style["color"], alpha=0.6, capsize=3
+            )
             ax.scatter([x], [100 * y], label=rec["label"], edgecolors="black", linewidths=0.5, **style)
         ax.set_xlabel(x_label)
         ax.set_ylabel("score (x100)")
@@ -276,8 +287,18 @@ def _bars(rows: list[dict], axis: str, tasks: list[str], path: Path, title: str)
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(100 * m)
             es.append(100 * (s or 0.0))
-        ax.bar(xs, ys, width=width, yerr=es, capsize=3, label=bar, color=color, hatch=hatch, edgecolor="black",
-               linewidth=0.5)
+        ax.bar(
+            xs,
+            ys,
+            width=width,
+            yerr=es,
+            capsize=3,
+            label=bar,
+            color=color,
+            hatch=hatch,
+            edgecolor="black",
+            linewidth=0.5,
+        )
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels(tasks)
     ax.set_ylabel("score (x100), mean ± std")
@@ -290,19 +311,121 @@ def _bars(rows: list[dict], axis: str, tasks: list[str], path: Path, title: str)
     return path
 
 
-def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
-    """Write report.md, results.csv, summary.csv and the plots into ``study_dir``; returns
-    {file name: path} of everything written."""
+def _load_rows(study_dir: Path) -> list[dict]:
     from unikd.study import DB_NAME, StudyDB
 
-    study_dir = Path(study_dir)
     if not (study_dir / DB_NAME).is_file():
-        raise ConfigError("study_dir", f"{study_dir / DB_NAME} does not exist",
-                          "pass the output_dir of a study run with `unikd study`")
+        raise ConfigError(
+            "study_dir",
+            f"{study_dir / DB_NAME} does not exist",
+            "pass the output_dir of a study run with `unikd study`",
+        )
     with StudyDB(study_dir / DB_NAME) as db:
         rows = db.rows(current_only=True)
     if not rows:
         raise ConfigError("study_dir", f"{study_dir / DB_NAME} holds no runs", "run `unikd study` first")
+    return rows
+
+
+def _plots(rows, per_task, per_variant, tasks, axis_names, out) -> list[tuple[str, str]]:
+    """Score vs parameters / latency, and one bar chart per axis: (title, file name) of each."""
+    plots: list[tuple[str, str]] = []
+    _scatter(
+        per_task, per_variant, tasks, "parameters", "parameters", out("score_vs_parameters.png"), "score vs parameters"
+    )
+    plots.append(("score vs parameters", "score_vs_parameters.png"))
+    if any(r.get("latency_ms_mean") is not None for r in per_task):
+        _scatter(
+            per_task,
+            per_variant,
+            tasks,
+            "latency_ms_mean",
+            "CPU latency, batch 1, p50 (ms)",
+            out("score_vs_latency.png"),
+            "score vs CPU latency",
+        )
+        plots.append(("score vs latency", "score_vs_latency.png"))
+    for axis in axis_names:
+        name = f"axis_{_safe(axis)}.png"
+        _bars(rows, axis, tasks, out(name), f"{axis}: score per value (mean ± std over seeds)")
+        plots.append((f"axis {axis}", name))
+    return plots
+
+
+def _summary_section(per_variant, tasks) -> list[str]:
+    header = ["variant", "kind"] + tasks + (["GLUE avg"] if tasks else []) + ["parameters", "latency (ms)"]
+    body = []
+    for v in per_variant:
+        body.append(
+            [v["label"], v["kind"]]
+            + [_fmt_score(v[f"{t}_mean"], v[f"{t}_std"], v[f"{t}_n"] or None) for t in tasks]
+            + ([_fmt_score(v[f"{GLUE}_mean"], v[f"{GLUE}_std"])] if tasks else [])
+            + [_fmt_params(v["parameters"]), _fmt_ms(v["latency_ms_mean"])]
+        )
+    return ["## Summary", "", _md_table(header, body), ""]
+
+
+def _per_task_section(per_task, tasks, metrics) -> list[str]:
+    md = ["## Per task", ""]
+    for task in tasks:
+        recs = [r for r in per_task if r["task"] == task]
+        task_metrics = [m for m in metrics if any(r.get(f"{m}_mean") is not None for r in recs)]
+        header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)", "wall (s)"]
+        body = [
+            [r["label"], r["kind"], str(r["n"]), _fmt_score(r["score_mean"], r["score_std"])]
+            + [_fmt_score(r[f"{m}_mean"], r[f"{m}_std"]) for m in task_metrics]
+            + [
+                _fmt_params(r["parameters"]),
+                _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"]),
+                "-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}",
+            ]
+            for r in recs
+        ]
+        md += [f"### {task}", "", _md_table(header, body), ""]
+    return md
+
+
+def _per_axis_section(rows, tasks, axis_names) -> list[str]:
+    if len(axis_names) <= 1:
+        return []
+    md = ["## Per axis (mean over seeds and the other axes)", ""]
+    for axis in axis_names:
+        stats = marginal(rows, axis)
+        bars = list(OrderedDict.fromkeys(bar for (_, bar) in stats))
+        body = [[bar] + [_fmt_score(*stats[(t, bar)]) if (t, bar) in stats else "-" for t in tasks] for bar in bars]
+        md += [f"### {axis}", "", _md_table([axis] + tasks, body), ""]
+    return md
+
+
+def _unfinished_sections(rows) -> list[str]:
+    md = []
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        md += ["## Failed runs", "", "Re-run them with `unikd study ... --retry-failed`.", ""]
+        body = []
+        for r in failed:
+            lines = (r.get("error") or "").strip().splitlines()
+            first = next((ln for ln in lines if ln.strip()), "")
+            body.append([r["run_id"], r["task"], r["label"], first[:160]])
+        md += [_md_table(["run", "task", "variant", "error"], body), ""]
+    pending = [r for r in rows if r["status"] in ("pending", "running")]
+    if pending:
+        md += [
+            f"{len(pending)} run(s) not finished: "
+            + ", ".join(r["run_id"] for r in pending[:20])
+            + (" ..." if len(pending) > 20 else ""),
+            "",
+        ]
+    return md
+
+
+def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
+    """Write report.md, results.csv, summary.csv and the plots into ``study_dir``; returns
+    {file name: path} of everything written."""
+    from unikd.study import DB_NAME
+
+    study_dir = Path(study_dir)
+    rows = _load_rows(study_dir)
     names = list(OrderedDict.fromkeys(r["study"] for r in rows))
     done = [r for r in rows if r["status"] == "done"]
     per_task, per_variant, tasks, metrics = aggregate(rows)
@@ -316,74 +439,28 @@ def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
 
     _write_csv(out("results.csv"), per_task)
     _write_csv(out("summary.csv"), per_variant)
-
-    plots: list[tuple[str, str]] = []
-    if done:
-        _scatter(per_task, per_variant, tasks, "parameters", "parameters", out("score_vs_parameters.png"),
-                 "score vs parameters")
-        plots.append(("score vs parameters", "score_vs_parameters.png"))
-        if any(r.get("latency_ms_mean") is not None for r in per_task):
-            _scatter(per_task, per_variant, tasks, "latency_ms_mean", "CPU latency, batch 1, p50 (ms)",
-                     out("score_vs_latency.png"), "score vs CPU latency")
-            plots.append(("score vs latency", "score_vs_latency.png"))
-        for axis in axis_names:
-            name = f"axis_{_safe(axis)}.png"
-            _bars(rows, axis, tasks, out(name), f"{axis}: score per value (mean ± std over seeds)")
-            plots.append((f"axis {axis}", name))
-
+    plots = _plots(rows, per_task, per_variant, tasks, axis_names, out) if done else []
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    md = [f"# Study report: {', '.join(names)}", "",
-          "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (database {DB_NAME}).", "",
-          "Scores are each task's dev `score` x100 (accuracy; MRPC: (accuracy + F1) / 2; STS-B: (Pearson + "
-          "Spearman) / 2), mean ± sample std over seeds (0 when n = 1). Latency: CPU p50 at batch 1 in PyTorch. "
-          "GLUE avg: unikd.metrics.glue_average over the per-task means (its ± is over per-seed averages).", ""]
+    md = [
+        f"# Study report: {', '.join(names)}",
+        "",
+        "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (database {DB_NAME}).",
+        "",
+        "Scores are each task's dev `score` x100 (accuracy; MRPC: (accuracy + F1) / 2; STS-B: (Pearson + "
+        "Spearman) / 2), mean ± sample std over seeds (0 when n = 1). Latency: CPU p50 at batch 1 in PyTorch. "
+        "GLUE avg: unikd.metrics.glue_average over the per-task means (its ± is over per-seed averages).",
+        "",
+    ]
     if per_variant:
-        md += ["## Summary", ""]
-        header = ["variant", "kind"] + tasks + (["GLUE avg"] if tasks else []) + ["parameters", "latency (ms)"]
-        body = []
-        for v in per_variant:
-            body.append([v["label"], v["kind"]] + [_fmt_score(v[f"{t}_mean"], v[f"{t}_std"], v[f"{t}_n"] or None)
-                                                   for t in tasks]
-                        + ([_fmt_score(v[f"{GLUE}_mean"], v[f"{GLUE}_std"])] if tasks else [])
-                        + [_fmt_params(v["parameters"]), _fmt_ms(v["latency_ms_mean"])])
-        md += [_md_table(header, body), ""]
-        md += ["## Per task", ""]
-        for task in tasks:
-            recs = [r for r in per_task if r["task"] == task]
-            task_metrics = [m for m in metrics if any(r.get(f"{m}_mean") is not None for r in recs)]
-            header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)", "wall (s)"]
-            body = [[r["label"], r["kind"], str(r["n"]), _fmt_score(r["score_mean"], r["score_std"])]
-                    + [_fmt_score(r[f"{m}_mean"], r[f"{m}_std"]) for m in task_metrics]
-                    + [_fmt_params(r["parameters"]), _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"]),
-                       "-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}"] for r in recs]
-            md += [f"### {task}", "", _md_table(header, body), ""]
-        if len(axis_names) > 1:
-            md += ["## Per axis (mean over seeds and the other axes)", ""]
-            for axis in axis_names:
-                stats = marginal(rows, axis)
-                bars = list(OrderedDict.fromkeys(bar for (_, bar) in stats))
-                body = [[bar] + [_fmt_score(*stats[(t, bar)]) if (t, bar) in stats else "-" for t in tasks]
-                        for bar in bars]
-                md += [f"### {axis}", "", _md_table([axis] + tasks, body), ""]
+        md += _summary_section(per_variant, tasks) + _per_task_section(per_task, tasks, metrics)
+        md += _per_axis_section(rows, tasks, axis_names)
     else:
         md += ["No finished runs yet.", ""]
     if plots:
         md += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        md += ["## Failed runs", "", "Re-run them with `unikd study ... --retry-failed`.", ""]
-        body = []
-        for r in failed:
-            lines = (r.get("error") or "").strip().splitlines()
-            first = next((ln for ln in lines if ln.strip()), "")
-            body.append([r["run_id"], r["task"], r["label"], first[:160]])
-        md += [_md_table(["run", "task", "variant", "error"], body), ""]
-    pending = [r for r in rows if r["status"] in ("pending", "running")]
-    if pending:
-        md += [f"{len(pending)} run(s) not finished: " + ", ".join(r["run_id"] for r in pending[:20])
-               + (" ..." if len(pending) > 20 else ""), ""]
+    md += _unfinished_sections(rows)
     atomic_write_text(out("report.md"), "\n".join(md))
     return written
 

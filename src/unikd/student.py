@@ -1,5 +1,5 @@
-"""Build a student from its teacher: the config (shape overrides), the model, exact parameter counts,
-and a parameter-budget helper for width-versus-depth studies.
+"""A student's shape, from its teacher: the config (shape overrides), exact parameter counts, and a
+parameter-budget helper for width-versus-depth studies (the model itself: ``initialization.build_student``).
 
 The student is always the teacher's own class (``BertForSequenceClassification`` stays
 ``BertForSequenceClassification``) with the same vocabulary, tokenizer and task head; only depth,
@@ -13,18 +13,14 @@ import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
-
-if TYPE_CHECKING:  # pragma: no cover
-    from transformers import PretrainedConfig, PreTrainedModel
-
-    from unikd.initialization import InitConfig
+from unikd.matching import uniform
 
 SHAPE_FIELD = "student.shape"
 
@@ -34,19 +30,24 @@ class StudentShape(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_layers: int | None = Field(
-        None, description="Number of transformer blocks. Default: the teacher's depth.")
+    num_layers: int | None = Field(None, description="Number of transformer blocks. Default: the teacher's depth.")
     hidden_size: int | None = Field(
-        None, description="Model width (hidden size, DistilBERT 'dim', GPT-2 'n_embd'). Default: the teacher's.")
+        None, description="Model width (hidden size, DistilBERT 'dim', GPT-2 'n_embd'). Default: the teacher's."
+    )
     num_heads: int | None = Field(
-        None, description="Attention heads; must divide hidden_size. Default: the teacher's count at the "
-        "teacher's width, else hidden_size / teacher head size when that divides, else the teacher's count.")
+        None,
+        description="Attention heads; must divide hidden_size. Default: the teacher's count at the "
+        "teacher's width, else hidden_size / teacher head size when that divides, else the teacher's count.",
+    )
     num_kv_heads: int | None = Field(
-        None, description="Key/value heads for grouped-query attention (Llama, Qwen2, Mistral); must divide "
+        None,
+        description="Key/value heads for grouped-query attention (Llama, Qwen2, Mistral); must divide "
         "num_heads. Default: the teacher's if it divides num_heads, else the teacher's heads-per-KV-head "
-        "ratio, else num_heads. Encoders and GPT-2 have no GQA: leave unset.")
+        "ratio, else num_heads. Encoders and GPT-2 have no GQA: leave unset.",
+    )
     ffn_size: int | None = Field(
-        None, description="FFN (intermediate) width. Default: the teacher's FFN/hidden ratio x hidden_size.")
+        None, description="FFN (intermediate) width. Default: the teacher's FFN/hidden ratio x hidden_size."
+    )
 
 
 class ParamCount(NamedTuple):
@@ -73,6 +74,59 @@ class ResolvedShape:
 # ---------------------------------------------------------------------------------------------
 # Student config
 # ---------------------------------------------------------------------------------------------
+def _heads(shape: StudentShape, spec, hidden: int, field: str) -> int:
+    """The student's head count: given, else the teacher's head size or count where it divides the width."""
+    if shape.num_heads is not None:
+        heads = shape.num_heads
+    elif hidden == spec.hidden_size:
+        heads = spec.num_heads
+    elif hidden % spec.head_dim == 0:
+        heads = hidden // spec.head_dim
+    elif hidden % spec.num_heads == 0:
+        heads = spec.num_heads
+    else:
+        raise ConfigError(
+            f"{field}.hidden_size",
+            f"hidden_size {hidden} is a multiple of neither the teacher's head size "
+            f"({spec.head_dim}) nor its head count ({spec.num_heads}), so no head count can be derived",
+            f"set {field}.num_heads to a divisor of {hidden} (e.g. {_divisors_hint(hidden)})",
+        )
+    if hidden % heads:
+        raise ConfigError(
+            f"{field}.num_heads",
+            f"{heads} attention heads do not divide hidden_size {hidden}",
+            f"choose num_heads among the divisors of {hidden} (e.g. {_divisors_hint(hidden)}) or change hidden_size",
+        )
+    return heads
+
+
+def _kv_heads(shape: StudentShape, spec, adapter, heads: int, model_type: str, field: str) -> int:
+    """The student's key/value head count (grouped-query attention), by the rule of ``StudentShape.num_kv_heads``."""
+    if adapter.kv_heads_key is None:
+        if shape.num_kv_heads is not None and shape.num_kv_heads != heads:
+            raise ConfigError(
+                f"{field}.num_kv_heads",
+                f"the {model_type} family has no grouped-query attention",
+                f"leave {field}.num_kv_heads unset",
+            )
+        kv = heads
+    elif shape.num_kv_heads is not None:
+        kv = shape.num_kv_heads
+    elif heads % spec.num_kv_heads == 0:
+        kv = spec.num_kv_heads
+    elif heads % (spec.num_heads // spec.num_kv_heads) == 0:
+        kv = heads // (spec.num_heads // spec.num_kv_heads)
+    else:
+        kv = heads
+    if heads % kv:
+        raise ConfigError(
+            f"{field}.num_kv_heads",
+            f"{kv} key/value heads do not divide {heads} attention heads",
+            f"choose num_kv_heads among the divisors of {heads} (e.g. {_divisors_hint(heads)})",
+        )
+    return kv
+
+
 def resolve_shape(teacher_config, shape: StudentShape | None = None, field: str = SHAPE_FIELD) -> ResolvedShape:
     """Fill the unset fields of ``shape`` from the teacher and validate the result.
 
@@ -86,27 +140,14 @@ def resolve_shape(teacher_config, shape: StudentShape | None = None, field: str 
     for name in StudentShape.model_fields:
         value = getattr(shape, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{field}.{name}", f"must be a positive integer, got {value!r}",
-                              f"set {field}.{name} to a positive integer, or leave it unset to follow the teacher")
+            raise ConfigError(
+                f"{field}.{name}",
+                f"must be a positive integer, got {value!r}",
+                f"set {field}.{name} to a positive integer, or leave it unset to follow the teacher",
+            )
 
     hidden = shape.hidden_size or spec.hidden_size
-    if shape.num_heads is not None:
-        heads = shape.num_heads
-    elif hidden == spec.hidden_size:
-        heads = spec.num_heads
-    elif hidden % spec.head_dim == 0:
-        heads = hidden // spec.head_dim
-    elif hidden % spec.num_heads == 0:
-        heads = spec.num_heads
-    else:
-        raise ConfigError(
-            f"{field}.hidden_size", f"hidden_size {hidden} is a multiple of neither the teacher's head size "
-            f"({spec.head_dim}) nor its head count ({spec.num_heads}), so no head count can be derived",
-            f"set {field}.num_heads to a divisor of {hidden} (e.g. {_divisors_hint(hidden)})")
-    if hidden % heads:
-        raise ConfigError(f"{field}.num_heads", f"{heads} attention heads do not divide hidden_size {hidden}",
-                          f"choose num_heads among the divisors of {hidden} (e.g. {_divisors_hint(hidden)}) "
-                          "or change hidden_size")
+    heads = _heads(shape, spec, hidden, field)
 
     # Head size: hidden / heads, except a teacher whose head_dim is decoupled from its width keeps it
     # when the student keeps both the width and the head count.
@@ -116,34 +157,27 @@ def resolve_shape(teacher_config, shape: StudentShape | None = None, field: str 
     else:
         head_dim = hidden // heads
     if adapter.rotary_half_split and head_dim % 2:
-        raise ConfigError(f"{field}.num_heads", f"head size {hidden} / {heads} = {head_dim} is odd, but rotary "
-                          "position embeddings need an even head size", "choose num_heads so hidden_size / "
-                          "num_heads is even")
+        raise ConfigError(
+            f"{field}.num_heads",
+            f"head size {hidden} / {heads} = {head_dim} is odd, but rotary position embeddings need an even head size",
+            "choose num_heads so hidden_size / num_heads is even",
+        )
 
-    if adapter.kv_heads_key is None:
-        if shape.num_kv_heads is not None and shape.num_kv_heads != heads:
-            raise ConfigError(f"{field}.num_kv_heads", f"the {teacher_config.model_type} family has no "
-                              "grouped-query attention", f"leave {field}.num_kv_heads unset")
-        kv = heads
-    elif shape.num_kv_heads is not None:
-        kv = shape.num_kv_heads
-    elif heads % spec.num_kv_heads == 0:
-        kv = spec.num_kv_heads
-    elif heads % (spec.num_heads // spec.num_kv_heads) == 0:
-        kv = heads // (spec.num_heads // spec.num_kv_heads)
-    else:
-        kv = heads
-    if heads % kv:
-        raise ConfigError(f"{field}.num_kv_heads", f"{kv} key/value heads do not divide {heads} attention heads",
-                          f"choose num_kv_heads among the divisors of {heads} (e.g. {_divisors_hint(heads)})")
-
+    kv = _kv_heads(shape, spec, adapter, heads, teacher_config.model_type, field)
     ffn = shape.ffn_size or max(1, round(t_ffn * hidden / spec.hidden_size))
-    return ResolvedShape(num_layers=shape.num_layers or spec.num_layers, hidden_size=hidden, num_heads=heads,
-                         num_kv_heads=kv, head_dim=head_dim, ffn_size=ffn)
+    return ResolvedShape(
+        num_layers=shape.num_layers or spec.num_layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        ffn_size=ffn,
+    )
 
 
-def student_config(teacher_config, shape: StudentShape | None = None, field: str = SHAPE_FIELD,
-                   layers: list[int] | None = None) -> PretrainedConfig:
+def student_config(
+    teacher_config, shape: StudentShape | None = None, field: str = SHAPE_FIELD, layers: list[int] | None = None
+):
     """A copy of the teacher's config (same family, vocabulary, special tokens, task head and labels)
     with the student's shape written under the family's own keys (``adapter.config_keys``).
 
@@ -171,11 +205,9 @@ def student_config(teacher_config, shape: StudentShape | None = None, field: str
         config.embedding_size = resolved.hidden_size  # ELECTRA embeddings at model width stay at model width
     layer_types = getattr(teacher_config, "layer_types", None)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == t_spec.num_layers:
-        from unikd.initialization import select_layers
-
         if layers is None:
             n_s, n_t = resolved.num_layers, t_spec.num_layers
-            layers = select_layers(n_t, n_s, "uniform") if n_s <= n_t else [i % n_t for i in range(n_s)]
+            layers = [t for t, _ in uniform(n_t, n_s)] if n_s <= n_t else [i % n_t for i in range(n_s)]
         config.layer_types = [layer_types[i] for i in layers]
     return config
 
@@ -183,53 +215,6 @@ def student_config(teacher_config, shape: StudentShape | None = None, field: str
 def _divisors_hint(n: int) -> str:
     divs = [d for d in range(1, n + 1) if n % d == 0]
     return ", ".join(str(d) for d in divs[:8]) + (", ..." if len(divs) > 8 else "")
-
-
-# ---------------------------------------------------------------------------------------------
-# Building the model
-# ---------------------------------------------------------------------------------------------
-def build_student(teacher_model: PreTrainedModel, shape: StudentShape | None = None,
-                  init: InitConfig | None = None, calibration_batch: dict | None = None) -> PreTrainedModel:
-    """The student: the teacher's class with the student config, then ``init``'s initializer.
-
-    Everything (shape, layer selection, widths against the strategy, paths) is validated before the
-    student's weights are created. ``init.source`` (optional) names a checkpoint that donates the
-    weights instead of the teacher (same family and class). ``strategy: pretrained`` loads
-    ``init.pretrained`` instead and ignores the teacher's weights; shape fields set alongside it must
-    match that checkpoint. The student is built on the CPU in the teacher's dtype.
-    """
-    from unikd.initialization import (INIT_FIELD, INITIALIZERS, InitConfig, check_init, load_donor,
-                                      pretrained_config)
-
-    shape = shape or StudentShape()
-    init = init or InitConfig()
-    get_adapter(teacher_model, field="teacher.path")  # an unsupported family fails here, before any weights
-    if init.strategy not in INITIALIZERS:
-        raise ConfigError(f"{INIT_FIELD}.strategy", f"unknown strategy {init.strategy!r}",
-                          f"use one of {sorted(INITIALIZERS)}")
-    if init.strategy == "pretrained":
-        config = pretrained_config(init)
-        _check_shape_matches(config, shape)
-        return INITIALIZERS["pretrained"](None, teacher_model, init, calibration_batch)
-
-    resolved = resolve_shape(teacher_model.config, shape)
-    donor = load_donor(teacher_model, init) if init.source else teacher_model
-    layers = check_init(donor.config, resolved, init)
-    s_config = student_config(teacher_model.config, shape, layers=layers)
-    student = type(teacher_model)._from_config(s_config, dtype=teacher_model.dtype)
-    return INITIALIZERS[init.strategy](student, donor, init, calibration_batch)
-
-
-def _check_shape_matches(config, shape: StudentShape, field: str = SHAPE_FIELD) -> None:
-    adapter = get_adapter(config, field="student.init.pretrained")
-    spec = adapter.spec(config)
-    actual = {"num_layers": spec.num_layers, "hidden_size": spec.hidden_size, "num_heads": spec.num_heads,
-              "num_kv_heads": spec.num_kv_heads, "ffn_size": adapter.ffn_size(config)}
-    for name, value in actual.items():
-        wanted = getattr(shape, name)
-        if wanted is not None and wanted != value:
-            raise ConfigError(f"{field}.{name}", f"{wanted} does not match the pretrained student's {value}",
-                              f"leave {field}.{name} unset with strategy 'pretrained' (the checkpoint fixes it)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,9 +236,12 @@ def count_parameters(config_or_model, architecture: str | None = None) -> ParamC
         embedding, non_embedding = adapter.parameter_count(config, architecture)
     except KeyError:
         if model is None:
-            raise ConfigError("model", f"no parameter-count formula for {architecture!r}",
-                              "count a built model instead (count_parameters(model)), or add the head to "
-                              f"{type(adapter).__name__}.parameter_count") from None
+            raise ConfigError(
+                "model",
+                f"no parameter-count formula for {architecture!r}",
+                "count a built model instead (count_parameters(model)), or add the head to "
+                f"{type(adapter).__name__}.parameter_count",
+            ) from None
         return _count_directly(model)
     return ParamCount(embedding, non_embedding, embedding + non_embedding)
 
@@ -327,15 +315,28 @@ class BudgetRow:
         return (self.params.total - self.budget) / self.budget
 
     def shape(self) -> StudentShape:
-        return StudentShape(num_layers=self.num_layers, hidden_size=self.hidden_size, num_heads=self.num_heads,
-                            num_kv_heads=self.num_kv_heads, ffn_size=self.ffn_size)
+        return StudentShape(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            ffn_size=self.ffn_size,
+        )
 
 
-def budget_configs(teacher_config, budget: int | float | str, tolerance: float = 0.05, *,
-                   architecture: str | None = None, depths: list[int] | None = None,
-                   widths: list[int] | None = None, head_sizes: list[int] | None = None,
-                   ffn_ratios: list[float] | None = None, width_multiple: int | None = None,
-                   field: str = "student.budget") -> list[BudgetRow]:
+def budget_configs(
+    teacher_config,
+    budget: int | float | str,
+    tolerance: float = 0.05,
+    *,
+    architecture: str | None = None,
+    depths: list[int] | None = None,
+    widths: list[int] | None = None,
+    head_sizes: list[int] | None = None,
+    ffn_ratios: list[float] | None = None,
+    width_multiple: int | None = None,
+    field: str = "student.budget",
+) -> list[BudgetRow]:
     """Student shapes (depth x width x heads x FFN) whose exact parameter count (by the family's
     formula, for the teacher's architecture) is within ``tolerance`` of ``budget``.
 
@@ -369,8 +370,9 @@ def budget_configs(teacher_config, budget: int | float | str, tolerance: float =
                 counts = {}
                 try:
                     for depth in (1, 2):  # counts are affine in depth: two evaluations give all depths
-                        shape = StudentShape(num_layers=depth, hidden_size=width, num_heads=width // head_size,
-                                             ffn_size=ffn)
+                        shape = StudentShape(
+                            num_layers=depth, hidden_size=width, num_heads=width // head_size, ffn_size=ffn
+                        )
                         config = student_config(teacher_config, shape, field=field)
                         counts[depth] = adapter.parameter_count(config, architecture)
                 except ConfigError:
@@ -382,13 +384,18 @@ def budget_configs(teacher_config, budget: int | float | str, tolerance: float =
                     total = e1 + non
                     if abs(total - target) > tolerance * target:
                         continue
-                    row = BudgetRow(num_layers=depth, hidden_size=width, num_heads=resolved.num_heads,
-                                    num_kv_heads=resolved.num_kv_heads if adapter.kv_heads_key else None,
-                                    head_dim=resolved.head_dim, ffn_size=resolved.ffn_size,
-                                    params=ParamCount(e1, non, total), budget=target)
+                    row = BudgetRow(
+                        num_layers=depth,
+                        hidden_size=width,
+                        num_heads=resolved.num_heads,
+                        num_kv_heads=resolved.num_kv_heads if adapter.kv_heads_key else None,
+                        head_dim=resolved.head_dim,
+                        ffn_size=resolved.ffn_size,
+                        params=ParamCount(e1, non, total),
+                        budget=target,
+                    )
                     rows[(depth, width, row.num_heads, row.num_kv_heads, row.ffn_size)] = row
-    return sorted(rows.values(), key=lambda r: (abs(r.params.total - target), r.num_layers, r.hidden_size,
-                                                r.num_heads))
+    return sorted(rows.values(), key=lambda r: (abs(r.params.total - target), r.num_layers, r.hidden_size, r.num_heads))
 
 
 def _human(n: int) -> str:
@@ -403,19 +410,43 @@ def format_budget_table(rows: list[BudgetRow], limit: int | None = None) -> str:
     if not rows:
         return "no student configuration within the tolerance: widen the tolerance or the search ranges"
     header = ["layers", "hidden", "heads", "kv", "head", "ffn", "embedding", "non-emb", "total", "vs budget"]
-    body = [[str(r.num_layers), str(r.hidden_size), str(r.num_heads),
-             "-" if r.num_kv_heads is None else str(r.num_kv_heads), str(r.head_dim), str(r.ffn_size),
-             _human(r.params.embedding), _human(r.params.non_embedding), f"{r.params.total:,}",
-             f"{100 * r.deviation:+.1f}%"] for r in rows[:limit]]
+    body = [
+        [
+            str(r.num_layers),
+            str(r.hidden_size),
+            str(r.num_heads),
+            "-" if r.num_kv_heads is None else str(r.num_kv_heads),
+            str(r.head_dim),
+            str(r.ffn_size),
+            _human(r.params.embedding),
+            _human(r.params.non_embedding),
+            f"{r.params.total:,}",
+            f"{100 * r.deviation:+.1f}%",
+        ]
+        for r in rows[:limit]
+    ]
     widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    lines = [f"budget: {rows[0].budget:,} parameters ({_human(rows[0].budget)})", fmt.format(*header),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        f"budget: {rows[0].budget:,} parameters ({_human(rows[0].budget)})",
+        fmt.format(*header),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += [fmt.format(*line) for line in body]
     if limit is not None and len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more")
     return "\n".join(lines)
 
 
-__all__ = ["BudgetRow", "ParamCount", "ResolvedShape", "StudentShape", "budget_configs", "build_student",
-           "count_parameters", "format_budget_table", "parse_budget", "resolve_shape", "student_config"]
+__all__ = [
+    "BudgetRow",
+    "ParamCount",
+    "ResolvedShape",
+    "StudentShape",
+    "budget_configs",
+    "count_parameters",
+    "format_budget_table",
+    "parse_budget",
+    "resolve_shape",
+    "student_config",
+]

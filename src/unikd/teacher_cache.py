@@ -46,20 +46,26 @@ class TeacherLogitCache:
         plan = getattr(plan, "module", plan)
         others = [t.knowledge for t in plan.config.terms if t.knowledge != "logits"]
         if others:
-            raise ConfigError(field, f"the teacher cache stores logits only, but the plan also uses {sorted(set(others))}",
-                              "set train.teacher_cache=false, or use a logits-only plan")
+            raise ConfigError(
+                field,
+                f"the teacher cache stores logits only, but the plan also uses {sorted(set(others))}",
+                "set train.teacher_cache=false, or use a logits-only plan",
+            )
 
     def _open(self, num_classes: int, mode: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         width = self.topk or num_classes
         self._num_classes = num_classes
-        self._values = np.lib.format.open_memmap(self.directory / "values.npy", mode=mode, dtype=np.float32,
-                                                 shape=(self.num_rows, width))
+        self._values = np.lib.format.open_memmap(
+            self.directory / "values.npy", mode=mode, dtype=np.float32, shape=(self.num_rows, width)
+        )
         if self.topk:
-            self._indices = np.lib.format.open_memmap(self.directory / "indices.npy", mode=mode, dtype=np.int64,
-                                                      shape=(self.num_rows, width))
-        self._filled = np.lib.format.open_memmap(self.directory / "filled.npy", mode=mode, dtype=np.bool_,
-                                                 shape=(self.num_rows,))
+            self._indices = np.lib.format.open_memmap(
+                self.directory / "indices.npy", mode=mode, dtype=np.int64, shape=(self.num_rows, width)
+            )
+        self._filled = np.lib.format.open_memmap(
+            self.directory / "filled.npy", mode=mode, dtype=np.bool_, shape=(self.num_rows,)
+        )
         if mode == "w+":
             atomic_write_json(self.directory / "meta.json", {"key": self.key, "num_classes": num_classes})
 
@@ -67,8 +73,11 @@ class TeacherLogitCache:
         """Record the teacher logits [B, C] of rows ``idx`` [B]."""
         logits = features.logits.detach().float()
         if logits.dim() != 2:
-            raise ConfigError("train.teacher_cache", "only sequence-level logits [B, C] can be cached",
-                              "disable the teacher cache for token-level (general-stage) distillation")
+            raise ConfigError(
+                "train.teacher_cache",
+                "only sequence-level logits [B, C] can be cached",
+                "disable the teacher cache for token-level (general-stage) distillation",
+            )
         if self._values is None:
             self._open(logits.shape[-1], mode="w+")
         rows = idx.cpu().numpy()
@@ -98,8 +107,18 @@ class TeacherLogitCache:
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(batch["input_ids"])
-        return Features(embeddings=None, hidden={}, q={}, k={}, v={}, logits=logits, attention_mask=mask,
-                        causal=False, scalings={}, output=None)
+        return Features(
+            embeddings=None,
+            hidden={},
+            q={},
+            k={},
+            v={},
+            logits=logits,
+            attention_mask=mask,
+            causal=False,
+            scalings={},
+            output=None,
+        )
 
     def flush(self) -> None:
         for array in (self._values, self._indices, self._filled):

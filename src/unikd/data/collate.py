@@ -14,6 +14,7 @@ from unikd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
+
 def _with_pad_token(tokenizer: "PreTrainedTokenizerBase", field_name: str) -> "PreTrainedTokenizerBase":
     """Return ``tokenizer``, or a copy with ``pad_token = eos_token`` when it has no pad token."""
     if tokenizer.pad_token is not None:

@@ -16,6 +16,7 @@ from unikd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
+
 def _paragraphs(lines, out: list[str]) -> None:
     current: list[str] = []
     for line in lines:
@@ -34,7 +35,11 @@ def _parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     body, _, split = spec.partition("@")
     parts = [p for p in body.split("/")]
     if any(not p for p in parts):
-        raise ConfigError("data.text", f"bad hub dataset spec {spec!r}", "write hub:<name>/<config>[@split], e.g. hub:wikitext/wikitext-103-raw-v1")
+        raise ConfigError(
+            "data.text",
+            f"bad hub dataset spec {spec!r}",
+            "write hub:<name>/<config>[@split], e.g. hub:wikitext/wikitext-103-raw-v1",
+        )
     if len(parts) == 1:
         path, config = parts[0], None
     elif len(parts) == 2:
@@ -42,7 +47,11 @@ def _parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     elif len(parts) == 3:
         path, config = f"{parts[0]}/{parts[1]}", parts[2]
     else:
-        raise ConfigError("data.text", f"bad hub dataset spec {spec!r}", "write hub:<name>/<config>[@split] or hub:<org>/<name>/<config>[@split]")
+        raise ConfigError(
+            "data.text",
+            f"bad hub dataset spec {spec!r}",
+            "write hub:<name>/<config>[@split] or hub:<org>/<name>/<config>[@split]",
+        )
     return path, config, split or "train"
 
 
@@ -64,9 +73,15 @@ def load_text_corpus(paths: list[str] | str, limit_lines: int | None = None) -> 
         paths = [paths]
     paths = [str(p) for p in paths]
     if not paths:
-        raise ConfigError("data.text", "no text files or datasets given", "pass a .txt file, a directory of .txt files or hub:<name>/<config>")
+        raise ConfigError(
+            "data.text",
+            "no text files or datasets given",
+            "pass a .txt file, a directory of .txt files or hub:<name>/<config>",
+        )
     if limit_lines is not None and (not isinstance(limit_lines, int) or limit_lines < 0):
-        raise ConfigError("data.limit_lines", f"must be a non-negative integer or None, got {limit_lines!r}", "use e.g. 10000")
+        raise ConfigError(
+            "data.limit_lines", f"must be a non-negative integer or None, got {limit_lines!r}", "use e.g. 10000"
+        )
 
     texts: list[str] = []
     budget = limit_lines
@@ -96,7 +111,11 @@ def _read_hub_text(spec: str, budget: int | None, texts: list[str]) -> int | Non
             "check the name and the internet connection, or pass local .txt files",
         ) from exc
     if "text" not in hub.column_names:
-        raise ConfigError("data.text", f"hub dataset {name!r} has no 'text' column (columns: {hub.column_names})", "use a dataset with a 'text' column")
+        raise ConfigError(
+            "data.text",
+            f"hub dataset {name!r} has no 'text' column (columns: {hub.column_names})",
+            "use a dataset with a 'text' column",
+        )
     rows = hub["text"]
     if budget is not None:
         rows = rows[:budget]
@@ -111,11 +130,19 @@ def _local_text_files(entry: str) -> list[Path]:
     if p.is_dir():
         files = sorted(Path(f) for f in glob.glob(str(p / "*.txt")))
         if not files:
-            raise ConfigError("data.text", f"directory {entry!r} has no *.txt files", "point at .txt files or a directory that holds them")
+            raise ConfigError(
+                "data.text",
+                f"directory {entry!r} has no *.txt files",
+                "point at .txt files or a directory that holds them",
+            )
     elif p.is_file():
         files = [p]
     else:
-        raise ConfigError("data.text", f"text path {entry!r} does not exist", "pass existing .txt files or directories, or hub:<name>/<config>")
+        raise ConfigError(
+            "data.text",
+            f"text path {entry!r} does not exist",
+            "pass existing .txt files or directories, or hub:<name>/<config>",
+        )
     return files
 
 

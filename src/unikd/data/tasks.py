@@ -122,9 +122,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
         label_names=("negative", "positive"),
         metric_names=("accuracy",),
         splits=dict(_STD_SPLITS),
-        labeled_layout=TsvLayout(
-            header=True, columns=("sentence", "label"), text_a="sentence", label="label"
-        ),
+        labeled_layout=TsvLayout(header=True, columns=("sentence", "label"), text_a="sentence", label="label"),
         test_layout=TsvLayout(header=True, columns=("index", "sentence"), text_a="sentence"),
         description="Stanford Sentiment Treebank, binary (single sentence, accuracy)",
     ),
@@ -221,9 +219,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
             text_b="sentence2",
             label="gold_label",
         ),
-        test_layout=TsvLayout(
-            header=True, columns=_MNLI_COLUMNS_TEST, text_a="sentence1", text_b="sentence2"
-        ),
+        test_layout=TsvLayout(header=True, columns=_MNLI_COLUMNS_TEST, text_a="sentence1", text_b="sentence2"),
         description="Multi-Genre NLI (pair, 3 classes, accuracy; matched and mismatched dev/test)",
     ),
     "qnli": TaskInfo(
@@ -376,7 +372,9 @@ def resolve_split(task: str, split: str) -> str:
         raise ConfigError(
             "data.split",
             f"unknown split {split!r} for GLUE task {info.name!r}",
-            "use one of " + ", ".join(info.splits) + (" (or dev/validation, test)" if info.name == "mnli" else " (dev = validation)"),
+            "use one of "
+            + ", ".join(info.splits)
+            + (" (or dev/validation, test)" if info.name == "mnli" else " (dev = validation)"),
         )
     return canon
 
@@ -413,7 +411,11 @@ def load_glue(
     info, _ = _resolve(task)
     split = resolve_split(task, split)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ConfigError("data.limit", f"limit must be a non-negative integer or None, got {limit!r}", "pass e.g. limit=1000 or leave it unset")
+        raise ConfigError(
+            "data.limit",
+            f"limit must be a non-negative integer or None, got {limit!r}",
+            "pass e.g. limit=1000 or leave it unset",
+        )
 
     source = "argument data_dir"
     if data_dir is None and os.environ.get("GLUE_DIR"):
@@ -440,7 +442,11 @@ _DIR_FIX = (
 
 def _glue_file(info: TaskInfo, split: str, root: Path, source: str) -> Path:
     if not root.is_dir():
-        raise ConfigError("data.data_dir", f"GLUE directory {str(root)!r} (from {source}) does not exist or is not a directory", _DIR_FIX)
+        raise ConfigError(
+            "data.data_dir",
+            f"GLUE directory {str(root)!r} (from {source}) does not exist or is not a directory",
+            _DIR_FIX,
+        )
     filename = info.splits[split]
     wanted = {_norm(info.dir_name), _norm(info.name)}
     task_dir = None
@@ -486,8 +492,10 @@ def _parse_label(info: TaskInfo, raw: str, path: Path, line_no: int, mapping: di
             as_int = None
         if as_int is not None and 0 <= as_int < info.num_labels:
             return as_int
-    expected = "a number (similarity score)" if info.is_regression else (
-        f"one of {list(info.label_names)} or an id 0..{info.num_labels - 1}"
+    expected = (
+        "a number (similarity score)"
+        if info.is_regression
+        else (f"one of {list(info.label_names)} or an id 0..{info.num_labels - 1}")
     )
     raise ConfigError(
         "data.data_dir",
@@ -512,7 +520,9 @@ def _read_glue_tsv(info: TaskInfo, split: str, path: Path, skip_malformed: bool 
             try:
                 header = [h.strip() for h in next(reader)]
             except StopIteration:
-                raise ConfigError("data.data_dir", f"{path} is empty (expected a header line)", "re-download the GLUE data") from None
+                raise ConfigError(
+                    "data.data_dir", f"{path} is empty (expected a header line)", "re-download the GLUE data"
+                ) from None
             missing = [c for c in layout.columns if c not in header]
             if missing:
                 raise ConfigError(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _CACHE_VERSION = "unikd-data-v1"  # bump when the output of a cached map changes
 
+
 def _tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
     """A deterministic hash of what determines a tokenizer's output.
 
@@ -102,7 +103,11 @@ def tokenize_pairs(
 
     _check_length(tokenizer, max_length, "data.max_length")
     if "text_a" not in ds.column_names:
-        raise ConfigError("data", f"dataset has no 'text_a' column (columns: {ds.column_names})", "pass a dataset from unikd.data.load_glue")
+        raise ConfigError(
+            "data",
+            f"dataset has no 'text_a' column (columns: {ds.column_names})",
+            "pass a dataset from unikd.data.load_glue",
+        )
     has_b = "text_b" in ds.column_names
     has_label = "label" in ds.column_names
     keep = set(tokenizer.model_input_names) | {"input_ids", "attention_mask"}
@@ -116,7 +121,15 @@ def tokenize_pairs(
         return out
 
     fingerprint = Hasher.hash(
-        [_CACHE_VERSION, "tokenize_pairs", ds._fingerprint, _tokenizer_fingerprint(tokenizer), max_length, has_b, has_label]
+        [
+            _CACHE_VERSION,
+            "tokenize_pairs",
+            ds._fingerprint,
+            _tokenizer_fingerprint(tokenizer),
+            max_length,
+            has_b,
+            has_label,
+        ]
     )
     return _map_cached(
         ds, fn, fingerprint=fingerprint, cache_dir=cache_dir, remove_columns=ds.column_names, desc="Tokenize pairs"
@@ -151,7 +164,11 @@ def chunk_for_lm(
 
     _check_length(tokenizer, block_size, "data.block_size")
     if "text" not in ds.column_names:
-        raise ConfigError("data", f"dataset has no 'text' column (columns: {ds.column_names})", "pass a dataset from unikd.data.load_text_corpus")
+        raise ConfigError(
+            "data",
+            f"dataset has no 'text' column (columns: {ds.column_names})",
+            "pass a dataset from unikd.data.load_text_corpus",
+        )
     keep = set(tokenizer.model_input_names) | {"input_ids", "attention_mask"}
     add_eos = _appends_eos(tokenizer)
     eos = tokenizer.eos_token_id
@@ -170,7 +187,9 @@ def chunk_for_lm(
         total = (len(concat["input_ids"]) // block_size) * block_size
         return {k: [v[i : i + block_size] for i in range(0, total, block_size)] for k, v in concat.items()}
 
-    fingerprint = Hasher.hash([_CACHE_VERSION, "chunk_for_lm", ds._fingerprint, _tokenizer_fingerprint(tokenizer), block_size, add_eos])
+    fingerprint = Hasher.hash(
+        [_CACHE_VERSION, "chunk_for_lm", ds._fingerprint, _tokenizer_fingerprint(tokenizer), block_size, add_eos]
+    )
     return _map_cached(
         ds, fn, fingerprint=fingerprint, cache_dir=cache_dir, remove_columns=ds.column_names, desc="Chunk text"
     )

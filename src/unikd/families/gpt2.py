@@ -53,29 +53,45 @@ class GPT2Adapter(FamilyAdapter):
         block = 2 * E + lin(E, 3 * E) + lin(E, E) + 2 * E + lin(E, F) + lin(F, E)
         if getattr(config, "add_cross_attention", False):  # ln_cross_attn + c_attn (k|v) + q_attn + c_proj
             block += 2 * E + lin(E, 2 * E) + 2 * lin(E, E)
-        heads = {"Model": 0, "LMHeadModel": 0 if tied else V * E, "ForSequenceClassification": E * nl,
-                 "ForTokenClassification": lin(E, nl), "ForQuestionAnswering": lin(E, 2)}
+        heads = {
+            "Model": 0,
+            "LMHeadModel": 0 if tied else V * E,
+            "ForSequenceClassification": E * nl,
+            "ForTokenClassification": lin(E, nl),
+            "ForQuestionAnswering": lin(E, 2),
+        }
         suffix = "Model" if arch is None else arch.removeprefix("GPT2")
         return emb, L * block + 2 * E + heads[suffix]  # + ln_f
 
     def block_param_dims(self, config) -> dict[str, tuple[str | None, ...]]:
         # Conv1D weights are stored [in, out]; c_attn's output is the fused [q | k | v].
         return {
-            "ln_1.weight": ("hidden",), "ln_1.bias": ("hidden",),
-            "attn.c_attn.weight": ("hidden", "qkv"), "attn.c_attn.bias": ("qkv",),
-            "attn.c_proj.weight": ("heads", "hidden"), "attn.c_proj.bias": ("hidden",),
-            "ln_2.weight": ("hidden",), "ln_2.bias": ("hidden",),
-            "mlp.c_fc.weight": ("hidden", "ffn"), "mlp.c_fc.bias": ("ffn",),
-            "mlp.c_proj.weight": ("ffn", "hidden"), "mlp.c_proj.bias": ("hidden",),
+            "ln_1.weight": ("hidden",),
+            "ln_1.bias": ("hidden",),
+            "attn.c_attn.weight": ("hidden", "qkv"),
+            "attn.c_attn.bias": ("qkv",),
+            "attn.c_proj.weight": ("heads", "hidden"),
+            "attn.c_proj.bias": ("hidden",),
+            "ln_2.weight": ("hidden",),
+            "ln_2.bias": ("hidden",),
+            "mlp.c_fc.weight": ("hidden", "ffn"),
+            "mlp.c_fc.bias": ("ffn",),
+            "mlp.c_proj.weight": ("ffn", "hidden"),
+            "mlp.c_proj.bias": ("hidden",),
         }
 
     def outer_param_dims(self, config) -> dict[str, tuple[str | None, ...] | None]:
         return {
-            "wte.weight": (None, "hidden"), "wpe.weight": (None, "hidden"),
-            "ln_f.weight": ("hidden",), "ln_f.bias": ("hidden",),
-            "lm_head.weight": (None, "hidden"), "score.weight": (None, "hidden"),
-            "classifier.weight": (None, "hidden"), "classifier.bias": (None,),
-            "qa_outputs.weight": (None, "hidden"), "qa_outputs.bias": (None,),
+            "wte.weight": (None, "hidden"),
+            "wpe.weight": (None, "hidden"),
+            "ln_f.weight": ("hidden",),
+            "ln_f.bias": ("hidden",),
+            "lm_head.weight": (None, "hidden"),
+            "score.weight": (None, "hidden"),
+            "classifier.weight": (None, "hidden"),
+            "classifier.bias": (None,),
+            "qa_outputs.weight": (None, "hidden"),
+            "qa_outputs.bias": (None,),
         }
 
     def attention_output_module(self, block: nn.Module) -> nn.Module:

@@ -74,32 +74,55 @@ class LlamaAdapter(FamilyAdapter):
         qkv_bias, o_bias, mlp_bias = self._biases(config)
         nl, tied = config.num_labels, self._tied(config)
         emb = V * H
-        block = (lin(H, heads_ * d, qkv_bias) + 2 * lin(H, kv * d, qkv_bias) + lin(heads_ * d, H, o_bias)
-                 + 2 * lin(H, F, mlp_bias) + lin(F, H, mlp_bias) + 2 * H)  # + two RMSNorms
-        heads = {"Model": 0, "ForCausalLM": 0 if tied else V * H, "ForSequenceClassification": H * nl,
-                 "ForTokenClassification": lin(H, nl), "ForQuestionAnswering": lin(H, 2)}
+        block = (
+            lin(H, heads_ * d, qkv_bias)
+            + 2 * lin(H, kv * d, qkv_bias)
+            + lin(heads_ * d, H, o_bias)
+            + 2 * lin(H, F, mlp_bias)
+            + lin(F, H, mlp_bias)
+            + 2 * H
+        )  # + two RMSNorms
+        heads = {
+            "Model": 0,
+            "ForCausalLM": 0 if tied else V * H,
+            "ForSequenceClassification": H * nl,
+            "ForTokenClassification": lin(H, nl),
+            "ForQuestionAnswering": lin(H, 2),
+        }
         prefix = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}.get(config.model_type, "")
         suffix = "Model" if arch is None else arch.removeprefix(prefix)
         return emb, L * block + H + heads[suffix]  # + final norm
 
     def block_param_dims(self, config) -> dict[str, tuple[str | None, ...]]:
         return {
-            "self_attn.q_proj.weight": ("heads", "hidden"), "self_attn.q_proj.bias": ("heads",),
-            "self_attn.k_proj.weight": ("kv_heads", "hidden"), "self_attn.k_proj.bias": ("kv_heads",),
-            "self_attn.v_proj.weight": ("kv_heads", "hidden"), "self_attn.v_proj.bias": ("kv_heads",),
-            "self_attn.o_proj.weight": ("hidden", "heads"), "self_attn.o_proj.bias": ("hidden",),
-            "mlp.gate_proj.weight": ("ffn", "hidden"), "mlp.gate_proj.bias": ("ffn",),
-            "mlp.up_proj.weight": ("ffn", "hidden"), "mlp.up_proj.bias": ("ffn",),
-            "mlp.down_proj.weight": ("hidden", "ffn"), "mlp.down_proj.bias": ("hidden",),
-            "input_layernorm.weight": ("hidden",), "post_attention_layernorm.weight": ("hidden",),
+            "self_attn.q_proj.weight": ("heads", "hidden"),
+            "self_attn.q_proj.bias": ("heads",),
+            "self_attn.k_proj.weight": ("kv_heads", "hidden"),
+            "self_attn.k_proj.bias": ("kv_heads",),
+            "self_attn.v_proj.weight": ("kv_heads", "hidden"),
+            "self_attn.v_proj.bias": ("kv_heads",),
+            "self_attn.o_proj.weight": ("hidden", "heads"),
+            "self_attn.o_proj.bias": ("hidden",),
+            "mlp.gate_proj.weight": ("ffn", "hidden"),
+            "mlp.gate_proj.bias": ("ffn",),
+            "mlp.up_proj.weight": ("ffn", "hidden"),
+            "mlp.up_proj.bias": ("ffn",),
+            "mlp.down_proj.weight": ("hidden", "ffn"),
+            "mlp.down_proj.bias": ("hidden",),
+            "input_layernorm.weight": ("hidden",),
+            "post_attention_layernorm.weight": ("hidden",),
         }
 
     def outer_param_dims(self, config) -> dict[str, tuple[str | None, ...] | None]:
         return {
-            "embed_tokens.weight": (None, "hidden"), "norm.weight": ("hidden",),
-            "lm_head.weight": (None, "hidden"), "score.weight": (None, "hidden"),
-            "classifier.weight": (None, "hidden"), "classifier.bias": (None,),
-            "qa_outputs.weight": (None, "hidden"), "qa_outputs.bias": (None,),
+            "embed_tokens.weight": (None, "hidden"),
+            "norm.weight": ("hidden",),
+            "lm_head.weight": (None, "hidden"),
+            "score.weight": (None, "hidden"),
+            "classifier.weight": (None, "hidden"),
+            "classifier.bias": (None,),
+            "qa_outputs.weight": (None, "hidden"),
+            "qa_outputs.bias": (None,),
         }
 
     def attention_output_module(self, block: nn.Module) -> nn.Module:

@@ -43,15 +43,52 @@ run). The names below are re-exported here; each is looked up in the module that
 patches one (``measure_latency``, ``expand_study``) patches it there (``unikd.study.runner``, ...).
 """
 
-from unikd.study.db import (DB_NAME as DB_NAME, HASH_VERSION as HASH_VERSION, JSON_COLUMNS as JSON_COLUMNS,
-                            KINDS as KINDS, SCHEMA as SCHEMA, STATUSES as STATUSES, StudyDB, read_rows)
-from unikd.study.expand import PlannedRun, auto_label, check_study_shapes, config_hash, expand_study
-from unikd.study.runner import (ERROR_TAIL as ERROR_TAIL, Runner as Runner, _prepare_dir as _prepare_dir,
-                                execute_run, measure_latency as measure_latency, run_study)
-from unikd.study.spec import (PRESET_AXIS as PRESET_AXIS, RUNS_AXIS as RUNS_AXIS, STUDY_DIR as STUDY_DIR,
-                              LatencySettings, StudyConfig, apply_study_overrides, builtin_study_path,
-                              check_field_path, list_studies, load_study)
+from unikd.study.db import (
+    DB_NAME as DB_NAME,
+    HASH_VERSION as HASH_VERSION,
+    JSON_COLUMNS as JSON_COLUMNS,
+    KINDS as KINDS,
+    SCHEMA as SCHEMA,
+    STATUSES as STATUSES,
+    StudyDB,
+    read_rows,
+)
+from unikd.study.expand import PlannedRun, auto_label, check_study_shapes, config_hash, expand_study, load_study
+from unikd.study.runner import (
+    ERROR_TAIL as ERROR_TAIL,
+    Runner as Runner,
+    _prepare_dir as _prepare_dir,
+    execute_run,
+    measure_latency as measure_latency,
+    run_study,
+)
+from unikd.study.spec import (
+    PRESET_AXIS as PRESET_AXIS,
+    RUNS_AXIS as RUNS_AXIS,
+    STUDY_DIR as STUDY_DIR,
+    LatencySettings,
+    StudyConfig,
+    apply_study_overrides,
+    builtin_study_path,
+    check_field_path,
+    list_studies,
+)
 
-__all__ = ["LatencySettings", "PlannedRun", "StudyConfig", "StudyDB", "apply_study_overrides", "auto_label",
-           "builtin_study_path", "check_field_path", "check_study_shapes", "config_hash", "execute_run",
-           "expand_study", "list_studies", "load_study", "read_rows", "run_study"]
+__all__ = [
+    "LatencySettings",
+    "PlannedRun",
+    "StudyConfig",
+    "StudyDB",
+    "apply_study_overrides",
+    "auto_label",
+    "builtin_study_path",
+    "check_field_path",
+    "check_study_shapes",
+    "config_hash",
+    "execute_run",
+    "expand_study",
+    "list_studies",
+    "load_study",
+    "read_rows",
+    "run_study",
+]

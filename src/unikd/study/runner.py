@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from unikd.config import RunConfig, dump_config
+from unikd.config import RunConfig, dump_config, stored_config
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_text
 from unikd.study.db import DB_NAME, StudyDB
 from unikd.study.expand import PlannedRun, _canonical, _hash_payload, check_study_shapes, expand_study
-from unikd.study.spec import LatencySettings, StudyConfig, _read_study
+from unikd.study.spec import LatencySettings, StudyConfig, read_study
 
 ERROR_TAIL = 4000
 
@@ -54,8 +54,15 @@ def measure_latency(model_dir: str | os.PathLike, seq_len: int, settings: Latenc
     """CPU p50 latency (ms) at batch 1 in PyTorch."""
     from unikd.latency import bench_latency
 
-    rows = bench_latency({"model": str(model_dir)}, batch_sizes=(1,), seq_len=seq_len, threads=settings.threads,
-                         backends=("torch",), warmup=settings.warmup, repeats=settings.repeats)
+    rows = bench_latency(
+        {"model": str(model_dir)},
+        batch_sizes=(1,),
+        seq_len=seq_len,
+        threads=settings.threads,
+        backends=("torch",),
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+    )
     return float(rows[0]["p50_ms"])
 
 
@@ -93,8 +100,11 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
         raise
     except BaseException as exc:  # noqa: BLE001 - every crash is recorded, the study goes on
         tb = traceback.format_exc()
-        return {"status": "failed", "wall_s": time.perf_counter() - t0,
-                "error": _tail(f"{type(exc).__name__}: {exc}\n{tb}")}
+        return {
+            "status": "failed",
+            "wall_s": time.perf_counter() - t0,
+            "error": _tail(f"{type(exc).__name__}: {exc}\n{tb}"),
+        }
     settings = LatencySettings.model_validate(job.get("latency") or {})
     student = Path(cfg.output_dir) / "student"
     if settings.enabled and (student / "config.json").is_file():
@@ -139,7 +149,7 @@ def _worker_init(threads: int | None) -> None:
 # ---------------------------------------------------------------------------------------------------
 def _saved_config(out: Path) -> RunConfig | None:
     try:
-        return RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+        return stored_config(yaml.safe_load((out / "config.yaml").read_text()))
     except Exception:  # noqa: BLE001 - missing or unreadable: not this run's
         return None
 
@@ -172,10 +182,17 @@ def _command(path: Path) -> str:
     return f"accelerate launch -m unikd.cli distill {shlex.quote(str(path))}"
 
 
-def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, workers: int = 1,
-              print_commands: bool = False, retry_failed: bool = False, runner: Runner | None = None, *,
-              overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None,
-              echo: Callable[[str], None] | None = None) -> dict:
+def run_study(
+    study_path_or_obj: str | os.PathLike | Mapping | StudyConfig,
+    workers: int = 1,
+    print_commands: bool = False,
+    retry_failed: bool = False,
+    runner: Runner | None = None,
+    *,
+    overrides: list[str] | None = None,
+    output_dir: str | os.PathLike | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     """Run (or print) every pending run of a study; returns a summary.
 
     - finished runs (same config hash, status ``done``) are skipped; ``failed`` ones only run again with
@@ -192,7 +209,7 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
     "commands", "status" (counts over the study's current rows)}.
     """
     echo = echo or (lambda s: print(s, flush=True))
-    study = _read_study(study_path_or_obj, overrides)
+    study = read_study(study_path_or_obj, overrides)
     root = Path(output_dir or study.output_dir).expanduser().resolve()
     planned = expand_study(study, root)  # the one expansion; it validates every run config, as load_study does
     if workers < 1:
@@ -200,9 +217,17 @@ def run_study(study_path_or_obj: str | os.PathLike | Mapping | StudyConfig, work
     _check_shapes_first(study, planned, echo)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
-    summary: dict[str, Any] = {"study": study.name, "output_dir": str(root), "database": str(root / DB_NAME),
-                               "planned": len(planned), "skipped": [], "executed": [], "done": [], "failed": [],
-                               "commands": []}
+    summary: dict[str, Any] = {
+        "study": study.name,
+        "output_dir": str(root),
+        "database": str(root / DB_NAME),
+        "planned": len(planned),
+        "skipped": [],
+        "executed": [],
+        "done": [],
+        "failed": [],
+        "commands": [],
+    }
     with StudyDB(root / DB_NAME) as db:
         db.begin_study(study.name)
         todo = _plan_rows(db, planned, retry_failed, echo, summary)
@@ -235,8 +260,10 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
         row = db.plan(run)
         attached[planned_id] = row["run_id"]
         if run.kind == "teacher" and row["status"] == "done" and not (run.output_dir / "student").is_dir():
-            echo(f"teacher {row['run_id']} is recorded done but {run.output_dir / 'student'} is gone: "
-                 "fine-tuning it again")
+            echo(
+                f"teacher {row['run_id']} is recorded done but {run.output_dir / 'student'} is gone: "
+                "fine-tuning it again"
+            )
             todo.append(run)
         elif row["status"] == "done" or (row["status"] == "failed" and not retry_failed):
             summary["skipped"].append(run.run_id)
@@ -245,14 +272,25 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
     return todo
 
 
-def _run_pending(db: StudyDB, study: StudyConfig, planned: list[PlannedRun], todo: list[PlannedRun], root: Path,
-                 workers: int, runner: Runner | None, echo, summary: dict) -> None:
+def _run_pending(
+    db: StudyDB,
+    study: StudyConfig,
+    planned: list[PlannedRun],
+    todo: list[PlannedRun],
+    root: Path,
+    workers: int,
+    runner: Runner | None,
+    echo,
+    summary: dict,
+) -> None:
     """The teachers first, then the baselines and KD runs whose teacher is done; here or in a pool."""
     latency = study.latency.model_dump()
     teachers = [r for r in todo if r.kind == "teacher"]
     rest = [r for r in todo if r.kind != "teacher"]
-    echo(f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
-         f"before (skipped), {len(todo)} to run -> {root}")
+    echo(
+        f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
+        f"before (skipped), {len(todo)} to run -> {root}"
+    )
     _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
     pool = _make_pool(workers) if workers > 1 and todo else None
     try:
@@ -272,9 +310,15 @@ def _fail_blocked(db: StudyDB, runs: list[PlannedRun], summary: dict) -> list[Pl
         (ready if t is None or t["status"] == "done" else blocked).append(r)
     for r in blocked:
         t = db.get(r.teacher_id)
-        db.record(r.run_id, {"status": "failed", "error": f"teacher {r.teacher_id} not available "
-                             f"(status {t['status'] if t else 'missing'}); re-run with --retry-failed "
-                             "after fixing it"})
+        db.record(
+            r.run_id,
+            {
+                "status": "failed",
+                "error": f"teacher {r.teacher_id} not available "
+                f"(status {t['status'] if t else 'missing'}); re-run with --retry-failed "
+                "after fixing it",
+            },
+        )
         summary["failed"].append(r.run_id)
     return ready
 
@@ -291,8 +335,10 @@ def _print_commands(todo: list[PlannedRun], root: Path, echo, summary: dict) -> 
     cfg_dir = root / "configs"
     teachers = [r for r in todo if r.kind == "teacher"]
     rest = [r for r in todo if r.kind != "teacher"]
-    for title, group in (("# 1. teachers (the runs below read their student/ directories)", teachers),
-                         ("# 2. no-KD baselines and KD students (after the teachers finish)", rest)):
+    for title, group in (
+        ("# 1. teachers (the runs below read their student/ directories)", teachers),
+        ("# 2. no-KD baselines and KD students (after the teachers finish)", rest),
+    ):
         if not group:
             continue
         echo(title)
@@ -311,8 +357,12 @@ def _make_pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(threads,),
+    )
 
 
 def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runner, echo, summary: dict) -> None:
@@ -321,8 +371,9 @@ def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runne
         return
     jobs = []
     for run in runs:
-        jobs.append((run, {"config": run.config.model_dump(mode="json"), "latency": latency,
-                           **_prepare_dir(run, echo)}))
+        jobs.append(
+            (run, {"config": run.config.model_dump(mode="json"), "latency": latency, **_prepare_dir(run, echo)})
+        )
     if pool is None:
         for i, (run, job) in enumerate(jobs):
             how = " (collecting)" if job.get("collect") else " (resuming)" if job.get("resume") else ""
@@ -346,8 +397,10 @@ def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runne
         try:
             outcome = fut.result()
         except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
-            outcome = {"status": "failed", "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n"
-                                                          f"{traceback.format_exc()}")}
+            outcome = {
+                "status": "failed",
+                "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"),
+            }
         _store(db, run, outcome, echo, summary)
         if outcome["status"] == "done":
             finished.append(run)
@@ -387,8 +440,10 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
         summary["done"].append(run.run_id)
         score = outcome.get("score")
         lat = outcome.get("latency_ms")
-        echo(f"  done {run.run_id}: score={score if score is None else round(score, 4)} "
-             f"params={outcome.get('parameters')}" + ("" if lat is None else f" latency_ms={lat:.2f}"))
+        echo(
+            f"  done {run.run_id}: score={score if score is None else round(score, 4)} "
+            f"params={outcome.get('parameters')}" + ("" if lat is None else f" latency_ms={lat:.2f}")
+        )
     else:
         summary["failed"].append(run.run_id)
         last = (outcome.get("error") or "").strip().splitlines()

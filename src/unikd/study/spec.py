@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,21 +43,29 @@ class StudyConfig(BaseModel):
 
     name: str = Field(description="Study name (recorded in every database row).")
     description: str = Field("", description="What the study measures.")
-    base: dict[str, Any] = Field(default_factory=dict, description="Run-config fragment every KD run starts "
-                                 "from (may include 'preset: <name>').")
-    teacher_finetune: dict[str, Any] = Field(default_factory=dict, description="Run-config fragment of the "
-                                             "teacher fine-tune (teacher.path = the pre-trained model, epochs, lr).")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="Run-config fragment every KD run starts from (may include 'preset: <name>')."
+    )
+    teacher_finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Run-config fragment of the teacher fine-tune (teacher.path = the pre-trained model, epochs, lr).",
+    )
     tasks: list[str] = Field(min_length=1, description="GLUE tasks; each run gets data.task.")
-    axes: dict[str, list[Any]] = Field(default_factory=dict, description="field.path -> values; the special "
-                                       "axis 'preset' takes preset names.")
-    labels: dict[str, list[str]] = Field(default_factory=dict, description="axis -> display label per value "
-                                         "(default: the value itself).")
-    mode: Literal["grid", "list"] = Field("grid", description="grid: product of the axes; list: zip of "
-                                          "equal-length axes, or the explicit 'runs'.")
-    runs: list[dict[str, Any]] | None = Field(None, description="mode list: explicit runs, each a mapping "
-                                              "{field.path: value, ..., label: name}.")
-    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1, description="Seeds; every KD and "
-                             "no-KD run is repeated per seed.")
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict, description="field.path -> values; the special axis 'preset' takes preset names."
+    )
+    labels: dict[str, list[str]] = Field(
+        default_factory=dict, description="axis -> display label per value (default: the value itself)."
+    )
+    mode: Literal["grid", "list"] = Field(
+        "grid", description="grid: product of the axes; list: zip of equal-length axes, or the explicit 'runs'."
+    )
+    runs: list[dict[str, Any]] | None = Field(
+        None, description="mode list: explicit runs, each a mapping {field.path: value, ..., label: name}."
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [42], min_length=1, description="Seeds; every KD and no-KD run is repeated per seed."
+    )
     output_dir: str = Field(description="Where teachers/, runs/, configs/ and study.sqlite go.")
     latency: LatencySettings = Field(default_factory=LatencySettings, description="Latency measurement.")
 
@@ -86,8 +94,9 @@ class StudyConfig(BaseModel):
 
 def list_studies() -> dict[str, str]:
     """Built-in study name -> description (the YAML files in unikd/studies/)."""
-    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
-            for p in sorted(STUDY_DIR.glob("*.yaml"))}
+    return {
+        p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "") for p in sorted(STUDY_DIR.glob("*.yaml"))
+    }
 
 
 def builtin_study_path(name: str) -> Path:
@@ -122,36 +131,28 @@ def apply_study_overrides(data: dict, overrides: list[str]) -> dict:
     return apply_overrides(data, rest)
 
 
-def load_study(source: str | os.PathLike | Mapping | StudyConfig,
-               overrides: list[str] | None = None) -> StudyConfig:
-    """A validated study from a YAML path, a built-in name, a mapping or a ``StudyConfig``.
-
-    Checks the field paths of axes/runs/labels against ``RunConfig``, preset names, list-mode lengths and
-    tasks, then expands every run and validates its config; errors name the study field
-    (``axes.plan.terms.0.temperature``, ``runs[2].student.shape``, ``tasks[1]``, ...).
-    """
-    from unikd.study.expand import expand_study  # expand imports this module
-
-    study = _read_study(source, overrides)
-    expand_study(study)  # validates every run config
-    return study
-
-
-def _read_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
-    """``load_study`` up to the static checks, without the expansion: a caller that expands the study anyway
-    (``run_study``) gets the same validation from that one expansion."""
+def read_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
+    """A study from a YAML path, a built-in name, a mapping or a ``StudyConfig``, through the static checks
+    (``expand.load_study`` also expands it; a caller that expands it anyway, ``run_study``, gets the same
+    validation from that one expansion)."""
     if isinstance(source, StudyConfig):
         data = source.model_dump()
     elif isinstance(source, Mapping):
         data = copy.deepcopy(dict(source))
     else:
         path = Path(source)
-        if not path.is_file() and re.fullmatch(r"[A-Za-z0-9_.-]+", str(source)) and \
-                (STUDY_DIR / f"{source}.yaml").is_file():
+        if (
+            not path.is_file()
+            and re.fullmatch(r"[A-Za-z0-9_.-]+", str(source))
+            and (STUDY_DIR / f"{source}.yaml").is_file()
+        ):
             path = STUDY_DIR / f"{source}.yaml"
         if not path.is_file():
-            raise ConfigError("study", f"file {str(source)!r} does not exist",
-                              f"pass a study YAML, or a built-in name: {sorted(list_studies())}")
+            raise ConfigError(
+                "study",
+                f"file {str(source)!r} does not exist",
+                f"pass a study YAML, or a built-in name: {sorted(list_studies())}",
+            )
         data = read_yaml_mapping(path, "study", "see unikd/studies/*.yaml")
     if overrides:
         data = apply_study_overrides(data, list(overrides))
@@ -165,12 +166,17 @@ def _read_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: li
 
 # ---- static checks ---------------------------------------------------------------------------------
 def _unwrap(annotation) -> Any:
-    """The next level of a field path: a BaseModel class, ('list', item) for lists, or None (a leaf)."""
+    """The next level of a field path: a BaseModel class, ('list', item) for lists, ('union', classes) for a
+    choice of models (a plan term: one class per knowledge type), or None (a leaf)."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0])
     if origin in (Union, UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
         if len(inner) == 1:
             return _unwrap(inner[0])
+        if all(isinstance(a, type) and issubclass(a, BaseModel) for a in inner):
+            return ("union", tuple(inner))
         return None  # e.g. 'uniform' | [[t, s], ...]: a leaf
     if origin in (list, tuple):
         args = get_args(annotation)
@@ -188,13 +194,27 @@ def check_field_path(path: str, field: str) -> None:
         where = ".".join(parts[:j]) or "the run config"
         if isinstance(node, type) and issubclass(node, BaseModel):
             if part not in node.model_fields:
-                raise ConfigError(field, f"{path!r}: {part!r} is not a field of {where}",
-                                  f"use one of {sorted(node.model_fields)} (see `unikd config-schema`)")
+                raise ConfigError(
+                    field,
+                    f"{path!r}: {part!r} is not a field of {where}",
+                    f"use one of {sorted(node.model_fields)} (see `unikd config-schema`)",
+                )
             node = _unwrap(node.model_fields[part].annotation)
+        elif isinstance(node, tuple) and node[0] == "union":
+            owners = [cls for cls in node[1] if part in cls.model_fields]
+            if not owners:
+                names = sorted({name for cls in node[1] for name in cls.model_fields})
+                raise ConfigError(
+                    field,
+                    f"{path!r}: {part!r} is not a field of {where}",
+                    f"use one of {names} (see `unikd config-schema`)",
+                )
+            node = _unwrap(owners[0].model_fields[part].annotation)
         elif isinstance(node, tuple):
             if not part.isdigit():
-                raise ConfigError(field, f"{path!r}: {where} is a list, so {part!r} must be an index",
-                                  f"write e.g. {where}.0")
+                raise ConfigError(
+                    field, f"{path!r}: {where} is a list, so {part!r} must be an index", f"write e.g. {where}.0"
+                )
             node = node[1]
         else:
             raise ConfigError(field, f"{path!r}: {where} has no sub-fields", f"use {where} as the axis")
@@ -231,14 +251,16 @@ def _check_reserved_fields(study: StudyConfig) -> None:
     for name, frag in (("base", study.base), ("teacher_finetune", study.teacher_finetune)):
         for key in ("output_dir", "stage"):
             if key in frag:
-                raise ConfigError(f"{name}.{key}", "is set by the study runner",
-                                  "remove it (teachers and no-KD runs are stage finetune, KD runs stage task, "
-                                  "all under the study's output_dir)")
+                raise ConfigError(
+                    f"{name}.{key}",
+                    "is set by the study runner",
+                    "remove it (teachers and no-KD runs are stage finetune, KD runs stage task, "
+                    "all under the study's output_dir)",
+                )
     if "seed" in study.base:
         raise ConfigError("base.seed", "is set per run from 'seeds'", "remove it and list the seeds in 'seeds'")
     if "preset" in study.teacher_finetune:
-        raise ConfigError("teacher_finetune.preset", "presets are distillation objectives, not fine-tunes",
-                          "remove it")
+        raise ConfigError("teacher_finetune.preset", "presets are distillation objectives, not fine-tunes", "remove it")
 
 
 def _check_base_preset(study: StudyConfig, presets: set[str]) -> None:
@@ -252,12 +274,16 @@ def _check_assignment(study: StudyConfig, presets: set[str], key: str, value: An
         if value not in presets:
             raise ConfigError(field, f"unknown preset {value!r}", f"use one of {sorted(presets)}")
         if "plan" in study.base:
-            raise ConfigError("base.plan", "a preset axis merges each preset under the base, so base.plan "
-                              "would replace every preset's plan", "remove base.plan")
+            raise ConfigError(
+                "base.plan",
+                "a preset axis merges each preset under the base, so base.plan would replace every preset's plan",
+                "remove base.plan",
+            )
         return
     if key in ("stage", "output_dir", "seed") or key.startswith(("data.task", "teacher.path")):
-        raise ConfigError(field, f"{key!r} is set by the study runner",
-                          "vary it through 'tasks', 'seeds' or teacher_finetune instead")
+        raise ConfigError(
+            field, f"{key!r} is set by the study runner", "vary it through 'tasks', 'seeds' or teacher_finetune instead"
+        )
     check_field_path(key, field)
 
 
@@ -274,8 +300,11 @@ def _check_labels(study: StudyConfig) -> None:
         if key not in study.axes:
             raise ConfigError(f"labels.{key}", "names no axis", f"use one of {sorted(study.axes)}")
         if len(labels) != len(study.axes[key]):
-            raise ConfigError(f"labels.{key}", f"has {len(labels)} labels for {len(study.axes[key])} values",
-                              "give one label per axis value")
+            raise ConfigError(
+                f"labels.{key}",
+                f"has {len(labels)} labels for {len(study.axes[key])} values",
+                "give one label per axis value",
+            )
         if len(set(labels)) != len(labels):
             raise ConfigError(f"labels.{key}", "labels must be distinct", "rename the duplicates")
 
@@ -285,8 +314,11 @@ def _check_runs(study: StudyConfig, presets: set[str]) -> None:
     if study.mode != "list":
         raise ConfigError("runs", "explicit runs need mode: list", "set mode: list, or use axes")
     if study.axes:
-        raise ConfigError("axes", "mode list takes either axes (zipped) or explicit runs, not both",
-                          "move the axes into each entry of runs")
+        raise ConfigError(
+            "axes",
+            "mode list takes either axes (zipped) or explicit runs, not both",
+            "move the axes into each entry of runs",
+        )
     if not study.runs:
         raise ConfigError("runs", "is empty", "list at least one run, or remove 'runs'")
     seen = set()
@@ -305,5 +337,8 @@ def _check_zipped_axes(study: StudyConfig) -> None:
     """List mode zips the axes: they need equal lengths."""
     lengths = {k: len(v) for k, v in study.axes.items()}
     if len(set(lengths.values())) > 1:
-        raise ConfigError("axes", f"mode list zips the axes, which need equal lengths (got {lengths})",
-                          "give every axis the same number of values, or use mode: grid")
+        raise ConfigError(
+            "axes",
+            f"mode list zips the axes, which need equal lengths (got {lengths})",
+            "give every axis the same number of values, or use mode: grid",
+        )

@@ -1,0 +1,149 @@
+"""One knowledge-distillation step, written once: the training loop, evaluation and the benchmark call it.
+
+``Distiller(plan, teacher, student)`` owns the plan, the two feature captures and the per-step layer-pair
+draw::
+
+    distiller = Distiller(plan, teacher, student, attention="auto")
+    loss, logs = distiller.step(batch, step=step, total_steps=total)   # then loss.backward()
+    eval_loss = distiller.evaluate_loss(batch)
+    distiller.remove()                                                 # hooks off, models restored
+
+What one ``step`` does, in order:
+
+1. random matching: draw this step's pairs once (from ``(plan.seed, step)``) and point both captures at
+   the layers they name;
+2. the teacher's features: from ``teacher_cache`` (logits-only plans, after the first epoch) or a capture
+   under ``inference_mode`` (optionally autocast to ``teacher_dtype``);
+3. the student's features; where attention is captured inline each attention loss is taken the moment its
+   student layer has run (``DistillationPlan.inline_consumer``), so the student's maps are never held;
+4. ``plan(...)``: the weighted terms plus the hard-label loss, each map released after its last reader.
+
+``plan=None`` is fine-tuning (the no-KD baseline, the teacher itself): the student's own loss. Under DDP
+the hooks sit on the bare models and the calls go through the wrapped ones: pass ``student_fn`` (the
+wrapped student) and ``plan_fn`` (the wrapped plan, when it has projections to synchronize).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from unikd.capture import FeatureCapture, Features
+from unikd.plan import DistillationPlan
+
+
+class Distiller:
+    """The plan, both captures and the per-step pair draw (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan: DistillationPlan | None,
+        teacher: nn.Module | None,
+        student: nn.Module,
+        *,
+        attention: str = "auto",
+        teacher_dtype: torch.dtype | None = None,
+        teacher_cache=None,
+        student_fn: Callable | None = None,
+        plan_fn: Callable | None = None,
+    ):
+        self.plan = plan
+        self.plan_fn = plan_fn or plan
+        self.student = student
+        self.student_fn = student_fn or student
+        self.teacher_dtype = teacher_dtype
+        self.cache = teacher_cache
+        self.teacher_capture = self.student_capture = None
+        if plan is not None:
+            teacher_req, student_req = plan.requests(0)
+            self.teacher_capture = FeatureCapture(teacher, teacher_req, attention=attention)
+            self.student_capture = FeatureCapture(student, student_req, attention=attention)
+            self.student_capture.forward_fn = self.student_fn  # the wrapped model, so gradients synchronize
+
+    # ---- features ---------------------------------------------------------------------------------------
+    def _pairs(self, step: int) -> dict | None:
+        """This step's pairs under random matching (captures re-pointed), else None (the plan's static pairs)."""
+        if not self.plan.is_dynamic:
+            return None
+        pairs = self.plan.pairs_at(step)
+        teacher_req, student_req = self.plan.requests(step, pairs)
+        self.teacher_capture.set_request(teacher_req)
+        self.student_capture.set_request(student_req)
+        return pairs
+
+    def capture_teacher(self, batch: dict, idx: torch.Tensor | None = None) -> Features:
+        """The teacher's features for ``batch``: cached rows ``idx`` when every one is stored, else a forward
+        (stored for next time; a batch without row ids is never cached)."""
+        cache = self.cache if idx is not None else None
+        features = cache.lookup(idx, batch) if cache is not None else None
+        if features is None:
+            features = self.teacher_capture(batch, teacher=True, autocast_dtype=self.teacher_dtype)
+            if cache is not None:
+                cache.store(idx, features)
+        return features
+
+    def capture_student(
+        self, batch: dict, teacher: Features, *, step: int = 0, pairs: dict | None = None
+    ) -> tuple[Features, dict | None]:
+        """Run the student's capture; ``(features, precomputed)`` for ``plan(..., precomputed=)``.
+
+        Where the capture records attention inline, each attention loss is taken while its student layer runs
+        (``plan.inline_consumer`` on ``capture.on_inline``); elsewhere ``precomputed`` stays empty."""
+        capture = self.student_capture
+        if not self.plan.has_attention:
+            return capture(batch), None
+        capture.on_inline, precomputed = self.plan.inline_consumer(
+            teacher, capture.mask_of(batch), capture.causal, capture.sliding_windows, step=step, pairs=pairs
+        )
+        try:
+            return capture(batch), precomputed
+        finally:
+            capture.on_inline = None
+
+    # ---- the step -----------------------------------------------------------------------------------
+    def step(self, batch: dict, *, step: int = 0, total_steps: int = 1) -> tuple[torch.Tensor, dict]:
+        """The loss to back-propagate for ``batch`` at ``step`` and each term's detached value.
+
+        ``batch`` may carry ``idx`` (row ids for the teacher cache); it is not passed to the models."""
+        idx = batch.get("idx")
+        batch = {k: v for k, v in batch.items() if k != "idx"}
+        if self.plan is None:
+            loss = self.student_fn(**batch).loss
+            return loss, {"hard": loss.detach(), "total": loss.detach()}
+        pairs = self._pairs(step)
+        teacher = self.capture_teacher(batch, idx)
+        student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
+        return self.plan_fn(
+            teacher,
+            student,
+            labels=batch.get("labels"),
+            hard_loss=getattr(student.output, "loss", None),
+            step=step,
+            total_steps=total_steps,
+            pairs=pairs,
+            release_maps=True,
+            precomputed=precomputed,
+        )
+
+    @torch.no_grad()
+    def evaluate_loss(self, batch: dict) -> torch.Tensor:
+        """The objective on a held-out batch (general stage): the plan's total, or the LM loss without a plan."""
+        batch = {k: v for k, v in batch.items() if k != "idx"}
+        if self.plan is None:
+            return self.student_fn(**batch).loss
+        pairs = self._pairs(0)  # random matching: step 0's draw, the same for every evaluation
+        teacher = self.teacher_capture(batch, teacher=True, autocast_dtype=self.teacher_dtype)
+        student = self.student_capture(batch)
+        loss, _ = self.plan_fn(
+            teacher, student, labels=batch.get("labels"), hard_loss=getattr(student.output, "loss", None), pairs=pairs
+        )
+        return loss
+
+    def remove(self) -> None:
+        """Hooks off, and the models back on their own attention implementation."""
+        for capture in (self.teacher_capture, self.student_capture):
+            if capture is not None:
+                capture.remove()
+        self.teacher_capture = self.student_capture = None
