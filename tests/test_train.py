@@ -337,3 +337,51 @@ def test_a_run_with_projections_gives_the_same_student_whatever_ran_before(finet
         assert torch.equal(a[key], b[key]), key
     pa, pb = torch.load(tmp_path / "a" / "projections.pt"), torch.load(tmp_path / "b" / "projections.pt")
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_transfer_rows_get_only_the_kd_terms_and_pseudo_labels_the_teacher(finetuned_teacher, tmp_path, glue_dir):
+    """data.transfer: rest_of_train (weight 2) + Tang-augmented copies (weight 1) after 32 labelled rows: the
+    epoch holds 32 + 64 + 32 rows; the hard loss counts the labelled rows only; with plan.pseudo_labels the
+    transfer rows count with the teacher's argmax."""
+    from unikd.distiller import hard_label_loss
+
+    transfer = "[{kind: rest_of_train, weight: 2}, {kind: augment, method: tang, copies: 3, weight: 1}]"
+    common = _common(tmp_path, "t", glue_dir) + ["data.train_limit=32", "train.max_steps=null", "train.epochs=1"]
+    args = ["stage=task", f"teacher.path={finetuned_teacher}", "student.shape.num_layers=1"]
+    cfg = load_config(None, common + args + [f"data.transfer={transfer}"])
+    result = run(cfg)
+    assert result["steps"] == (32 + 64 + 32) // 16  # batch 16: one epoch over labelled + transfer rows
+    # the hard loss of a mixed batch, by hand
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    labelled = torch.tensor([1, 0, 1, 0])
+    teacher_logits = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [2.0, 0.0]])
+    ce = torch.nn.functional.cross_entropy
+    for pseudo, expected in (
+        (False, (ce(logits[0:1], labels[0:1]) + ce(logits[2:3], labels[2:3])) / 2),
+        (True, ce(logits, torch.tensor([0, 1, 0, 0]))),  # transfer rows take the teacher's argmax
+    ):
+        hard = hard_label_loss(logits, labels, labelled, teacher_logits, pseudo_labels=pseudo)
+        torch.testing.assert_close(hard, expected)
+    assert float(hard_label_loss(logits, labels, torch.zeros(4), teacher_logits)) == 0.0  # transfer rows alone
+    regression = hard_label_loss(
+        torch.tensor([[1.0], [2.0]]),
+        torch.tensor([0.5, 9.0]),
+        torch.tensor([1, 0]),
+        torch.tensor([[0.0], [2.5]]),
+        pseudo_labels=True,
+    )
+    torch.testing.assert_close(regression, torch.tensor((0.5**2 + 0.5**2) / 2))
+
+
+def test_transfer_settings_that_cannot_work_are_refused_by_name(finetuned_teacher, tmp_path, glue_dir):
+    common = _common(tmp_path, "bad", glue_dir) + [f"teacher.path={finetuned_teacher}"]
+    with pytest.raises(ConfigError, match=r"data.transfer: a transfer set needs a teacher"):
+        load_config(None, common + ["stage=finetune", "data.transfer=[{kind: rest_of_train}]"])
+    with pytest.raises(ConfigError) as err:
+        run(
+            load_config(None, common + ["stage=task", "data.train_limit=null", "data.transfer=[{kind: rest_of_train}]"])
+        )
+    assert err.value.field == "data.transfer[0].kind" and "train_limit" in str(err.value)
+    with pytest.raises(ConfigError, match=r"copies"):
+        load_config(None, common + ["stage=task", "data.transfer=[{kind: augment, copies: 0}]"])

@@ -94,6 +94,23 @@ def validate(
     typer.echo(f"ok: {config}")
 
 
+@app.command()
+def augment(
+    config: Path = typer.Argument(..., help="YAML run config with data.transfer augment sources."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides."),
+    rows: int = typer.Option(3, help="Labelled rows to augment and print."),
+    out: Optional[Path] = typer.Option(None, help="Write the copies of those rows as JSON lines."),
+):
+    """Materialize a config's augmentation (data.transfer kind: augment) on its first labelled rows and print them."""
+    from unikd.augment_cli import augment_sample
+
+    try:
+        text = augment_sample(config, overrides or [], rows=rows, out=out)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(text)
+
+
 @app.command("config-schema")
 def config_schema():
     """Print the JSON schema of the run config (every field with its description)."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from unikd.data.transfer import TransferSource
 from unikd.errors import ConfigError
 from unikd.initialization import InitConfig
 from unikd.knowledge import STORED, TERM_CLASSES, owners_of
@@ -66,6 +67,12 @@ class DataConfig(_Strict):
     eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")
     block_size: int = Field(128, ge=8, description="general stage: tokens per packed training block.")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="general stage (encoders): masking rate.")
+    transfer: list[TransferSource] = Field(
+        default_factory=list,
+        description="task stage: transfer data the teacher labels beyond the labelled rows (rest_of_train, text, "
+        "augment), each with a weight: its rows per labelled row in an epoch. Transfer rows get only the KD "
+        "terms (or the teacher's labels with plan.pseudo_labels). See unikd.data.transfer.",
+    )
 
 
 class OptimConfig(_Strict):
@@ -135,6 +142,14 @@ class RunConfig(_Strict):
             raise ValueError(f"data.task is required for stage '{self.stage}' (e.g. data.task=sst2)")
         if self.stage == "general" and not self.data.text:
             raise ValueError("data.text is required for stage 'general' (text files, a directory, or hub:<name>)")
+        if self.data.transfer and self.stage != "task":
+            raise ValueError(
+                f"data.transfer: a transfer set needs a teacher to label it, so it is for stage 'task' "
+                f"(not {self.stage!r}); for a no-KD baseline on the same rows use stage task with plan.terms=[] "
+                "and plan.pseudo_labels=true"
+            )
+        if self.plan.pseudo_labels and self.stage != "task":
+            raise ValueError("plan.pseudo_labels: the teacher's labels need stage 'task'")
         if not self.teacher.path:
             raise ValueError(
                 f"teacher.path is required for stage '{self.stage}' (finetune: the model the "

@@ -34,6 +34,32 @@ from unikd.capture import FeatureCapture, Features
 from unikd.plan import DistillationPlan
 
 
+def hard_label_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    labelled: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    pseudo_labels: bool = False,
+) -> torch.Tensor:
+    """The student's task loss over the labelled rows of a batch that mixes in transfer rows.
+
+    logits [B, C] ([B, 1]: regression), labels [B], labelled [B] (1/0). With ``pseudo_labels`` the transfer rows
+    count too, with the teacher's prediction (argmax; regression: its value) as their label. Mean over the rows
+    that count (0 when none does: a batch of transfer rows alone); cross-entropy, or squared error for
+    regression, as the model's own loss is on a batch of labelled rows only."""
+    weight = labelled.to(torch.float32)
+    if pseudo_labels:
+        teacher_labels = teacher_logits.squeeze(-1) if logits.shape[-1] == 1 else teacher_logits.argmax(-1)
+        labels = torch.where(labelled.bool(), labels, teacher_labels.to(labels.dtype))
+        weight = torch.ones_like(weight)
+    if logits.shape[-1] == 1:  # regression (STS-B)
+        rows = (logits.squeeze(-1).float() - labels.float()) ** 2
+    else:
+        rows = torch.nn.functional.cross_entropy(logits.float(), labels.long(), reduction="none")
+    return (rows * weight).sum() / weight.sum().clamp_min(1)
+
+
 class Distiller:
     """The plan, both captures and the per-step pair draw (see the module docstring)."""
 
@@ -106,20 +132,27 @@ class Distiller:
     def step(self, batch: dict, *, step: int = 0, total_steps: int = 1) -> tuple[torch.Tensor, dict]:
         """The loss to back-propagate for ``batch`` at ``step`` and each term's detached value.
 
-        ``batch`` may carry ``idx`` (row ids for the teacher cache); it is not passed to the models."""
-        idx = batch.get("idx")
-        batch = {k: v for k, v in batch.items() if k != "idx"}
+        ``batch`` may carry ``idx`` (row ids for the teacher cache) and ``labelled`` (1 = a labelled row,
+        0 = a transfer row: no hard-label loss, or the teacher's label with ``plan.pseudo_labels``); neither is
+        passed to the models."""
+        idx, labelled = batch.get("idx"), batch.get("labelled")
+        batch = {k: v for k, v in batch.items() if k not in ("idx", "labelled")}
         if self.plan is None:
             loss = self.student_fn(**batch).loss
             return loss, {"hard": loss.detach(), "total": loss.detach()}
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)
         student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
+        hard = getattr(student.output, "loss", None)
+        if labelled is not None and hard is not None:
+            hard = hard_label_loss(
+                student.logits, batch["labels"], labelled, teacher.logits, pseudo_labels=self.plan.config.pseudo_labels
+            )
         return self.plan_fn(
             teacher,
             student,
             labels=batch.get("labels"),
-            hard_loss=getattr(student.output, "loss", None),
+            hard_loss=hard,
             step=step,
             total_steps=total_steps,
             pairs=pairs,

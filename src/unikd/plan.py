@@ -55,6 +55,12 @@ class PlanConfig(BaseModel):
     seed: int = Field(
         0, description="Seed for 'random' layer matching; draws depend on (seed, step) so runs resume exactly."
     )
+    pseudo_labels: bool = Field(
+        False,
+        description="task stage: train transfer rows (data.transfer) on the teacher's predictions as hard labels "
+        "(argmax; regression: its value) - with plan.terms=[] the pseudo-labelling baseline that separates a KD "
+        "gain from a more-data gain.",
+    )
 
 
 def _matching_label(term: Term) -> str:

@@ -117,6 +117,42 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
     return train, evals, D.classification_collator(tokenizer)
 
 
+def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
+    """The labelled rows (``labelled`` = 1) followed by the epoch's transfer rows (``labelled`` = 0, a placeholder
+    label the hard loss never reads), tokenized alike; the labelled rows alone without ``data.transfer``."""
+    import datasets
+
+    from unikd.data.transfer import transfer_rows
+
+    if not cfg.data.transfer:
+        return train_ds
+    data, info = cfg.data, D.resolve_task(cfg.data.task)
+    labelled = D.load_glue(data.task, "train", data.data_dir, limit=data.train_limit, seed=cfg.seed)
+
+    def rest():
+        taken = set(labelled["idx"])
+        return D.load_glue(data.task, "train", data.data_dir).filter(lambda r: r["idx"] not in taken)
+
+    rows = transfer_rows(
+        data.transfer,
+        labelled=labelled,
+        rest=rest,
+        train_limit=data.train_limit,
+        task=info.name,
+        is_pair=info.is_pair,
+        tokenizer=tokenizer,
+        embeddings=teacher.get_input_embeddings().weight,
+        seed=cfg.seed,
+        cache_dir=_cache_dir(),
+    )
+    placeholder = [0.0 if info.is_regression else 0] * len(rows)
+    rows = rows.add_column("label", placeholder).cast_column("label", labelled.features["label"])
+    transfer = D.tokenize_pairs(rows, tokenizer, data.max_length, cache_dir=_cache_dir())
+    return datasets.concatenate_datasets(
+        [train_ds.add_column("labelled", [1] * len(train_ds)), transfer.add_column("labelled", [0] * len(transfer))]
+    )
+
+
 def _optimizer(cfg: RunConfig, student, plan):
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
     groups = [
@@ -153,6 +189,7 @@ def _teacher_cache(cfg: RunConfig, plan, teacher_path: str, rows: int) -> Teache
             "max_length": cfg.data.max_length,
             # other precisions give other logits (absent for fp32: older caches stay valid)
             **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
+            **({"transfer": [s.model_dump(mode="json") for s in cfg.data.transfer]} if cfg.data.transfer else {}),
         },
     )
 
@@ -300,6 +337,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, eval_ds, collate = _datasets(cfg, tokenizer, is_decoder)
     teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate)
+    train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
         train_ds = train_ds.add_column("idx", list(range(len(train_ds))))

@@ -54,8 +54,9 @@ def _tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode("utf-8")).hexdigest()[:32]
 
 
-def _map_cached(ds, fn, *, fingerprint: str, cache_dir, remove_columns, desc: str, batched=True):
+def _map_cached(ds, fn, *, fingerprint: str, cache_dir, remove_columns, desc: str, batched=True, num_proc=None):
     kwargs: dict[str, Any] = dict(
+        num_proc=num_proc,
         batched=batched,
         remove_columns=remove_columns,
         new_fingerprint=fingerprint,

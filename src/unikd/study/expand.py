@@ -276,6 +276,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 b_data.pop("plan", None)
                 b_data.setdefault("train", {}).pop("teacher_cache", None)
                 b_data["train"].pop("teacher_cache_topk", None)
+                b_data.setdefault("data", {}).pop("transfer", None)  # no teacher to label it: the labelled rows
                 b_data["output_dir"] = str(root / "runs" / "pending")
                 b_cfg = _validate_run(b_data, f"{v.where} (no-KD baseline)")
                 b_hash = config_hash(b_cfg, root_s, t_hash)
