@@ -270,6 +270,45 @@ def test_hub_id_while_offline_is_refused_at_once(monkeypatch):
     _assert_names(err.value, "student.init.source", "offline")
 
 
+def test_hub_id_with_no_network_is_refused_at_once(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *M._PROXY_VARS):
+        monkeypatch.delenv(var, raising=False)
+    tried = []
+
+    def no_network(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(ConfigError) as err:
+        resolve_model_path("unikd-test-nobody/no-such-model", "teacher.path")
+    _assert_names(err.value, "teacher.path", "cannot be reached: offline?", "Network is unreachable", "HF_HUB_OFFLINE")
+    assert tried == [(("huggingface.co", 443), 3)]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # behind a proxy a direct probe proves nothing
+    assert resolve_model_path("unikd-test-nobody/no-such-model") == "unikd-test-nobody/no-such-model"
+    assert len(tried) == 1
+
+
+def test_cached_hub_id_is_accepted_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    snapshot = tmp_path / "models--someone--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "models--someone--tiny" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert resolve_model_path("someone/tiny") == "someone/tiny"
+    with pytest.raises(ConfigError):
+        resolve_model_path("someone/other")
+
+
 def test_model_config_turns_a_hub_failure_into_a_config_error(monkeypatch):
     from transformers import AutoConfig
 

