@@ -223,6 +223,9 @@ def test_study_override_past_the_runs_list():
         apply_study_overrides(study, ["runs.5.label=x"])
     _assert_names(err.value, "runs.5.label", "runs has 2 entries (indices 0..1)", "index 5")
     assert apply_study_overrides(study, ["runs.1.label=x"])["runs"][1] == {"label": "x"}
+    with pytest.raises(ConfigError) as err:  # a study without runs: the list starts empty
+        apply_study_overrides({"mode": "grid"}, ["runs.5.label=x"])
+    _assert_names(err.value, "runs.5.label", "runs is empty, so index 5 does not exist", "index 0")
 
 
 def test_study_cli_override_error_exits_2(tmp_path):

@@ -225,12 +225,17 @@ def _child(node: Any, part: str, key: str, prefix: str, nxt: str | None) -> Any:
                 f"use a number, e.g. {key.replace(f'{prefix}.{part}', f'{prefix}.0', 1)}=...",
             )
         index = int(part)
-        if index > len(node):
-            entries = f"indices 0..{len(node) - 1}" if node else "no entries"
+        if index > len(node) and not node:
             raise ConfigError(
                 key,
-                f"{prefix} has {len(node)} entr{'y' if len(node) == 1 else 'ies'} ({entries}), so index {index} "
-                "does not exist",
+                f"{prefix} is empty, so index {index} does not exist",
+                f"use index 0 to add the first entry, or set the whole list ({prefix}=[...])",
+            )
+        if index > len(node):
+            raise ConfigError(
+                key,
+                f"{prefix} has {len(node)} entr{'y' if len(node) == 1 else 'ies'} (indices 0..{len(node) - 1}), so "
+                f"index {index} does not exist",
                 f"use an index below {len(node)}, {len(node)} to add an entry, or set the whole list ({prefix}=[...])",
             )
         if index == len(node):
