@@ -153,6 +153,7 @@ def test_atomic_path_leaves_the_old_file_on_failure(tmp_path):
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # the empty bar chart has no legend entries
 def test_plots_are_atomic_and_keep_the_umask(tmp_path, umask_027, monkeypatch):
     from matplotlib.figure import Figure
 
