@@ -126,13 +126,11 @@ def student_budget(
     tolerance: float = typer.Option(0.05, help="Relative tolerance around the budget."),
 ):
     """List depth x width x heads students within the budget (width-versus-depth studies)."""
-    from transformers import AutoConfig
-
-    from unikd.models import resolve_model_path
+    from unikd.models import model_config, resolve_model_path
     from unikd.student import budget_configs, format_budget_table
 
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(teacher, "--teacher"))
+        config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
         rows = budget_configs(config, budget, tolerance=tolerance)
     except ConfigError as exc:
         _fail(exc)
@@ -145,14 +143,12 @@ def student_params(
     overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ..."),
 ):
     """Exact parameter counts of a student built from the teacher's config."""
-    from transformers import AutoConfig
-
     from unikd.config import apply_overrides
-    from unikd.models import resolve_model_path
+    from unikd.models import model_config, resolve_model_path
     from unikd.student import StudentShape, count_parameters, student_config
 
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(teacher, "--teacher"))
+        config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
         shape = StudentShape.model_validate(apply_overrides({}, overrides or []))
         counts = count_parameters(student_config(config, shape))
     except ConfigError as exc:
@@ -204,7 +200,9 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
     if cfg.stage == "general" or not cfg.data.task:
         return None
     task = resolve_task(cfg.data.task)
-    dev = load_glue(cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit)
+    dev = load_glue(
+        cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit, skip_malformed=cfg.data.skip_malformed
+    )
     return EvalSet(
         texts_a=dev["text_a"],
         texts_b=dev["text_b"] if task.is_pair else None,

@@ -38,7 +38,7 @@ from torch import nn
 from unikd import matching
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
-from unikd.models import auto_class_for, resolve_model_path
+from unikd.models import auto_class_for, model_config, resolve_model_path
 from unikd.student import SHAPE_FIELD, ResolvedShape, StudentShape, resolve_shape, student_config
 
 INIT_FIELD = "student.init"
@@ -638,6 +638,27 @@ def build_student(
     return INITIALIZERS[init.strategy](student, donor, init, calibration_batch)
 
 
+def check_student_init(teacher_config, shape: StudentShape | None = None, init: InitConfig | None = None) -> None:
+    """``build_student``'s checks from configs alone (no weights): the pretrained checkpoint exists and fits
+    the shape; the weight source is of the teacher's family; layers and widths fit the strategy. ``unikd
+    validate`` calls it, so a bad ``student.init`` is reported before any training."""
+    shape, init = shape or StudentShape(), init or InitConfig()
+    if init.strategy == "pretrained":
+        _check_shape_matches(pretrained_config(init), shape)
+        return
+    donor_config = teacher_config
+    if init.source:
+        field = f"{INIT_FIELD}.source"
+        donor_config = model_config(resolve_checkpoint(init.source, field), field)
+        if donor_config.model_type != teacher_config.model_type:
+            raise ConfigError(
+                field,
+                f"{init.source!r} is a {donor_config.model_type} model but the teacher is {teacher_config.model_type}",
+                "use a checkpoint of the teacher's family",
+            )
+    check_init(donor_config, resolve_shape(teacher_config, shape), init)
+
+
 def _check_shape_matches(config, shape: StudentShape, field: str = SHAPE_FIELD) -> None:
     adapter = get_adapter(config, field="student.init.pretrained")
     spec = adapter.spec(config)
@@ -665,6 +686,7 @@ __all__ = [
     "KeepIndices",
     "build_student",
     "check_init",
+    "check_student_init",
     "copy_weights",
     "importance_indices",
     "importance_scores",

@@ -38,7 +38,7 @@ from unikd.export import (
     read_model_config,
     weights_bytes,
 )
-from unikd.io import atomic_write_json
+from unikd.io import atomic_path, atomic_write_json
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "int8")
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
@@ -455,10 +455,8 @@ def plot_score_vs_latency(rows: Sequence[dict], scores: Mapping[str, float], pat
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(str(tmp), dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), dpi=120)
     return path
 
 

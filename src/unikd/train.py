@@ -12,6 +12,7 @@ The KD step itself is ``Distiller.step`` (``unikd.distiller``), the same call th
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer, get_scheduler
+from transformers import AutoTokenizer, get_scheduler
 
 from unikd import data as D
 from unikd.allocator import keep_freed_memory
@@ -33,10 +34,10 @@ from unikd.config import RunConfig, dump_config
 from unikd.distiller import Distiller
 from unikd.errors import ConfigError
 from unikd.families import get_adapter, model_spec
-from unikd.initialization import build_student
-from unikd.io import atomic_write_json, atomic_write_text
+from unikd.initialization import build_student, check_student_init
+from unikd.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
 from unikd.metrics import compute_metrics
-from unikd.models import load_model, model_kind_for, quantize_int8, resolve_model_path
+from unikd.models import load_model, model_config, model_kind_for, quantize_int8, resolve_model_path
 from unikd.plan import DistillationPlan
 from unikd.student import count_parameters, student_config
 from unikd.teacher_cache import TeacherLogitCache
@@ -51,7 +52,7 @@ def validate_run(cfg: RunConfig):
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
     if cfg.stage in ("task", "finetune"):
         D.resolve_task(cfg.data.task)
-    teacher_config = AutoConfig.from_pretrained(teacher_path)
+    teacher_config = model_config(teacher_path, "teacher.path")
     kind = model_kind_for(cfg.stage, teacher_config)
     if cfg.stage == "task":
         archs = teacher_config.architectures or []
@@ -76,7 +77,31 @@ def validate_run(cfg: RunConfig):
                 "drop the logits terms and set plan.hard_label_weight=0 (intermediate "
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
             )
+    _check_inputs(cfg, teacher_config, plan)
     return teacher_path, teacher_config, kind, plan
+
+
+def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None) -> None:
+    """What ``validate`` can tell without weights or data: a writable output_dir, a precision this machine
+    runs, a plan with something to train, a student initialization that fits the teacher."""
+    check_writable_dir(cfg.output_dir, "output_dir")
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate would run such a run in fp32 without a word: its numbers would not be what was asked for
+        raise ConfigError(
+            "train.precision",
+            "fp16 mixed precision needs a CUDA GPU, and none is visible here (the run would silently be fp32)",
+            "use train.precision=no (fp32) or bf16 on a CPU, or run on a GPU",
+        )
+    if plan is not None and cfg.train.teacher_cache and cfg.stage == "task":
+        TeacherLogitCache.check_plan(plan)
+    p = cfg.plan
+    if cfg.stage != "finetune" and not p.terms and p.hard_label_weight == 0 and not p.hard_label_weight_end:
+        raise ConfigError(
+            "plan.terms",
+            "the plan has no distillation terms and plan.hard_label_weight is 0, so there is nothing to train",
+            "add a term (e.g. plan.terms=[{knowledge: logits, loss: kl}]) or set plan.hard_label_weight=1",
+        )
+    check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
 
 
 def _cache_dir() -> Path:
@@ -94,22 +119,39 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
             cache_dir=cache,
         )
         evals = (
-            D.chunk_for_lm(D.load_text_corpus(cfg.data.eval_text), tokenizer, cfg.data.block_size, cache_dir=cache)
+            D.chunk_for_lm(
+                D.load_text_corpus(cfg.data.eval_text, field="data.eval_text"),
+                tokenizer,
+                cfg.data.block_size,
+                cache_dir=cache,
+            )
             if cfg.data.eval_text
             else None
         )
         collate = D.lm_collator(tokenizer, mlm=not is_decoder, mlm_probability=cfg.data.mlm_probability)
+        _check_blocks(train, cfg, "data.text")
+        if evals is not None:
+            _check_blocks(evals, cfg, "data.eval_text")
         return train, evals, collate
     task = cfg.data.task
     train = D.tokenize_pairs(
-        D.load_glue(task, "train", cfg.data.data_dir, limit=cfg.data.train_limit, seed=cfg.seed),
+        D.load_glue(
+            task,
+            "train",
+            cfg.data.data_dir,
+            limit=cfg.data.train_limit,
+            seed=cfg.seed,
+            skip_malformed=cfg.data.skip_malformed,
+        ),
         tokenizer,
         cfg.data.max_length,
         cache_dir=cache,
     )
     dev_split = D.resolve_task(task).dev_splits[0]
     evals = D.tokenize_pairs(
-        D.load_glue(task, dev_split, cfg.data.data_dir, limit=cfg.data.eval_limit),
+        D.load_glue(
+            task, dev_split, cfg.data.data_dir, limit=cfg.data.eval_limit, skip_malformed=cfg.data.skip_malformed
+        ),
         tokenizer,
         cfg.data.max_length,
         cache_dir=cache,
@@ -127,11 +169,15 @@ def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
     if not cfg.data.transfer:
         return train_ds
     data, info = cfg.data, D.resolve_task(cfg.data.task)
-    labelled = D.load_glue(data.task, "train", data.data_dir, limit=data.train_limit, seed=cfg.seed)
+    skip = data.skip_malformed
+    labelled = D.load_glue(
+        data.task, "train", data.data_dir, limit=data.train_limit, seed=cfg.seed, skip_malformed=skip
+    )
 
     def rest():
         taken = set(labelled["idx"])
-        return D.load_glue(data.task, "train", data.data_dir).filter(lambda r: r["idx"] not in taken)
+        full = D.load_glue(data.task, "train", data.data_dir, skip_malformed=skip)
+        return full.filter(lambda r: r["idx"] not in taken)
 
     rows = transfer_rows(
         data.transfer,
@@ -151,6 +197,16 @@ def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
     return datasets.concatenate_datasets(
         [train_ds.add_column("labelled", [1] * len(train_ds)), transfer.add_column("labelled", [0] * len(transfer))]
     )
+
+
+def _check_blocks(ds, cfg: RunConfig, field: str) -> None:
+    """Text packed into no block at all would leave the loop with an empty loader: refuse it."""
+    if len(ds) == 0:
+        raise ConfigError(
+            field,
+            f"the text holds fewer than data.block_size={cfg.data.block_size} tokens, so it packs into no block",
+            f"give more text in {field}, or a smaller data.block_size",
+        )
 
 
 def _optimizer(cfg: RunConfig, student, plan):
@@ -212,15 +268,49 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict, keep
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / "unikd_state.json", {"step": step, **extra})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not be mistaken for one, nor fill the disk
+        raise _disk_full(accelerator, root, step) from exc
     if accelerator.is_main_process:
-        atomic_write_json(tmp / "unikd_state.json", {"step": step, **extra})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in _checkpoint_dirs(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _state_bytes(accelerator) -> int:
+    """What ``save_state`` writes, near enough: the tensors of every prepared model's and optimizer's state."""
+    states = [m.state_dict() for m in accelerator._models] + [o.state_dict() for o in accelerator._optimizers]
+    total, stack = 0, list(states)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def _disk_full(accelerator, root: Path, step: int) -> ConfigError:
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    need, free = _state_bytes(accelerator) / 2**20, shutil.disk_usage(existing).free / 2**20
+    return ConfigError(
+        "output_dir",
+        f"the disk filled up while writing checkpoint step-{step} in {root} (removed the partial .tmp-step-{step}); "
+        f"a checkpoint needs about {need:.1f} MiB, {free:.1f} MiB are free",
+        "free space on that disk or choose an output_dir on a larger one, then rerun with --resume; "
+        "fewer train.keep_checkpoints keep less on disk",
+    )
 
 
 def _save_model(accelerator, model, tokenizer, path: Path) -> None:
@@ -514,7 +604,8 @@ def finish(state: State, completed: bool = True) -> dict:
     # Outputs: the student alone (projections live in checkpoints and projections.pt only), config, metrics.
     _save_model(accelerator, state.student, state.tokenizer, state.output_dir / "student")
     if state.plan is not None and accelerator.is_main_process:
-        torch.save(state.plan.state_dict(), state.output_dir / "projections.pt")
+        with atomic_path(state.output_dir / "projections.pt") as tmp:
+            torch.save(state.plan.state_dict(), tmp)
     final = state.history[-1] if state.history else {}
     params = count_parameters(accelerator.unwrap_model(state.student))
     result = {

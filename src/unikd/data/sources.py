@@ -55,7 +55,9 @@ def _parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     return path, config, split or "train"
 
 
-def load_text_corpus(paths: list[str] | str, limit_lines: int | None = None) -> "datasets.Dataset":
+def load_text_corpus(
+    paths: list[str] | str, limit_lines: int | None = None, *, field: str = "data.text"
+) -> "datasets.Dataset":
     """Load raw text as a ``datasets.Dataset`` with one column, ``text`` (one paragraph per row).
 
     Each entry of ``paths`` is a ``.txt`` file, a directory (its ``*.txt`` files, sorted, not
@@ -66,6 +68,7 @@ def load_text_corpus(paths: list[str] | str, limit_lines: int | None = None) -> 
     Local files: blank (or whitespace-only) lines separate paragraphs; the wrapped lines of a
     paragraph are stripped and joined with single spaces. Hub rows are stripped and empty rows
     dropped. ``limit_lines`` caps the number of input lines (local) or rows (hub) read, in total.
+    A corpus with no text at all (empty or blank files) is a ``ConfigError`` naming ``field``.
     """
     import datasets
 
@@ -92,6 +95,12 @@ def load_text_corpus(paths: list[str] | str, limit_lines: int | None = None) -> 
             budget = _read_hub_text(entry[4:], budget, texts)
         else:
             budget = _read_local_text(_local_text_files(entry), budget, texts)
+    if not texts:
+        raise ConfigError(
+            field,
+            f"{paths} hold no text (the files are empty or blank)",
+            f"point {field} at files with text, one paragraph per blank-line-separated block",
+        )
     return datasets.Dataset.from_dict({"text": texts}, features=datasets.Features({"text": datasets.Value("string")}))
 
 

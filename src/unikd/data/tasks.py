@@ -406,7 +406,8 @@ def load_glue(
     with ``seed``; for dev/test the first ``limit`` rows in file order.
 
     A local row with the wrong number of fields or an unknown label raises ``ConfigError`` naming
-    the file and line; ``skip_malformed=True`` drops such rows instead (as the hub loader does).
+    the file and line; ``skip_malformed=True`` (the run config's ``data.skip_malformed``) drops such rows
+    instead (as the hub loader does). A local file with no data rows (only a header) is a ``ConfigError``.
     """
     info, _ = _resolve(task)
     split = resolve_split(task, split)
@@ -500,7 +501,7 @@ def _parse_label(info: TaskInfo, raw: str, path: Path, line_no: int, mapping: di
     raise ConfigError(
         "data.data_dir",
         f"{path}, line {line_no}: bad label {raw!r} for task {info.name} (expected {expected})",
-        "fix or remove that row, re-download the GLUE data, or pass skip_malformed=True to drop such rows",
+        "fix or remove that row, re-download the GLUE data, or set data.skip_malformed=true to drop such rows",
     )
 
 
@@ -533,25 +534,27 @@ def _read_glue_tsv(info: TaskInfo, split: str, path: Path, skip_malformed: bool 
         else:
             header = list(layout.columns)
         pos = {name: header.index(name) for name in layout.columns}
-        n_fields = len(header)
+        n_fields, skipped = len(header), 0
         for row in reader:
             line_no = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line (e.g. trailing newline)
             if len(row) != n_fields:
                 if skip_malformed:
+                    skipped += 1
                     continue
                 raise ConfigError(
                     "data.data_dir",
                     f"{path}, line {line_no}: malformed row with {len(row)} tab-separated fields, expected {n_fields}",
                     "fix or remove that row (GLUE TSVs are tab-separated without quoting), re-download the GLUE "
-                    "data, or pass skip_malformed=True to drop such rows",
+                    "data, or set data.skip_malformed=true to drop such rows",
                 )
             if labeled and layout.label is not None:
                 try:
                     label = _parse_label(info, row[pos[layout.label]], path, line_no, label2id)
                 except ConfigError:
                     if skip_malformed:
+                        skipped += 1
                         continue
                     raise
             else:
@@ -561,6 +564,14 @@ def _read_glue_tsv(info: TaskInfo, split: str, path: Path, skip_malformed: bool 
             if layout.text_b is not None:
                 text_b.append(row[pos[layout.text_b]])
 
+    if not text_a:
+        dropped = f" ({skipped} malformed rows dropped by data.skip_malformed)" if skipped else ""
+        raise ConfigError(
+            "data.data_dir",
+            f"{path} has no data rows{dropped}" + (", only its header" if layout.header and not skipped else ""),
+            f"put the {info.name} {split} rows in that file (re-download the GLUE data), or point data.data_dir "
+            "at a complete copy",
+        )
     data: dict[str, list] = {"idx": list(range(len(text_a))), "text_a": text_a}
     if info.is_pair:
         data["text_b"] = text_b

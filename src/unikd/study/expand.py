@@ -345,9 +345,7 @@ def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[Pl
     (default: the config of teacher_finetune.teacher.path), without loading weights. Returns the number
     of distinct (student, plan) combinations checked. Raises ``ConfigError`` naming the run. ``runs``: the
     study's ``expand_study`` when the caller has it already (default: expanded here)."""
-    from transformers import AutoConfig
-
-    from unikd.models import resolve_model_path
+    from unikd.models import model_config, resolve_model_path
     from unikd.families import model_spec
     from unikd.initialization import check_init
     from unikd.plan import DistillationPlan
@@ -357,7 +355,8 @@ def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[Pl
         runs = expand_study(study)
     if teacher_config is None:
         path = (study.teacher_finetune.get("teacher") or {}).get("path") or study.base["teacher"]["path"]
-        teacher_config = AutoConfig.from_pretrained(resolve_model_path(path, "teacher_finetune.teacher.path"))
+        field = "teacher_finetune.teacher.path"
+        teacher_config = model_config(resolve_model_path(path, field), field)
     checked = 0
     seen: set[str] = set()
     for run in runs:
