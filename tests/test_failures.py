@@ -129,6 +129,41 @@ def test_weight_1e39_names_the_term_at_step_1_and_the_study_runner_records_it_fa
     assert outcome["error"].startswith("TrainingError: logits_kl: the loss went non-finite at step 1")
 
 
+@pytest.mark.parametrize("path", ["_observe_floats", "_observe_tensors"])
+def test_the_watch_keeps_the_first_bad_step_and_term_on_both_paths(path):
+    """The CPU (float) path and the device (tensor) path record the same thing: the FIRST non-finite step, its first
+    bad term and value; float32 overflow of a weight counts; a hard loss not in the sum (weight 0) does not."""
+    from unikd.guards import FiniteWatch
+    from unikd.plan import PlanConfig
+
+    plan = PlanConfig.model_validate(
+        {
+            "terms": [{"knowledge": "logits", "loss": "kl", "weight": 1e38}, {"knowledge": "hidden"}],
+            "hard_label_weight": 0,
+        }
+    )
+    watch = FiniteWatch(plan)
+    names = ["logits_kl", "hidden_mse", "hard", "total"]
+    watch.names = names
+
+    def observe(values, step):
+        weights = watch._weights(names, step, 10)
+        floats = getattr(watch, path) == watch._observe_floats
+        getattr(watch, path)(values if floats else [torch.tensor(v) for v in values], weights, step)
+
+    observe([1.0, 2.0, float("nan"), 3.0], 0)  # hard is NaN but not in the sum (weight 0): fine
+    watch.check("never")
+    observe([5.0, 2.0, 0.0, 3.0], 3)  # 5 * 1e38 overflows float32: inf, at (1-based) step 4
+    observe([1.0, float("nan"), 0.0, float("nan")], 4)  # later: not the first
+    with pytest.raises(
+        TrainingError,
+        match=r"^logits_kl: the loss went non-finite at step 4: logits_kl "
+        r"\(plan.terms.0, weight 1e\+38\) = inf after its weight \(unweighted 5\)\. Fix: lower",
+    ):
+        watch.check(lambda: "lower it")
+    assert watch.names == names
+
+
 def test_fp16_on_a_cpu_is_refused_naming_train_precision(tmp_path, glue_dir, base_model):
     if torch.cuda.is_available():
         pytest.skip("fp16 runs on a GPU")

@@ -60,6 +60,13 @@ class FiniteWatch:
             self.names = names
         weights = self._weights(names, step, total_steps)
         values = [logs[k].detach().float().reshape(()) for k in names]
+        if values[0].device.type == "cpu":  # reading a CPU scalar is free: plain floats, no tensor ops (~10x less)
+            self._observe_floats([float(v) for v in values], weights, step)
+        else:
+            self._observe_tensors(values, weights, step)
+
+    def _observe_tensors(self, values: list[torch.Tensor], weights: list[float | None], step: int) -> None:
+        """The device path of ``observe``: only device ops, so a GPU never waits for the host."""
         raw = torch.stack(values)
         # Multiplying by Python floats keeps every op on the device (a weights tensor would be a synced H2D copy).
         # A weight of 1e39 overflows float32 just as the plan's own product does, and a NaN term at weight 0 is NaN
@@ -75,6 +82,17 @@ class FiniteWatch:
         self.bad = torch.where(hit, bad, self.bad)
         self.raw = torch.where(hit, raw, self.raw)
         self.weighted = torch.where(hit, weighted, self.weighted)
+
+    def _observe_floats(self, raw: list[float], weights: list[float | None], step: int) -> None:
+        """The CPU path of ``observe``, with float32's overflow (a product above its max is inf, as on the device)."""
+        if self.first_step is not None and int(self.first_step) >= 0:
+            return  # the first bad step is recorded already
+        # torch casts the weight to float32 first (1e39 -> inf), then multiplies: the same here
+        weighted = [0.0 if w is None else _as_float32(r * _as_float32(w)) for r, w in zip(raw, weights)]
+        bad = [not math.isfinite(x) for x in weighted]
+        if any(bad):
+            self.first_step = torch.tensor(step + 1)
+            self.bad, self.raw, self.weighted = torch.tensor(bad), torch.tensor(raw), torch.tensor(weighted)
 
     def check(self, fix) -> None:
         """Raise ``TrainingError`` if any observed step was not finite (reads the device record: one sync).
@@ -107,6 +125,15 @@ class FiniteWatch:
             fix() if callable(fix) else fix,
             step=step,
         )
+
+
+def _as_float32(x: float) -> float:
+    """``x`` as float32 arithmetic would give it: beyond float32's range it is +-inf (NaN stays NaN; inf * 0 is NaN,
+    as in torch)."""
+    return math.copysign(math.inf, x) if math.isfinite(x) and abs(x) > _FP32_MAX else x
+
+
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def weights_finite(parameters) -> bool:
