@@ -202,6 +202,27 @@ def test_resume_with_a_changed_lr_is_refused_and_accepted_only_with_the_flag(tmp
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["optim"]["lr"] == 0.002
 
 
+def test_config_changes_name_each_result_changing_field_and_skip_the_mutable_ones():
+    from unikd.resume import config_changes
+
+    base = ["stage=task", "teacher.path=t", "data.task=sst2", "plan.terms=[{knowledge: logits, loss: kl}]"]
+    old = load_config(None, base)
+    new = load_config(
+        None,
+        base
+        + ["plan.terms.0.temperature=2", "train.max_steps=9", "train.progress=false", "train.eval_every=5"]
+        + ["output_dir=elsewhere", "plan.terms=[{knowledge: logits, loss: kl, temperature: 2}, {knowledge: hidden}]"],
+    )
+    changes = config_changes(old, new)
+    assert changes["plan.terms.0.temperature"] == {"old": 1.0, "new": 2.0}
+    assert changes["train.max_steps"] == {"old": None, "new": 9}
+    assert changes["plan.terms.1.knowledge"] == {"old": "<absent>", "new": "hidden"}
+    assert not any(k.startswith(("train.progress", "train.eval_every", "output_dir")) for k in changes)
+    # a fine-tune's plan is not part of it: a new default plan does not block resuming a teacher
+    ft = ["stage=finetune", "teacher.path=t", "data.task=sst2"]
+    assert config_changes(load_config(None, ft), load_config(None, ft + ["plan.hard_label_weight=0.5"])) == {}
+
+
 def _corrupt(ckpt: Path, what: str) -> None:
     if what == "random_states_0.pkl":
         (ckpt / what).unlink()

@@ -38,12 +38,14 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
 
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, dict[str, Any]]:
     """Dotted field -> {"old", "new"} for every difference that can change the result (list entries by index,
-    e.g. ``plan.terms.0.temperature``; a term present on one side only shows as ``<absent>`` on the other)."""
+    e.g. ``plan.terms.0.temperature``; a term present on one side only shows as ``<absent>`` on the other).
+    A fine-tune trains on the labels only, so its plan is no part of it (as in the study's config hash)."""
     a = _flatten(old.model_dump(mode="json"), "", {})
     b = _flatten(new.model_dump(mode="json"), "", {})
+    no_plan = old.stage == new.stage == "finetune"
     changes = {}
     for key in sorted(a.keys() | b.keys()):
-        if key in RESUME_MUTABLE_FIELDS or key == "output_dir":
+        if key in RESUME_MUTABLE_FIELDS or key == "output_dir" or (no_plan and key.startswith("plan.")):
             continue
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
         if va != vb:
