@@ -68,6 +68,8 @@ def _study(teacher: Path, glue: Path, out: Path, **extra) -> dict:
         "output_dir": str(out),
         "teacher_finetune": {"teacher": {"path": str(teacher)}, "optim": {"lr": 1e-3}},
         "base": {
+            # the 5-step teacher may be no better than the majority class: distill from it anyway
+            "teacher": {"allow_weak": True},
             "student": {"shape": {"num_layers": 1}, "init": {"strategy": "teacher-layers", "layers": "last"}},
             "data": {"data_dir": str(glue), "max_length": 32},
             "optim": {"lr": 1e-3},
@@ -694,3 +696,36 @@ def test_cli_study_and_report(tiny_study, tiny_teacher, mini_glue, tmp_path):
     assert result.exit_code == 0 and "knowledge-types" in result.output
     result = cli.invoke(app, ["study", "--builtin", "nope"])
     assert result.exit_code == 2 and "unknown built-in study" in result.output
+
+
+def test_a_study_records_non_finite_and_weak_teacher_runs_failed_and_exits_1(tiny_teacher, mini_glue, tmp_path):
+    """Through `unikd study` and the real trainer: a KD run whose loss goes non-finite (a weight of 1e39 at step 1)
+    and one distilled from a teacher no better than the majority class are `failed` with their messages, never
+    `done`; the command prints the failed count and exits 1."""
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    study = _study(tiny_teacher, mini_glue, tmp_path / "s", mode="list")
+    del study["axes"]
+    study["teacher_finetune"]["optim"] = {"lr": 1e-9}  # the teacher stays a near-constant predictor
+    study["runs"] = [
+        {"label": "nan", "plan.terms.0.weight": 1e39, "teacher.allow_weak": True},
+        {"label": "weak", "teacher.allow_weak": False},
+    ]
+    study["latency"] = {"enabled": False}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = CliRunner().invoke(app, ["study", str(path), "--no-report"])
+    assert result.exit_code == 1, result.output
+    assert "failed 2" in result.output and "error: 2 run(s) failed" in result.output
+    rows = {r["label"]: r for r in read_rows(tmp_path / "s")}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "teacher": "done",
+        "no-KD": "done",
+        "nan": "failed",
+        "weak": "failed",
+    }
+    assert rows["nan"]["error"].startswith("TrainingError: logits_kl: the loss went non-finite at step 1: logits_kl")
+    assert rows["weak"]["error"].startswith("ConfigError: teacher.path: the teacher ")
+    assert "not above the majority class" in rows["weak"]["error"]

@@ -36,11 +36,22 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
 
 
 def _fail(exc: Exception) -> None:
+    """Print the error and exit with its code (README "Exit codes": 2 config, 3 data, 4 non-finite training)."""
+    from unikd.errors import exit_code
+
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(exit_code(exc))
 
 
-def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str]) -> None:
+_RESUME_WITH_CHANGES_HELP = (
+    "With --resume (implied): continue even though result-changing fields differ from the run's config.yaml; "
+    "the changes and the step are recorded in resume_history.json."
+)
+
+
+def _run_stage(
+    config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str], with_changes: bool = False
+) -> None:
     from unikd.config import load_config
     from unikd.train import run
 
@@ -51,7 +62,7 @@ def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage
         cfg = load_config(config, overrides, base=base)
         if stage and cfg.stage != stage:
             cfg = load_config(config, overrides + [f"stage={stage}"])
-        result = run(cfg, resume=resume)
+        result = run(cfg, resume=resume or with_changes, resume_with_changes=with_changes)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
@@ -62,9 +73,10 @@ def distill(
     config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+    resume_with_changes: bool = typer.Option(False, "--resume-with-changes", help=_RESUME_WITH_CHANGES_HELP),
 ):
     """Run a distillation stage (general or task) from a YAML config plus overrides."""
-    _run_stage(config, overrides or [], resume, None)
+    _run_stage(config, overrides or [], resume, None, resume_with_changes)
 
 
 @app.command()
@@ -72,9 +84,10 @@ def finetune(
     config: Optional[Path] = typer.Argument(None, help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    resume_with_changes: bool = typer.Option(False, "--resume-with-changes", help=_RESUME_WITH_CHANGES_HELP),
 ):
     """Fine-tune a model on a task without KD (the teacher, or the no-KD student baseline)."""
-    _run_stage(config, overrides or [], resume, "finetune")
+    _run_stage(config, overrides or [], resume, "finetune", resume_with_changes)
 
 
 @app.command()
@@ -333,6 +346,13 @@ def study(
                 f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, "
                 f"failed {len(summary['failed'])}"
             )
+            failed = max(len(summary["failed"]), summary["status"].get("failed", 0))  # this call's, or earlier ones'
+            if failed:
+                typer.secho(
+                    f"error: {failed} run(s) failed (their errors are in study.sqlite; --retry-failed runs them again)",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
             if report and summary["status"].get("done"):
                 from unikd.report import make_report
 
@@ -340,7 +360,7 @@ def study(
                 typer.echo(f"report: {paths['report.md']}")
     except ConfigError as exc:
         _fail(exc)
-    if summary.get("failed"):
+    if summary.get("failed") or (not print_commands and summary.get("status", {}).get("failed")):
         raise typer.Exit(1)
 
 

@@ -39,6 +39,11 @@ class TeacherConfig(_Strict):
         "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (about 1.8x faster teacher "
         "forward on CPU; soft targets carry the quantization error, see docs/performance.md).",
     )
+    allow_weak: bool = Field(
+        False,
+        description="task stage: distill even from a teacher whose dev score is not above the trivial baseline "
+        "(the train majority class; a constant for regression) by 0.01. By default such a run stops before training.",
+    )
 
 
 class StudentConfig(_Strict):
@@ -95,7 +100,11 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision of the student (Accelerate).")
+    precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="Mixed precision of the student (Accelerate). bf16 runs on a CPU too (autocast); fp16 needs a "
+        "GPU and is refused on a CPU (Accelerate would silently train in fp32).",
+    )
     log_every: int = Field(10, ge=1, description="Log losses, lr and samples/s every N steps.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (atomic; for --resume).")
@@ -120,6 +129,23 @@ class TrainConfig(_Strict):
         description="CPU runs on Linux: keep memory freed by a step in the process (glibc mallopt) "
         "instead of returning it to the OS and page-faulting it back the next step. No effect on GPU runs.",
     )
+
+
+#: train fields that change only speed or memory, never a result: the study's config hash leaves them out.
+SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+
+#: Fields a ``--resume`` may change without ``--resume-with-changes``: how the run is watched, logged, checkpointed
+#: and evaluated in batches, never what it trains on or how (the speed-only fields, the logging/eval/checkpoint
+#: cadence, and teacher.allow_weak, which decides only whether a run may start).
+RESUME_MUTABLE_FIELDS = (
+    *(f"train.{name}" for name in SPEED_ONLY_TRAIN_FIELDS),
+    "train.log_every",
+    "train.eval_every",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.eval_batch_size",
+    "teacher.allow_weak",
+)
 
 
 class RunConfig(_Strict):

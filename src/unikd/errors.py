@@ -18,3 +18,26 @@ class ConfigError(ValueError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+
+class DataError(ConfigError):
+    """An input-data problem (a dataset file, a split, a corpus): the CLI exits with code 3 for it."""
+
+
+class TrainingError(ConfigError):
+    """Training itself broke (a non-finite loss or weights): the run is stopped, no result is written and the last
+    good checkpoint is kept. The CLI exits with code 4 for it; ``field`` names the term (its log name)."""
+
+    def __init__(self, field: str, problem: str, fix: str | None = None, *, step: int | None = None):
+        self.step = step
+        super().__init__(field, problem, fix)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The CLI's exit status for an error (README "Exit codes"): 4 non-finite training, 3 a data problem (a
+    ``DataError`` or a ``ConfigError`` whose field is under ``data``), 2 any other configuration error."""
+    if isinstance(exc, TrainingError):
+        return 4
+    if isinstance(exc, DataError) or (isinstance(exc, ConfigError) and exc.field.split(".")[0] == "data"):
+        return 3
+    return 2

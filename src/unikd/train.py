@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +33,15 @@ from unikd import data as D
 from unikd.allocator import keep_freed_memory
 from unikd.config import RunConfig, dump_config
 from unikd.distiller import Distiller
-from unikd.errors import ConfigError
+from unikd.errors import ConfigError, DataError, TrainingError
 from unikd.families import get_adapter, model_spec
+from unikd.guards import FiniteWatch, check_teacher, stored_teacher_score, trivial_baseline, weights_finite
 from unikd.initialization import build_student, check_student_init
 from unikd.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
 from unikd.metrics import compute_metrics
 from unikd.models import load_model, model_config, model_kind_for, quantize_int8, resolve_model_path
 from unikd.plan import DistillationPlan
+from unikd.resume import check_resume_config, checkpoint_problem, record_resume
 from unikd.student import count_parameters, student_config
 from unikd.teacher_cache import TeacherLogitCache
 
@@ -156,6 +159,12 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
         cfg.data.max_length,
         cache_dir=cache,
     )
+    if len(evals) == 0:  # a run scored on nothing would report "final": {} as if it were a result
+        raise DataError(
+            "data.data_dir",
+            f"the {task} dev split {dev_split!r} has no rows (from {cfg.data.data_dir or 'the hub / $GLUE_DIR'})",
+            "point data.data_dir at a GLUE folder whose dev file holds labelled rows",
+        )
     return train, evals, D.classification_collator(tokenizer)
 
 
@@ -348,6 +357,8 @@ class State:
     best: dict = field(default_factory=lambda: {"score": None, "step": None})
     history: list = field(default_factory=list)
     progress: Any = None
+    watch: FiniteWatch | None = None  # the non-finite loss guard (made by setup)
+    outcome: dict = field(default_factory=dict)  # extra metrics.json entries: teacher_dev, trivial_baseline
 
     @property
     def output_dir(self) -> Path:
@@ -389,13 +400,24 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     return teacher, student
 
 
-def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
-    """Validate, load data and models, prepare them on Accelerate, resume; or the metrics of a finished run."""
+def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = False) -> State | dict:
+    """Validate, load data and models, prepare them on Accelerate, resume; or the metrics of a finished run.
+
+    A resume must bring the run's own config (``unikd.resume``): other result-changing values are refused unless
+    ``resume_with_changes``, which records them in resume_history.json."""
     output_dir = Path(cfg.output_dir)
     teacher_path, teacher_config, kind, plan = validate_run(cfg)
+    changes = check_resume_config(output_dir, cfg, resume_with_changes) if resume else {}
     finished = _check_output_dir(cfg, resume)
     if finished is not None:
+        if changes:
+            raise ConfigError(
+                ", ".join(changes),
+                f"{output_dir} is a finished run; it was trained with the old values",
+                "choose another output_dir to train with the new ones",
+            )
         return finished
+    _check_precision(cfg)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=cfg.train.precision,
@@ -455,6 +477,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
         # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
         plan_fn = accelerator.prepare(plan) if any(True for _ in plan.parameters()) else plan.to(accelerator.device)
     eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+    outcome = _check_teacher(cfg, accelerator, teacher, teacher_path, train_ds, eval_ds, eval_loader)
     distiller = Distiller(
         plan,
         teacher,
@@ -477,23 +500,102 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
         eval_loader,
         total_steps,
         steps_per_epoch,
+        watch=FiniteWatch(plan.config if plan is not None else None),
+        outcome=outcome,
     )
     _resume(state, resume)
+    if accelerator.is_main_process:
+        record_resume(output_dir, state.step, changes)
     accelerator.init_trackers("unikd", config={"stage": cfg.stage, "seed": cfg.seed})
     state.progress = _progress(cfg, accelerator, total_steps, state.step)
     return state
 
 
+def _check_precision(cfg: RunConfig) -> None:
+    """fp16 on a CPU: Accelerate would train in fp32 without a word, so refuse it (bf16 autocasts on a CPU: it
+    runs). Asked of PartialState before the Accelerator exists: a refused precision must not stick to the process."""
+    from accelerate import PartialState
+
+    if cfg.train.precision == "fp16" and PartialState().device.type == "cpu":
+        raise ConfigError(
+            "train.precision",
+            "fp16 mixed precision needs a GPU; on this CPU Accelerate would silently train in fp32",
+            "use train.precision=bf16 (CPU autocast) or train.precision=no, or run on a GPU",
+        )
+
+
+def _predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``model`` over ``loader`` (gathered across processes)."""
+    preds, labels = [], []
+    for batch in loader:
+        out = model(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
+        logits, y = accelerator.gather_for_metrics((out.logits, batch["labels"]))
+        preds.append(logits.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(preds), torch.cat(labels)
+
+
+@torch.no_grad()
+def _check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, train_ds, eval_ds, eval_loader) -> dict:
+    """metrics.json's ``trivial_baseline`` (task and finetune runs) and ``teacher_dev`` (task runs); a task run's
+    teacher no better than the baseline stops the run here (``guards.check_teacher``) unless teacher.allow_weak.
+
+    The teacher's dev score is read from the unikd fine-tune that wrote it when that run scored the same dev rows
+    (``guards.stored_teacher_score``), else measured with one pass over dev."""
+    if cfg.stage == "general" or eval_loader is None:
+        return {}
+    baseline = trivial_baseline(cfg.data.task, train_ds["labels"], eval_ds["labels"])
+    if cfg.stage != "task":
+        return {"trivial_baseline": baseline}
+    teacher_dev = stored_teacher_score(teacher_path, cfg)
+    if teacher_dev is None:
+        preds, labels = _predict(teacher, eval_loader, accelerator)
+        teacher_dev = {**compute_metrics(cfg.data.task, preds.numpy(), labels.numpy()), "source": "evaluated"}
+    check_teacher(teacher_dev, baseline, allow_weak=cfg.teacher.allow_weak, teacher=cfg.teacher.path)
+    return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
+
+
+def _step_dirs(output_dir: Path) -> list[Path]:
+    """Every ``checkpoints/step-N`` directory, oldest first, whole or not (atomic renames leave no partial one, but
+    a disk can still corrupt or a user delete a file)."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    steps = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[5:]))
+
+
 def _resume(state: State, resume: bool) -> None:
-    """Restore model/optimizer/scheduler/RNG from the newest checkpoint, and where the loop stood."""
-    ckpts = _checkpoint_dirs(state.output_dir)
-    if resume and ckpts:
-        state.accelerator.load_state(str(ckpts[-1]))
-        saved = json.loads((ckpts[-1] / "unikd_state.json").read_text())
-        state.step, state.best, state.history = saved["step"], saved["best"], saved.get("history", [])
-        state.accelerator.print(f"resumed from {ckpts[-1]} at step {state.step}")
-    elif resume:
-        state.accelerator.print(f"--resume: no checkpoint in {state.output_dir / CHECKPOINTS}, starting from step 0")
+    """Restore model/optimizer/scheduler/RNG from the newest checkpoint that loads whole, and where the loop stood.
+
+    A checkpoint with a missing or unreadable state json, model, optimizer or RNG state is skipped with a warning
+    for the one before it; none loadable is an error (an RNG state Accelerate cannot read would otherwise be
+    skipped silently, and the run would continue with other numbers)."""
+    if not resume:
+        return
+    accelerator, problems = state.accelerator, []
+    for ckpt in reversed(_step_dirs(state.output_dir)):
+        problem = checkpoint_problem(ckpt, accelerator.process_index)
+        if problem is None:
+            try:
+                accelerator.load_state(str(ckpt))
+            except Exception as exc:  # noqa: BLE001 - any unreadable part: try the checkpoint before it
+                problem = f"it does not load ({type(exc).__name__}: {exc})"
+        if problem is None:
+            saved = json.loads((ckpt / "unikd_state.json").read_text())
+            state.step, state.best, state.history = saved["step"], saved["best"], saved.get("history", [])
+            accelerator.print(f"resumed from {ckpt} at step {state.step}")
+            return
+        problems.append(f"{ckpt.name}: {problem}")
+        if accelerator.is_main_process:
+            print(f"warning: cannot resume from {ckpt} ({problem}); trying the checkpoint before it", file=sys.stderr)
+    if problems:
+        raise ConfigError(
+            "output_dir",
+            f"no checkpoint in {state.output_dir / CHECKPOINTS} can be resumed from ({'; '.join(problems)})",
+            "delete that checkpoints folder to start again from step 0, or choose another output_dir",
+        )
+    accelerator.print(f"--resume: no checkpoint in {state.output_dir / CHECKPOINTS}, starting from step 0")
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -510,6 +612,7 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
         for batch in loader:
             with accelerator.accumulate(state.student):
                 loss, logs = state.distiller.step(batch, step=state.step, total_steps=state.total_steps)
+                state.watch.observe(logs, state.step, state.total_steps)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_(state.parameters(), cfg.optim.max_grad_norm)
@@ -520,6 +623,8 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            if _guard_due(state):
+                _guard(state)
             if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
                 _log(state, logs, samples / max(time.perf_counter() - t0, 1e-9))
                 samples, t0 = 0, time.perf_counter()
@@ -528,6 +633,7 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
             if _is_eval_step(state):
                 _evaluate_and_keep_best(state)
             if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < state.total_steps:
+                _guard(state, weights=True)  # a checkpoint is only ever written of finite weights
                 _save_checkpoint(
                     accelerator,
                     state.output_dir,
@@ -541,6 +647,39 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
                 break
         epoch += 1
     return True
+
+
+def _guard_due(state: State) -> bool:
+    """When the non-finite watch is read: every step on a CPU (free), else where the loop syncs anyway (log, eval and
+    checkpoint steps, the last step), so a GPU never waits on it."""
+    cfg = state.cfg.train
+    return (
+        state.accelerator.device.type == "cpu"
+        or state.step % cfg.log_every == 0
+        or state.step == state.total_steps
+        or bool(cfg.save_every and state.step % cfg.save_every == 0)
+        or _is_eval_step(state)
+    )
+
+
+def _guard(state: State, weights: bool = False) -> None:
+    """Stop with ``TrainingError`` if a loss term went non-finite (or, with ``weights``, any trained weight is)."""
+
+    def fix() -> str:
+        ckpts = _checkpoint_dirs(state.output_dir)
+        kept = (
+            f"the last good checkpoint is {ckpts[-1]}: resume from it with --resume --resume-with-changes"
+            if ckpts
+            else "no checkpoint was kept (train.save_every keeps one)"
+        )
+        return (
+            f"lower optim.lr (now {state.cfg.optim.lr:g}) or that term's weight, or train without fp16; no student/ "
+            f"or metrics.json was written; {kept}"
+        )
+
+    state.watch.check(fix)
+    if weights and not weights_finite(state.parameters()):
+        raise TrainingError("weights", f"the student's weights are not finite after step {state.step}", fix())
 
 
 def _log(state: State, logs: dict, samples_per_s: float) -> None:
@@ -563,19 +702,16 @@ def evaluate(state: State) -> dict[str, float]:
     """Task metrics on the dev set (task/finetune), or the held-out LM/KD loss (general)."""
     model, accelerator, general = state.student, state.accelerator, state.cfg.stage == "general"
     model.eval()
-    preds, labels, losses = [], [], []
-    for batch in state.eval_loader:
-        if general:
-            losses.append(accelerator.gather_for_metrics(state.distiller.evaluate_loss(batch).detach().reshape(1)))
-            continue
-        out = model(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
-        logits, y = accelerator.gather_for_metrics((out.logits, batch["labels"]))
-        preds.append(logits.float().cpu())
-        labels.append(y.cpu())
-    model.train()
     if general:
+        losses = [
+            accelerator.gather_for_metrics(state.distiller.evaluate_loss(batch).detach().reshape(1))
+            for batch in state.eval_loader
+        ]
+        model.train()
         return {"eval_loss": float(torch.cat(losses).mean())}
-    return compute_metrics(state.cfg.data.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+    preds, labels = _predict(model, state.eval_loader, accelerator)
+    model.train()
+    return compute_metrics(state.cfg.data.task, preds.numpy(), labels.numpy())
 
 
 def _evaluate_and_keep_best(state: State) -> None:
@@ -607,6 +743,8 @@ def finish(state: State, completed: bool = True) -> dict:
         with atomic_path(state.output_dir / "projections.pt") as tmp:
             torch.save(state.plan.state_dict(), tmp)
     final = state.history[-1] if state.history else {}
+    if not final and state.cfg.stage != "general":  # never a task result without a score (_datasets refuses it)
+        raise DataError("data.data_dir", "the run was never evaluated on dev", "give it a dev split with rows")
     params = count_parameters(accelerator.unwrap_model(state.student))
     result = {
         "stage": state.cfg.stage,
@@ -617,6 +755,7 @@ def finish(state: State, completed: bool = True) -> dict:
         "best_step": state.best.get("step"),
         "parameters": params.total,
         "parameters_non_embedding": params.non_embedding,
+        **state.outcome,
         "history": state.history,
     }
     if accelerator.is_main_process:
@@ -624,16 +763,27 @@ def finish(state: State, completed: bool = True) -> dict:
     return result
 
 
-def run(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) -> dict:
+def run(
+    cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None, resume_with_changes: bool = False
+) -> dict:
     """Train according to ``cfg``; returns the final metrics (also written to metrics.json).
 
     ``stop_after`` ends the loop after that many steps without finishing the run (tests use it to
     simulate an interruption; the checkpoint written at that step is what ``resume`` picks up).
+    ``resume_with_changes``: a resume may change result-changing fields (recorded in resume_history.json).
+    A non-finite loss raises ``TrainingError`` and writes neither student/ nor metrics.json.
     """
-    state = setup(cfg, resume)
+    state = setup(cfg, resume, resume_with_changes)
     if isinstance(state, dict):
         return state  # finished already: nothing to resume
-    return finish(state, completed=train_loop(state, stop_after))
+    try:
+        completed = train_loop(state, stop_after)
+        if completed:
+            _guard(state, weights=True)
+    except TrainingError:
+        finish(state, completed=False)  # hooks off, trackers closed; nothing saved
+        raise
+    return finish(state, completed=completed)
 
 
 def _progress(cfg: RunConfig, accelerator, total: int, start: int):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unikd.config import RunConfig, _format_validation_error, deep_merge, load_preset
+from unikd.config import SPEED_ONLY_TRAIN_FIELDS, RunConfig, _format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
 from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study
 
@@ -170,7 +170,7 @@ def _canonical(obj: Any) -> str:
 # train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
 # give the same losses and gradients; the heap setting is the allocator's): finished runs stay found when they
 # are added or changed
-_SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+_SPEED_ONLY_TRAIN_FIELDS = SPEED_ONLY_TRAIN_FIELDS  # the hash of HASH_VERSION 3 leaves these out
 
 
 def _hash_payload(cfg: RunConfig) -> dict:
@@ -181,6 +181,7 @@ def _hash_payload(cfg: RunConfig) -> dict:
     data.pop("output_dir", None)
     for name in _SPEED_ONLY_TRAIN_FIELDS:
         data.get("train", {}).pop(name, None)
+    data.get("teacher", {}).pop("allow_weak", None)  # decides whether a run may start, never its result
     if data.get("stage") == "finetune":
         data.pop("plan", None)
     return data
