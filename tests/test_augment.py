@@ -199,4 +199,4 @@ def test_cli_augment_prints_the_copies_of_the_first_rows(glue_dir, minilm_path, 
     assert 2 <= len(records) <= 8 and {r["copy"] for r in records} <= {0, 1, 2, 3}
     assert result.output.count("    -> ") == len(records)
     bad = CliRunner().invoke(app, ["augment", str(cfg), "data.transfer=[]"])
-    assert bad.exit_code == 2 and "data.transfer: has no augment source" in bad.output
+    assert bad.exit_code == 3 and "data.transfer: has no augment source" in bad.output  # a data error

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unikd.errors import ConfigError
+from unikd.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -566,7 +566,7 @@ def _read_glue_tsv(info: TaskInfo, split: str, path: Path, skip_malformed: bool 
 
     if not text_a:
         dropped = f" ({skipped} malformed rows dropped by data.skip_malformed)" if skipped else ""
-        raise ConfigError(
+        raise DataError(
             "data.data_dir",
             f"{path} has no data rows{dropped}" + (", only its header" if layout.header and not skipped else ""),
             f"put the {info.name} {split} rows in that file (re-download the GLUE data), or point data.data_dir "
