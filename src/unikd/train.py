@@ -35,7 +35,7 @@ from unikd.errors import ConfigError
 from unikd.families import get_adapter, model_spec
 from unikd.initialization import build_student
 from unikd.io import atomic_write_json, atomic_write_text
-from unikd.metrics import compute_metrics
+from unikd.metrics import compute_task_metrics
 from unikd.models import load_model, model_kind_for, quantize_int8, resolve_model_path
 from unikd.plan import DistillationPlan
 from unikd.student import count_parameters, student_config
@@ -49,17 +49,18 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": 
 def validate_run(cfg: RunConfig):
     """Resolve paths and validate the plan against model shapes, from configs only (no weights yet)."""
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
-    if cfg.stage in ("task", "finetune"):
+    if cfg.stage in ("task", "finetune") and cfg.data.task:
         D.resolve_task(cfg.data.task)
     teacher_config = AutoConfig.from_pretrained(teacher_path)
     kind = model_kind_for(cfg.stage, teacher_config)
     if cfg.stage == "task":
         archs = teacher_config.architectures or []
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
+        if not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs):
             raise ConfigError(
                 "teacher.path",
                 f"{cfg.teacher.path!r} has no fine-tuned task head ({archs or 'no architectures'})",
-                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} data.task={cfg.data.task}, "
+                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} "
+                f"{_data_args(cfg)}, "
                 "then use that run's student/ directory as teacher.path",
             )
     plan = None
@@ -77,6 +78,15 @@ def validate_run(cfg: RunConfig):
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
             )
     return teacher_path, teacher_config, kind, plan
+
+
+def _data_args(cfg: RunConfig) -> str:
+    """The run's labelled source as command-line overrides (for messages)."""
+    if cfg.data.task:
+        return f"data.task={cfg.data.task}"
+    if cfg.data.dataset:
+        return f"data.dataset={cfg.data.dataset}"
+    return "data.files={" + ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items()) + "}"
 
 
 def _cache_dir() -> Path:
@@ -99,22 +109,25 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
             else None
         )
         collate = D.lm_collator(tokenizer, mlm=not is_decoder, mlm_probability=cfg.data.mlm_probability)
-        return train, evals, collate
-    task = cfg.data.task
-    train = D.tokenize_pairs(
-        D.load_glue(task, "train", cfg.data.data_dir, limit=cfg.data.train_limit, seed=cfg.seed),
-        tokenizer,
-        cfg.data.max_length,
-        cache_dir=cache,
-    )
-    dev_split = D.resolve_task(task).dev_splits[0]
-    evals = D.tokenize_pairs(
-        D.load_glue(task, dev_split, cfg.data.data_dir, limit=cfg.data.eval_limit),
-        tokenizer,
-        cfg.data.max_length,
-        cache_dir=cache,
-    )
-    return train, evals, D.classification_collator(tokenizer)
+        return train, evals, collate, None
+    # any labelled source (a GLUE preset reads through load_glue exactly as before), checked before weights load
+    task = D.load_task_data(cfg.data, seed=cfg.seed)
+    D.check_metric(task.spec, cfg.eval.metric)
+    if task.spec.is_token and cfg.train.teacher_cache and cfg.stage == "task":
+        raise ConfigError(
+            "train.teacher_cache",
+            "the teacher cache keeps one logit vector per row, and token classification has one per token",
+            "set train.teacher_cache=false",
+        )
+    if task.spec.is_token:
+        tokenize = lambda ds: D.tokenize_words(  # noqa: E731
+            ds, tokenizer, cfg.data.max_length, task.spec.label_names, cfg.data.label_all_tokens, cache_dir=cache
+        )
+        collate = D.token_collator(tokenizer)
+    else:
+        tokenize = lambda ds: D.tokenize_pairs(ds, tokenizer, cfg.data.max_length, cache_dir=cache)  # noqa: E731
+        collate = D.classification_collator(tokenizer)
+    return tokenize(task.train), tokenize(task.validation), collate, task.spec
 
 
 def _optimizer(cfg: RunConfig, student, plan):
@@ -141,6 +154,7 @@ def _teacher_cache(cfg: RunConfig, plan, teacher_path: str, rows: int) -> Teache
     if not (cfg.train.teacher_cache and cfg.stage == "task"):
         return None
     TeacherLogitCache.check_plan(plan)
+    data_key = {} if cfg.data.task else {"data": cfg.data.model_dump(mode="json")}  # GLUE caches keep their key
     return TeacherLogitCache(
         Path(cfg.output_dir) / "teacher_cache",
         rows,
@@ -151,6 +165,7 @@ def _teacher_cache(cfg: RunConfig, plan, teacher_path: str, rows: int) -> Teache
             "seed": cfg.seed,
             "train_limit": cfg.data.train_limit,
             "max_length": cfg.data.max_length,
+            **data_key,
             # other precisions give other logits (absent for fp32: older caches stay valid)
             **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
         },
@@ -221,6 +236,7 @@ class State:
     best: dict = field(default_factory=lambda: {"score": None, "step": None})
     history: list = field(default_factory=list)
     progress: Any = None
+    task: Any = None  # the labelled data's unikd.data.TaskSpec (None for the general stage)
 
     @property
     def output_dir(self) -> Path:
@@ -246,10 +262,18 @@ def _check_output_dir(cfg: RunConfig, resume: bool) -> dict | None:
     return None
 
 
-def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind: str, tokenizer, train_ds, collate):
-    """The teacher (frozen, never wrapped; None for fine-tuning) and the student built from it."""
-    num_labels = D.resolve_task(cfg.data.task).num_labels if cfg.stage != "general" else None
-    teacher = load_model(teacher_path, kind, num_labels=num_labels, field="teacher.path")
+def _models(
+    cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind: str, tokenizer, train_ds, collate, task=None
+):
+    """The teacher (frozen, never wrapped; None for fine-tuning) and the student built from it. For labelled data
+    both heads are ``task``'s (its kind, labels and label names; the student copies the teacher's config)."""
+    labels: dict = {}
+    if task is not None:
+        kind = task.model_kind
+        _check_head(cfg, teacher_config, task)
+        problem = "multi_label_classification" if task.task_type == "multilabel" else None
+        labels = dict(num_labels=task.num_labels, label_names=task.label_names, problem_type=problem)
+    teacher = load_model(teacher_path, kind, field="teacher.path", **labels)
     if get_adapter(teacher_config).is_decoder and teacher.config.pad_token_id is None:
         teacher.config.pad_token_id = tokenizer.pad_token_id
     calib = collate([train_ds[i] for i in range(min(16, len(train_ds)))])  # for importance init
@@ -260,6 +284,26 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
         quantize_int8(teacher)
     return teacher, student
+
+
+def _check_head(cfg: RunConfig, teacher_config, task) -> None:
+    """A task-stage teacher's head must be the data's: a token-classification teacher for NER data, and so on."""
+    if cfg.stage != "task":
+        return
+    archs = teacher_config.architectures or []
+    want = "ForTokenClassification" if task.is_token else "ForSequenceClassification"
+    if not any(a.endswith(want) for a in archs):
+        raise ConfigError(
+            "teacher.path",
+            f"{cfg.teacher.path!r} has a {archs} head but the data is a {task.task_type} task (needs *{want})",
+            f"fine-tune a teacher on this data first: unikd finetune teacher.path=<base model> {_data_args(cfg)}",
+        )
+    if teacher_config.num_labels != task.num_labels:
+        raise ConfigError(
+            "teacher.path",
+            f"the teacher has {teacher_config.num_labels} labels but the data has {task.num_labels}",
+            "use the teacher fine-tuned on this data (unikd finetune ... its student/ directory)",
+        )
 
 
 def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
@@ -298,8 +342,8 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
     is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, eval_ds, collate = _datasets(cfg, tokenizer, is_decoder)
-    teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate)
+    train_ds, eval_ds, collate, task = _datasets(cfg, tokenizer, is_decoder)
+    teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate, task)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
         train_ds = train_ds.add_column("idx", list(range(len(train_ds))))
@@ -350,6 +394,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
         total_steps,
         steps_per_epoch,
     )
+    state.task = task
     _resume(state, resume)
     accelerator.init_trackers("unikd", config={"stage": cfg.stage, "seed": cfg.seed})
     state.progress = _progress(cfg, accelerator, total_steps, state.step)
@@ -441,13 +486,20 @@ def evaluate(state: State) -> dict[str, float]:
             losses.append(accelerator.gather_for_metrics(state.distiller.evaluate_loss(batch).detach().reshape(1)))
             continue
         out = model(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
-        logits, y = accelerator.gather_for_metrics((out.logits, batch["labels"]))
+        logits, y = out.logits, batch["labels"]
+        if logits.dim() == 3:  # token level: pad every batch to one length, so batches and processes concatenate
+            pad = state.cfg.data.max_length - logits.shape[1]
+            logits, y = (
+                torch.nn.functional.pad(logits, (0, 0, 0, pad)),
+                torch.nn.functional.pad(y, (0, pad), value=-100),
+            )
+        logits, y = accelerator.gather_for_metrics((logits, y))
         preds.append(logits.float().cpu())
         labels.append(y.cpu())
     model.train()
     if general:
         return {"eval_loss": float(torch.cat(losses).mean())}
-    return compute_metrics(state.cfg.data.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+    return compute_task_metrics(state.task, torch.cat(preds).numpy(), torch.cat(labels).numpy(), state.cfg.eval.metric)
 
 
 def _evaluate_and_keep_best(state: State) -> None:
@@ -481,7 +533,7 @@ def finish(state: State, completed: bool = True) -> dict:
     params = count_parameters(accelerator.unwrap_model(state.student))
     result = {
         "stage": state.cfg.stage,
-        "task": state.cfg.data.task,
+        "task": state.cfg.data.task or (state.task.name if state.task is not None else None),
         "steps": state.step,
         "final": {k: v for k, v in final.items() if k != "step"},
         "best": state.best.get("metrics"),

@@ -173,12 +173,38 @@ def _canonical(obj: Any) -> str:
 _SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
 
 
+# fields added with "bring your own data": at their defaults they are left out of the hash, so the runs of a
+# GLUE study keep the hashes they had before the fields existed
+_SOURCE_DATA_DEFAULTS = {
+    "dataset": None,
+    "dataset_config": None,
+    "revision": None,
+    "files": {},
+    "columns": {"text": None, "text_pair": None, "label": None, "tokens": None, "tags": None},
+    "label_names": None,
+    "task_type": None,
+    "tag_scheme": "auto",
+    "label_all_tokens": False,
+    "name": None,
+}
+
+
+def _drop_unset_source_fields(data: dict) -> None:
+    section = data.get("data", {})
+    for name, default in _SOURCE_DATA_DEFAULTS.items():
+        if name in section and section[name] == default:
+            section.pop(name)
+    if data.get("eval") == {"metric": None}:
+        data.pop("eval")
+
+
 def _hash_payload(cfg: RunConfig) -> dict:
     """What can change a run's result: the resolved config without output_dir, the speed-only train fields and
     - for a fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished
     teachers)."""
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
+    _drop_unset_source_fields(data)
     for name in _SPEED_ONLY_TRAIN_FIELDS:
         data.get("train", {}).pop(name, None)
     if data.get("stage") == "finetune":
