@@ -276,3 +276,51 @@ def test_a_hub_id_offline_fails_fast_with_the_field(monkeypatch):
     ):
         load_task_data(DataConfig(dataset="someone/support-tickets"))
     assert time.perf_counter() - start < 30
+
+
+# ---- the general stage on any text ----------------------------------------------------------------------------
+def test_general_text_from_structured_files_and_nested_directories(tmp_path):
+    import datasets
+
+    from unikd.data import load_text_corpus
+
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("First paragraph\nwrapped.\n\nSecond.\n")
+    _write_jsonl(root / "sub" / "b.jsonl", [{"text": "A JSON row.", "id": 1}, {"text": "  ", "id": 2}])
+    (root / "sub" / "c.csv").write_text('text,source\n"A CSV row, with a comma.",web\nNA,web\n')
+    datasets.Dataset.from_dict({"text": ["A Parquet row."]}).to_parquet(root / "sub" / "d.parquet")
+    rows = load_text_corpus(root)["text"]
+    # sorted paths: a.txt, sub/b.jsonl, sub/c.csv, sub/d.parquet; no braces, headers or empty rows; "NA" stays text
+    assert rows == [
+        "First paragraph wrapped.",
+        "Second.",
+        "A JSON row.",
+        "A CSV row, with a comma.",
+        "NA",
+        "A Parquet row.",
+    ]
+    assert load_text_corpus(root, limit_lines=4)["text"] == ["First paragraph wrapped.", "Second."]  # 4 lines of a.txt
+    (tmp_path / "posts.jsonl").write_text('{"body": "x"}\n')
+    assert load_text_corpus(tmp_path / "posts.jsonl", text_column="body")["text"] == ["x"]
+    with pytest.raises(
+        ConfigError, match=r"data.text_column: .*posts.jsonl' has no column 'text' \(its columns: \['body'\]\)"
+    ):
+        load_text_corpus(tmp_path / "posts.jsonl")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": ["saved row"]})}).save_to_disk(tmp_path / "disk")
+    assert load_text_corpus(tmp_path / "disk", text_column="body")["text"] == ["saved row"]
+
+
+def test_datasets_paragraph_reader_is_not_unikds(tmp_path):
+    """Why .txt keeps unikd's reader: datasets' paragraph mode keeps the line breaks inside a paragraph and does not
+    end a paragraph at a line of spaces, so the rows differ (the other formats go through datasets)."""
+    import datasets
+
+    from unikd.data import load_text_corpus
+
+    f = tmp_path / "a.txt"
+    f.write_text("one\ntwo\n \nthree\n\nfour\n")
+    ours = load_text_corpus(f)["text"]
+    theirs = datasets.load_dataset("text", data_files=str(f), sample_by="paragraph", split="train")["text"]
+    assert ours == ["one two", "three", "four"]
+    assert [t.strip() for t in theirs] == ["one\ntwo\n \nthree", "four"]

@@ -401,6 +401,18 @@ def test_own_csv_with_string_labels_trains_exactly_as_sst2(tmp_path, glue_dir, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     saved = json.loads((tmp_path / "csv" / "student" / "config.json").read_text())
     assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    # `unikd export` scores the own-data run on its own dev set, as it scores the GLUE run on SST-2's
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    scored = {}
+    for name in ("task", "csv"):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / name), "--formats", "hf", "--dev-rows", "48"])
+        assert result.exit_code == 0, result.output
+        scored[name] = json.loads((tmp_path / name / "export" / "export.json").read_text())["task_metrics"]
+    assert scored["csv"]["num_examples"] == scored["task"]["num_examples"] == 48
+    assert scored["csv"]["torch"]["accuracy"] == scored["task"]["torch"]["accuracy"]
     # the metric that scores the run (and picks the best checkpoint) is the stated one
     macro = run(
         load_config(

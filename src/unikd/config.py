@@ -98,7 +98,11 @@ class DataConfig(_Strict):
     max_length: int = Field(128, ge=8, description="Maximum sequence length after tokenization.")
     text: list[str] = Field(
         default_factory=list,
-        description="general stage: text files/directories, or 'hub:<dataset>/<config>' for a hub corpus.",
+        description="general stage: text, JSON(L), CSV/TSV or Parquet files, directories of them (recursive), "
+        "save_to_disk directories, or 'hub:<dataset>/<config>' for a hub corpus.",
+    )
+    text_column: str = Field(
+        "text", description="general stage: the text column of datasets and JSON/CSV/Parquet files in data.text."
     )
     text_limit_lines: int | None = Field(None, ge=1, description="general stage: read at most this many paragraphs.")
     eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")

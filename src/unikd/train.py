@@ -98,13 +98,18 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
     cache = _cache_dir()
     if cfg.stage == "general":
         train = D.chunk_for_lm(
-            D.load_text_corpus(cfg.data.text, limit_lines=cfg.data.text_limit_lines),
+            D.load_text_corpus(cfg.data.text, limit_lines=cfg.data.text_limit_lines, text_column=cfg.data.text_column),
             tokenizer,
             cfg.data.block_size,
             cache_dir=cache,
         )
         evals = (
-            D.chunk_for_lm(D.load_text_corpus(cfg.data.eval_text), tokenizer, cfg.data.block_size, cache_dir=cache)
+            D.chunk_for_lm(
+                D.load_text_corpus(cfg.data.eval_text, text_column=cfg.data.text_column),
+                tokenizer,
+                cfg.data.block_size,
+                cache_dir=cache,
+            )
             if cfg.data.eval_text
             else None
         )

@@ -186,6 +186,7 @@ _SOURCE_DATA_DEFAULTS = {
     "tag_scheme": "auto",
     "label_all_tokens": False,
     "name": None,
+    "text_column": "text",
 }
 
 
