@@ -530,3 +530,46 @@ def test_bad_data_fails_before_any_weights_load(tmp_path, minilm_path):
         run(load_config(None, common + [files.replace("dev.jsonl", "train.jsonl"), "eval.metric=entity_f1"]))
     with pytest.raises(ConfigError, match=r"data: .*give one labelled source, not data.task and data.files"):
         load_config(None, common + [files, "data.task=sst2"])
+
+
+def test_regression_and_multilabel_own_data_train_and_score(tmp_path, glue_dir, minilm_path):
+    """Floats train a regression head (MSE, Pearson), lists a multi-label head (BCE, sample F1), from JSONL files."""
+    from unikd.data import load_glue
+
+    rows = load_glue("sst2", "train", glue_dir, limit=64)
+    reg, multi = tmp_path / "reg.jsonl", tmp_path / "multi.jsonl"
+    reg.write_text(
+        "".join(
+            json.dumps({"text": t, "label": y + len(t) / 100}) + "\n" for t, y in zip(rows["text_a"], rows["label"])
+        )
+    )
+    multi.write_text(
+        "".join(
+            json.dumps({"text": t, "label": (["pos"] if y else ["neg"]) + (["long"] if len(t) > 60 else [])}) + "\n"
+            for t, y in zip(rows["text_a"], rows["label"])
+        )
+    )
+    base = save_tiny_model(tiny_bert(2, 32, 4, positions=128, cls=BertModel), tmp_path / "base", minilm_path)
+    common = [
+        "stage=finetune",
+        f"teacher.path={base}",
+        "data.max_length=32",
+        "train.max_steps=2",
+        "train.batch_size=16",
+    ]
+    common += ["train.progress=false"]
+    r = run(
+        load_config(None, common + [f"data.files={{train: {reg}, validation: {reg}}}", f"output_dir={tmp_path / 'r'}"])
+    )
+    assert set(r["final"]) == {"pearson", "spearman", "score"} and r["final"]["score"] == r["final"]["pearson"]
+    m = run(
+        load_config(
+            None, common + [f"data.files={{train: {multi}, validation: {multi}}}", f"output_dir={tmp_path / 'm'}"]
+        )
+    )
+    assert set(m["final"]) == {"sample_f1", "micro_f1", "macro_f1", "exact_match", "score"}
+    saved = json.loads((tmp_path / "m" / "student" / "config.json").read_text())
+    assert saved["problem_type"] == "multi_label_classification"
+    assert saved["id2label"] == {"0": "long", "1": "neg", "2": "pos"}
+    saved = json.loads((tmp_path / "r" / "student" / "config.json").read_text())
+    assert len(saved["id2label"]) == 1 and saved["problem_type"] == "regression"

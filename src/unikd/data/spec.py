@@ -13,7 +13,9 @@ columns the rest of unikd uses:
 Sources, one per run: ``data.task`` (a GLUE preset: ``load_glue``, with ``data_dir``/``GLUE_DIR``/the hub,
 unchanged), ``data.dataset`` (a hub id for ``datasets.load_dataset`` with ``dataset_config``/``revision``, or a
 ``save_to_disk`` directory) or ``data.files`` (``{train: ..., validation: ...}``: CSV, TSV, JSON/JSONL, Parquet
-through ``datasets``' own builders; CoNLL column files, ``.txt``/``.conll``, through ``read_conll``).
+through ``datasets``' own builders; CoNLL column files, ``.txt``/``.conll``, through ``read_conll``). The dev
+split is the one named ``validation`` (or ``dev``, ``valid``, ``val``), else, for hub datasets that ship only train
+and test (IMDB and the like), ``test``.
 
 Every problem with the data is a ``ConfigError`` naming the field (``data.columns.label``, ``data.files.train``,
 ...) and found before any model weights load.
