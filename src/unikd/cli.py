@@ -82,13 +82,18 @@ def validate(
     config: Path = typer.Argument(..., help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
 ):
-    """Validate a config (fields, paths, the plan against the model shapes) without training."""
+    """Validate a config (fields, paths, the plan against the model shapes; your own labelled data: its columns,
+    labels and metric) without training."""
     from unikd.config import load_config
     from unikd.train import validate_run
 
     try:
         cfg = load_config(config, overrides or [])
         validate_run(cfg)
+        if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
+            from unikd.data import check_metric, load_task_data
+
+            check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(f"ok: {config}")
