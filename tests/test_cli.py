@@ -105,3 +105,15 @@ def test_bench_latency_on_a_run_dir_writes_table_json_and_plot(tmp_path, minilm_
     assert rows[0]["p50_ms"] <= rows[0]["p95_ms"]
     assert (out / "latency.md").read_text().count("tiny") == 1
     assert (out / "score_vs_latency.png").stat().st_size > 0
+
+
+def test_validate_checks_own_data(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    (tmp_path / "dev.jsonl").write_text('{"text": "c", "label": "meh"}\n')
+    files = f"data.files={{train: {tmp_path / 'train.jsonl'}, validation: {tmp_path / 'dev.jsonl'}}}"
+    args = ["validate", str(EXAMPLES / "teacher-sst2.yaml"), "data.task=null", files]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    assert "data.columns.label: the validation split has the label 'meh', which train never has" in result.output
+    fine = files.replace("dev.jsonl", "train.jsonl")
+    assert runner.invoke(app, [*args[:3], fine]).exit_code == 0

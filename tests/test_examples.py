@@ -42,7 +42,7 @@ def test_example_loads_and_plan_validates(path, minilm_path):
     )
     assert len(plan.config.terms) == len(cfg.plan.terms) >= 1
     if cfg.stage != "general":
-        assert cfg.data.task
+        assert cfg.data.task or cfg.data.files or cfg.data.dataset
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))

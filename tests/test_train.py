@@ -387,3 +387,239 @@ def test_transfer_settings_that_cannot_work_are_refused_by_name(finetuned_teache
     assert err.value.field == "data.transfer[0].kind" and "train_limit" in str(err.value)
     with pytest.raises(ConfigError, match=r"copies"):
         load_config(None, common + ["stage=task", "data.transfer=[{kind: augment, copies: 0}]"])
+
+
+# ---- bring your own data (issue 14) ---------------------------------------------------------------------------
+def _small_glue(glue_dir: Path, tmp: Path, train_rows: int = 200, dev_rows: int = 64) -> Path:
+    """A GLUE directory holding the first rows of the real SST-2 files, verbatim."""
+    root = tmp / "glue"
+    (root / "SST-2").mkdir(parents=True)
+    for name, rows in (("train.tsv", train_rows), ("dev.tsv", dev_rows)):
+        lines = (glue_dir / "SST-2" / name).read_text().splitlines(keepends=True)[: rows + 1]
+        (root / "SST-2" / name).write_text("".join(lines))
+    return root
+
+
+def _run_opts(tmp: Path, name: str, steps: int = 4) -> list[str]:
+    return [
+        "data.train_limit=96",
+        "data.max_length=32",
+        f"train.max_steps={steps}",
+        "train.batch_size=16",
+        "train.progress=false",
+        "train.eval_every=2",
+        "optim.lr=1e-3",
+        f"output_dir={tmp / name}",
+    ]
+
+
+def test_own_csv_with_string_labels_trains_exactly_as_sst2(tmp_path, glue_dir, minilm_path):
+    """The same SST-2 rows through a CSV with renamed columns and string labels: the same student, the same metrics."""
+    from unikd.data import load_glue
+
+    glue = _small_glue(glue_dir, tmp_path)
+    files = {}
+    for split in ("train", "validation"):
+        ds = load_glue("sst2", split, glue)
+        ds = ds.map(lambda r: {"review": r["text_a"], "sentiment": ("negative", "positive")[r["label"]]})
+        ds.select_columns(["sentiment", "review"]).to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    base = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "base", minilm_path)
+    common = ["stage=finetune", f"teacher.path={base}", "student.init.strategy=teacher-layers"]
+    by_task = run(load_config(None, common + _run_opts(tmp_path, "task") + ["data.task=sst2", f"data.data_dir={glue}"]))
+    by_csv = run(
+        load_config(
+            None,
+            common
+            + _run_opts(tmp_path, "csv")
+            + [
+                f"data.files={{train: {files['train']}, validation: {files['validation']}}}",
+                "data.columns={text: review, label: sentiment}",
+            ],
+        )
+    )
+    assert set(by_task["final"]) == {"accuracy", "score"}
+    assert {k: by_csv["final"][k] for k in by_task["final"]} == by_task["final"]
+    assert [{k: h[k] for k in ("step", "accuracy")} for h in by_csv["history"]] == [
+        {k: h[k] for k in ("step", "accuracy")} for h in by_task["history"]
+    ]
+    assert by_csv["best_step"] == by_task["best_step"]
+    a, b = (
+        load_file(tmp_path / "task" / "student" / "model.safetensors"),
+        load_file(tmp_path / "csv" / "student" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "csv" / "student" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    # `unikd export` scores the own-data run on its own dev set, as it scores the GLUE run on SST-2's
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    scored = {}
+    for name in ("task", "csv"):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / name), "--formats", "hf", "--dev-rows", "48"])
+        assert result.exit_code == 0, result.output
+        scored[name] = json.loads((tmp_path / name / "export" / "export.json").read_text())["task_metrics"]
+    assert scored["csv"]["num_examples"] == scored["task"]["num_examples"] == 48
+    assert scored["csv"]["torch"]["accuracy"] == scored["task"]["torch"]["accuracy"]
+    # the metric that scores the run (and picks the best checkpoint) is the stated one
+    macro = run(
+        load_config(
+            None,
+            common
+            + _run_opts(tmp_path, "macro", steps=2)
+            + [f"data.files={{train: {files['train']}, validation: {files['validation']}}}"]
+            + ["data.columns={text: review, label: sentiment}", "eval.metric=macro_f1"],
+        )
+    )
+    assert macro["final"]["score"] == macro["final"]["macro_f1"]
+
+
+def _conll_subset(tmp: Path, name: str, sentences: int) -> str:
+    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner" / "conll2003" / name
+    if not src.is_file():
+        pytest.skip("shared CoNLL-2003 not found")
+    blocks = src.read_text().split("\n\n")[:sentences]
+    (tmp / name).write_text("\n\n".join(blocks) + "\n")
+    return str(tmp / name)
+
+
+def test_token_classification_end_to_end(tmp_path, minilm_path):
+    """CoNLL-2003 NER: finetune makes the teacher, distill the student (token-level logits KD + hidden), the no-KD
+    baseline; entity F1 from seqeval; export and a token-classification pipeline on the exported student."""
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    from unikd.config import DataConfig
+    from unikd.data import load_task_data, token_collator, tokenize_words
+    from unikd.metrics import compute_task_metrics
+
+    files = f"data.files={{train: {_conll_subset(tmp_path, 'train.txt', 300)}, validation: {_conll_subset(tmp_path, 'dev.txt', 80)}}}"
+    base = save_tiny_model(tiny_bert(2, 32, 4, positions=128, cls=BertModel), tmp_path / "base", minilm_path)
+    opts = [files, "data.max_length=64", "train.batch_size=16", "train.progress=false", "optim.lr=2e-3"]
+    teacher = run(
+        load_config(
+            None,
+            opts
+            + ["stage=finetune", f"teacher.path={base}", "student.init.strategy=teacher-layers", "train.max_steps=10"]
+            + [f"output_dir={tmp_path / 'teacher'}"],
+        )
+    )
+    assert set(teacher["final"]) == {"precision", "recall", "f1", "accuracy", "score"}
+    tags = ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
+    t_config = json.loads((tmp_path / "teacher" / "student" / "config.json").read_text())
+    assert t_config["architectures"] == ["BertForTokenClassification"]
+    assert [t_config["id2label"][str(i)] for i in range(9)] == tags
+    student = ["student.shape.num_layers=1", "train.max_steps=4", f"teacher.path={tmp_path / 'teacher' / 'student'}"]
+    kd = run(
+        load_config(
+            None,
+            opts
+            + student
+            + ["stage=task", "teacher.allow_weak=true", f"output_dir={tmp_path / 'kd'}"]
+            + [
+                "plan.terms=[{knowledge: logits, loss: kl, temperature: 2}, {knowledge: hidden, loss: mse, matching: uniform}]"
+            ],
+        )
+    )
+    nokd = run(load_config(None, opts + student + ["stage=finetune", f"output_dir={tmp_path / 'nokd'}"]))
+    assert kd["final"]["score"] == kd["final"]["f1"] and 0.0 <= nokd["final"]["f1"] <= 1.0
+    # the run's F1 is seqeval's on the saved student's predictions at the first sub-tokens
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "kd" / "student").eval()
+    assert [model.config.id2label[i] for i in range(9)] == tags and model.config.num_hidden_layers == 1
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "kd" / "student")
+    cfg = DataConfig.model_validate(
+        {"files": {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "dev.txt")}}
+    )
+    data = load_task_data(cfg)
+    batch = token_collator(tok)(list(tokenize_words(data.validation, tok, 64, data.spec.label_names)))
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    again = compute_task_metrics(data.spec, logits.numpy(), batch["labels"].numpy())
+    assert again["f1"] == pytest.approx(kd["final"]["f1"], abs=1e-12)
+    assert again["precision"] == pytest.approx(kd["final"]["precision"], abs=1e-12)
+
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    formats = "hf,onnx" if pytest.importorskip("onnxruntime") else "hf"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "kd"), "--formats", formats])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "kd" / "export" / "export.json").read_text())
+    assert report["checks"]["onnx"]["ok"]
+    ner = pipeline("token-classification", model=str(tmp_path / "kd" / "export" / "hf"), aggregation_strategy="simple")
+    out = ner("John Smith lives in London and works for Reuters .")
+    assert isinstance(out, list) and all(e["entity_group"] in {"LOC", "MISC", "ORG", "PER"} for e in out)
+    assert ner.model.config.id2label == dict(enumerate(tags))
+    bench = CliRunner().invoke(
+        app,
+        ["bench-latency", f"kd={tmp_path / 'kd'}", "--backends", "torch", "--batch-sizes", "1", "--seq-len", "16"]
+        + ["--repeats", "2", "--out", str(tmp_path / "lat")],
+    )
+    assert bench.exit_code == 0, bench.output
+    rows = json.loads((tmp_path / "lat" / "latency.json").read_text())
+    assert any(r.get("backend") == "torch" for r in (rows if isinstance(rows, list) else rows["rows"]))
+
+
+def test_bad_data_fails_before_any_weights_load(tmp_path, minilm_path):
+    """A data error is found before the model loads: the teacher's weights here are corrupt, the data error wins."""
+    corrupt = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "corrupt", minilm_path)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    (tmp_path / "dev.jsonl").write_text('{"text": "c", "label": "meh"}\n')
+    files = f"data.files={{train: {tmp_path / 'train.jsonl'}, validation: {tmp_path / 'dev.jsonl'}}}"
+    common = ["stage=finetune", f"teacher.path={corrupt}", "train.progress=false", f"output_dir={tmp_path / 'x'}"]
+    with pytest.raises(ConfigError, match=r"data.columns.label: the validation split has the label 'meh'"):
+        run(load_config(None, common + [files]))
+    with pytest.raises(ConfigError, match=r"data.columns.text: no column 'body'"):
+        run(load_config(None, common + [files.replace("dev.jsonl", "train.jsonl"), "data.columns.text=body"]))
+    with pytest.raises(ConfigError, match=r"eval.metric: 'entity_f1' is not a metric"):
+        run(load_config(None, common + [files.replace("dev.jsonl", "train.jsonl"), "eval.metric=entity_f1"]))
+    with pytest.raises(ConfigError, match=r"data: .*give one labelled source, not data.task and data.files"):
+        load_config(None, common + [files, "data.task=sst2"])
+
+
+def test_regression_and_multilabel_own_data_train_and_score(tmp_path, glue_dir, minilm_path):
+    """Floats train a regression head (MSE, Pearson), lists a multi-label head (BCE, sample F1), from JSONL files."""
+    from unikd.data import load_glue
+
+    rows = load_glue("sst2", "train", glue_dir, limit=64)
+    reg, multi = tmp_path / "reg.jsonl", tmp_path / "multi.jsonl"
+    reg.write_text(
+        "".join(
+            json.dumps({"text": t, "label": y + len(t) / 100}) + "\n" for t, y in zip(rows["text_a"], rows["label"])
+        )
+    )
+    multi.write_text(
+        "".join(
+            json.dumps({"text": t, "label": (["pos"] if y else ["neg"]) + (["long"] if len(t) > 60 else [])}) + "\n"
+            for t, y in zip(rows["text_a"], rows["label"])
+        )
+    )
+    base = save_tiny_model(tiny_bert(2, 32, 4, positions=128, cls=BertModel), tmp_path / "base", minilm_path)
+    common = [
+        "stage=finetune",
+        f"teacher.path={base}",
+        "data.max_length=32",
+        "train.max_steps=2",
+        "train.batch_size=16",
+    ]
+    common += ["train.progress=false"]
+    r = run(
+        load_config(None, common + [f"data.files={{train: {reg}, validation: {reg}}}", f"output_dir={tmp_path / 'r'}"])
+    )
+    assert set(r["final"]) == {"pearson", "spearman", "score"} and r["final"]["score"] == r["final"]["pearson"]
+    m = run(
+        load_config(
+            None, common + [f"data.files={{train: {multi}, validation: {multi}}}", f"output_dir={tmp_path / 'm'}"]
+        )
+    )
+    assert set(m["final"]) == {"sample_f1", "micro_f1", "macro_f1", "exact_match", "score"}
+    saved = json.loads((tmp_path / "m" / "student" / "config.json").read_text())
+    assert saved["problem_type"] == "multi_label_classification"
+    assert saved["id2label"] == {"0": "long", "1": "neg", "2": "pos"}
+    saved = json.loads((tmp_path / "r" / "student" / "config.json").read_text())
+    assert len(saved["id2label"]) == 1 and saved["problem_type"] == "regression"

@@ -95,13 +95,18 @@ def validate(
     config: Path = typer.Argument(..., help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
 ):
-    """Validate a config (fields, paths, the plan against the model shapes) without training."""
+    """Validate a config (fields, paths, the plan against the model shapes; your own labelled data: its columns,
+    labels and metric) without training."""
     from unikd.config import load_config
     from unikd.train import validate_run
 
     try:
         cfg = load_config(config, overrides or [])
         validate_run(cfg)
+        if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
+            from unikd.data import check_metric, load_task_data
+
+            check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(f"ok: {config}")
@@ -210,8 +215,10 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
     from unikd.metrics import compute_metrics
 
     cfg = read_run_config(run_dir)
-    if cfg.stage == "general" or not cfg.data.task:
+    if cfg.stage == "general":
         return None
+    if not cfg.data.task:
+        return _own_data_eval_set(cfg, limit)
     task = resolve_task(cfg.data.task)
     dev = load_glue(
         cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit, skip_malformed=cfg.data.skip_malformed
@@ -221,6 +228,26 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
         texts_b=dev["text_b"] if task.is_pair else None,
         labels=dev["label"],
         metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
+        max_length=cfg.data.max_length,
+    )
+
+
+def _own_data_eval_set(cfg, limit: Optional[int]):
+    """The dev set of a run on its own data (single-label classification and regression; export scores whole
+    sequences, so token-classification and multi-label runs are exported without a dev score)."""
+    from unikd.data import load_task_data
+    from unikd.export import EvalSet
+    from unikd.metrics import compute_task_metrics
+
+    task = load_task_data(cfg.data.model_copy(update={"train_limit": 1, "eval_limit": limit}), seed=cfg.seed)
+    if task.spec.task_type not in ("classification", "regression"):
+        return None
+    dev = task.validation
+    return EvalSet(
+        texts_a=dev["text_a"],
+        texts_b=dev["text_b"] if task.spec.is_pair else None,
+        labels=dev["label"],
+        metric_fn=lambda preds, labels: compute_task_metrics(task.spec, preds, labels, cfg.eval.metric),
         max_length=cfg.data.max_length,
     )
 

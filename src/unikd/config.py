@@ -53,10 +53,48 @@ class StudentConfig(_Strict):
     init: InitConfig = Field(default_factory=InitConfig, description="How the student's weights are initialized.")
 
 
+class ColumnMap(_Strict):
+    """The user's column names (task/finetune stages); unset: the usual names are looked for."""
+
+    text: str | None = Field(None, description="The text column (default: text, sentence, sentence1).")
+    text_pair: str | None = Field(None, description="The second text of a pair task (default: none).")
+    label: str | None = Field(None, description="The label column (default: label, labels).")
+    tokens: str | None = Field(None, description="token classification: the words column (default: tokens).")
+    tags: str | None = Field(None, description="token classification: the tags column (default: ner_tags, tags).")
+
+
 class DataConfig(_Strict):
     task: str | None = Field(
-        None, description="GLUE task for the task/finetune stages (sst2, mrpc, stsb, rte, cola, qqp, mnli, qnli, wnli)."
+        None,
+        description="GLUE task for the task/finetune stages (sst2, mrpc, stsb, rte, cola, qqp, mnli, qnli, wnli); "
+        "for other data use data.dataset or data.files.",
     )
+    dataset: str | None = Field(
+        None,
+        description="task/finetune stages: a hub dataset id (datasets.load_dataset) or a directory written by "
+        "save_to_disk.",
+    )
+    dataset_config: str | None = Field(None, description="The hub dataset's configuration name.")
+    revision: str | None = Field(None, description="The hub dataset's revision (branch, tag or commit).")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="task/finetune stages: local files per split, {train: ..., validation: ...}: CSV, TSV, JSON, "
+        "JSONL, Parquet, or CoNLL column files (.txt/.conll: one 'token tag' per line) for token classification.",
+    )
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="The dataset's column names.")
+    label_names: list[str] | None = Field(
+        None, description="Class (or tag) names by id; default: from the dataset, else sorted from train."
+    )
+    task_type: Literal["classification", "multilabel", "regression", "token-classification"] | None = Field(
+        None, description="Default: inferred from the labels (ints/strings, lists, floats, tag sequences)."
+    )
+    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
+        "auto", description="token classification: the tags' scheme (auto: BIOES if S-/E- tags occur, else IOB2)."
+    )
+    label_all_tokens: bool = Field(
+        False, description="token classification: label every sub-token of a word (default: the first only)."
+    )
+    name: str | None = Field(None, description="A name for this data in reports (default: the task or dataset).")
     data_dir: str | None = Field(
         None,
         description="Local GLUE directory in the original TSV layout "
@@ -67,7 +105,11 @@ class DataConfig(_Strict):
     max_length: int = Field(128, ge=8, description="Maximum sequence length after tokenization.")
     text: list[str] = Field(
         default_factory=list,
-        description="general stage: text files/directories, or 'hub:<dataset>/<config>' for a hub corpus.",
+        description="general stage: text, JSON(L), CSV/TSV or Parquet files, directories of them (recursive), "
+        "save_to_disk directories, or 'hub:<dataset>/<config>' for a hub corpus.",
+    )
+    text_column: str = Field(
+        "text", description="general stage: the text column of datasets and JSON/CSV/Parquet files in data.text."
     )
     text_limit_lines: int | None = Field(None, ge=1, description="general stage: read at most this many paragraphs.")
     eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")
@@ -83,6 +125,22 @@ class DataConfig(_Strict):
         False,
         description="Local GLUE TSVs: drop rows with the wrong number of fields or an unknown label (as the hub "
         "loader does) instead of stopping at the first one with its file and line.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [n for n in ("task", "dataset", "files") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError(f"give one labelled source, not {' and '.join('data.' + n for n in given)}")
+        return self
+
+
+class EvalConfig(_Strict):
+    metric: str | None = Field(
+        None,
+        description="The metric that is the run's score and picks the best checkpoint (accuracy, f1, macro_f1, "
+        "micro_f1, mcc, pearson, spearman, sample_f1, entity f1 ...). Default: GLUE's score for GLUE tasks, else "
+        "accuracy / pearson / sample_f1 / f1 (entity level) by task type.",
     )
 
 
@@ -165,13 +223,17 @@ class RunConfig(_Strict):
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     output_dir: str = Field("runs/unikd", description="Where checkpoints, logs, the student and metrics go.")
     seed: int = Field(42, description="Global seed (data order, init, dropout, random matching).")
 
     @model_validator(mode="after")
     def _stage_needs(self):
-        if self.stage in ("task", "finetune") and not self.data.task:
-            raise ValueError(f"data.task is required for stage '{self.stage}' (e.g. data.task=sst2)")
+        if self.stage in ("task", "finetune") and not (self.data.task or self.data.dataset or self.data.files):
+            raise ValueError(
+                f"data.task is required for stage '{self.stage}' (e.g. data.task=sst2), or your own data: "
+                "data.dataset (hub id or save_to_disk directory) or data.files={train: ..., validation: ...}"
+            )
         if self.stage == "general" and not self.data.text:
             raise ValueError("data.text is required for stage 'general' (text files, a directory, or hub:<name>)")
         if self.data.transfer and self.stage != "task":

@@ -143,22 +143,44 @@ def weights_finite(parameters) -> bool:
 
 
 # ---- the teacher against a constant predictor ---------------------------------------------------------
-def trivial_baseline(task: str, train_labels, dev_labels) -> dict:
-    """The dev score of the best constant predictor one can know from the training labels.
+def trivial_baseline(spec, train_labels, dev_labels, metric: str | None = None) -> dict:
+    """The dev score of the best constant predictor one can know from the training labels, by ``spec``'s metric.
 
-    Classification: the majority class of the TRAIN labels (ties: the lowest class id), scored on dev with the task's
-    metrics. Regression (STS-B): any constant has correlation 0 with the gold scores, so the score is 0.
+    ``spec``: the labelled data's ``unikd.data.TaskSpec``. Classification: the majority class of the TRAIN labels
+    (ties: the lowest class id); token classification: the most frequent tag at the labelled positions, everywhere;
+    multi-label: every label that more than half the training rows carry. Regression: any constant has correlation
+    0 with the gold scores, so the score is 0. Scored like the student (``compute_task_metrics``).
     """
-    from unikd.data import resolve_task
-    from unikd.metrics import compute_metrics
+    from unikd.metrics import compute_task_metrics
 
-    info = resolve_task(task)
-    dev = np.asarray(dev_labels)
-    if info.is_regression:
-        return {"predictor": f"the train mean {float(np.mean(train_labels)):.4g}", "score": 0.0}
-    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=info.num_labels).argmax())
-    metrics = compute_metrics(task, np.full(len(dev), majority, dtype=np.int64), dev)
-    return {"predictor": f"the majority class {majority}", **metrics}
+    if spec.task_type == "regression":
+        return {
+            "predictor": f"the train mean {float(np.mean(np.asarray(train_labels, dtype=float))):.4g}",
+            "score": 0.0,
+        }
+    n = spec.num_labels
+    if spec.task_type == "multilabel":
+        on = np.asarray(train_labels, dtype=float).mean(0) > 0.5
+        dev = np.asarray(dev_labels)
+        logits = np.tile(np.where(on, 1.0, -1.0), (len(dev), 1))
+        predictor = f"the labels {[spec.label_names[i] for i in np.flatnonzero(on)]}"
+    elif spec.is_token:
+        tags = np.concatenate([np.asarray(t) for t in train_labels])
+        majority = int(np.bincount(tags[tags >= 0], minlength=n).argmax())
+        length = max(len(t) for t in dev_labels)
+        dev = np.full((len(dev_labels), length), -100, dtype=np.int64)
+        for i, t in enumerate(dev_labels):
+            dev[i, : len(t)] = t
+        logits = np.zeros((*dev.shape, n))
+        logits[..., majority] = 1.0
+        predictor = f"the tag {spec.label_names[majority]!r} everywhere"
+    else:
+        majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n).argmax())
+        dev = np.asarray(dev_labels)
+        logits = np.zeros((len(dev), n))
+        logits[:, majority] = 1.0
+        predictor = f"the majority class {majority}"
+    return {"predictor": predictor, **compute_task_metrics(spec, logits, dev, metric)}
 
 
 def check_teacher(teacher_dev: dict, baseline: dict, *, allow_weak: bool, teacher: str) -> None:
@@ -193,12 +215,21 @@ def stored_teacher_score(teacher_path: str | Path, cfg) -> dict | None:
         final = json.loads((run_dir / "metrics.json").read_text()).get("final") or {}
     except (ConfigError, OSError, ValueError):
         return None
-    same = (
-        run_cfg.stage == "finetune"
-        and resolve_task(run_cfg.data.task).name == resolve_task(cfg.data.task).name
-        and (run_cfg.data.data_dir, run_cfg.data.eval_limit, run_cfg.data.max_length)
-        == (cfg.data.data_dir, cfg.data.eval_limit, cfg.data.max_length)
-    )
+
+    def source(data) -> tuple:  # what picks the dev rows: the task (or the dataset / files) and the limits
+        task = resolve_task(data.task).name if data.task else None
+        return (
+            task,
+            data.dataset,
+            data.dataset_config,
+            dict(data.files),
+            data.data_dir,
+            data.eval_limit,
+            data.max_length,
+            cfg.eval.metric == run_cfg.eval.metric,
+        )
+
+    same = run_cfg.stage == "finetune" and source(run_cfg.data) == source(cfg.data)
     if not same or not isinstance(final.get("score"), (int, float)):
         return None
     return {**final, "source": str(run_dir / "metrics.json")}

@@ -14,6 +14,22 @@ stsb                       ``pearson``, ``spearman``                   mean(pear
 =========================  ==========================================  ===========================
 
 ``glue_average(results)`` is the unweighted mean of the entries' ``"score"``.
+
+``compute_task_metrics(spec, predictions, labels, metric=None)`` scores any labelled task (a
+``unikd.data.TaskSpec``) by its type; ``score`` is ``metric`` (the run's ``eval.metric``), else the type's
+default (GLUE presets: GLUE's score, as ``compute_metrics``):
+
+=====================  ===========================================================  ===============
+task type              metrics                                                      default score
+=====================  ===========================================================  ===============
+classification         ``accuracy``, ``macro_f1``, ``micro_f1``, ``mcc`` (+ ``f1``   accuracy
+                       of class 1 when binary)
+regression             ``pearson``, ``spearman``                                    pearson
+multilabel             ``sample_f1``, ``micro_f1``, ``macro_f1``, ``exact_match``    sample_f1
+                       (a label is predicted where its logit > 0)
+token-classification   entity-level ``precision``, ``recall``, ``f1`` (seqeval;      f1
+                       strict mode for IOB2 and BIOES) and token ``accuracy``
+=====================  ===========================================================  ===============
 """
 
 from __future__ import annotations
@@ -27,7 +43,7 @@ import numpy as np
 from unikd.data import GLUE_TASKS, TaskInfo, _resolve
 from unikd.errors import ConfigError
 
-__all__ = ["compute_metrics", "glue_average", "TASK_METRICS"]
+__all__ = ["compute_metrics", "compute_task_metrics", "glue_average", "TASK_METRICS"]
 
 #: task -> metric keys returned by ``compute_metrics`` besides ``"score"``
 TASK_METRICS: dict[str, tuple[str, ...]] = {name: info.metric_names for name, info in GLUE_TASKS.items()}
@@ -210,3 +226,102 @@ def glue_average(results: Mapping[str, Mapping[str, float] | float], exclude: tu
             "metrics.results", "no task scores to average", "pass {task: compute_metrics(...)} for at least one task"
         )
     return float(np.mean(scores))
+
+
+def compute_task_metrics(spec, predictions: Any, labels: Any, metric: str | None = None) -> dict[str, float]:
+    """Metrics of a ``unikd.data.TaskSpec``'s task type (see the module docstring), ``score`` = ``metric``.
+
+    ``predictions`` are logits: ``[N, C]`` (``[N]``/``[N, 1]`` for regression) or ``[N, L, C]`` for token
+    classification, whose ``labels`` are ``[N, L]`` tag ids with -100 where nothing is scored. Multi-label
+    ``labels`` are multi-hot ``[N, C]``.
+    """
+    from unikd.data import DEFAULT_METRIC, check_metric
+
+    check_metric(spec, metric)
+    if spec.glue:
+        out = compute_metrics(spec.glue, predictions, labels)
+        if metric is None:
+            return out
+        out.pop("score")
+    else:
+        out = {}
+    preds, gold = _to_numpy(predictions, "predictions"), _to_numpy(labels, "labels")
+    if len(preds) != len(gold) or len(gold) == 0:
+        raise ConfigError(
+            "metrics.predictions", f"{len(preds)} predictions for {len(gold)} labels", "pass one per labelled example"
+        )
+    fn = {
+        "classification": _classification,
+        "regression": _regression,
+        "multilabel": _multilabel,
+        "token-classification": _entities,
+    }[spec.task_type]
+    out.update(fn(spec, preds, gold))
+    out["score"] = out[metric or DEFAULT_METRIC[spec.task_type]]
+    return out
+
+
+def _classification(spec, preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    ids = preds.argmax(-1) if preds.ndim == 2 else preds.astype(np.int64)
+    gold = gold.astype(np.int64)
+    out = {
+        "accuracy": float(accuracy_score(gold, ids)),
+        "macro_f1": float(f1_score(gold, ids, average="macro", labels=range(spec.num_labels), zero_division=0.0)),
+        "micro_f1": float(f1_score(gold, ids, average="micro", labels=range(spec.num_labels), zero_division=0.0)),
+        "mcc": float(matthews_corrcoef(gold, ids)),
+    }
+    if spec.num_labels == 2:
+        out["f1"] = float(f1_score(gold, ids, pos_label=1, average="binary", zero_division=0.0))
+    return out
+
+
+def _regression(spec, preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    from scipy.stats import pearsonr, spearmanr
+
+    preds = preds.reshape(len(preds), -1)[:, 0].astype(np.float64)
+    gold = gold.reshape(len(gold)).astype(np.float64)
+    return {"pearson": _correlation(pearsonr, preds, gold), "spearman": _correlation(spearmanr, preds, gold)}
+
+
+def _multilabel(spec, preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    hot = (preds > 0).astype(np.int64)  # sigmoid(logit) > 0.5
+    gold = (gold > 0.5).astype(np.int64)
+    return {
+        "sample_f1": float(f1_score(gold, hot, average="samples", zero_division=0.0)),
+        "micro_f1": float(f1_score(gold, hot, average="micro", zero_division=0.0)),
+        "macro_f1": float(f1_score(gold, hot, average="macro", zero_division=0.0)),
+        "exact_match": float(accuracy_score(gold, hot)),
+    }
+
+
+def tag_sequences(spec, preds: np.ndarray, gold: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tag names per sentence, at the labelled positions (gold != -100) only."""
+    ids = preds.argmax(-1) if preds.ndim == 3 else preds
+    names = spec.label_names
+    y_true, y_pred = [], []
+    for row_pred, row_gold in zip(ids, gold, strict=True):
+        keep = row_gold != -100
+        y_true.append([names[i] for i in row_gold[keep]])
+        y_pred.append([names[i] for i in row_pred[keep]])
+    return y_true, y_pred
+
+
+def _entities(spec, preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2, IOBES
+
+    y_true, y_pred = tag_sequences(spec, preds, gold.astype(np.int64))
+    # strict mode counts an entity only when its whole span is well-formed in the scheme (as conlleval does
+    # for IOB2); IOB1 has no strict form in seqeval, so it is scored the conlleval way
+    scheme = {"IOB2": IOB2, "BIOES": IOBES}.get(spec.tag_scheme)
+    kw = {"mode": "strict", "scheme": scheme} if scheme is not None else {}
+    return {
+        "precision": float(precision_score(y_true, y_pred, zero_division=0, **kw)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=0, **kw)),
+        "f1": float(f1_score(y_true, y_pred, zero_division=0, **kw)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }

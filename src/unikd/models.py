@@ -28,6 +28,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 
 from unikd.errors import ConfigError
@@ -35,6 +36,7 @@ from unikd.families import get_adapter
 
 AUTO_CLASSES = {
     "sequence-classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
     "masked-lm": AutoModelForMaskedLM,
     "causal-lm": AutoModelForCausalLM,
     "base": AutoModel,
@@ -309,14 +311,30 @@ def model_kind_for(stage: str, config) -> str:
 
 
 # ---- loading ----------------------------------------------------------------------------------------
-def load_model(path: str, kind: str, num_labels: int | None = None, field: str = "model"):
-    """Load ``path`` (hub id or directory) with the head ``kind``; a corrupt file names the field."""
+def load_model(
+    path: str,
+    kind: str,
+    num_labels: int | None = None,
+    field: str = "model",
+    label_names: tuple[str, ...] | None = None,
+    problem_type: str | None = None,
+):
+    """Load ``path`` (hub id or directory) with the head ``kind``; a corrupt file names the field.
+
+    ``label_names`` (class or tag names by id) go into the config's ``id2label``/``label2id``, so the saved
+    model - and ``pipeline(...)`` on it - names the user's labels; ``problem_type`` is set on the config
+    (``multi_label_classification``: BCE on multi-hot labels)."""
     kwargs = {}
-    if kind == "sequence-classification" and num_labels is not None:
+    if kind in ("sequence-classification", "token-classification") and num_labels is not None:
         config = AutoConfig.from_pretrained(path)
         if config.num_labels != num_labels:
             kwargs["num_labels"] = num_labels
         kwargs["ignore_mismatched_sizes"] = True
+        if label_names and len(label_names) == num_labels:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        if problem_type:
+            kwargs["problem_type"] = problem_type
     try:
         model = AUTO_CLASSES[kind].from_pretrained(path, **kwargs)
     except Exception as exc:  # safetensors, torch and HF each raise their own types for a bad file
@@ -327,7 +345,7 @@ def load_model(path: str, kind: str, num_labels: int | None = None, field: str =
                 "the weights may be corrupt or incomplete: re-export them with save_pretrained",
             ) from exc
         raise
-    if kind == "sequence-classification" and num_labels == 1:
+    if kind == "sequence-classification" and num_labels == 1 and not problem_type:
         model.config.problem_type = "regression"
     return model
 

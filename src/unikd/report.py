@@ -34,6 +34,18 @@ KIND_ORDER = {"teacher": 0, "no-KD": 1, "kd": 2}
 GLUE = "glue_avg"
 
 
+def _task_average(scores: dict) -> float:
+    """GLUE's average (``unikd.metrics.glue_average``) when every task is a GLUE task; with a study's own data specs
+    among them (named by their ``name``), the plain mean of the task scores."""
+    from unikd.data import TASK_ALIASES
+    from unikd.data.tasks import _norm
+    from unikd.metrics import glue_average
+
+    if all(_norm(t) in TASK_ALIASES for t in scores):
+        return glue_average(scores)
+    return statistics.fmean(float(v) for v in scores.values())
+
+
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and sample std (0 for a single value); (None, None) for no values."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -86,8 +98,6 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
         rec["wall_s_mean"], _ = mean_std([r.get("wall_s") for r in group])
         per_task.append(rec)
 
-    from unikd.metrics import glue_average
-
     per_variant: list[dict] = []
     labels = list(OrderedDict.fromkeys(rec["label"] for rec in per_task))
     for label in labels:
@@ -102,13 +112,13 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
             out[f"{t}_std"] = rec["score_std"] if rec else None
             out[f"{t}_n"] = rec["n"] if rec else 0
         complete = all(out[f"{t}_mean"] is not None for t in tasks)
-        out[f"{GLUE}_mean"] = glue_average({t: out[f"{t}_mean"] for t in tasks}) if complete and tasks else None
+        out[f"{GLUE}_mean"] = _task_average({t: out[f"{t}_mean"] for t in tasks}) if complete and tasks else None
         # std of the per-seed GLUE averages, over the seeds that have every task
         by_seed: dict = {}
         for r in done:
             if r["label"] == label and r["score"] is not None:
                 by_seed.setdefault(r["seed"], {})[r["task"]] = r["score"]
-        seed_avgs = [glue_average(s) for s in by_seed.values() if set(s) == set(tasks)] if complete else []
+        seed_avgs = [_task_average(s) for s in by_seed.values() if set(s) == set(tasks)] if complete else []
         out[f"{GLUE}_std"] = mean_std(seed_avgs)[1] if seed_avgs else None
         params = [rec["parameters"] for rec in recs.values() if rec["parameters"] is not None]
         out["parameters"] = max(params) if params else None  # regression heads have 1 output fewer: take max

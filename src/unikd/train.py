@@ -38,7 +38,7 @@ from unikd.families import get_adapter, model_spec
 from unikd.guards import FiniteWatch, check_teacher, stored_teacher_score, trivial_baseline, weights_finite
 from unikd.initialization import build_student, check_student_init
 from unikd.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
-from unikd.metrics import compute_metrics
+from unikd.metrics import compute_task_metrics
 from unikd.models import load_model, model_config, model_kind_for, quantize_int8, resolve_model_path
 from unikd.plan import DistillationPlan
 from unikd.resume import check_resume_config, checkpoint_problem, record_resume
@@ -53,17 +53,18 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": 
 def validate_run(cfg: RunConfig):
     """Resolve paths and validate the plan against model shapes, from configs only (no weights yet)."""
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
-    if cfg.stage in ("task", "finetune"):
+    if cfg.stage in ("task", "finetune") and cfg.data.task:
         D.resolve_task(cfg.data.task)
     teacher_config = model_config(teacher_path, "teacher.path")
     kind = model_kind_for(cfg.stage, teacher_config)
     if cfg.stage == "task":
         archs = teacher_config.architectures or []
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
+        if not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs):
             raise ConfigError(
                 "teacher.path",
                 f"{cfg.teacher.path!r} has no fine-tuned task head ({archs or 'no architectures'})",
-                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} data.task={cfg.data.task}, "
+                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} "
+                f"{_data_args(cfg)}, "
                 "then use that run's student/ directory as teacher.path",
             )
     plan = None
@@ -107,6 +108,15 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
     check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
 
 
+def _data_args(cfg: RunConfig) -> str:
+    """The run's labelled source as command-line overrides (for messages)."""
+    if cfg.data.task:
+        return f"data.task={cfg.data.task}"
+    if cfg.data.dataset:
+        return f"data.dataset={cfg.data.dataset}"
+    return "data.files={" + ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items()) + "}"
+
+
 def _cache_dir() -> Path:
     """Tokenized datasets are cached here, keyed by tokenizer and settings (UNIKD_CACHE overrides)."""
     return Path(os.environ.get("UNIKD_CACHE", Path.home() / ".cache" / "unikd")) / "tokenized"
@@ -116,14 +126,14 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
     cache = _cache_dir()
     if cfg.stage == "general":
         train = D.chunk_for_lm(
-            D.load_text_corpus(cfg.data.text, limit_lines=cfg.data.text_limit_lines),
+            D.load_text_corpus(cfg.data.text, limit_lines=cfg.data.text_limit_lines, text_column=cfg.data.text_column),
             tokenizer,
             cfg.data.block_size,
             cache_dir=cache,
         )
         evals = (
             D.chunk_for_lm(
-                D.load_text_corpus(cfg.data.eval_text, field="data.eval_text"),
+                D.load_text_corpus(cfg.data.eval_text, text_column=cfg.data.text_column, field="data.eval_text"),
                 tokenizer,
                 cfg.data.block_size,
                 cache_dir=cache,
@@ -135,37 +145,31 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
         _check_blocks(train, cfg, "data.text")
         if evals is not None:
             _check_blocks(evals, cfg, "data.eval_text")
-        return train, evals, collate
-    task = cfg.data.task
-    train = D.tokenize_pairs(
-        D.load_glue(
-            task,
-            "train",
-            cfg.data.data_dir,
-            limit=cfg.data.train_limit,
-            seed=cfg.seed,
-            skip_malformed=cfg.data.skip_malformed,
-        ),
-        tokenizer,
-        cfg.data.max_length,
-        cache_dir=cache,
-    )
-    dev_split = D.resolve_task(task).dev_splits[0]
-    evals = D.tokenize_pairs(
-        D.load_glue(
-            task, dev_split, cfg.data.data_dir, limit=cfg.data.eval_limit, skip_malformed=cfg.data.skip_malformed
-        ),
-        tokenizer,
-        cfg.data.max_length,
-        cache_dir=cache,
-    )
-    if len(evals) == 0:  # a run scored on nothing would report "final": {} as if it were a result
+        return train, evals, collate, None
+    # any labelled source (a GLUE preset reads through load_glue exactly as before), checked before weights load
+    task = D.load_task_data(cfg.data, seed=cfg.seed)
+    D.check_metric(task.spec, cfg.eval.metric)
+    if len(task.validation) == 0:  # a run scored on nothing would report "final": {} as if it were a result
         raise DataError(
-            "data.data_dir",
-            f"the {task} dev split {dev_split!r} has no rows (from {cfg.data.data_dir or 'the hub / $GLUE_DIR'})",
-            "point data.data_dir at a GLUE folder whose dev file holds labelled rows",
+            "data.data_dir" if cfg.data.task else "data.files",
+            f"the {task.spec.name} dev split {'validation'!r} has no rows",
+            "point the data at a dev split that holds labelled rows (data.eval_limit must leave some)",
         )
-    return train, evals, D.classification_collator(tokenizer)
+    if task.spec.is_token and cfg.train.teacher_cache and cfg.stage == "task":
+        raise ConfigError(
+            "train.teacher_cache",
+            "the teacher cache keeps one logit vector per row, and token classification has one per token",
+            "set train.teacher_cache=false",
+        )
+    if task.spec.is_token:
+        tokenize = lambda ds: D.tokenize_words(  # noqa: E731
+            ds, tokenizer, cfg.data.max_length, task.spec.label_names, cfg.data.label_all_tokens, cache_dir=cache
+        )
+        collate = D.token_collator(tokenizer)
+    else:
+        tokenize = lambda ds: D.tokenize_pairs(ds, tokenizer, cfg.data.max_length, cache_dir=cache)  # noqa: E731
+        collate = D.classification_collator(tokenizer)
+    return tokenize(task.train), tokenize(task.validation), collate, task.spec
 
 
 def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
@@ -242,6 +246,7 @@ def _teacher_cache(cfg: RunConfig, plan, teacher_path: str, rows: int) -> Teache
     if not (cfg.train.teacher_cache and cfg.stage == "task"):
         return None
     TeacherLogitCache.check_plan(plan)
+    data_key = {} if cfg.data.task else {"data": cfg.data.model_dump(mode="json")}  # GLUE caches keep their key
     return TeacherLogitCache(
         Path(cfg.output_dir) / "teacher_cache",
         rows,
@@ -252,6 +257,7 @@ def _teacher_cache(cfg: RunConfig, plan, teacher_path: str, rows: int) -> Teache
             "seed": cfg.seed,
             "train_limit": cfg.data.train_limit,
             "max_length": cfg.data.max_length,
+            **data_key,
             # other precisions give other logits (absent for fp32: older caches stay valid)
             **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
             **({"transfer": [s.model_dump(mode="json") for s in cfg.data.transfer]} if cfg.data.transfer else {}),
@@ -359,6 +365,7 @@ class State:
     progress: Any = None
     watch: FiniteWatch | None = None  # the non-finite loss guard (made by setup)
     outcome: dict = field(default_factory=dict)  # extra metrics.json entries: teacher_dev, trivial_baseline
+    task: Any = None  # the labelled data's unikd.data.TaskSpec (None for the general stage)
 
     @property
     def output_dir(self) -> Path:
@@ -384,10 +391,18 @@ def _check_output_dir(cfg: RunConfig, resume: bool) -> dict | None:
     return None
 
 
-def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind: str, tokenizer, train_ds, collate):
-    """The teacher (frozen, never wrapped; None for fine-tuning) and the student built from it."""
-    num_labels = D.resolve_task(cfg.data.task).num_labels if cfg.stage != "general" else None
-    teacher = load_model(teacher_path, kind, num_labels=num_labels, field="teacher.path")
+def _models(
+    cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind: str, tokenizer, train_ds, collate, task=None
+):
+    """The teacher (frozen, never wrapped; None for fine-tuning) and the student built from it. For labelled data
+    both heads are ``task``'s (its kind, labels and label names; the student copies the teacher's config)."""
+    labels: dict = {}
+    if task is not None:
+        kind = task.model_kind
+        _check_head(cfg, teacher_config, task)
+        problem = "multi_label_classification" if task.task_type == "multilabel" else None
+        labels = dict(num_labels=task.num_labels, label_names=task.label_names, problem_type=problem)
+    teacher = load_model(teacher_path, kind, field="teacher.path", **labels)
     if get_adapter(teacher_config).is_decoder and teacher.config.pad_token_id is None:
         teacher.config.pad_token_id = tokenizer.pad_token_id
     calib = collate([train_ds[i] for i in range(min(16, len(train_ds)))])  # for importance init
@@ -398,6 +413,26 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
         quantize_int8(teacher)
     return teacher, student
+
+
+def _check_head(cfg: RunConfig, teacher_config, task) -> None:
+    """A task-stage teacher's head must be the data's: a token-classification teacher for NER data, and so on."""
+    if cfg.stage != "task":
+        return
+    archs = teacher_config.architectures or []
+    want = "ForTokenClassification" if task.is_token else "ForSequenceClassification"
+    if not any(a.endswith(want) for a in archs):
+        raise ConfigError(
+            "teacher.path",
+            f"{cfg.teacher.path!r} has a {archs} head but the data is a {task.task_type} task (needs *{want})",
+            f"fine-tune a teacher on this data first: unikd finetune teacher.path=<base model> {_data_args(cfg)}",
+        )
+    if teacher_config.num_labels != task.num_labels:
+        raise ConfigError(
+            "teacher.path",
+            f"the teacher has {teacher_config.num_labels} labels but the data has {task.num_labels}",
+            "use the teacher fine-tuned on this data (unikd finetune ... its student/ directory)",
+        )
 
 
 def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = False) -> State | dict:
@@ -447,8 +482,10 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, eval_ds, collate = _datasets(cfg, tokenizer, is_decoder)
-    teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate)
+    train_ds, eval_ds, collate, task = _datasets(cfg, tokenizer, is_decoder)
+    teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate, task)
+    # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
+    labelled_labels = train_ds["labels"] if task is not None else None
     train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
@@ -477,7 +514,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
         plan_fn = accelerator.prepare(plan) if any(True for _ in plan.parameters()) else plan.to(accelerator.device)
     eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
-    outcome = _check_teacher(cfg, accelerator, teacher, teacher_path, train_ds, eval_ds, eval_loader)
+    outcome = _check_teacher(cfg, accelerator, teacher, teacher_path, task, labelled_labels, eval_ds, eval_loader)
     distiller = Distiller(
         plan,
         teacher,
@@ -503,6 +540,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         watch=FiniteWatch(plan.config if plan is not None else None),
         outcome=outcome,
     )
+    state.task = task
     _resume(state, resume)
     if accelerator.is_main_process:
         record_resume(output_dir, state.step, changes)
@@ -524,19 +562,26 @@ def _check_precision(cfg: RunConfig) -> None:
         )
 
 
-def _predict(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model, loader, accelerator, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of ``model`` over ``loader`` (gathered across processes)."""
     preds, labels = [], []
     for batch in loader:
         out = model(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
-        logits, y = accelerator.gather_for_metrics((out.logits, batch["labels"]))
+        logits, y = out.logits, batch["labels"]
+        if logits.dim() == 3:  # token level: pad every batch to one length, so batches and processes concatenate
+            pad = max_length - logits.shape[1]
+            logits = torch.nn.functional.pad(logits, (0, 0, 0, pad))
+            y = torch.nn.functional.pad(y, (0, pad), value=-100)
+        logits, y = accelerator.gather_for_metrics((logits, y))
         preds.append(logits.float().cpu())
         labels.append(y.cpu())
     return torch.cat(preds), torch.cat(labels)
 
 
 @torch.no_grad()
-def _check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, train_ds, eval_ds, eval_loader) -> dict:
+def _check_teacher(
+    cfg: RunConfig, accelerator, teacher, teacher_path, task, train_labels, eval_ds, eval_loader
+) -> dict:
     """metrics.json's ``trivial_baseline`` (task and finetune runs) and ``teacher_dev`` (task runs); a task run's
     teacher no better than the baseline stops the run here (``guards.check_teacher``) unless teacher.allow_weak.
 
@@ -544,13 +589,16 @@ def _check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, train_ds,
     (``guards.stored_teacher_score``), else measured with one pass over dev."""
     if cfg.stage == "general" or eval_loader is None:
         return {}
-    baseline = trivial_baseline(cfg.data.task, train_ds["labels"], eval_ds["labels"])
+    baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
     if cfg.stage != "task":
         return {"trivial_baseline": baseline}
     teacher_dev = stored_teacher_score(teacher_path, cfg)
     if teacher_dev is None:
-        preds, labels = _predict(teacher, eval_loader, accelerator)
-        teacher_dev = {**compute_metrics(cfg.data.task, preds.numpy(), labels.numpy()), "source": "evaluated"}
+        preds, labels = _predict(teacher, eval_loader, accelerator, cfg.data.max_length)
+        teacher_dev = {
+            **compute_task_metrics(task, preds.numpy(), labels.numpy(), cfg.eval.metric),
+            "source": "evaluated",
+        }
     check_teacher(teacher_dev, baseline, allow_weak=cfg.teacher.allow_weak, teacher=cfg.teacher.path)
     return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
 
@@ -709,9 +757,9 @@ def evaluate(state: State) -> dict[str, float]:
         ]
         model.train()
         return {"eval_loss": float(torch.cat(losses).mean())}
-    preds, labels = _predict(model, state.eval_loader, accelerator)
+    preds, labels = _predict(model, state.eval_loader, accelerator, state.cfg.data.max_length)
     model.train()
-    return compute_metrics(state.cfg.data.task, preds.numpy(), labels.numpy())
+    return compute_task_metrics(state.task, preds.numpy(), labels.numpy(), state.cfg.eval.metric)
 
 
 def _evaluate_and_keep_best(state: State) -> None:
@@ -748,7 +796,7 @@ def finish(state: State, completed: bool = True) -> dict:
     params = count_parameters(accelerator.unwrap_model(state.student))
     result = {
         "stage": state.cfg.stage,
-        "task": state.cfg.data.task,
+        "task": state.cfg.data.task or (state.task.name if state.task is not None else None),
         "steps": state.step,
         "final": {k: v for k, v in final.items() if k != "step"},
         "best": state.best.get("metrics"),

@@ -24,9 +24,17 @@ The package::
 
     tasks.py     task table (TaskInfo, TsvLayout, GLUE_TASKS, aliases, resolve_task/resolve_split)
                  and GLUE loading (load_glue: local TSVs or the hub)
+    spec.py      any labelled source: TaskSpec, load_task_data, read_conll (CoNLL column files)
     sources.py   raw-text corpora (load_text_corpus: .txt files, directories, hub datasets)
     tokenize.py  cached tokenization: tokenize_pairs (classification), chunk_for_lm (LM packing)
     collate.py   lm_collator (MLM/CLM), classification_collator (dynamic padding)
+
+Any labelled data
+    ``load_task_data(data_cfg, seed)`` (spec.py) reads the run's labelled source - a GLUE preset, a hub
+    dataset, a ``save_to_disk`` directory or local CSV/TSV/JSON(L)/Parquet/CoNLL files - into the same
+    columns, with a ``TaskSpec`` (task type, label names, tag scheme); ``tokenize_words`` and
+    ``token_collator`` are the token-classification counterparts of ``tokenize_pairs`` and
+    ``classification_collator``.
 
 Everything public is re-exported here; import from ``unikd.data``.
 
@@ -36,8 +44,18 @@ Everything public is re-exported here; import from ``unikd.data``.
 
 from __future__ import annotations
 
-from unikd.data.collate import classification_collator, lm_collator
+from unikd.data.collate import classification_collator, lm_collator, token_collator
 from unikd.data.sources import load_text_corpus
+from unikd.data.spec import (
+    DEFAULT_METRIC,
+    TASK_TYPES,
+    TaskData,
+    TaskSpec,
+    check_metric,
+    glue_spec,
+    load_task_data,
+    read_conll,
+)
 from unikd.data.tasks import (
     GLUE_TASKS,
     HUB_GLUE_PATH,
@@ -49,7 +67,7 @@ from unikd.data.tasks import (
     resolve_task,
 )
 from unikd.data.tasks import _resolve as _resolve  # used by unikd.metrics
-from unikd.data.tokenize import chunk_for_lm, tokenize_pairs
+from unikd.data.tokenize import chunk_for_lm, tokenize_pairs, tokenize_words
 
 __all__ = [
     "TsvLayout",
@@ -65,4 +83,14 @@ __all__ = [
     "chunk_for_lm",
     "lm_collator",
     "classification_collator",
+    "token_collator",
+    "tokenize_words",
+    "DEFAULT_METRIC",
+    "TASK_TYPES",
+    "TaskData",
+    "TaskSpec",
+    "check_metric",
+    "glue_spec",
+    "load_task_data",
+    "read_conll",
 ]

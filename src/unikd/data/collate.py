@@ -91,3 +91,10 @@ def classification_collator(tokenizer: "PreTrainedTokenizerBase"):
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer=_with_pad_token(tokenizer, "data.tokenizer"))
+
+
+def token_collator(tokenizer: "PreTrainedTokenizerBase"):
+    """``transformers.DataCollatorForTokenClassification``: pads each batch, the labels with -100."""
+    from transformers import DataCollatorForTokenClassification
+
+    return DataCollatorForTokenClassification(tokenizer=_with_pad_token(tokenizer, "data.tokenizer"))

