@@ -18,8 +18,21 @@ student_app = typer.Typer(no_args_is_help=True, help="Build and size students.")
 app.add_typer(student_app, name="student")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from unikd import __version__
+
+        typer.echo(f"unikd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (load reports, warnings).")):
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (load reports, warnings)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print unikd's version and exit."
+    ),
+):
     """Keep the terminal for unikd's own progress bars and tables unless --verbose."""
     if not verbose:
         import warnings
@@ -40,8 +53,10 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str]) -> None:
-    from unikd.config import load_config
+def _run_stage(
+    config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str], print_config: bool = False
+) -> None:
+    from unikd.config import dump_config, load_config
     from unikd.train import run
 
     if config is not None and "=" in str(config) and not config.is_file():
@@ -51,10 +66,21 @@ def _run_stage(config: Optional[Path], overrides: list[str], resume: bool, stage
         cfg = load_config(config, overrides, base=base)
         if stage and cfg.stage != stage:
             cfg = load_config(config, overrides + [f"stage={stage}"])
+        if print_config:  # the resolved config (preset, file and overrides merged, defaults filled); no run
+            typer.echo(dump_config(cfg), nl=False)
+            return
         result = run(cfg, resume=resume)
     except ConfigError as exc:
         _fail(exc)
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
+    if _is_main_process():  # under several processes every rank returns the result; print it once
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain single process."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @app.command()
@@ -62,9 +88,12 @@ def distill(
     config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved config (YAML) and exit without running."
+    ),
 ):
     """Run a distillation stage (general or task) from a YAML config plus overrides."""
-    _run_stage(config, overrides or [], resume, None)
+    _run_stage(config, overrides or [], resume, None, print_config)
 
 
 @app.command()
@@ -72,9 +101,12 @@ def finetune(
     config: Optional[Path] = typer.Argument(None, help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved config (YAML) and exit without running."
+    ),
 ):
     """Fine-tune a model on a task without KD (the teacher, or the no-KD student baseline)."""
-    _run_stage(config, overrides or [], resume, "finetune")
+    _run_stage(config, overrides or [], resume, "finetune", print_config)
 
 
 @app.command()
@@ -195,6 +227,24 @@ def _run_eval_set(run_dir: Path, limit: Optional[int]):
         metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
         max_length=cfg.data.max_length,
     )
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (its student/ is uploaded) or a model dir."),
+    repo_id: str = typer.Argument(..., help="The hub repository, e.g. my-name/minilm-sst2-kd."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+):
+    """Upload the student (weights, tokenizer, config with label names, model card) to the Hugging Face hub.
+
+    The token comes from the environment (HF_TOKEN) or `huggingface-cli login`."""
+    from unikd.hub import push_run
+
+    try:
+        url = push_run(run_dir, repo_id, private=private)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(f"pushed {run_dir} to {repo_id}: {url}")
 
 
 @app.command("bench-latency")

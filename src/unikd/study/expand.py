@@ -168,9 +168,9 @@ def _canonical(obj: Any) -> str:
 
 
 # train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
-# give the same losses and gradients; the heap setting is the allocator's): finished runs stay found when they
-# are added or changed
-_SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+# give the same losses and gradients; the heap setting is the allocator's; trackers only watch; train.cpu only
+# says where a CPU-only study runs anyway): finished runs stay found when they are added or changed
+_SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory", "report_to", "cpu")
 
 
 def _hash_payload(cfg: RunConfig) -> dict:

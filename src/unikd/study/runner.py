@@ -292,6 +292,7 @@ def _run_pending(
         f"before (skipped), {len(todo)} to run -> {root}"
     )
     _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
+    summary["_progress"] = {"total": len(todo), "started": time.perf_counter()}
     pool = _make_pool(workers) if workers > 1 and todo else None
     try:
         _execute_all(db, teachers, latency, pool, runner, echo, summary)
@@ -448,3 +449,28 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
         summary["failed"].append(run.run_id)
         last = (outcome.get("error") or "").strip().splitlines()
         echo(f"  FAILED {run.run_id}: {last[-1] if last else 'unknown error'}")
+    progress = summary.get("_progress")
+    if progress:
+        elapsed = time.perf_counter() - progress["started"]
+        echo(
+            progress_line(
+                len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, len(summary["executed"])
+            )
+        )
+
+
+def progress_line(done: int, failed: int, total: int, elapsed_s: float, executed: int) -> str:
+    """The study's overall progress after a run: runs done/failed/left, wall time per run so far, the ETA.
+
+    ``executed`` counts the runs that ran (a run failed because its teacher failed took no time); with a pool,
+    wall time per run already divides by the workers' parallelism, so the ETA is the wall time left."""
+    left = max(total - done - failed, 0)
+    per_run = elapsed_s / executed if executed else None
+    timing = "" if per_run is None else f", {_duration(per_run)} per run, ETA {_duration(per_run * left)}"
+    return f"study progress: {done} done, {failed} failed, {left} left of {total}{timing}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
