@@ -39,7 +39,7 @@ def test_print_config_prints_the_resolved_config_without_running(tmp_path):
     [
         ("train.max_step=3", "train.max_step: Extra inputs are not permitted; did you mean 'max_steps'?"),
         ("optim.lrr=1", "optim.lrr: Extra inputs are not permitted; did you mean 'lr'?"),
-        ("plan.terms.0.temprature=2", "a logits term takes"),
+        ("plan.terms=[{knowledge: logits, temprature: 2}]", "a logits term takes"),
         ("seeed=3", "seeed: Extra inputs are not permitted; did you mean 'seed'?"),
     ],
 )
