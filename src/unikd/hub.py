@@ -118,7 +118,11 @@ def model_card(
         "heads": student_config.num_attention_heads,
         "ffn_size": getattr(student_config, "intermediate_size", None),
     }
-    what = {"general": "general (task-agnostic) distillation", "task": "task distillation", "finetune": "fine-tuning"}
+    what = {
+        "general": "general (task-agnostic) distillation of the teacher",
+        "task": "task distillation of the teacher",
+        "finetune": "fine-tuning (no KD), its weights initialized from",
+    }
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -126,8 +130,7 @@ def model_card(
         "",
         f"# {Path(cfg.output_dir).name}",
         "",
-        f"A student made by [unikd](https://github.com/) {what[cfg.stage]} from the teacher `{cfg.teacher.path}`"
-        + (f" on GLUE {task}." if task else "."),
+        f"A student made by unikd with {what[cfg.stage]} `{cfg.teacher.path}`" + (f" on GLUE {task}." if task else "."),
         "",
         "## Student",
         "",

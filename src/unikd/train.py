@@ -178,8 +178,12 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict, keep
     root = output_dir / CHECKPOINTS
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        # made before the barrier: save_state makes it on the main process only, while every process writes its
+        # RNG state into it (a race under several processes)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
@@ -249,6 +253,14 @@ def _scheduler_steps_per_optimizer_step(accelerator, grad_accum: int) -> int:
     if not accelerator.step_scheduler_with_optimizer:
         return grad_accum
     return 1 if accelerator.split_batches else accelerator.num_processes
+
+
+def _shard_len(accelerator, batches: int) -> int:
+    """Batches per process once Accelerate shards a loader of ``batches``: each process takes every N-th batch,
+    the last round padded to a full one (``even_batches``); with ``split_batches`` each batch is split instead."""
+    if accelerator.num_processes == 1 or accelerator.split_batches:
+        return batches
+    return math.ceil(batches / accelerator.num_processes)
 
 
 def _share_teacher_cache(accelerator, cache: TeacherLogitCache, num_classes: int) -> TeacherLogitCache:
@@ -426,20 +438,23 @@ def setup(cfg: RunConfig, resume: bool = False) -> State | dict:
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     eval_loader = DataLoader(eval_ds, batch_size=cfg.train.eval_batch_size, collate_fn=collate) if eval_ds else None
-    bare_optimizer = _optimizer(cfg, student, plan)
-    student.train()
-    student, optimizer, train_loader = accelerator.prepare(student, bare_optimizer, train_loader)
-    # Steps from the prepared loader: under several processes it holds this process's shard of the batches.
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    optimizer = _optimizer(cfg, student, plan)
+    # Steps from this process's shard of the batches (what the prepared loader will hold), known before prepare so
+    # the scheduler goes into the same prepare call (DeepSpeed takes model, optimizer and scheduler at once).
+    shard_batches = _shard_len(accelerator, len(train_loader))
+    steps_per_epoch = math.ceil(shard_batches / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * steps_per_epoch))
     per_step = _scheduler_steps_per_optimizer_step(accelerator, cfg.train.grad_accum)
     scheduler = get_scheduler(
         cfg.optim.schedule,
-        bare_optimizer,
+        optimizer,
         num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps) * per_step,
         num_training_steps=total_steps * per_step,
     )
-    scheduler = accelerator.prepare(scheduler)
+    student.train()
+    student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
+    if len(train_loader) != shard_batches:  # Accelerate sharded differently than _shard_len says: a wrong schedule
+        raise RuntimeError(f"prepared loader has {len(train_loader)} batches per process, expected {shard_batches}")
     plan_fn = None
     if plan is not None:
         # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
@@ -537,8 +552,8 @@ def _log(state: State, logs: dict, samples: int, seconds: float) -> None:
     """Losses averaged over the processes, samples/s summed over them (one collective, at log steps only)."""
     accelerator = state.accelerator
     names = list(logs)
-    values = torch.stack([torch.as_tensor(logs[k], dtype=torch.float32).reshape(()) for k in names])
-    values = torch.cat([values, torch.tensor([float(samples)])]).to(accelerator.device)
+    values = [torch.as_tensor(logs[k]).detach().float().reshape(1).to(accelerator.device) for k in names]
+    values = torch.cat([*values, torch.tensor([float(samples)], device=accelerator.device)])
     if accelerator.num_processes > 1:
         values = accelerator.reduce(values, reduction="sum")
     values = values.cpu()
