@@ -139,3 +139,19 @@ def test_push_without_a_token_names_the_fix(minilm_run, monkeypatch, tmp_path):
 
     with pytest.raises(ConfigError, match="^RUN_DIR: .* holds no student/"):
         push_run(tmp_path, "me/x", token="t")
+
+
+def test_a_study_refreshes_the_card_with_the_baseline_and_latency(minilm_run, tmp_path):
+    import shutil
+
+    from unikd.hub import refresh_model_card
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(minilm_run, run_dir)
+    command = (minilm_run / "student" / "README.md").read_text().split("## Command\n\n```bash\n")[1]
+    refresh_model_card(run_dir, baseline={"accuracy": 0.5, "score": 0.5}, latency={"this student": 3.4})
+    card = (run_dir / "student" / "README.md").read_text()
+    assert "| no-KD student (same shape and initialization) | 50.00 | 50.00 |" in card
+    assert "## Latency\n\n| model | ms |\n|---|---|\n| this student | 3.4 |" in card
+    assert card.endswith(command)  # the command the run recorded is kept
+    assert refresh_model_card(tmp_path / "no-run") is None

@@ -694,3 +694,18 @@ def test_cli_study_and_report(tiny_study, tiny_teacher, mini_glue, tmp_path):
     assert result.exit_code == 0 and "knowledge-types" in result.output
     result = cli.invoke(app, ["study", "--builtin", "nope"])
     assert result.exit_code == 2 and "unknown built-in study" in result.output
+
+
+def test_model_cards_carry_the_teacher_baseline_and_latency(tiny_study):
+    """Once the study is done each KD run's card has its teacher's and no-KD baseline's metrics and the latencies."""
+    _, _, runs = tiny_study
+    _, _, rows = runs["final"]
+    labels = {r["label"]: r for r in rows}
+    kd, base, teacher = labels["1.0"], labels["no-KD"], labels["teacher"]
+    card = (Path(kd["output_dir"]) / "student" / "README.md").read_text()
+    pct = lambda r: f"{100 * r['metrics']['final']['accuracy']:.2f}"  # noqa: E731
+    assert f"| this student | {pct(kd)} |" in card
+    assert f"| teacher | {pct(teacher)} |" in card
+    assert f"| no-KD student (same shape and initialization) | {pct(base)} |" in card
+    for name, row in (("this student", kd), ("teacher", teacher), ("no-KD student", base)):
+        assert f"| {name} | {row['latency_ms']:.1f} |" in card

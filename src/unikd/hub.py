@@ -162,6 +162,40 @@ def write_model_card(student_dir: str | Path, card: str) -> Path:
     return path
 
 
+def _command_in(card: str) -> str:
+    """The command a card records (its "## Command" block), or '' when it has none."""
+    _, _, rest = card.partition("## Command\n\n```bash\n")
+    return rest.partition("\n```")[0]
+
+
+def refresh_model_card(
+    run_dir: str | Path, *, baseline: dict | None = None, latency: dict | None = None
+) -> Path | None:
+    """Write ``RUN_DIR/student/README.md`` again from the run's files, now with what only a study knows once its
+    runs are done: the no-KD baseline's final metrics and the latencies ({name: ms}). The command is kept from the
+    card the run wrote; None (nothing written) for a run without a card or metrics."""
+    from transformers import AutoConfig
+
+    from unikd.config import read_run_config
+    from unikd.models import resolve_model_path
+
+    run_dir = Path(run_dir)
+    card, metrics = run_dir / "student" / "README.md", run_dir / "metrics.json"
+    if not (card.is_file() and metrics.is_file()):
+        return None
+    cfg = read_run_config(run_dir)
+    text = model_card(
+        cfg,
+        json.loads(metrics.read_text()),
+        teacher_path=resolve_model_path(cfg.teacher.path, "teacher.path"),
+        student_config=AutoConfig.from_pretrained(run_dir / "student"),
+        command=_command_in(card.read_text()),
+        baseline=baseline,
+        latency=latency,
+    )
+    return write_model_card(run_dir / "student", text)
+
+
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload ``RUN_DIR/student`` (or a model directory) to the hub repo ``repo_id``; returns the commit URL.
 

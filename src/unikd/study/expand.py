@@ -38,6 +38,7 @@ class PlannedRun:
     config: RunConfig
     config_hash: str
     teacher_id: str | None = None  # the teacher run this run reads (KD and no-KD runs)
+    baseline_id: str | None = None  # the no-KD run of the same shape, task and seed (KD runs)
     study: str = ""
 
     @property
@@ -315,6 +316,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                         config=cfg,
                         config_hash=h,
                         teacher_id=teacher.run_id,
+                        baseline_id=baselines[b_hash].run_id,
                         study=study.name,
                     )
                 )
