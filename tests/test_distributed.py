@@ -130,17 +130,18 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "student" / "model.safetensors")
 
 
-def _lr(run_dir: Path) -> list[float]:
+def _logged(run_dir: Path, tag: str = "lr") -> list[float]:
+    """The TensorBoard series ``tag`` of a run, by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     found = []
     for events in {p.parent for p in (run_dir / "logs").rglob("events.out.tfevents*")}:
         acc = EventAccumulator(str(events))
         acc.Reload()
-        if "lr" in acc.Tags()["scalars"]:
-            found.append([e.value for e in sorted(acc.Scalars("lr"), key=lambda e: e.step)])
-    (lr,) = found  # one run, one lr series
-    return lr
+        if tag in acc.Tags()["scalars"]:
+            found.append([e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)])
+    (series,) = found  # one run, one series
+    return series
 
 
 @pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
@@ -160,11 +161,20 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
 
 @pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
 def test_two_processes_lr_schedule_ends_exactly_at_the_last_step(runs):
-    single, ddp = _lr(runs["tmp"] / "single"), _lr(runs["tmp"] / "ddp")
+    single, ddp = _logged(runs["tmp"] / "single"), _logged(runs["tmp"] / "ddp")
     assert len(ddp) == TOTAL_STEPS
     np.testing.assert_allclose(ddp, single, rtol=1e-6)
     # linear warm-up over 2 steps to 1e-3, then linear decay to 0 at step 8: logged after each step
     np.testing.assert_allclose(ddp, [1e-3 / 2, 1e-3, 5e-3 / 6, 4e-3 / 6, 3e-3 / 6, 2e-3 / 6, 1e-3 / 6, 0.0], atol=1e-12)
+
+
+@pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
+def test_two_processes_log_the_loss_averaged_over_processes(runs):
+    """Per-example means over two equal halves average to the whole batch's: the logged loss is the 1-process one
+    (rank 0's own half would differ)."""
+    single, ddp = _logged(runs["tmp"] / "single", "loss/total"), _logged(runs["tmp"] / "ddp", "loss/total")
+    assert len(ddp) == TOTAL_STEPS
+    np.testing.assert_allclose(ddp, single, rtol=1e-4)
 
 
 @pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
