@@ -783,3 +783,18 @@ def test_a_study_over_a_named_data_spec(tiny_teacher, mini_glue, tmp_path):
     assert summary["status"] == {"done": 4}
     md = Path(make_report(out)["report.md"]).read_text()
     assert "My reviews" in md
+
+
+def test_model_cards_carry_the_teacher_baseline_and_latency(tiny_study):
+    """Once the study is done each KD run's card has its teacher's and no-KD baseline's metrics and the latencies."""
+    _, _, runs = tiny_study
+    _, _, rows = runs["final"]
+    labels = {r["label"]: r for r in rows}
+    kd, base, teacher = labels["1.0"], labels["no-KD"], labels["teacher"]
+    card = (Path(kd["output_dir"]) / "student" / "README.md").read_text()
+    pct = lambda r: f"{100 * r['metrics']['final']['accuracy']:.2f}"  # noqa: E731
+    assert f"| this student | {pct(kd)} |" in card
+    assert f"| teacher | {pct(teacher)} |" in card
+    assert f"| no-KD student (same shape and initialization) | {pct(base)} |" in card
+    for name, row in (("this student", kd), ("teacher", teacher), ("no-KD student", base)):
+        assert f"| {name} | {row['latency_ms']:.1f} |" in card

@@ -18,8 +18,21 @@ student_app = typer.Typer(no_args_is_help=True, help="Build and size students.")
 app.add_typer(student_app, name="student")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from unikd import __version__
+
+        typer.echo(f"unikd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (load reports, warnings).")):
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (load reports, warnings)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print unikd's version and exit."
+    ),
+):
     """Keep the terminal for unikd's own progress bars and tables unless --verbose."""
     if not verbose:
         import warnings
@@ -50,9 +63,14 @@ _RESUME_WITH_CHANGES_HELP = (
 
 
 def _run_stage(
-    config: Optional[Path], overrides: list[str], resume: bool, stage: Optional[str], with_changes: bool = False
+    config: Optional[Path],
+    overrides: list[str],
+    resume: bool,
+    stage: Optional[str],
+    with_changes: bool = False,
+    print_config: bool = False,
 ) -> None:
-    from unikd.config import load_config
+    from unikd.config import dump_config, load_config
     from unikd.train import run
 
     if config is not None and "=" in str(config) and not config.is_file():
@@ -62,10 +80,21 @@ def _run_stage(
         cfg = load_config(config, overrides, base=base)
         if stage and cfg.stage != stage:
             cfg = load_config(config, overrides + [f"stage={stage}"])
+        if print_config:  # the resolved config (preset, file and overrides merged, defaults filled); no run
+            typer.echo(dump_config(cfg), nl=False)
+            return
         result = run(cfg, resume=resume or with_changes, resume_with_changes=with_changes)
     except ConfigError as exc:
         _fail(exc)
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
+    if _is_main_process():  # under several processes every rank returns the result; print it once
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain single process."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @app.command()
@@ -74,9 +103,12 @@ def distill(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
     resume_with_changes: bool = typer.Option(False, "--resume-with-changes", help=_RESUME_WITH_CHANGES_HELP),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved config (YAML) and exit without running."
+    ),
 ):
     """Run a distillation stage (general or task) from a YAML config plus overrides."""
-    _run_stage(config, overrides or [], resume, None, resume_with_changes)
+    _run_stage(config, overrides or [], resume, None, resume_with_changes, print_config)
 
 
 @app.command()
@@ -85,9 +117,12 @@ def finetune(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     resume_with_changes: bool = typer.Option(False, "--resume-with-changes", help=_RESUME_WITH_CHANGES_HELP),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved config (YAML) and exit without running."
+    ),
 ):
     """Fine-tune a model on a task without KD (the teacher, or the no-KD student baseline)."""
-    _run_stage(config, overrides or [], resume, "finetune", resume_with_changes)
+    _run_stage(config, overrides or [], resume, "finetune", resume_with_changes, print_config)
 
 
 @app.command()
@@ -250,6 +285,24 @@ def _own_data_eval_set(cfg, limit: Optional[int]):
         metric_fn=lambda preds, labels: compute_task_metrics(task.spec, preds, labels, cfg.eval.metric),
         max_length=cfg.data.max_length,
     )
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (its student/ is uploaded) or a model dir."),
+    repo_id: str = typer.Argument(..., help="The hub repository, e.g. my-name/minilm-sst2-kd."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+):
+    """Upload the student (weights, tokenizer, config with label names, model card) to the Hugging Face hub.
+
+    The token comes from the environment (HF_TOKEN) or `huggingface-cli login`."""
+    from unikd.hub import push_run
+
+    try:
+        url = push_run(run_dir, repo_id, private=private)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(f"pushed {run_dir} to {repo_id}: {url}")
 
 
 @app.command("bench-latency")

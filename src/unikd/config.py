@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unikd.data.transfer import TransferSource
 from unikd.errors import ConfigError
@@ -113,6 +113,9 @@ class DataConfig(_Strict):
     )
     text_limit_lines: int | None = Field(None, ge=1, description="general stage: read at most this many paragraphs.")
     eval_text: list[str] = Field(default_factory=list, description="general stage: held-out text for evaluation.")
+    eval_text_limit: int | None = Field(
+        None, ge=1, description="general stage: read at most this many paragraphs of eval_text."
+    )
     block_size: int = Field(128, ge=8, description="general stage: tokens per packed training block.")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="general stage (encoders): masking rate.")
     transfer: list[TransferSource] = Field(
@@ -153,6 +156,9 @@ class OptimConfig(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null = off).")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="Per-device batch size.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
@@ -182,15 +188,32 @@ class TrainConfig(_Strict):
         "CPU); recompute: every layer keeps SDPA/flash and the maps are recomputed from the captured Q and K "
         "(keeps fused attention: GPU). auto: inline on CPU, recompute elsewhere.",
     )
+    report_to: list[Literal[TRACKERS]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers (Accelerate's): tensorboard (logs/ in the run directory), wandb, mlflow, "
+        "comet_ml, aim, clearml, dvclive; several as a list; [] logs nowhere. All but tensorboard are extras "
+        "(pip install 'unikd[wandb]', 'unikd[mlflow]', 'unikd[comet]').",
+    )
+    cpu: bool = Field(
+        False,
+        description="Train on the CPU even where a GPU is present; also what joins several CPU processes "
+        "(`torchrun --nproc_per_node N`) into one gloo process group, as ACCELERATE_USE_CPU=true does.",
+    )
     keep_freed_memory: bool = Field(
         True,
         description="CPU runs on Linux: keep memory freed by a step in the process (glibc mallopt) "
         "instead of returning it to the OS and page-faulting it back the next step. No effect on GPU runs.",
     )
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value):
+        return [value] if isinstance(value, str) else value
+
 
 #: train fields that change only speed or memory, never a result: the study's config hash leaves them out.
-SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory")
+# trackers (report_to) only watch, and train.cpu only says where a CPU-only run runs anyway
+SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory", "report_to", "cpu")
 
 #: Fields a ``--resume`` may change without ``--resume-with-changes``: how the run is watched, logged, checkpointed
 #: and evaluated in batches, never what it trains on or how (the speed-only fields, the logging/eval/checkpoint
@@ -393,6 +416,26 @@ def apply_overrides(data: dict, overrides: list[str], schema: type[BaseModel] | 
     return data
 
 
+def _fields_at(loc: list) -> dict:
+    """The fields of the config section ``loc`` points into (``["train", "max_step"]`` -> TrainConfig's)."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return {}
+        model = sub
+    return model.model_fields
+
+
+def _did_you_mean(name: str, fields) -> str:
+    """'; did you mean 'max_steps'?' for a near miss among ``fields`` (difflib), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -410,11 +453,14 @@ def _format_validation_error(err: ValidationError) -> str:
                 f"{where}: is not a field of a '{kind}' term"
                 + (f" (it belongs to {', '.join(others)} terms); remove it" if others else "; remove it")
                 + f" (a {kind} term takes {', '.join(sorted(TERM_CLASSES[kind].model_fields))})"
+                + ("" if others else _did_you_mean(loc[-1], TERM_CLASSES[kind].model_fields))
             )
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
             tag = e.get("ctx", {}).get("discriminator", "'knowledge'").strip("'")
             got = f"unknown {tag} {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else f"{tag} is missing"
             lines.append(f"{where}.{tag}: {got}; use one of {', '.join(TERM_CLASSES)}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{where}: {e['msg']}{_did_you_mean(loc[-1], _fields_at(loc))}")
         else:
             lines.append(f"{where}: {e['msg']}")
     return "; ".join(lines)

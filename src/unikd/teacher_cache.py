@@ -41,6 +41,25 @@ class TeacherLogitCache:
             if stored.get("key") == self.key:
                 self._open(stored["num_classes"], mode="r+")
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the cache files exist and are mapped (created here, or found with a matching key)."""
+        return self._filled is not None
+
+    def create(self, num_classes: int) -> None:
+        """Create the (empty) cache files now rather than at the first ``store``: under several processes the
+        main process creates them before any process stores a row (see ``unikd.train``)."""
+        if not self.is_open:
+            self._open(num_classes, mode="w+")
+
+    def attach(self) -> None:
+        """Open cache files another process created (``create``), if their key matches this cache's."""
+        meta = self.directory / "meta.json"
+        if meta.is_file():
+            stored = json.loads(meta.read_text())
+            if stored.get("key") == self.key:
+                self._open(stored["num_classes"], mode="r+")
+
     @staticmethod
     def check_plan(plan, field: str = "train.teacher_cache") -> None:
         plan = getattr(plan, "module", plan)

@@ -36,6 +36,7 @@ from unikd.distiller import Distiller
 from unikd.errors import ConfigError, DataError, TrainingError
 from unikd.families import get_adapter, model_spec
 from unikd.guards import FiniteWatch, check_teacher, stored_teacher_score, trivial_baseline, weights_finite
+from unikd.hub import copy_sentence_transformers_modules, model_card, name_labels, write_model_card
 from unikd.initialization import build_student, check_student_init
 from unikd.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
 from unikd.metrics import compute_task_metrics
@@ -133,7 +134,12 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
         )
         evals = (
             D.chunk_for_lm(
-                D.load_text_corpus(cfg.data.eval_text, text_column=cfg.data.text_column, field="data.eval_text"),
+                D.load_text_corpus(
+                    cfg.data.eval_text,
+                    limit_lines=cfg.data.eval_text_limit,
+                    text_column=cfg.data.text_column,
+                    field="data.eval_text",
+                ),
                 tokenizer,
                 cfg.data.block_size,
                 cache_dir=cache,
@@ -280,8 +286,12 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict, keep
     root = output_dir / CHECKPOINTS
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        # made before the barrier: save_state makes it on the main process only, while every process writes its
+        # RNG state into it (a race under several processes)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
@@ -340,6 +350,114 @@ def _save_model(accelerator, model, tokenizer, path: Path) -> None:
             shutil.rmtree(path)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
+
+
+_TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",)}
+_TRACKER_EXTRAS = {"comet_ml": "comet"}
+
+
+def _trackers(cfg: RunConfig) -> list[str]:
+    """``train.report_to``, each checked to be installed (Accelerate would drop a missing one with a warning)."""
+    import importlib.util
+
+    for name in cfg.train.report_to:
+        if not any(importlib.util.find_spec(m) for m in _TRACKER_MODULES.get(name, (name,))):
+            raise ConfigError(
+                "train.report_to",
+                f"the tracker {name!r} is not installed",
+                f"pip install 'unikd[{_TRACKER_EXTRAS.get(name, name)}]' (or pip install {name}), "
+                "or drop it from train.report_to",
+            )
+    return list(cfg.train.report_to)
+
+
+# ---- several processes -------------------------------------------------------------------------------
+def _check_process_group(accelerator) -> None:
+    """Refuse a launch of several processes that formed no process group: each would train the whole run
+    alone, all into one output_dir (plain ``torchrun`` on a CPU without ``train.cpu`` / ``ACCELERATE_USE_CPU``:
+    Accelerate only joins CPU processes into a gloo group when told the run is on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            "train.cpu",
+            f"{world} processes were launched (WORLD_SIZE={world}) but they formed no process group, so each "
+            "would run the whole training alone into the same output_dir",
+            "on a CPU set train.cpu=true (or ACCELERATE_USE_CPU=true) so Accelerate joins them into a gloo group; "
+            "on GPUs launch with `accelerate launch` (see examples/accelerate/)",
+        )
+
+
+def _scheduler_steps_per_optimizer_step(accelerator, grad_accum: int) -> int:
+    """How often Accelerate's ``AcceleratedScheduler`` steps the wrapped scheduler per optimizer step: once per
+    call when it is not tied to the optimizer (the loop calls it every micro-batch), once with ``split_batches``,
+    else ``num_processes`` times (it assumes a global batch ``num_processes`` times the single-process one).
+    The schedule is sized by this factor so the learning rate reaches its end exactly at the last step."""
+    if not accelerator.step_scheduler_with_optimizer:
+        return grad_accum
+    return 1 if accelerator.split_batches else accelerator.num_processes
+
+
+def _shard_len(accelerator, batches: int) -> int:
+    """Batches per process once Accelerate shards a loader of ``batches``: each process takes every N-th batch,
+    the last round padded to a full one (``even_batches``); with ``split_batches`` each batch is split instead."""
+    if accelerator.num_processes == 1 or accelerator.split_batches:
+        return batches
+    return math.ceil(batches / accelerator.num_processes)
+
+
+def _share_teacher_cache(accelerator, cache: TeacherLogitCache, num_classes: int) -> TeacherLogitCache:
+    """One cache file set for all processes: the main process creates it before anyone stores a row (two
+    processes creating it at once would truncate each other's memory maps), the others then open it.
+    Each process writes the rows of its own shard; the files are shared memory maps, so a later epoch finds
+    rows another process stored."""
+    if accelerator.num_processes == 1 or cache.is_open:
+        return cache
+    if accelerator.is_main_process:
+        cache.create(num_classes)
+    accelerator.wait_for_everyone()
+    if not cache.is_open:
+        cache.attach()
+    return cache
+
+
+def _freeze_unreached(cfg: RunConfig, accelerator, plan, teacher, student, make_batch) -> None:
+    """Freeze the student parameters (and projections) no loss of the plan reaches, before DDP wraps them.
+
+    DDP waits for a gradient of every trainable parameter each step; a parameter the objective never reaches
+    (the pooler or LM head under a hidden-state-only plan) makes the second step fail. One probe step on
+    the batch ``make_batch()`` collates finds them (those whose gradient stays None), with the RNG forked so the
+    run's random stream (MLM masking included) is untouched; under a hard-label weight schedule the last step is probed too (a weight of 0 skips that loss,
+    and a linear schedule positive anywhere is positive at an end). Random matching never gets here: its pairs
+    change per step, so DDP looks for unused parameters itself. The names come from the main process, so
+    every process freezes the same ones. AdamW skips parameters without a gradient, so freezing them changes
+    no result."""
+    from accelerate.utils import broadcast_object_list
+
+    total = 2  # the ends of every linear schedule: step 0 and the last step
+    steps = [0] + ([1] if cfg.plan.hard_label_weight_end is not None else [])
+    named = [("student." + n, p) for n, p in student.named_parameters() if p.requires_grad]
+    named += [("plan." + n, p) for n, p in plan.named_parameters() if p.requires_grad]
+    dtype = _DTYPES[cfg.teacher.precision]
+    probe = Distiller(plan, teacher, student, attention=cfg.train.attention_capture, teacher_dtype=dtype)
+    plan.to(accelerator.device)
+    student.to(accelerator.device)
+    try:
+        with torch.random.fork_rng():
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in make_batch().items()}
+            for step in steps:
+                loss, _ = probe.step(batch, step=step, total_steps=total)
+                loss.backward()
+    finally:
+        probe.remove()
+    unreached = [name for name, p in named if p.grad is None]
+    for _, p in named:
+        p.grad = None
+    unreached = broadcast_object_list([unreached])[0]
+    params = dict(named)
+    for name in unreached:
+        params[name].requires_grad_(False)
+    if unreached:
+        accelerator.print(f"frozen (no loss of the plan reaches them, DDP would wait for their gradients): {unreached}")
 
 
 # ---- the run's state -------------------------------------------------------------------------------
@@ -407,6 +525,9 @@ def _models(
         teacher.config.pad_token_id = tokenizer.pad_token_id
     calib = collate([train_ds[i] for i in range(min(16, len(train_ds)))])  # for importance init
     student = build_student(teacher, cfg.student.shape, cfg.student.init, calibration_batch=calib)
+    if cfg.stage != "general":  # the task's label names in every config a run saves (pipeline() shows them)
+        name_labels(teacher.config, cfg.data.task)
+        name_labels(student.config, cfg.data.task)
     if cfg.stage == "finetune":
         return None, student
     teacher.eval().requires_grad_(False).to(accelerator.device)
@@ -454,14 +575,16 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         return finished
     _check_precision(cfg)
     accelerator = Accelerator(
+        cpu=cfg.train.cpu,
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=cfg.train.precision,
-        log_with="tensorboard",
+        log_with=_trackers(cfg) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # random matching leaves some projections unused in a step; DDP must not wait for their grads
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=plan is not None and plan.is_dynamic)],
     )
+    _check_process_group(accelerator)
     set_seed(cfg.seed)
     if plan is not None:
         plan.seed_projections(cfg.seed)
@@ -489,7 +612,11 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
+        cache = _share_teacher_cache(accelerator, cache, student.config.num_labels)
         train_ds = train_ds.add_column("idx", list(range(len(train_ds))))
+    if plan is not None and accelerator.num_processes > 1 and not plan.is_dynamic:
+        probe_rows = [train_ds[i] for i in range(min(2, len(train_ds)))]
+        _freeze_unreached(cfg, accelerator, plan, teacher, student, lambda: collate(probe_rows))
     train_loader = DataLoader(
         train_ds,
         batch_size=cfg.train.batch_size,
@@ -498,17 +625,23 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     eval_loader = DataLoader(eval_ds, batch_size=cfg.train.eval_batch_size, collate_fn=collate) if eval_ds else None
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * steps_per_epoch))
     optimizer = _optimizer(cfg, student, plan)
+    # Steps from this process's shard of the batches (what the prepared loader will hold), known before prepare so
+    # the scheduler goes into the same prepare call (DeepSpeed takes model, optimizer and scheduler at once).
+    shard_batches = _shard_len(accelerator, len(train_loader))
+    steps_per_epoch = math.ceil(shard_batches / cfg.train.grad_accum)
+    total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * steps_per_epoch))
+    per_step = _scheduler_steps_per_optimizer_step(accelerator, cfg.train.grad_accum)
     scheduler = get_scheduler(
         cfg.optim.schedule,
         optimizer,
-        num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps) * per_step,
+        num_training_steps=total_steps * per_step,
     )
     student.train()
     student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
+    if len(train_loader) != shard_batches:  # Accelerate sharded differently than _shard_len says: a wrong schedule
+        raise RuntimeError(f"prepared loader has {len(train_loader)} batches per process, expected {shard_batches}")
     plan_fn = None
     if plan is not None:
         # Only a plan with projections has anything to synchronize; DDP refuses a module without parameters.
@@ -667,14 +800,14 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
                 state.optimizer.step()
                 state.scheduler.step()
                 state.optimizer.zero_grad(set_to_none=True)
-            samples += batch["input_ids"].shape[0] * accelerator.num_processes
+            samples += batch["input_ids"].shape[0]  # this process's rows; summed over processes at log steps
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             if _guard_due(state):
                 _guard(state)
             if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
-                _log(state, logs, samples / max(time.perf_counter() - t0, 1e-9))
+                _log(state, logs, samples, max(time.perf_counter() - t0, 1e-9))
                 samples, t0 = 0, time.perf_counter()
             if state.progress:
                 state.progress.update(1)
@@ -730,9 +863,17 @@ def _guard(state: State, weights: bool = False) -> None:
         raise TrainingError("weights", f"the student's weights are not finite after step {state.step}", fix())
 
 
-def _log(state: State, logs: dict, samples_per_s: float) -> None:
-    scalars = {f"loss/{k}": float(v) for k, v in logs.items()}
-    scalars.update({"lr": state.scheduler.get_last_lr()[0], "samples_per_s": samples_per_s})
+def _log(state: State, logs: dict, samples: int, seconds: float) -> None:
+    """Losses averaged over the processes, samples/s summed over them (one collective, at log steps only)."""
+    accelerator = state.accelerator
+    names = list(logs)
+    values = [torch.as_tensor(logs[k]).detach().float().reshape(1).to(accelerator.device) for k in names]
+    values = torch.cat([*values, torch.tensor([float(samples)], device=accelerator.device)])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="sum")
+    values = values.cpu()
+    scalars = {f"loss/{k}": float(values[i]) / accelerator.num_processes for i, k in enumerate(names)}
+    scalars.update({"lr": state.scheduler.get_last_lr()[0], "samples_per_s": float(values[-1]) / seconds})
     state.accelerator.log(scalars, step=state.step)
     if state.progress:
         state.progress.set_postfix(loss=f"{scalars['loss/total']:.4f}", lr=f"{scalars['lr']:.2e}")
@@ -781,9 +922,9 @@ def finish(state: State, completed: bool = True) -> dict:
     accelerator = state.accelerator
     if state.progress:
         state.progress.close()
-    accelerator.end_training()
     state.distiller.remove()
     if not completed:
+        accelerator.end_training()
         return {"stopped_at": state.step}
     # Outputs: the student alone (projections live in checkpoints and projections.pt only), config, metrics.
     _save_model(accelerator, state.student, state.tokenizer, state.output_dir / "student")
@@ -808,7 +949,24 @@ def finish(state: State, completed: bool = True) -> dict:
     }
     if accelerator.is_main_process:
         atomic_write_json(state.output_dir / "metrics.json", result)
+        _hf_outputs(state, result)
+    # Last: it ends the trackers and tears down the process group every save above waits on.
+    accelerator.end_training()
     return result
+
+
+def _hf_outputs(state: State, result: dict) -> None:
+    """What the HF ecosystem reads beside the weights: a sentence-transformers teacher's modules, the model card."""
+    import shlex
+    import sys
+
+    cfg, student_dir = state.cfg, state.output_dir / "student"
+    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path")
+    config = state.accelerator.unwrap_model(state.student).config
+    copy_sentence_transformers_modules(teacher_path, student_dir, config.hidden_size)
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    card = model_card(cfg, result, teacher_path=teacher_path, student_config=config, command=command)
+    write_model_card(student_dir, card)
 
 
 def run(

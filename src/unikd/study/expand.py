@@ -38,6 +38,7 @@ class PlannedRun:
     config: RunConfig
     config_hash: str
     teacher_id: str | None = None  # the teacher run this run reads (KD and no-KD runs)
+    baseline_id: str | None = None  # the no-KD run of the same shape, task and seed (KD runs)
     study: str = ""
 
     @property
@@ -168,8 +169,8 @@ def _canonical(obj: Any) -> str:
 
 
 # train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
-# give the same losses and gradients; the heap setting is the allocator's): finished runs stay found when they
-# are added or changed
+# give the same losses and gradients; the heap setting is the allocator's; trackers only watch; train.cpu only
+# says where a CPU-only study runs anyway): finished runs stay found when they are added or changed
 _SPEED_ONLY_TRAIN_FIELDS = SPEED_ONLY_TRAIN_FIELDS  # the hash of HASH_VERSION 3 leaves these out
 
 
@@ -348,6 +349,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                         config=cfg,
                         config_hash=h,
                         teacher_id=teacher.run_id,
+                        baseline_id=baselines[b_hash].run_id,
                         study=study.name,
                     )
                 )

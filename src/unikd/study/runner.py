@@ -256,6 +256,8 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
     for run in planned:
         if run.teacher_id:
             run.teacher_id = attached.get(run.teacher_id, run.teacher_id)
+        if run.baseline_id:  # baselines are planned before their KD runs
+            run.baseline_id = attached.get(run.baseline_id, run.baseline_id)
         planned_id = run.run_id
         row = db.plan(run)
         attached[planned_id] = row["run_id"]
@@ -292,6 +294,7 @@ def _run_pending(
         f"before (skipped), {len(todo)} to run -> {root}"
     )
     _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
+    summary["_progress"] = {"total": len(todo), "started": time.perf_counter()}
     pool = _make_pool(workers) if workers > 1 and todo else None
     try:
         _execute_all(db, teachers, latency, pool, runner, echo, summary)
@@ -300,6 +303,28 @@ def _run_pending(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    _refresh_model_cards(db, planned)
+
+
+def _refresh_model_cards(db: StudyDB, planned: list[PlannedRun]) -> None:
+    """Each finished run's model card again, now with its no-KD baseline's metrics and the measured latencies."""
+    from unikd.hub import refresh_model_card
+
+    by_id = {r.run_id: r for r in planned}
+    rows = {r.run_id: db.get(r.run_id) or {} for r in planned}
+    for run in planned:
+        if rows[run.run_id].get("status") != "done":
+            continue
+        base = by_id.get(run.baseline_id) if run.baseline_id else None
+        final = base.output_dir / "metrics.json" if base is not None else None
+        baseline = json.loads(final.read_text()).get("final") if final is not None and final.is_file() else None
+        who = (("this student", run), ("teacher", by_id.get(run.teacher_id)), ("no-KD student", base))
+        latency = {name: rows[r.run_id].get("latency_ms") for name, r in who if r is not None}
+        latency = {k: v for k, v in latency.items() if v is not None}
+        try:
+            refresh_model_card(run.output_dir, baseline=baseline, latency=latency or None)
+        except (OSError, ValueError) as exc:  # a card never fails a finished study (ConfigError is a ValueError)
+            print(f"  note: model card of {run.run_id} not refreshed ({type(exc).__name__}: {exc})", flush=True)
 
 
 def _fail_blocked(db: StudyDB, runs: list[PlannedRun], summary: dict) -> list[PlannedRun]:
@@ -448,3 +473,28 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
         summary["failed"].append(run.run_id)
         last = (outcome.get("error") or "").strip().splitlines()
         echo(f"  FAILED {run.run_id}: {last[-1] if last else 'unknown error'}")
+    progress = summary.get("_progress")
+    if progress:
+        elapsed = time.perf_counter() - progress["started"]
+        echo(
+            progress_line(
+                len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, len(summary["executed"])
+            )
+        )
+
+
+def progress_line(done: int, failed: int, total: int, elapsed_s: float, executed: int) -> str:
+    """The study's overall progress after a run: runs done/failed/left, wall time per run so far, the ETA.
+
+    ``executed`` counts the runs that ran (a run failed because its teacher failed took no time); with a pool,
+    wall time per run already divides by the workers' parallelism, so the ETA is the wall time left."""
+    left = max(total - done - failed, 0)
+    per_run = elapsed_s / executed if executed else None
+    timing = "" if per_run is None else f", {_duration(per_run)} per run, ETA {_duration(per_run * left)}"
+    return f"study progress: {done} done, {failed} failed, {left} left of {total}{timing}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
