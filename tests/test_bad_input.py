@@ -508,6 +508,7 @@ def test_skip_malformed_reaches_the_trainer(tmp_path, monkeypatch, umask_027, te
         return real(task, split, *args, **kwargs)
 
     monkeypatch.setattr(D, "load_glue", spy)
+    monkeypatch.setattr(D.tasks, "load_glue", spy)  # the labelled-data loader reads through the module
     out = tmp_path / "kd"
     cfg = load_config(
         None,

@@ -32,6 +32,7 @@ def _task(out: Path, teacher: Path, glue_dir: Path, batch: int, *extra: str) -> 
     return [
         "stage=task",
         f"teacher.path={teacher}",
+        "teacher.allow_weak=true",  # a random tiny teacher: the point here is the processes, not its score
         f"data.data_dir={glue_dir}",
         "data.task=sst2",
         "data.train_limit=32",

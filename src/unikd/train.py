@@ -410,9 +410,12 @@ def _share_teacher_cache(accelerator, cache: TeacherLogitCache, num_classes: int
     processes creating it at once would truncate each other's memory maps), the others then open it.
     Each process writes the rows of its own shard; the files are shared memory maps, so a later epoch finds
     rows another process stored."""
-    if accelerator.num_processes == 1 or cache.is_open:
+    if accelerator.num_processes == 1:
         return cache
-    if accelerator.is_main_process:
+    # Every process reaches the barrier, whatever it found: a process that opened its cache object after the
+    # main process had created the files sees them open already, and skipping the barrier there deadlocked
+    # the others in it (seen under load).
+    if accelerator.is_main_process and not cache.is_open:
         cache.create(num_classes)
     accelerator.wait_for_everyone()
     if not cache.is_open:

@@ -110,13 +110,15 @@ def load_task_data(data: Any, seed: int = 0) -> TaskData:
     """The train and dev splits of the run's labelled source (see the module docstring), limits applied:
     train keeps ``data.train_limit`` rows after a shuffle with ``seed``, dev its first ``data.eval_limit``."""
     if data.task:
-        from unikd import data as D  # looked up on the package at call time (tests patch D.load_glue)
+        from unikd.data import tasks  # looked up at call time
 
         spec = glue_spec(data.task)
         skip = getattr(data, "skip_malformed", False)
-        train = D.load_glue(data.task, "train", data.data_dir, limit=data.train_limit, seed=seed, skip_malformed=skip)
-        dev_split = D.resolve_task(data.task).dev_splits[0]
-        dev = D.load_glue(data.task, dev_split, data.data_dir, limit=data.eval_limit, skip_malformed=skip)
+        train = tasks.load_glue(
+            data.task, "train", data.data_dir, limit=data.train_limit, seed=seed, skip_malformed=skip
+        )
+        dev_split = tasks.resolve_task(data.task).dev_splits[0]
+        dev = tasks.load_glue(data.task, dev_split, data.data_dir, limit=data.eval_limit, skip_malformed=skip)
         return TaskData(spec, train, dev)
     field = "data.dataset" if data.dataset else "data.files"
     splits = _load_dataset(data) if data.dataset else _load_files(data.files)

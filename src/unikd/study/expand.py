@@ -180,6 +180,7 @@ _SPEED_ONLY_TRAIN_FIELDS = SPEED_ONLY_TRAIN_FIELDS  # the hash of HASH_VERSION 3
 _SOURCE_DATA_DEFAULTS = {
     "skip_malformed": False,
     "transfer": [],
+    "eval_text_limit": None,
     "dataset": None,
     "dataset_config": None,
     "revision": None,
