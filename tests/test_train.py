@@ -385,6 +385,17 @@ def test_transfer_settings_that_cannot_work_are_refused_by_name(finetuned_teache
             load_config(None, common + ["stage=task", "data.train_limit=null", "data.transfer=[{kind: rest_of_train}]"])
         )
     assert err.value.field == "data.transfer[0].kind" and "train_limit" in str(err.value)
+    with pytest.raises(ConfigError, match=r"data.transfer: transfer sets take a GLUE task"):
+        load_config(
+            None,
+            common
+            + [
+                "stage=task",
+                "data.task=null",
+                "data.files={train: a.csv, validation: b.csv}",
+                "data.transfer=[{kind: rest_of_train}]",
+            ],
+        )
     with pytest.raises(ConfigError, match=r"copies"):
         load_config(None, common + ["stage=task", "data.transfer=[{kind: augment, copies: 0}]"])
 

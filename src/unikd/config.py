@@ -265,6 +265,11 @@ class RunConfig(_Strict):
                 f"(not {self.stage!r}); for a no-KD baseline on the same rows use stage task with plan.terms=[] "
                 "and plan.pseudo_labels=true"
             )
+        if self.data.transfer and not self.data.task:
+            raise ValueError(
+                "data.transfer: transfer sets take a GLUE task (data.task) in this version; for data.dataset / "
+                "data.files drop data.transfer (or add the unlabelled rows as a GLUE-layout task)"
+            )
         if self.plan.pseudo_labels and self.stage != "task":
             raise ValueError("plan.pseudo_labels: the teacher's labels need stage 'task'")
         if not self.teacher.path:
