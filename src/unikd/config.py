@@ -174,6 +174,12 @@ class TrainConfig(_Strict):
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (atomic; for --resume).")
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation.")
+    group_by_length: bool = Field(
+        False,
+        description="task/finetune stages: batches of rows of similar length (transformers' length-grouped order, "
+        "reseeded per epoch), so less padding is computed: about 2.5x fewer tokens per batch on CoNLL-2003. "
+        "It changes the batch order, so it is part of a run's identity.",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
     teacher_cache: bool = Field(
         False,
@@ -269,6 +275,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 "data.transfer: transfer sets take a GLUE task (data.task) in this version; for data.dataset / "
                 "data.files drop data.transfer (or add the unlabelled rows as a GLUE-layout task)"
+            )
+        if self.train.group_by_length and self.stage == "general":
+            raise ValueError(
+                "train.group_by_length: the general stage packs text into blocks of data.block_size tokens, all "
+                "of one length; drop train.group_by_length (it is for the task and finetune stages)"
             )
         if self.plan.pseudo_labels and self.stage != "task":
             raise ValueError("plan.pseudo_labels: the teacher's labels need stage 'task'")

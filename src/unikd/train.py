@@ -620,13 +620,13 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     if plan is not None and accelerator.num_processes > 1 and not plan.is_dynamic:
         probe_rows = [train_ds[i] for i in range(min(2, len(train_ds)))]
         _freeze_unreached(cfg, accelerator, plan, teacher, student, lambda: collate(probe_rows))
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    if cfg.train.group_by_length:
+        from unikd.data.sampling import LengthGroupedSampler, row_lengths
+
+        order = {"sampler": LengthGroupedSampler(row_lengths(train_ds), cfg.train.batch_size, cfg.seed)}
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed)}
+    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, collate_fn=collate, **order)
     eval_loader = DataLoader(eval_ds, batch_size=cfg.train.eval_batch_size, collate_fn=collate) if eval_ds else None
     optimizer = _optimizer(cfg, student, plan)
     # Steps from this process's shard of the batches (what the prepared loader will hold), known before prepare so

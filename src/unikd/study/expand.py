@@ -204,6 +204,8 @@ def _drop_unset_source_fields(data: dict) -> None:
         data.pop("eval")
     if (data.get("plan") or {}).get("pseudo_labels") is False:  # added after hash version 3, like the above
         data["plan"].pop("pseudo_labels")
+    if (data.get("train") or {}).get("group_by_length") is False:  # added after hash version 3 too
+        data["train"].pop("group_by_length")
 
 
 def _hash_payload(cfg: RunConfig) -> dict:
