@@ -361,16 +361,31 @@ def bench_latency(
 
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), help="Where the three runs go."),
-    train_rows: int = typer.Option(2000, help="SST-2 training rows (a deterministic subset)."),
-    student_layers: int = typer.Option(3, help="Student depth (initialized from teacher layers)."),
-    epochs: float = typer.Option(2.0, help="Epochs for each of the three runs."),
+    out: Path = typer.Option(Path("runs/quickstart"), help="Where the runs go (one folder per setting)."),
+    teacher_rows: int = typer.Option(2000, help="Labelled SST-2 rows the teacher is fine-tuned on."),
+    labels: int = typer.Option(500, help="Labelled SST-2 rows the students train on (a seeded subset)."),
+    transfer_weight: int = typer.Option(
+        8, help="Unlabelled SST-2 rows for the KD student per labelled row (labels dropped; the teacher labels them)."
+    ),
+    student_layers: int = typer.Option(3, help="Student depth (initialized from the pre-trained MiniLM's layers)."),
+    epochs: float = typer.Option(
+        2.0, help="Epochs of the teacher and of the KD student; the no-KD student gets the KD student's step count."
+    ),
+    pseudo_labels: bool = typer.Option(False, help="Also train the pseudo-label baseline on the same unlabelled rows."),
 ):
-    """The README's main job: teacher fine-tune -> KD student -> no-KD student, on SST-2, on a CPU."""
+    """The README's main job: teacher fine-tune -> KD student (few labels, much text) -> no-KD student, on SST-2."""
     from unikd.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, train_rows=train_rows, student_layers=student_layers, epochs=epochs)
+        run_quickstart(
+            out,
+            teacher_rows=teacher_rows,
+            labels=labels,
+            transfer_weight=transfer_weight,
+            student_layers=student_layers,
+            epochs=epochs,
+            pseudo_labels=pseudo_labels,
+        )
     except ConfigError as exc:
         _fail(exc)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -255,6 +256,26 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     output_dir: str = Field("runs/unikd", description="Where checkpoints, logs, the student and metrics go.")
     seed: int = Field(42, description="Global seed (data order, init, dropout, random matching).")
+    then: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Chained steps after this one (unikd.chain): each a run-config fragment merged over this "
+        "config, trained from the previous step's student (TinyBERT: intermediate layers, then the logits).",
+    )
+
+    @model_validator(mode="after")
+    def _steps(self):
+        if not self.then:
+            return self
+        for i, fragment in enumerate(self.then):
+            check_fragment(i, fragment)
+        for i, step in enumerate(step_dicts(self)[1:]):
+            try:
+                RunConfig.model_validate(step)
+            except ValidationError as exc:
+                raise ValueError(
+                    "; ".join(f"then[{i}].{line}" for line in _format_validation_error(exc).splitlines())
+                ) from None
+        return self
 
     @model_validator(mode="after")
     def _stage_needs(self):
@@ -328,6 +349,38 @@ def _best_practice_plan() -> dict:
     # The default objective lives in presets/best-practice.yaml, set from docs/study-cpu.md; the text is
     # read once, and parsed per use so no caller can mutate a shared default.
     return yaml.safe_load(_best_practice_yaml())["plan"]
+
+
+# ---- chained steps (then:; unikd.chain trains them) ----
+#: a fragment may not set these: the chain owns where each step writes and what it starts from
+CHAIN_OWNED = ("output_dir", "student", "then")
+
+
+def check_fragment(index: int, fragment: dict) -> None:
+    """Raise ValueError naming ``then[i].<key>`` for a key the chain owns."""
+    for key in CHAIN_OWNED:
+        if key in fragment:
+            why = {
+                "output_dir": "every step writes under the run's output_dir (steps/<i>/, the last step in it)",
+                "student": "a chained step starts from the previous step's student (its shape and weights)",
+                "then": "steps do not nest; list every step in the run's own then",
+            }[key]
+            raise ValueError(f"then[{index}].{key}: {why}; remove it from the step")
+
+
+def step_dicts(cfg) -> list[dict]:
+    """The run config of every step, as mappings (step 1 = the run's own fields); not yet validated."""
+    first = cfg.model_dump(mode="json", exclude={"then"})
+    out_root = Path(cfg.output_dir)
+    n = 1 + len(cfg.then)
+    steps = [dict(first, output_dir=str(out_root / "steps" / "1") if n > 1 else str(out_root))]
+    for i, fragment in enumerate(cfg.then, start=2):
+        step = deep_merge(first, fragment)
+        step["output_dir"] = str(out_root if i == n else out_root / "steps" / str(i))
+        previous = Path(steps[-1]["output_dir"]) / "student"
+        step["student"] = dict(first["student"], init={"strategy": "pretrained", "pretrained": str(previous)})
+        steps.append(step)
+    return steps
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -477,9 +530,15 @@ def _format_validation_error(err: ValidationError) -> str:
             lines.append(f"{where}.{tag}: {got}; use one of {', '.join(TERM_CLASSES)}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"{where}: {e['msg']}{_did_you_mean(loc[-1], _fields_at(loc))}")
+        elif e["type"] == "value_error" and where == "config" and _NAMES_A_FIELD.match(e["msg"].removeprefix(_VE)):
+            lines.append(e["msg"].removeprefix(_VE))  # a model validator's message names its own field
         else:
-            lines.append(f"{where}: {e['msg']}")
+            lines.append(f"{where}: {e['msg'].removeprefix(_VE)}")
     return "; ".join(lines)
+
+
+_VE = "Value error, "  # pydantic's prefix of a validator's ValueError
+_NAMES_A_FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])?(?:\.[\w\[\]]+)*): ")
 
 
 def read_yaml_mapping(path: Path, field: str, hint: str) -> dict:
@@ -518,9 +577,14 @@ def load_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            "config", _format_validation_error(exc), "see `unikd config-schema` or examples/ for valid fields"
-        ) from exc
+        text = _format_validation_error(exc)
+        named = _NAMES_A_FIELD.match(text)
+        if len(exc.errors()) == 1 and named:  # one problem with its field: that field leads the message
+            problem, _, fix = text[named.end() :].rpartition("; ")
+            if not problem:
+                problem, fix = fix, "see `unikd config-schema` or examples/ for valid fields"
+            raise ConfigError(named.group(1), problem, fix) from exc
+        raise ConfigError("config", text, "see `unikd config-schema` or examples/ for valid fields") from exc
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -981,7 +981,12 @@ def run(
     simulate an interruption; the checkpoint written at that step is what ``resume`` picks up).
     ``resume_with_changes``: a resume may change result-changing fields (recorded in resume_history.json).
     A non-finite loss raises ``TrainingError`` and writes neither student/ nor metrics.json.
+    A config with chained steps (``then``) trains them in order (``unikd.chain``).
     """
+    if cfg.then:
+        from unikd.chain import run_chain
+
+        return run_chain(cfg, run, resume=resume, stop_after=stop_after, resume_with_changes=resume_with_changes)
     state = setup(cfg, resume, resume_with_changes)
     if isinstance(state, dict):
         return state  # finished already: nothing to resume

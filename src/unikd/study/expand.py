@@ -206,6 +206,8 @@ def _drop_unset_source_fields(data: dict) -> None:
         data["plan"].pop("pseudo_labels")
     if (data.get("train") or {}).get("group_by_length") is False:  # added after hash version 3 too
         data["train"].pop("group_by_length")
+    if data.get("then") == []:  # chained steps, added after hash version 3
+        data.pop("then")
 
 
 def _hash_payload(cfg: RunConfig) -> dict:
