@@ -184,8 +184,9 @@ class TrainConfig(_Strict):
     progress: bool = Field(True, description="Show a progress bar.")
     teacher_cache: bool = Field(
         False,
-        description="task stage: cache teacher logits on disk after the first "
-        "epoch (logits-only plans); later epochs skip the teacher forward.",
+        description="task stage, logits-only plans: a teacher pass before the first step stores every training "
+        "row's teacher logits on disk (length-sorted batches, no gradients; metrics.json's teacher_pass reports "
+        "rows/s), and the steps skip the teacher forward.",
     )
     teacher_cache_topk: int | None = Field(None, ge=1, description="Store only the top-k teacher logits.")
     attention_capture: Literal["auto", "inline", "recompute"] = Field(

@@ -1,8 +1,10 @@
 """Teacher-output caching for multi-epoch task distillation.
 
 In the task stage the teacher is frozen, in eval mode, and sees the same rows every epoch, so its
-logits are a pure function of the row. The first epoch stores them in a memory-mapped file (optionally
-only the top-k logits per row); later epochs read them back and skip the teacher forward pass.
+logits are a pure function of the row. The teacher pass before the first step (``unikd.train``) stores them in a
+memory-mapped file (optionally only the top-k logits per row), every row once in length-sorted batches under
+``inference_mode``; the training steps read them back and skip the teacher forward pass. A killed pass leaves the
+rows it stored (``filled``), and the next start computes only the ``missing`` ones.
 Only logits-only plans qualify: intermediate features are far too large to keep per row.
 """
 
@@ -107,6 +109,13 @@ class TeacherLogitCache:
         else:
             self._values[rows] = logits.cpu().numpy()
         self._filled[rows] = True
+
+    def missing(self, rows: list[int]) -> list[int]:
+        """The rows of ``rows`` not stored yet (all of them before the files exist)."""
+        if self._filled is None:
+            return list(rows)
+        filled = np.asarray(self._filled)
+        return [r for r in rows if not filled[r]]
 
     def lookup(self, idx: torch.Tensor, batch: dict) -> Features | None:
         """Cached teacher features for rows ``idx``, or None when any row is not stored yet."""

@@ -677,12 +677,49 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         outcome=outcome,
     )
     state.task = task
+    if cache is not None:
+        outcome["teacher_pass"] = _teacher_pass(cfg, accelerator, distiller, train_ds, collate)
     _resume(state, resume)
     if accelerator.is_main_process:
         record_resume(output_dir, state.step, changes)
     accelerator.init_trackers("unikd", config={"stage": cfg.stage, "seed": cfg.seed})
     state.progress = _progress(cfg, accelerator, total_steps, state.step)
     return state
+
+
+@torch.inference_mode()
+def _teacher_pass(cfg: RunConfig, accelerator, distiller: Distiller, train_ds, collate) -> dict:
+    """The teacher's logits of every training row into the cache before the first step: rows sorted by length
+    (little padding), batches of train.eval_batch_size (no gradients, so larger than the training batch), each
+    process a share; rows an earlier, killed pass stored are skipped. Returns rows, seconds and rows/s."""
+    from unikd.data.sampling import row_lengths
+
+    lengths = row_lengths(train_ds)
+    todo = distiller.cache.missing(sorted(range(len(train_ds)), key=lengths.__getitem__))
+    mine = todo[accelerator.process_index :: accelerator.num_processes]
+    size = max(cfg.train.eval_batch_size, cfg.train.batch_size)
+    bar = None
+    if cfg.train.progress and accelerator.is_local_main_process and mine:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc="teacher pass", unit="rows", dynamic_ncols=True)
+    start = time.perf_counter()
+    for first in range(0, len(mine), size):
+        rows = mine[first : first + size]
+        batch = collate([train_ds[i] for i in rows])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k not in ("idx", "labelled")}
+        distiller.capture_teacher(batch, torch.tensor(rows, device=accelerator.device))  # stores the rows
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    distiller.cache.flush()
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - start
+    rate = len(todo) / seconds if todo and seconds > 0 else None
+    if todo:
+        accelerator.print(f"teacher pass: {len(todo)} rows in {seconds:.1f} s ({rate or 0.0:.0f} rows/s)")
+    return {"rows": len(todo), "seconds": round(seconds, 3), "rows_per_s": round(rate, 1) if rate else None}
 
 
 def _check_precision(cfg: RunConfig) -> None:
