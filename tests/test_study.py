@@ -8,6 +8,7 @@ import json
 import random
 import sqlite3
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -482,6 +483,12 @@ def fake_runner(cfg: RunConfig) -> dict:
     return result
 
 
+def slow_fake_runner(cfg: RunConfig) -> dict:
+    """fake_runner after 1.5 s: every run outlasts a one-second --max-hours (module level, for workers)."""
+    time.sleep(1.5)
+    return fake_runner(cfg)
+
+
 def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """Three seeds, two tasks, two axis values (fake scores): mean/std/GLUE average equal the test's own."""
     import unikd.study.runner as S  # measure_latency is looked up in the runner module
@@ -798,3 +805,166 @@ def test_model_cards_carry_the_teacher_baseline_and_latency(tiny_study):
     assert f"| no-KD student (same shape and initialization) | {pct(base)} |" in card
     for name, row in (("this student", kd), ("teacher", teacher), ("no-KD student", base)):
         assert f"| {name} | {row['latency_ms']:.1f} |" in card
+
+
+# ---------------------------------------------------------------------------------------------------
+# --max-hours, paired differences, --compare
+# ---------------------------------------------------------------------------------------------------
+def _statuses(out: Path) -> dict[str, str]:
+    return {r["label"]: r["status"] for r in read_rows(out)}
+
+
+def test_max_hours_starts_no_run_after_the_limit_and_a_rerun_finishes(tiny_teacher, mini_glue, tmp_path):
+    """One second: the teacher starts, outlasts it, nothing else starts; the same call without a limit runs the rest."""
+    out = tmp_path / "limited"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    calls: list[str] = []
+
+    def runner(cfg):
+        calls.append(cfg.stage)
+        return slow_fake_runner(cfg)
+
+    notes: list[str] = []
+    summary = run_study(study, runner=runner, echo=notes.append, max_hours=1 / 3600)
+    assert calls == ["finetune"] and len(summary["pending"]) == 3
+    assert _statuses(out) == {"teacher": "done", "no-KD": "pending", "1.0": "pending", "4.0": "pending"}
+    assert any("--max-hours" in n and "3 left pending" in n for n in notes)
+    assert any(n.startswith("study progress: 1 done, 0 failed, 3 left of 4") for n in notes)  # the ETA line stays
+    summary = run_study(study, runner=CountingFake(), echo=lambda s: None)
+    assert len(summary["executed"]) == 3 and summary["pending"] == [] and summary["status"] == {"done": 4}
+
+
+@pytest.mark.slow
+def test_max_hours_with_workers(tiny_teacher, mini_glue, tmp_path):
+    """The pool gets no run after the limit either: the teacher outlasts it in a worker, the rest stays pending."""
+    out = tmp_path / "limited-pool"
+    study = _study(tiny_teacher, mini_glue, out, latency={"enabled": False})
+    summary = run_study(study, workers=2, runner=slow_fake_runner, echo=lambda s: None, max_hours=1 / 3600)
+    assert summary["executed"] == [summary["done"][0]] and len(summary["pending"]) == 3
+    assert _statuses(out) == {"teacher": "done", "no-KD": "pending", "1.0": "pending", "4.0": "pending"}
+    summary = run_study(study, runner=fake_runner, echo=lambda s: None)
+    assert len(summary["executed"]) == 3 and summary["status"] == {"done": 4}
+
+
+def test_cli_max_hours_exits_5_with_the_command_that_resumes(tiny_teacher, mini_glue, tmp_path):
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(tiny_teacher, mini_glue, tmp_path / "out", latency={"enabled": False})))
+    args = ["study", str(path), "-o", "seeds=[1]", "--max-hours", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 5, result.output
+    assert "4 run(s) pending (--max-hours 0.0 reached)" in result.output
+    assert f"\n  unikd study {path} -o 'seeds=[1]' --max-hours 0.0\n" in result.output
+    assert set(_statuses(tmp_path / "out").values()) == {"pending"}
+
+
+# Fabricated scores (x100 below), written through StudyDB: per variant and seed, and its steps
+T_975_2 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # Student t's 0.975 quantile, 2 dof: (2p - 1) / sqrt(2p(1 - p))
+PAIRED_RUNS = [
+    {"label": "kd", "plan.terms.0.temperature": 2.0},
+    {"label": "kd long", "train.max_steps": 10},
+    {"label": "kd more rows", "plan.terms.0.temperature": 4.0},  # trains 10 steps (say, with transfer rows)
+    {"label": "kd one seed", "plan.terms.0.temperature": 8.0},
+]
+SCORES = {  # label -> {task: (seed 1, 2, 3)}; None: the run failed
+    "teacher": {"sst2": (90,), "mrpc": (80,)},
+    "no-KD": {"sst2": (60, 62, 58), "mrpc": (50, 55, 52)},
+    "no-KD (kd long)": {"sst2": (70, 71, 69), "mrpc": (60, 61, 59)},
+    "kd": {"sst2": (63, 66, 60), "mrpc": (51, 59, 53)},
+    "kd long": {"sst2": (72, 70, 73), "mrpc": (62, 60, 64)},
+    "kd more rows": {"sst2": (75, 74, 76), "mrpc": (61, 66, 62)},
+    "kd one seed": {"sst2": (65, None, None), "mrpc": (None, None, None)},
+}
+STEPS = {"no-KD (kd long)": 10, "kd long": 10, "kd more rows": 10}
+
+
+@pytest.fixture(scope="module")
+def paired_study(tiny_teacher, mini_glue, tmp_path_factory) -> Path:
+    from unikd.study import StudyDB
+
+    out = tmp_path_factory.mktemp("paired") / "study"
+    data = _study(tiny_teacher, mini_glue, out, tasks=["sst2", "mrpc"], seeds=[1, 2, 3], mode="list")
+    del data["axes"]
+    data["runs"] = PAIRED_RUNS
+    study = StudyConfig.model_validate(data)
+    with StudyDB(out / DB_NAME) as db:
+        db.begin_study(study.name)
+        for run in expand_study(study):
+            db.plan(run)
+            score = SCORES[run.label][run.task][0 if run.kind == "teacher" else run.seed - 1]
+            outcome = {"status": "failed", "error": "injected"}
+            if score is not None:
+                metrics = {"steps": STEPS.get(run.label, 5), "final": {"accuracy": score / 100, "score": score / 100}}
+                outcome = {"status": "done", "score": score / 100, "metrics": metrics, "parameters": 1000}
+            db.record(run.run_id, outcome)
+    return out
+
+
+def _interval(diffs: list[float]) -> tuple[float, float, float]:
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    half = T_975_2 * sd / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def test_paired_differences_to_the_no_kd_run_of_the_same_step_budget(paired_study):
+    from unikd.report import make_report
+
+    paths = make_report(paired_study)
+    paired = {(r["task"], r["label"]): r for r in _csv(Path(paths["paired.csv"]))}
+    assert set(paired) == {(t, lab) for t in ("sst2", "mrpc") for lab in ("kd", "kd long", "kd more rows")} | {
+        ("sst2", "kd one seed")
+    }
+    md = Path(paths["report.md"]).read_text()
+    assert "## Paired differences to no-KD" in md
+    # 'kd more rows' trains 10 steps: it is paired with the 10-step no-KD run, not with its own 5-step config's
+    for (task, label), base in (
+        (("sst2", "kd"), "no-KD"),
+        (("sst2", "kd long"), "no-KD (kd long)"),
+        (("sst2", "kd more rows"), "no-KD (kd long)"),
+        (("mrpc", "kd more rows"), "no-KD (kd long)"),
+    ):
+        rec = paired[(task, label)]
+        mean, low, high = _interval([a - b for a, b in zip(SCORES[label][task], SCORES[base][task])])
+        assert rec["baseline"] == base and int(rec["n"]) == 3
+        assert float(rec["diff_mean"]) == pytest.approx(mean / 100, abs=1e-12)
+        assert float(rec["ci_low"]) == pytest.approx(low / 100, abs=1e-12)
+        assert float(rec["ci_high"]) == pytest.approx(high / 100, abs=1e-12)
+        assert f"| {task} | {label} | {base} | {rec['steps']} | 3 | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] |" in md
+    assert "| sst2 | kd | no-KD | 5 | 3 | +3.00 | [+0.52, +5.48] |" in md  # 3 ± 4.3027 * 1 / sqrt(3)
+    one = paired[("sst2", "kd one seed")]
+    assert int(one["n"]) == 1 and one["ci_low"] == "" and "| 1 | +5.00 | n/a (n < 2) |" in md
+
+
+def test_compare_two_variants_per_task_and_on_the_average(paired_study):
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(paired_study), "--compare", "kd more rows", "kd long"])
+    assert result.exit_code == 0, result.output
+    assert "## Comparison: kd more rows − kd long" in result.output
+    a, b = SCORES["kd more rows"], SCORES["kd long"]
+    for task in ("sst2", "mrpc"):
+        mean, low, high = _interval([x - y for x, y in zip(a[task], b[task])])
+        assert f"| {task} | 3 | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] |" in result.output
+    avg = [(a["sst2"][i] + a["mrpc"][i]) / 2 - (b["sst2"][i] + b["mrpc"][i]) / 2 for i in range(3)]
+    mean, low, high = _interval(avg)
+    assert f"| GLUE avg | 3 | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] |" in result.output
+    assert "## Comparison: kd more rows − kd long" in (paired_study / "report.md").read_text()
+
+
+def test_compare_names_the_available_labels_for_an_unknown_one(paired_study):
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+    from unikd.report import compare_variants
+
+    with pytest.raises(ConfigError, match=r"^--compare: no finished variant is labelled 'kd short'. Fix: use labels"):
+        compare_variants(read_rows(paired_study), "kd", "kd short")
+    result = CliRunner().invoke(app, ["report", str(paired_study), "--compare", "kd", "kd short"])
+    assert result.exit_code == 2
+    assert "'teacher', 'no-KD', 'no-KD (kd long)', 'kd', 'kd long', 'kd more rows', 'kd one seed'" in result.output

@@ -56,6 +56,9 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(exit_code(exc))
 
 
+#: `unikd study --max-hours` stopped with runs pending (README "Exit codes"); the same command resumes the study
+EXIT_PENDING = 5
+
 _RESUME_WITH_CHANGES_HELP = (
     "With --resume (implied): continue even though result-changing fields differ from the run's config.yaml; "
     "the changes and the step are recorded in resume_history.json."
@@ -392,6 +395,7 @@ def quickstart(
 
 @app.command()
 def study(
+    ctx: typer.Context,
     study_file: Optional[Path] = typer.Argument(None, help="Study YAML (see src/unikd/studies/)."),
     builtin: Optional[str] = typer.Option(
         None, "--builtin", help="Run a built-in study by name (knowledge-types, matching, losses, ...)."
@@ -412,6 +416,12 @@ def study(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the study's output_dir."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the report when done."),
     list_builtin: bool = typer.Option(False, "--list", help="List the built-in studies and exit."),
+    max_hours: Optional[float] = typer.Option(
+        None,
+        "--max-hours",
+        help="Start no new run after H hours (runs in flight finish), report what finished, print the command "
+        f"that resumes and exit {EXIT_PENDING}.",
+    ),
 ):
     """Run a study: teacher fine-tunes, no-KD baselines and KD runs over the study's axes, tasks and seeds."""
     from unikd.study import builtin_study_path, list_studies, run_study
@@ -434,6 +444,7 @@ def study(
             overrides=override or [],
             output_dir=output_dir,
             echo=typer.echo,
+            max_hours=max_hours,
         )
         if not print_commands:
             typer.echo(json.dumps({k: summary[k] for k in ("study", "output_dir", "planned", "status")}, indent=2))
@@ -455,20 +466,60 @@ def study(
                 typer.echo(f"report: {paths['report.md']}")
     except ConfigError as exc:
         _fail(exc)
+    if summary["pending"]:
+        typer.echo(
+            f"{len(summary['pending'])} run(s) pending (--max-hours {max_hours} reached); the same command resumes "
+            f"the study, skipping the finished runs:\n  {_study_command(ctx.params)}"
+        )
+        raise typer.Exit(EXIT_PENDING)
     if summary.get("failed") or (not print_commands and summary.get("status", {}).get("failed")):
         raise typer.Exit(1)
 
 
+def _study_command(params: dict) -> str:
+    """The `unikd study` command line of these parameters (``ctx.params`` of the study command)."""
+    import shlex
+
+    args = ["unikd", "study"]
+    args += [str(params["study_file"])] if params["study_file"] else ["--builtin", params["builtin"]]
+    for item in params["override"] or []:
+        args += ["-o", item]
+    if params["workers"] != 1:
+        args += ["--workers", str(params["workers"])]
+    if params["retry_failed"]:
+        args.append("--retry-failed")
+    if params["output_dir"]:
+        args += ["--output-dir", str(params["output_dir"])]
+    if not params["report"]:
+        args.append("--no-report")
+    args += ["--max-hours", str(params["max_hours"])]
+    return shlex.join(args)
+
+
 @app.command()
-def report(study_dir: Path = typer.Argument(..., help="A study's output_dir (holding study.sqlite).")):
-    """Tables (Markdown, CSV) and plots of a study: mean ± std over seeds, GLUE average, score vs size/latency."""
-    from unikd.report import make_report
+def report(
+    study_dir: Path = typer.Argument(..., help="A study's output_dir (holding study.sqlite)."),
+    compare: Optional[tuple[str, str]] = typer.Option(
+        None,
+        "--compare",
+        metavar="A B",
+        help="Also the paired per-seed difference A - B of two variants (labels as the report shows them), per task "
+        "and on the task average; printed instead of the whole report.",
+    ),
+):
+    """Tables (Markdown, CSV) and plots of a study: mean ± std over seeds, GLUE average, score vs size/latency,
+    paired differences to the no-KD baseline."""
+    from unikd.report import compare_variants, comparison_md, make_report
+    from unikd.study import read_rows
 
     try:
-        paths = make_report(study_dir)
+        paths = make_report(study_dir, compare=compare)
     except ConfigError as exc:
         _fail(exc)
-    typer.echo((Path(paths["report.md"])).read_text())
+    if compare:
+        typer.echo(comparison_md(compare_variants(read_rows(study_dir), *compare), *compare))
+    else:
+        typer.echo((Path(paths["report.md"])).read_text())
     for path in paths.values():
         typer.echo(f"wrote {path}")
 

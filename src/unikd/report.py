@@ -7,7 +7,10 @@ status ``done``) and writes into ``study_dir``:
   the task score and of every other dev metric, parameters, CPU latency (p50, batch 1) and wall time;
 - ``summary.csv``: one row per variant: per-task score mean/std and the GLUE average
   (``unikd.metrics.glue_average`` over the per-task means; its std is over the per-seed averages);
-- ``report.md``: both tables (scores x100) plus per-axis marginal tables and the list of failed runs;
+- ``paired.csv``: per KD variant and task, the paired per-seed difference to the no-KD baseline
+  (``paired_to_baseline``): n, mean and 95% Student-t interval;
+- ``report.md``: both tables (scores x100) plus per-axis marginal tables, the paired differences, the
+  comparison of two variants when asked (``compare=(A, B)``: ``compare_variants``) and the list of failed runs;
 - ``score_vs_parameters.png``, ``score_vs_latency.png``: one panel per task (and the GLUE average),
   teacher (star) and no-KD baselines (squares) marked apart from the KD students (circles);
 - ``axis_<name>.png``: per axis, bars of the mean score per value (over seeds and the other axes) with
@@ -19,6 +22,7 @@ Std is the sample standard deviation (n - 1); it is 0 when n = 1.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -148,6 +152,92 @@ def marginal(rows: list[dict], axis: str) -> "OrderedDict[tuple[str, str], tuple
     for key, scores in groups.items():
         m, s = mean_std(scores)
         out[key] = (m, s, len([x for x in scores if x is not None]))
+    return out
+
+
+def paired_stats(diffs: Sequence[float]) -> dict:
+    """{"n", "diff_mean", "ci_low", "ci_high"} of paired differences: the mean and its 95% Student-t interval,
+    mean ± t.ppf(0.975, n - 1) * sd / sqrt(n) (sample sd); the interval is None when n < 2, the mean when n = 0."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs) if n else None
+    if n < 2:
+        return {"n": n, "diff_mean": mean, "ci_low": None, "ci_high": None}
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
+    return {"n": n, "diff_mean": mean, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def _pairing_key(config: dict | None) -> str:
+    """A run's config without its seed, output_dir, what KD adds (stage, plan, transfer data, teacher cache) and
+    what sets its length (epochs, max_steps): a KD run shares it with the no-KD baselines of its student and data."""
+    c = dict(config or {})
+    for key in ("output_dir", "seed", "stage", "plan"):
+        c.pop(key, None)
+    for section, keys in (
+        ("train", ("teacher_cache", "teacher_cache_topk", "epochs", "max_steps")),
+        ("data", ("transfer",)),
+    ):
+        c[section] = {k: v for k, v in (c.get(section) or {}).items() if k not in keys}
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def _steps(row: dict):
+    return (row.get("metrics") or {}).get("steps")
+
+
+def paired_to_baseline(rows: list[dict]) -> list[dict]:
+    """Per KD variant and task, its score minus the no-KD run's of the same task, seed, step budget (the runs'
+    ``metrics["steps"]``) and config otherwise (``_pairing_key``), over the seeds that have both:
+    {"task", "label", "baseline" (the no-KD label(s) or None), "steps", **paired_stats}."""
+    done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
+    baselines: dict[tuple, dict] = {}
+    for r in done:
+        if r["kind"] == "no-KD":
+            baselines.setdefault((r["task"], r["seed"], _steps(r), _pairing_key(r["config"])), r)
+    out = []
+    for (task, label), group in _group_rows(done).items():
+        if group[0]["kind"] != "kd":
+            continue
+        diffs, names = [], []
+        for r in group:
+            b = baselines.get((task, r["seed"], _steps(r), _pairing_key(r["config"])))
+            if b is not None:
+                diffs.append(r["score"] - b["score"])
+                names.append(b["label"])
+        steps = " ".join(str(x) for x in OrderedDict.fromkeys(_steps(r) for r in group) if x is not None)
+        baseline = " / ".join(OrderedDict.fromkeys(names)) or None
+        out.append({"task": task, "label": label, "baseline": baseline, "steps": steps, **paired_stats(diffs)})
+    return out
+
+
+def compare_variants(rows: list[dict], a: str, b: str) -> list[dict]:
+    """The paired per-seed score difference of variant ``a`` minus variant ``b`` (report labels) per task and, with
+    several tasks, of their per-seed task averages (task ``glue_avg``; the seeds with every task):
+    [{"task", **paired_stats}]. Raises ConfigError naming the available labels for an unknown one."""
+    done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
+    labels = list(OrderedDict.fromkeys(label for (_, label) in _group_rows(done)))
+    for label in (a, b):
+        if label not in labels:
+            raise ConfigError(
+                "--compare",
+                f"no finished variant is labelled {label!r}",
+                "use labels as the report shows them: " + ", ".join(repr(x) for x in labels),
+            )
+    score = {(r["label"], r["task"], r["seed"]): r["score"] for r in done}
+    tasks = list(OrderedDict.fromkeys(r["task"] for r in done))
+    seeds = list(OrderedDict.fromkeys(r["seed"] for r in done))
+    out = []
+    for task in tasks:
+        both = [s for s in seeds if (a, task, s) in score and (b, task, s) in score]
+        out.append({"task": task, **paired_stats([score[(a, task, s)] - score[(b, task, s)] for s in both])})
+    if len(tasks) > 1:
+        both = [s for s in seeds if all((x, t, s) in score for x in (a, b) for t in tasks)]
+        diffs = [
+            _task_average({t: score[(a, t, s)] for t in tasks}) - _task_average({t: score[(b, t, s)] for t in tasks})
+            for s in both
+        ]
+        out.append({"task": GLUE, **paired_stats(diffs)})
     return out
 
 
@@ -409,6 +499,53 @@ def _per_axis_section(rows, tasks, axis_names) -> list[str]:
     return md
 
 
+def _fmt_diff(stats: dict) -> tuple[str, str]:
+    """(mean, 95% interval) of ``paired_stats`` x100."""
+    if stats["diff_mean"] is None:
+        return "-", "-"
+    if stats["ci_low"] is None:
+        return f"{100 * stats['diff_mean']:+.2f}", "n/a (n < 2)"
+    return f"{100 * stats['diff_mean']:+.2f}", f"[{100 * stats['ci_low']:+.2f}, {100 * stats['ci_high']:+.2f}]"
+
+
+PAIRED_NOTE = (
+    "Paired by seed, scores x100: mean difference and 95% Student-t interval, mean ± t(0.975, n - 1) · sd / √n "
+    "(no interval when n < 2)."
+)
+
+
+def _paired_section(paired: list[dict]) -> list[str]:
+    if not paired:
+        return []
+    body = [
+        [p["task"], p["label"], p["baseline"] or "-", p["steps"] or "-", str(p["n"]), *_fmt_diff(p)] for p in paired
+    ]
+    return [
+        "## Paired differences to no-KD",
+        "",
+        "Each KD variant minus the no-KD run of the same task, seed and step budget (the same student, data and "
+        "optimizer, without the plan, transfer data or teacher cache; '-' where there is none). " + PAIRED_NOTE,
+        "",
+        _md_table(["task", "variant", "no-KD baseline", "steps", "n", "difference", "95% interval"], body),
+        "",
+    ]
+
+
+def comparison_md(records: list[dict], a: str, b: str) -> str:
+    """The Markdown section of ``compare_variants(rows, a, b)``."""
+    body = [["GLUE avg" if r["task"] == GLUE else r["task"], str(r["n"]), *_fmt_diff(r)] for r in records]
+    return "\n".join(
+        [
+            f"## Comparison: {a} − {b}",
+            "",
+            "Per task (and the per-seed task average). " + PAIRED_NOTE,
+            "",
+            _md_table(["task", "n", "difference", "95% interval"], body),
+            "",
+        ]
+    )
+
+
 def _unfinished_sections(rows) -> list[str]:
     md = []
     failed = [r for r in rows if r["status"] == "failed"]
@@ -431,13 +568,14 @@ def _unfinished_sections(rows) -> list[str]:
     return md
 
 
-def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
-    """Write report.md, results.csv, summary.csv and the plots into ``study_dir``; returns
-    {file name: path} of everything written."""
+def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = None) -> dict[str, str]:
+    """Write report.md, results.csv, summary.csv, paired.csv and the plots into ``study_dir``; returns {file name:
+    path} of everything written. ``compare`` (A, B): report.md also holds ``comparison_md`` of A − B."""
     from unikd.study import DB_NAME
 
     study_dir = Path(study_dir)
     rows = _load_rows(study_dir)
+    comparison = comparison_md(compare_variants(rows, *compare), *compare) if compare else None
     names = list(OrderedDict.fromkeys(r["study"] for r in rows))
     done = [r for r in rows if r["status"] == "done"]
     per_task, per_variant, tasks, metrics = aggregate(rows)
@@ -451,6 +589,8 @@ def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
 
     _write_csv(out("results.csv"), per_task)
     _write_csv(out("summary.csv"), per_variant)
+    paired = paired_to_baseline(rows)
+    _write_csv(out("paired.csv"), paired)
     plots = _plots(rows, per_task, per_variant, tasks, axis_names, out) if done else []
     counts: dict[str, int] = {}
     for r in rows:
@@ -467,7 +607,8 @@ def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
     ]
     if per_variant:
         md += _summary_section(per_variant, tasks) + _per_task_section(per_task, tasks, metrics)
-        md += _per_axis_section(rows, tasks, axis_names)
+        md += _per_axis_section(rows, tasks, axis_names) + _paired_section(paired)
+        md += [comparison] if comparison else []
     else:
         md += ["No finished runs yet.", ""]
     if plots:
@@ -477,4 +618,13 @@ def make_report(study_dir: str | os.PathLike) -> dict[str, str]:
     return written
 
 
-__all__ = ["aggregate", "make_report", "marginal", "mean_std"]
+__all__ = [
+    "aggregate",
+    "compare_variants",
+    "comparison_md",
+    "make_report",
+    "marginal",
+    "mean_std",
+    "paired_stats",
+    "paired_to_baseline",
+]

@@ -32,7 +32,8 @@ config (without ``output_dir``; KD and no-KD runs also hash their teacher's conf
 directory is reused). ``run_study`` skips rows already ``done``, records crashes as ``failed`` with the
 traceback's tail (``retry_failed=True`` re-runs them), runs the teachers first and then the rest, in this
 process or in ``workers`` spawned processes (the parent alone writes the database), and measures the CPU
-latency (p50, batch 1, PyTorch) of every finished student. ``print_commands=True`` writes each pending run's
+latency (p50, batch 1, PyTorch) of every finished student; with ``max_hours`` it starts no run after that many
+hours, and the runs left stay pending for the next call. ``print_commands=True`` writes each pending run's
 config to ``<output_dir>/configs/<run_id>.yaml`` and prints ``accelerate launch -m unikd.cli distill <config>``
 instead; a later ``run_study`` collects the runs that finished elsewhere (their ``metrics.json`` next to a
 ``config.yaml`` equal to the planned one) without training them again.

@@ -192,6 +192,7 @@ def run_study(
     overrides: list[str] | None = None,
     output_dir: str | os.PathLike | None = None,
     echo: Callable[[str], None] | None = None,
+    max_hours: float | None = None,
 ) -> dict:
     """Run (or print) every pending run of a study; returns a summary.
 
@@ -203,10 +204,12 @@ def run_study(
       picklable (a module-level function). ``runner(cfg)`` defaults to ``unikd.train.run``. Latency is
       then timed in this process after each phase (teachers, the rest), one model at a time;
     - ``print_commands``: write configs/<run_id>.yaml for each pending run and print the accelerate
-      commands (teachers first) instead of running.
+      commands (teachers first) instead of running;
+    - ``max_hours``: no run starts once that many hours have passed since the first one could; the runs in
+      flight finish, the others stay ``pending`` (listed in ``summary["pending"]``) for the next call.
 
     Summary: {"study", "output_dir", "database", "planned", "skipped", "executed", "done", "failed",
-    "commands", "status" (counts over the study's current rows)}.
+    "pending", "commands", "status" (counts over the study's current rows)}.
     """
     echo = echo or (lambda s: print(s, flush=True))
     study = read_study(study_path_or_obj, overrides)
@@ -214,6 +217,8 @@ def run_study(
     planned = expand_study(study, root)  # the one expansion; it validates every run config, as load_study does
     if workers < 1:
         raise ConfigError("--workers", f"must be at least 1, got {workers}", "use --workers 1 (sequential) or more")
+    if max_hours is not None and not max_hours >= 0:  # NaN too
+        raise ConfigError("--max-hours", f"must be hours >= 0, got {max_hours}", "e.g. --max-hours 7.5")
     _check_shapes_first(study, planned, echo)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
@@ -226,6 +231,7 @@ def run_study(
         "executed": [],
         "done": [],
         "failed": [],
+        "pending": [],
         "commands": [],
     }
     with StudyDB(root / DB_NAME) as db:
@@ -234,7 +240,7 @@ def run_study(
         if print_commands:
             _print_commands(todo, root, echo, summary)
         else:
-            _run_pending(db, study, planned, todo, root, workers, runner, echo, summary)
+            _run_pending(db, study, planned, todo, root, workers, runner, echo, summary, max_hours)
         summary["status"] = _status_counts(db, study.name)
     return summary
 
@@ -284,8 +290,10 @@ def _run_pending(
     runner: Runner | None,
     echo,
     summary: dict,
+    max_hours: float | None,
 ) -> None:
-    """The teachers first, then the baselines and KD runs whose teacher is done; here or in a pool."""
+    """The teachers first, then the baselines and KD runs whose teacher is done; here or in a pool. After
+    ``max_hours`` no run starts: the ones left stay pending (the rest too when a teacher is left)."""
     latency = study.latency.model_dump()
     teachers = [r for r in todo if r.kind == "teacher"]
     rest = [r for r in todo if r.kind != "teacher"]
@@ -294,15 +302,26 @@ def _run_pending(
         f"before (skipped), {len(todo)} to run -> {root}"
     )
     _backfill_latency(db, [r for r in planned if r.run_id in summary["skipped"]], latency, echo)
-    summary["_progress"] = {"total": len(todo), "started": time.perf_counter()}
+    started = time.perf_counter()
+    summary["_progress"] = {"total": len(todo), "started": started}
+    deadline = None if max_hours is None else started + 3600 * max_hours
     pool = _make_pool(workers) if workers > 1 and todo else None
     try:
-        _execute_all(db, teachers, latency, pool, runner, echo, summary)
-        ready = _fail_blocked(db, rest, summary)
-        _execute_all(db, ready, latency, pool, runner, echo, summary)
+        pending = _execute_all(db, teachers, latency, pool, workers, runner, echo, summary, deadline)
+        if pending:
+            pending += rest
+        else:
+            ready = _fail_blocked(db, rest, summary)
+            pending = _execute_all(db, ready, latency, pool, workers, runner, echo, summary, deadline)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    summary["pending"] = [r.run_id for r in pending]
+    if pending:
+        echo(
+            f"--max-hours {max_hours} reached after {_duration(time.perf_counter() - started)}: no new run started, "
+            f"{len(pending)} left pending"
+        )
     _refresh_model_cards(db, planned)
 
 
@@ -390,48 +409,87 @@ def _make_pool(workers: int):
     )
 
 
-def _execute_all(db: StudyDB, runs: list[PlannedRun], latency: dict, pool, runner, echo, summary: dict) -> None:
-    """Run ``runs`` here (``pool`` None) or in the pool; the results are written here, one by one."""
-    if not runs:
-        return
-    jobs = []
-    for run in runs:
-        jobs.append(
-            (run, {"config": run.config.model_dump(mode="json"), "latency": latency, **_prepare_dir(run, echo)})
-        )
+def _execute_all(
+    db: StudyDB, runs: list[PlannedRun], latency: dict, pool, workers: int, runner, echo, summary: dict, deadline
+) -> list[PlannedRun]:
+    """Run ``runs`` here (``pool`` None) or in the pool, ``workers`` at a time, the results written here one by
+    one; none starts once ``time.perf_counter()`` passes ``deadline`` (None: no limit). Returns the runs not
+    started."""
     if pool is None:
-        for i, (run, job) in enumerate(jobs):
-            how = " (collecting)" if job.get("collect") else " (resuming)" if job.get("resume") else ""
-            echo(f"[{i + 1}/{len(jobs)}] {run.kind} {run.run_id}{how}")
-            db.mark_running(run.run_id)
-            _store(db, run, execute_run(job, runner), echo, summary)
-        return
+        return _execute_here(db, runs, latency, runner, echo, summary, deadline)
+    return _execute_in_pool(db, runs, latency, pool, workers, runner, echo, summary, deadline)
 
-    from concurrent.futures import as_completed
 
-    # Latency is timed here afterwards, one model at a time, not in a worker next to others training.
-    settings = LatencySettings.model_validate(latency)
-    futures = {}
-    for run, job in jobs:
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def _job(run: PlannedRun, latency: dict, echo) -> dict:
+    return {"config": run.config.model_dump(mode="json"), "latency": latency, **_prepare_dir(run, echo)}
+
+
+def _execute_here(db: StudyDB, runs, latency: dict, runner, echo, summary: dict, deadline) -> list[PlannedRun]:
+    for i, run in enumerate(runs):
+        if _past(deadline):
+            return runs[i:]
+        job = _job(run, latency, echo)
+        how = " (collecting)" if job.get("collect") else " (resuming)" if job.get("resume") else ""
+        echo(f"[{i + 1}/{len(runs)}] {run.kind} {run.run_id}{how}")
         db.mark_running(run.run_id)
-        futures[pool.submit(execute_run, {**job, "latency": {**latency, "enabled": False}}, runner)] = run
-        echo(f"submitted {run.kind} {run.run_id}")
+        _store(db, run, execute_run(job, runner), echo, summary)
+    return []
+
+
+def _execute_in_pool(
+    db: StudyDB, runs, latency: dict, pool, workers: int, runner, echo, summary: dict, deadline
+) -> list[PlannedRun]:
+    """Keep ``workers`` runs submitted (a run is marked running when it is handed to the pool, so the ones never
+    started stay pending); latency is timed here afterwards, one model at a time, not next to others training."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    settings = LatencySettings.model_validate(latency)
+    queue = list(runs)
+    futures: dict = {}
     finished = []
-    for fut in as_completed(futures):
-        run = futures[fut]
-        try:
-            outcome = fut.result()
-        except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
-            outcome = {
-                "status": "failed",
-                "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"),
-            }
-        _store(db, run, outcome, echo, summary)
-        if outcome["status"] == "done":
-            finished.append(run)
+    while True:
+        while queue and len(futures) < workers and not _past(deadline):
+            run = queue.pop(0)
+            job = _job(run, {**latency, "enabled": False}, echo)
+            db.mark_running(run.run_id)
+            futures[_submit(pool, job, runner)] = run
+            echo(f"submitted {run.kind} {run.run_id}")
+        if not futures:
+            break
+        done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        for fut in done:
+            run = futures.pop(fut)
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory) or runner unpicklable
+                outcome = {
+                    "status": "failed",
+                    "error": _tail(f"worker failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"),
+                }
+            _store(db, run, outcome, echo, summary)
+            if outcome["status"] == "done":
+                finished.append(run)
     if settings.enabled:
         for run in finished:
             _time_latency(db, run, settings, echo)
+    return queue
+
+
+def _submit(pool, job: dict, runner):
+    """``execute_run(job, runner)`` in the pool; a pool broken by a dead worker refuses new work: the run then
+    fails as an already submitted one does (its future holds the error)."""
+    from concurrent.futures import Future
+
+    try:
+        return pool.submit(execute_run, job, runner)
+    except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: a worker died
+        fut: Future = Future()
+        fut.set_exception(exc)
+        return fut
 
 
 def _time_latency(db: StudyDB, run: PlannedRun, settings: LatencySettings, echo) -> None:
