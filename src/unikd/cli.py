@@ -167,6 +167,50 @@ def augment(
     typer.echo(text)
 
 
+@app.command()
+def recipe(
+    teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
+    budget: str = typer.Option(
+        ..., help="Student size: a fraction of the teacher's non-embedding parameters, e.g. 1/4."
+    ),
+    task: Optional[str] = typer.Option(None, help="GLUE task (data.task), e.g. sst2."),
+    data_files: Optional[str] = typer.Option(
+        None, "--data-files", help="Your labelled files (data.files): train=PATH,validation=PATH."
+    ),
+    latency_ms: Optional[float] = typer.Option(
+        None, "--latency-ms", help="Batch-1 latency target: each candidate shape is timed on this CPU (1 thread)."
+    ),
+    device: str = typer.Option("cpu", help="Where the latency target holds (only cpu is measured)."),
+    latency_estimate: bool = typer.Option(
+        False, "--latency-estimate", help="Time only the teacher and scale by FLOPs (faster; low for narrow shapes)."
+    ),
+    max_length: int = typer.Option(128, "--max-length", help="data.max_length, also the timed sequence length."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="The run's output_dir."),
+    out: Path = typer.Option(Path("recipe.yaml"), help="Where the run config is written."),
+):
+    """Write a run config for a teacher and a budget by docs/guideline.md, with one line of why per choice."""
+    from unikd.recipe import make_recipe, write_recipe
+
+    try:
+        made = make_recipe(
+            teacher,
+            budget,
+            task=task,
+            data_files=data_files,
+            latency_ms=latency_ms,
+            device=device,
+            latency_estimate=latency_estimate,
+            max_length=max_length,
+            output_dir=output_dir,
+        )
+        write_recipe(made, out)
+    except ConfigError as exc:
+        _fail(exc)
+    for reason in made.reasons:
+        typer.echo(reason.line())
+    typer.echo(f"wrote {out}: unikd distill {out}")
+
+
 @app.command("config-schema")
 def config_schema():
     """Print the JSON schema of the run config (every field with its description)."""
@@ -180,6 +224,9 @@ def student_budget(
     teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
     budget: str = typer.Option(..., help="Parameters: '22M', '1/4' or '0.25x' of the teacher."),
     tolerance: float = typer.Option(0.05, help="Relative tolerance around the budget."),
+    non_embedding: bool = typer.Option(
+        False, "--non-embedding", help="Count (and take a fraction of) the non-embedding parameters only."
+    ),
 ):
     """List depth x width x heads students within the budget (width-versus-depth studies)."""
     from unikd.models import model_config, resolve_model_path
@@ -187,7 +234,9 @@ def student_budget(
 
     try:
         config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
-        rows = budget_configs(config, budget, tolerance=tolerance)
+        rows = budget_configs(
+            config, budget, tolerance=tolerance, count="non_embedding" if non_embedding else "total", field="--budget"
+        )
     except ConfigError as exc:
         _fail(exc)
     typer.echo(format_budget_table(rows))

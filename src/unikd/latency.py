@@ -303,6 +303,24 @@ def bench_latency(
     return rows
 
 
+def torch_latency_ms(
+    model: nn.Module, seq_len: int, batch_size: int = 1, threads: int | None = 1, warmup: int = 3, repeats: int = 20
+) -> float:
+    """p50 latency (ms) of an in-memory PyTorch model on the inputs ``bench_latency`` uses (fixed random ids,
+    full mask), with ``threads`` torch threads (restored afterwards; None keeps the current count). Weights do
+    not change the time, so a model with random weights times a shape before anything is trained."""
+    _validate({"model": model}, (batch_size,), seq_len, threads, ("torch",), warmup, repeats)
+    old_threads = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        feeds = _inputs(model.config, model_input_names(model), batch_size, seq_len)
+        run = _torch_runner(model)
+        return _stats(_time_ms(lambda: run(feeds), warmup, repeats), batch_size)["p50_ms"]
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def _torch_runner(model: nn.Module):
     import inspect
 
@@ -466,5 +484,6 @@ __all__ = [
     "flops_per_sequence",
     "format_latency_table",
     "plot_score_vs_latency",
+    "torch_latency_ms",
     "write_latency_json",
 ]

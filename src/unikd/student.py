@@ -13,7 +13,7 @@ import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -263,13 +263,16 @@ def _count_directly(model: nn.Module) -> ParamCount:
 _SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
 
-def parse_budget(budget: int | float | str, teacher_params: int, field: str = "student.budget") -> int:
-    """A budget in parameters. Absolute: ``22_000_000``, ``"22M"``, ``"1.5B"``, ``"350k"``; relative to
-    the teacher: ``"1/4"``, ``"0.25x"``, ``"25%"``, or a plain number <= 1 (``0.25``)."""
-    fix = "write an absolute count ('22M', '350k', 22000000) or a fraction of the teacher ('1/4', '0.25x', '25%')"
+_BUDGET_FIX = "write an absolute count ('22M', '350k', 22000000) or a fraction of the teacher ('1/4', '0.25x', '25%')"
+
+
+def read_budget(budget: int | float | str, field: str = "student.budget") -> tuple[float, bool]:
+    """``(value, relative)`` of a budget as ``parse_budget`` reads it: ``(0.25, True)`` for ``"1/4"``,
+    ``(22e6, False)`` for ``"22M"``; a budget that is unreadable or not positive is a ``ConfigError`` naming
+    ``field``."""
     value: float
     if isinstance(budget, bool):
-        raise ConfigError(field, f"invalid budget {budget!r}", fix)
+        raise ConfigError(field, f"invalid budget {budget!r}", _BUDGET_FIX)
     if isinstance(budget, (int, float)):
         value = float(budget)
         relative = value <= 1
@@ -288,11 +291,18 @@ def parse_budget(budget: int | float | str, teacher_params: int, field: str = "s
                 value = float(s)
                 relative = value <= 1
         except (ValueError, ZeroDivisionError):
-            raise ConfigError(field, f"cannot read the budget {budget!r}", fix) from None
+            raise ConfigError(field, f"cannot read the budget {budget!r}", _BUDGET_FIX) from None
     else:
-        raise ConfigError(field, f"invalid budget {budget!r}", fix)
+        raise ConfigError(field, f"invalid budget {budget!r}", _BUDGET_FIX)
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(field, f"the budget must be positive, got {budget!r}", fix)
+        raise ConfigError(field, f"the budget must be positive, got {budget!r}", _BUDGET_FIX)
+    return value, relative
+
+
+def parse_budget(budget: int | float | str, teacher_params: int, field: str = "student.budget") -> int:
+    """A budget in parameters. Absolute: ``22_000_000``, ``"22M"``, ``"1.5B"``, ``"350k"``; relative to
+    the teacher: ``"1/4"``, ``"0.25x"``, ``"25%"``, or a plain number <= 1 (``0.25``)."""
+    value, relative = read_budget(budget, field)
     return int(round(value * teacher_params)) if relative else int(round(value))
 
 
@@ -308,11 +318,12 @@ class BudgetRow:
     ffn_size: int
     params: ParamCount
     budget: int
+    count: str = "total"  # which ParamCount field the budget is in: "total" or "non_embedding"
 
     @property
     def deviation(self) -> float:
-        """(params - budget) / budget."""
-        return (self.params.total - self.budget) / self.budget
+        """(params - budget) / budget, in the counted parameters."""
+        return (getattr(self.params, self.count) - self.budget) / self.budget
 
     def shape(self) -> StudentShape:
         return StudentShape(
@@ -335,10 +346,13 @@ def budget_configs(
     head_sizes: list[int] | None = None,
     ffn_ratios: list[float] | None = None,
     width_multiple: int | None = None,
+    count: Literal["total", "non_embedding"] = "total",
     field: str = "student.budget",
 ) -> list[BudgetRow]:
     """Student shapes (depth x width x heads x FFN) whose exact parameter count (by the family's
-    formula, for the teacher's architecture) is within ``tolerance`` of ``budget``.
+    formula, for the teacher's architecture) is within ``tolerance`` of ``budget``. ``count`` says which
+    parameters the budget (and a relative budget's teacher count) is in: all of them, or the non-embedding
+    ones (the blocks and heads, which set the compute; the embedding tables shrink only with the width).
 
     Defaults: depths 1..teacher depth; widths the multiples of ``width_multiple`` (64 for teachers at
     least 512 wide, else 32) up to the teacher's width; head sizes {32, 64, 128, teacher's} dividing
@@ -349,8 +363,9 @@ def budget_configs(
     spec = adapter.spec(teacher_config)
     if not 0 <= tolerance < 1:
         raise ConfigError("tolerance", f"must be in [0, 1), got {tolerance}", "use e.g. 0.05 for +-5%")
-    teacher_total = count_parameters(teacher_config, architecture).total
-    target = parse_budget(budget, teacher_total, field)
+    if count not in ("total", "non_embedding"):
+        raise ConfigError("count", f"unknown parameter count {count!r}", "use 'total' or 'non_embedding'")
+    target = parse_budget(budget, getattr(count_parameters(teacher_config, architecture), count), field)
     width_multiple = width_multiple or (64 if spec.hidden_size >= 512 else 32)
     depths = sorted(set(depths or range(1, spec.num_layers + 1)))
     widths = sorted(set(widths or range(width_multiple, spec.hidden_size + 1, width_multiple)))
@@ -382,7 +397,8 @@ def budget_configs(
                 for depth in depths:
                     non = n1 + (depth - 1) * (n2 - n1)
                     total = e1 + non
-                    if abs(total - target) > tolerance * target:
+                    counted = total if count == "total" else non
+                    if abs(counted - target) > tolerance * target:
                         continue
                     row = BudgetRow(
                         num_layers=depth,
@@ -393,9 +409,10 @@ def budget_configs(
                         ffn_size=resolved.ffn_size,
                         params=ParamCount(e1, non, total),
                         budget=target,
+                        count=count,
                     )
                     rows[(depth, width, row.num_heads, row.num_kv_heads, row.ffn_size)] = row
-    return sorted(rows.values(), key=lambda r: (abs(r.params.total - target), r.num_layers, r.hidden_size, r.num_heads))
+    return sorted(rows.values(), key=lambda r: (abs(r.deviation), r.num_layers, r.hidden_size, r.num_heads))
 
 
 def _human(n: int) -> str:
@@ -428,7 +445,8 @@ def format_budget_table(rows: list[BudgetRow], limit: int | None = None) -> str:
     widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     lines = [
-        f"budget: {rows[0].budget:,} parameters ({_human(rows[0].budget)})",
+        f"budget: {rows[0].budget:,}{' non-embedding' if rows[0].count == 'non_embedding' else ''} parameters "
+        f"({_human(rows[0].budget)})",
         fmt.format(*header),
         "  ".join("-" * w for w in widths),
     ]
@@ -447,6 +465,7 @@ __all__ = [
     "count_parameters",
     "format_budget_table",
     "parse_budget",
+    "read_budget",
     "resolve_shape",
     "student_config",
 ]

