@@ -192,6 +192,26 @@ def test_config_hash_ignores_output_dir_and_tracks_the_config(tiny_teacher, mini
     assert not {r.config_hash for r in a} & {r.config_hash for r in c}
 
 
+def test_a_chain_gets_one_baseline_with_its_total_steps_and_the_teacher_no_transfer(tiny_teacher, mini_glue, tmp_path):
+    """A chained run (then:) is compared with one fine-tune of the chain's whole step budget; base transfer rows and
+    the teacher cache are the students' (the teacher fine-tune trains on its labels alone)."""
+    study = _study(tiny_teacher, mini_glue, tmp_path / "s", axes={}, mode="list")
+    study["base"]["data"] |= {"train_limit": 20, "transfer": [{"kind": "rest_of_train", "weight": 2}]}
+    study["base"]["train"] |= {"max_steps": 6, "teacher_cache": True}
+    study["runs"] = [
+        {"label": "logits"},
+        {"label": "chain", "train.max_steps": 2, "train.teacher_cache": False, "then": [{"train": {"max_steps": 4}}]},
+    ]
+    runs = expand_study(StudyConfig.model_validate(study))
+    by = {r.label: r for r in runs}
+    teacher = by["teacher"].config
+    assert teacher.data.transfer == [] and not teacher.train.teacher_cache and teacher.train.max_steps == 6
+    baselines = [r for r in runs if r.kind == "no-KD"]
+    assert len(baselines) == 1 and baselines[0].config.train.max_steps == 6 and not baselines[0].config.then
+    assert by["chain"].baseline_id == by["logits"].baseline_id == baselines[0].run_id
+    assert by["chain"].config.then == [{"train": {"max_steps": 4}}]
+
+
 def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):
     """How attention maps are captured and whether the heap is kept change no result: finished runs stay found
     when they change (or, as in existing databases, were not fields yet); an int8 teacher is another run."""

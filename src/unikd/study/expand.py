@@ -17,7 +17,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unikd.config import SPEED_ONLY_TRAIN_FIELDS, RunConfig, _format_validation_error, deep_merge, load_preset
+from unikd.config import (
+    SPEED_ONLY_TRAIN_FIELDS,
+    RunConfig,
+    _format_validation_error,
+    deep_merge,
+    load_preset,
+    step_dicts,
+)
 from unikd.errors import ConfigError
 from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
@@ -265,6 +272,8 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
         task, data_fields = task_entry(entry, f"tasks[{i}]")
         # ---- the teacher ----
         t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
+        t_data.get("data", {}).pop("transfer", None)  # the students' transfer rows are for the teacher to label
+        t_data.get("train", {}).pop("teacher_cache", None)
         t_data = deep_merge(t_data, copy.deepcopy(tf))
         t_data.setdefault("teacher", {})["path"] = teacher_path
         t_data["stage"] = "finetune"
@@ -315,6 +324,11 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 b_data.setdefault("train", {}).pop("teacher_cache", None)
                 b_data["train"].pop("teacher_cache_topk", None)
                 b_data.setdefault("data", {}).pop("transfer", None)  # no teacher to label it: the labelled rows
+                if b_data.pop("then", None):  # chained steps: one fine-tune with the chain's total step budget
+                    chain = _validate_run(dict(data, output_dir=str(root / "runs" / "pending")), v.where)
+                    budgets = [step["train"]["max_steps"] for step in step_dicts(chain)]
+                    if all(budgets):
+                        b_data["train"]["max_steps"] = sum(budgets)
                 b_data["output_dir"] = str(root / "runs" / "pending")
                 b_cfg = _validate_run(b_data, f"{v.where} (no-KD baseline)")
                 b_hash = config_hash(b_cfg, root_s, t_hash)
