@@ -581,9 +581,9 @@ def load_config(
         text = _format_validation_error(exc)
         named = _NAMES_A_FIELD.match(text)
         if len(exc.errors()) == 1 and named:  # one problem with its field: that field leads the message
-            problem, _, fix = text[named.end() :].rpartition("; ")
-            if not problem:
-                problem, fix = fix, "see `unikd config-schema` or examples/ for valid fields"
+            problem, fix = text[named.end() :], "see `unikd config-schema` or examples/ for valid fields"
+            if exc.errors()[0]["type"] == "value_error" and "; " in problem:  # a validator's "problem; fix"
+                problem, _, fix = problem.rpartition("; ")
             raise ConfigError(named.group(1), problem, fix) from exc
         raise ConfigError("config", text, "see `unikd config-schema` or examples/ for valid fields") from exc
 
