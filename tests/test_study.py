@@ -192,7 +192,9 @@ def test_config_hash_ignores_output_dir_and_tracks_the_config(tiny_teacher, mini
     assert not {r.config_hash for r in a} & {r.config_hash for r in c}
 
 
-def test_a_chain_gets_one_baseline_with_its_total_steps_and_the_teacher_no_transfer(tiny_teacher, mini_glue, tmp_path):
+def test_a_chain_gets_one_baseline_with_its_total_steps_a_pseudo_label_twin_and_the_teacher_no_transfer(
+    tiny_teacher, mini_glue, tmp_path
+):
     """A chained run (then:) is compared with one fine-tune of the chain's whole step budget; base transfer rows and
     the teacher cache are the students' (the teacher fine-tune trains on its labels alone)."""
     study = _study(tiny_teacher, mini_glue, tmp_path / "s", axes={}, mode="list")
@@ -210,6 +212,16 @@ def test_a_chain_gets_one_baseline_with_its_total_steps_and_the_teacher_no_trans
     assert len(baselines) == 1 and baselines[0].config.train.max_steps == 6 and not baselines[0].config.then
     assert by["chain"].baseline_id == by["logits"].baseline_id == baselines[0].run_id
     assert by["chain"].config.then == [{"train": {"max_steps": 4}}]
+    # the pseudo-label baseline is added: the same rows and the 6 steps, the teacher's argmax as the label
+    twin = by["pseudo-labels"]
+    assert twin.kind == "kd" and twin.baseline_id == baselines[0].run_id and twin.task == "sst2"
+    assert twin.config.plan.pseudo_labels and twin.config.plan.terms == [] and twin.config.train.max_steps == 6
+    assert twin.config.data.transfer == by["logits"].config.data.transfer and not twin.config.then
+    assert twin.run_id.startswith("sst2-pseudo-labels-s1-") and twin.run_id in twin.config.output_dir
+    # a listed pseudo-label run of the same config is that baseline: it keeps its label and is not doubled
+    study["runs"].append({"label": "mine", "plan.terms": [], "plan.pseudo_labels": True, "train.teacher_cache": False})
+    labels = [r.label for r in expand_study(StudyConfig.model_validate(study))]
+    assert "mine" in labels and "pseudo-labels" not in labels
 
 
 def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):

@@ -302,6 +302,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
         kd_runs: list[PlannedRun] = []
         seen_kd: set[str] = set()
         for seed in study.seeds:
+            pseudo: dict[str, PlannedRun] = {}  # the pseudo-label baseline of the seed's transfer variants
             for v in variants:
                 data = copy.deepcopy(study.base)
                 preset = data.pop("preset", None)
@@ -323,7 +324,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 b_data.pop("plan", None)
                 b_data.setdefault("train", {}).pop("teacher_cache", None)
                 b_data["train"].pop("teacher_cache_topk", None)
-                b_data.setdefault("data", {}).pop("transfer", None)  # no teacher to label it: the labelled rows
+                transfer = b_data.setdefault("data", {}).pop("transfer", None)  # no teacher labels them: no-KD
                 if b_data.pop("then", None):  # chained steps: one fine-tune with the chain's total step budget
                     chain = _validate_run(dict(data, output_dir=str(root / "runs" / "pending")), v.where)
                     budgets = [step["train"]["max_steps"] for step in step_dicts(chain)]
@@ -349,6 +350,12 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                     )
                 baseline_axes.setdefault(b_hash, []).append(v.axes)
 
+                if transfer and not (data.get("plan") or {}).get("pseudo_labels"):
+                    twin = _pseudo_twin(b_data, transfer, v.where, root_s, t_hash, axis_names)
+                    twin.task, twin.study = task, study.name
+                    twin.teacher_id, twin.baseline_id = teacher.run_id, baselines[b_hash].run_id
+                    pseudo.setdefault(twin.config_hash, twin)
+
                 data["output_dir"] = str(root / "runs" / "pending")
                 cfg = _validate_run(data, v.where)
                 h = config_hash(cfg, root_s, t_hash)
@@ -372,10 +379,49 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                         study=study.name,
                     )
                 )
+            kd_runs.extend(_new_twins(pseudo, seen_kd, root))
         _label_baselines(list(baselines.values()), baseline_axes, axis_names)
         others.extend(baselines.values())
         others.extend(kd_runs)
     return teachers + others
+
+
+def _pseudo_twin(b_data: dict, transfer: list, where: str, root_s: str, t_hash: str, axis_names) -> PlannedRun:
+    """The pseudo-label baseline of a transfer variant: its no-KD baseline's config with the transfer rows back,
+    trained on the teacher's argmax over them (separates a KD gain from a more-data gain, issue 13). Variants
+    that share data and schedule share it; ``run_id``, ``task``, ``study``, ``teacher_id`` and ``baseline_id``
+    are the caller's."""
+    p_data = copy.deepcopy(b_data)
+    p_data |= {"stage": "task", "plan": {"terms": [], "pseudo_labels": True}}
+    p_data["data"]["transfer"] = transfer
+    p_cfg = _validate_run(p_data, f"{where} (pseudo-label baseline)")
+    p_hash = config_hash(p_cfg, root_s, t_hash)
+    return PlannedRun(
+        run_id="",
+        kind="kd",
+        task="",
+        seed=p_cfg.seed,
+        label="pseudo-labels",
+        axes={a: "pseudo-labels" for a in axis_names},
+        config=p_cfg,
+        config_hash=p_hash,
+        study="",
+    )
+
+
+def _new_twins(pseudo: dict[str, PlannedRun], seen: set[str], root: Path) -> list[PlannedRun]:
+    """The seed's pseudo-label baselines no listed run already is (a listed pseudo-label run keeps its label),
+    numbered when there are several, with their run ids and directories."""
+    out = []
+    for n, (p_hash, run) in enumerate(pseudo.items(), start=1):
+        if p_hash in seen:
+            continue
+        seen.add(p_hash)
+        run.label += f" ({n})" if len(pseudo) > 1 else ""
+        run.run_id = f"{_slug(run.task)}-{_slug(run.label)}-s{run.seed}-{p_hash[:8]}"
+        run.config = run.config.model_copy(update={"output_dir": str(root / "runs" / run.run_id)})
+        out.append(run)
+    return out
 
 
 def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]], axis_names: list[str]) -> None:
