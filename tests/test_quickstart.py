@@ -18,8 +18,8 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     rows = run_quickstart(out, **kw)["rows"]
     by = {r["model"]: r for r in rows}
     assert list(by) == ["teacher", "KD student", "no-KD student", "pseudo-label student"]
-    assert by["KD student"]["trained_on"] == "16 labelled + 48 unlabelled rows (teacher's soft labels)"
-    assert by["no-KD student"]["trained_on"] == "16 labelled rows"
+    assert by["KD student"]["trained_on"] == "16 labels + 48 unlabelled rows, the teacher's soft targets"
+    assert by["no-KD student"]["trained_on"] == "16 labels"
     # 16 + 48 rows in batches of 32: 2 steps per epoch, and the no-KD student gets the same 2 steps on its 16 rows
     assert by["KD student"]["steps"] == by["no-KD student"]["steps"] == by["pseudo-label student"]["steps"] == 2
     assert by["teacher"]["steps"] == 2  # 64 rows, one epoch
@@ -43,4 +43,4 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     rows = run_quickstart(out, **(kw | {"labels": 8}))["rows"]
     assert (dirs[0] / "metrics.json").stat().st_mtime_ns == stamps[0]  # the same teacher
     assert read_run_config(out / "8labels-x3-2layers-1ep" / "no-kd-student").data.train_limit == 8
-    assert rows[1]["trained_on"].startswith("8 labelled + 24 unlabelled")
+    assert rows[1]["trained_on"].startswith("8 labels + 24 unlabelled")

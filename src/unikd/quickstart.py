@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from unikd.config import dump_config, load_config
+from unikd.config import load_config, read_run_config
 from unikd.io import atomic_write_json
 from unikd.train import run
 
@@ -40,11 +40,11 @@ def _common(out: Path, name: str, rows: int) -> list[str]:
 
 
 def _run_once(overrides: list[str]) -> Path:
-    """Train unless the output directory holds a finished run of exactly this config."""
+    """Train unless the output directory holds a finished run of this config (compared as configs, so a run an
+    older unikd wrote, before a field with a default existed, still counts)."""
     cfg = load_config(None, overrides)
     out = Path(cfg.output_dir)
-    stored = out / "config.yaml"
-    if not ((out / "metrics.json").is_file() and stored.is_file() and stored.read_text() == dump_config(cfg)):
+    if not ((out / "metrics.json").is_file() and (out / "config.yaml").is_file() and read_run_config(out) == cfg):
         run(cfg)
     return out
 
@@ -90,7 +90,7 @@ def run_quickstart(
     transfer = f"data.transfer=[{{kind: rest_of_train, weight: {transfer_weight}}}]"
     kd_teacher = [f"teacher.path={teacher_dir / 'student'}", f"teacher.allow_weak={str(allow_weak_teacher).lower()}"]
     runs = {
-        "teacher": (teacher_dir, f"{teacher_rows} labelled rows"),
+        "teacher": (teacher_dir, f"{teacher_rows} labels"),
         "KD student": (
             _run_once(
                 _common(out, f"{students}/kd-student", labels)
@@ -98,7 +98,7 @@ def run_quickstart(
                 + kd_teacher
                 + ["stage=task", "plan.terms=[{knowledge: logits, loss: kl}]", transfer, "train.teacher_cache=true"]
             ),
-            f"{labels} labelled + {transfer_rows} unlabelled rows (teacher's soft labels)",
+            f"{labels} labels + {transfer_rows} unlabelled rows, the teacher's soft targets",
         ),
         "no-KD student": (
             _run_once(
@@ -106,7 +106,7 @@ def run_quickstart(
                 + student
                 + ["stage=finetune", f"teacher.path={teacher}"]
             ),
-            f"{labels} labelled rows",
+            f"{labels} labels",
         ),
     }
     if pseudo_labels:
@@ -117,7 +117,7 @@ def run_quickstart(
                 + kd_teacher
                 + ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
             ),
-            f"{labels} labelled + {transfer_rows} rows with the teacher's argmax as the label",
+            f"{labels} labels + {transfer_rows} rows, the teacher's argmax as label",
         )
 
     from unikd.latency import bench_latency
