@@ -385,16 +385,16 @@ def test_transfer_settings_that_cannot_work_are_refused_by_name(finetuned_teache
             load_config(None, common + ["stage=task", "data.train_limit=null", "data.transfer=[{kind: rest_of_train}]"])
         )
     assert err.value.field == "data.transfer[0].kind" and "train_limit" in str(err.value)
-    with pytest.raises(ConfigError, match=r"data.transfer: transfer sets take a GLUE task"):
-        load_config(
-            None,
-            common
-            + [
-                "stage=task",
-                "data.task=null",
-                "data.files={train: a.csv, validation: b.csv}",
-                "data.transfer=[{kind: rest_of_train}]",
-            ],
+    tagged = tmp_path / "tags.txt"
+    tagged.write_text("John B-PER\nlives O\n\nParis B-LOC\n")
+    with pytest.raises(ConfigError, match=r"data.transfer: transfer rows are for sentence classification and regr"):
+        run(
+            load_config(
+                None,
+                common
+                + ["stage=task", "data.task=null", f"data.files={{train: {tagged}, validation: {tagged}}}"]
+                + ["data.train_limit=1", "data.transfer=[{kind: rest_of_train}]"],
+            )
         )
     with pytest.raises(ConfigError, match=r"copies"):
         load_config(None, common + ["stage=task", "data.transfer=[{kind: augment, copies: 0}]"])
@@ -573,6 +573,56 @@ def test_token_classification_end_to_end(tmp_path, minilm_path):
     assert bench.exit_code == 0, bench.output
     rows = json.loads((tmp_path / "lat" / "latency.json").read_text())
     assert any(r.get("backend") == "torch" for r in (rows if isinstance(rows, list) else rows["rows"]))
+
+
+def test_own_csv_transfer_rows_train_exactly_as_sst2s(tmp_path, glue_dir, finetuned_teacher):
+    """rest_of_train from a CSV with renamed columns and string labels: the same labelled and transfer rows, so the
+    same KD run, as data.task=sst2 on the same rows."""
+    from unikd.data import load_glue
+
+    glue = _small_glue(glue_dir, tmp_path)
+    files = {}
+    for split in ("train", "validation"):
+        ds = load_glue("sst2", split, glue)
+        ds = ds.map(lambda r: {"review": r["text_a"], "sentiment": ("negative", "positive")[r["label"]]})
+        ds.select_columns(["sentiment", "review"]).to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    common = ["stage=task", f"teacher.path={finetuned_teacher}", "teacher.allow_weak=true"]
+    common += ["student.shape.num_layers=1", "student.init.strategy=teacher-layers"]
+    common += ["data.transfer=[{kind: rest_of_train, weight: 2}]", "plan.terms=[{knowledge: logits, loss: kl}]"]
+    opts = lambda name: [o for o in _run_opts(tmp_path, name) if "train_limit" not in o] + ["data.train_limit=40"]  # noqa: E731
+    by_task = run(load_config(None, common + opts("task") + ["data.task=sst2", f"data.data_dir={glue}"]))
+    by_csv = run(
+        load_config(
+            None,
+            common
+            + opts("csv")
+            + [
+                f"data.files={{train: {files['train']}, validation: {files['validation']}}}",
+                "data.columns={text: review, label: sentiment}",
+            ],
+        )
+    )
+    assert {k: by_csv["final"][k] for k in by_task["final"]} == by_task["final"]
+    a, b = (
+        load_file(tmp_path / "task" / "student" / "model.safetensors"),
+        load_file(tmp_path / "csv" / "student" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... and the transfer rows were trained on: without them the same CSV run ends elsewhere
+    plain = [o for o in common if not o.startswith("data.transfer")] + opts("plain")
+    run(
+        load_config(
+            None,
+            plain
+            + [
+                f"data.files={{train: {files['train']}, validation: {files['validation']}}}",
+                "data.columns={text: review, label: sentiment}",
+            ],
+        )
+    )
+    c = load_file(tmp_path / "plain" / "student" / "model.safetensors")
+    assert not all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_bad_data_fails_before_any_weights_load(tmp_path, minilm_path):

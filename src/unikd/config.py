@@ -293,11 +293,6 @@ class RunConfig(_Strict):
                 f"(not {self.stage!r}); for a no-KD baseline on the same rows use stage task with plan.terms=[] "
                 "and plan.pseudo_labels=true"
             )
-        if self.data.transfer and not self.data.task:
-            raise ValueError(
-                "data.transfer: transfer sets take a GLUE task (data.task) in this version; for data.dataset / "
-                "data.files drop data.transfer (or add the unlabelled rows as a GLUE-layout task)"
-            )
         if self.train.group_by_length and self.stage == "general":
             raise ValueError(
                 "train.group_by_length: the general stage packs text into blocks of data.block_size tokens, all "

@@ -151,7 +151,7 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
         _check_blocks(train, cfg, "data.text")
         if evals is not None:
             _check_blocks(evals, cfg, "data.eval_text")
-        return train, evals, collate, None
+        return train, evals, collate, None, None
     # any labelled source (a GLUE preset reads through load_glue exactly as before), checked before weights load
     task = D.load_task_data(cfg.data, seed=cfg.seed)
     D.check_metric(task.spec, cfg.eval.metric)
@@ -175,27 +175,30 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
     else:
         tokenize = lambda ds: D.tokenize_pairs(ds, tokenizer, cfg.data.max_length, cache_dir=cache)  # noqa: E731
         collate = D.classification_collator(tokenizer)
-    return tokenize(task.train), tokenize(task.validation), collate, task.spec
+    if cfg.data.transfer and task.spec.task_type not in ("classification", "regression"):
+        raise ConfigError(
+            "data.transfer",
+            f"transfer rows are for sentence classification and regression; this source is {task.spec.task_type}",
+            "drop data.transfer (token-level and multi-label transfer sets are not supported in this version)",
+        )
+    return tokenize(task.train), tokenize(task.validation), collate, task.spec, task.train
 
 
-def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
+def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, labelled):
     """The labelled rows (``labelled`` = 1) followed by the epoch's transfer rows (``labelled`` = 0, a placeholder
-    label the hard loss never reads), tokenized alike; the labelled rows alone without ``data.transfer``."""
+    label the hard loss never reads), tokenized alike; the labelled rows alone without ``data.transfer``.
+    ``labelled``: the raw labelled rows (``load_task_data``'s train: GLUE or the user's own source)."""
     import datasets
 
     from unikd.data.transfer import transfer_rows
 
     if not cfg.data.transfer:
         return train_ds
-    data, info = cfg.data, D.resolve_task(cfg.data.task)
-    skip = data.skip_malformed
-    labelled = D.load_glue(
-        data.task, "train", data.data_dir, limit=data.train_limit, seed=cfg.seed, skip_malformed=skip
-    )
+    data = cfg.data
 
     def rest():
         taken = set(labelled["idx"])
-        full = D.load_glue(data.task, "train", data.data_dir, skip_malformed=skip)
+        full = D.load_task_data(data.model_copy(update={"train_limit": None}), seed=cfg.seed).train
         return full.filter(lambda r: r["idx"] not in taken)
 
     rows = transfer_rows(
@@ -203,14 +206,14 @@ def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer):
         labelled=labelled,
         rest=rest,
         train_limit=data.train_limit,
-        task=info.name,
-        is_pair=info.is_pair,
+        task=spec.name,
+        is_pair=spec.is_pair,
         tokenizer=tokenizer,
         embeddings=teacher.get_input_embeddings().weight,
         seed=cfg.seed,
         cache_dir=_cache_dir(),
     )
-    placeholder = [0.0 if info.is_regression else 0] * len(rows)
+    placeholder = [0.0 if spec.task_type == "regression" else 0] * len(rows)
     rows = rows.add_column("label", placeholder).cast_column("label", labelled.features["label"])
     transfer = D.tokenize_pairs(rows, tokenizer, data.max_length, cache_dir=_cache_dir())
     return datasets.concatenate_datasets(
@@ -608,11 +611,11 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, eval_ds, collate, task = _datasets(cfg, tokenizer, is_decoder)
+    train_ds, eval_ds, collate, task, labelled_rows = _datasets(cfg, tokenizer, is_decoder)
     teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate, task)
     # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
     labelled_labels = train_ds["labels"] if task is not None else None
-    train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer)
+    train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer, task, labelled_rows)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
         cache = _share_teacher_cache(accelerator, cache, student.config.num_labels)
