@@ -100,7 +100,7 @@ def test_eval_text_limit_caps_the_general_stage_eval_text(tmp_path, minilm_path,
     for limit in (None, 2):
         extra = [f"data.eval_text_limit={limit}"] if limit else []
         cfg = load_config(None, [*base, "data.block_size=16", *extra])
-        train, evals, _, _ = _datasets(cfg, tokenizer, is_decoder=False)
+        train, evals, *_ = _datasets(cfg, tokenizer, is_decoder=False)
         sizes[limit] = (len(train), len(evals))
     assert sizes[None][0] == sizes[2][0]  # the training text is untouched
     assert 0 < sizes[2][1] < sizes[None][1]
