@@ -942,6 +942,16 @@ def _interval(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def test_a_chained_run_pairs_by_its_total_steps():
+    from unikd.report import _pairing_key, _steps
+
+    chain = {"metrics": {"steps": 141, "chain": [{"step": 1, "steps": 141}, {"step": 2, "steps": 141}]}}
+    assert _steps(chain) == 282 and _steps({"metrics": {"steps": 282}}) == 282
+    base = {"data": {"task": "sst2"}, "train": {"max_steps": 282}, "seed": 1}
+    kd = base | {"train": {"max_steps": 141}, "then": [{"train": {"max_steps": 141}}], "plan": {"terms": []}}
+    assert _pairing_key(kd) == _pairing_key(base)
+
+
 def test_paired_differences_to_the_no_kd_run_of_the_same_step_budget(paired_study):
     from unikd.report import make_report
 

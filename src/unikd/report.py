@@ -169,10 +169,11 @@ def paired_stats(diffs: Sequence[float]) -> dict:
 
 
 def _pairing_key(config: dict | None) -> str:
-    """A run's config without its seed, output_dir, what KD adds (stage, plan, transfer data, teacher cache) and
-    what sets its length (epochs, max_steps): a KD run shares it with the no-KD baselines of its student and data."""
+    """A run's config without its seed, output_dir, what KD adds (stage, plan, chained steps, transfer data, teacher
+    cache) and what sets its length (epochs, max_steps): a KD run shares it with the no-KD baselines of its student
+    and data."""
     c = dict(config or {})
-    for key in ("output_dir", "seed", "stage", "plan"):
+    for key in ("output_dir", "seed", "stage", "plan", "then"):
         c.pop(key, None)
     for section, keys in (
         ("train", ("teacher_cache", "teacher_cache_topk", "epochs", "max_steps")),
@@ -183,7 +184,11 @@ def _pairing_key(config: dict | None) -> str:
 
 
 def _steps(row: dict):
-    return (row.get("metrics") or {}).get("steps")
+    """A run's optimizer steps; a chained run's (``then:``) over all its steps, as its no-KD baseline has them."""
+    metrics = row.get("metrics") or {}
+    if metrics.get("chain") and all(step.get("steps") for step in metrics["chain"]):
+        return sum(step["steps"] for step in metrics["chain"])
+    return metrics.get("steps")
 
 
 def paired_to_baseline(rows: list[dict]) -> list[dict]:
