@@ -64,7 +64,8 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
     teacher = save_tiny_model(tiny_bert(2, 32, 4, **no_dropout), tmp / "teacher", minilm_path)
     mlm = save_tiny_model(tiny_bert(2, 32, 4, cls=BertForMaskedLM, **no_dropout), tmp / "mlm", minilm_path)
     text = TESTS / "data" / "tiny_corpus.txt"
-    ddp = _task(tmp / "ddp", teacher, glue_dir, 4, "train.teacher_cache=true")
+    store = f"train.teacher_cache_dir={tmp / 'store'}"  # filled by ddp-store, read by ddp
+    ddp = _task(tmp / "ddp", teacher, glue_dir, 4, "train.teacher_cache=true", store)
     resumed = _task(tmp / "ddp-resumed", teacher, glue_dir, 4, "train.save_every=3")
     jobs = [
         {"overrides": resumed, "stop_after": 3},
@@ -96,6 +97,11 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
                 "train.progress=false",
                 f"output_dir={tmp / 'general'}",
             ]
+        },
+        {
+            "overrides": _task(
+                tmp / "ddp-store", teacher, glue_dir, 4, "train.teacher_cache=true", store, "train.epochs=1"
+            )
         },
         {"cli": ["distill", *ddp]},  # last: it ends the process group for real (end_training after the saves)
     ]
@@ -184,6 +190,13 @@ def test_two_processes_teacher_cache_is_shared_and_exact(runs):
     filled = np.load(runs["tmp"] / "ddp" / "teacher_cache" / "filled.npy")
     assert filled.shape == (32,) and filled.all()
     assert _metrics(runs["tmp"] / "ddp")["final"] == _metrics(runs["tmp"] / "single")["final"]
+    # the shared store: each process of ddp-store added the rows it labelled; ddp found all 32 there
+    first = _metrics(runs["tmp"] / "ddp-store")["teacher_pass"]
+    assert first["rows"] == 32 and first["reused"] == 0
+    shards = sorted((runs["tmp"] / "store").rglob("shard-*.npz"))
+    assert [len(np.load(s)["keys"]) for s in shards] == [16, 16]
+    assert _metrics(runs["tmp"] / "ddp")["teacher_pass"]["rows"] == 0
+    assert _metrics(runs["tmp"] / "ddp")["teacher_pass"]["reused"] == 32
 
 
 @pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores

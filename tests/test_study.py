@@ -3,6 +3,7 @@ skipping, printed commands, workers, the report's numbers, and the built-in stud
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import random
@@ -218,6 +219,16 @@ def test_a_chain_gets_one_baseline_with_its_total_steps_a_pseudo_label_twin_and_
     assert twin.config.plan.pseudo_labels and twin.config.plan.terms == [] and twin.config.train.max_steps == 6
     assert twin.config.data.transfer == by["logits"].config.data.transfer and not twin.config.then
     assert twin.run_id.startswith("sst2-pseudo-labels-s1-") and twin.run_id in twin.config.output_dir
+    # the cached run reads and fills the study's shared teacher-logit store; the others have none
+    assert by["logits"].config.train.teacher_cache_dir == str((tmp_path / "s" / "teacher_outputs").resolve())
+    assert by["chain"].config.train.teacher_cache_dir is None and baselines[0].config.train.teacher_cache_dir is None
+    # where the store lies changes no result: a run with another one keeps its hash
+    moved = copy.deepcopy(study)
+    moved["base"]["train"]["teacher_cache_dir"] = str(tmp_path / "elsewhere")
+    moved["runs"][1]["train.teacher_cache_dir"] = None
+    again = {r.label: r for r in expand_study(StudyConfig.model_validate(moved))}
+    assert again["logits"].config.train.teacher_cache_dir == str(tmp_path / "elsewhere")
+    assert again["logits"].config_hash == by["logits"].config_hash
     # a listed pseudo-label run of the same config is that baseline: it keeps its label and is not doubled
     study["runs"].append({"label": "mine", "plan.terms": [], "plan.pseudo_labels": True, "train.teacher_cache": False})
     labels = [r.label for r in expand_study(StudyConfig.model_validate(study))]

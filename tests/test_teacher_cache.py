@@ -2,15 +2,18 @@
 before the first step, the same training as without the cache, and a killed pass that resumes."""
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from conftest import save_tiny_model, tiny_bert
 
 from unikd.config import load_config
-from unikd.teacher_cache import TeacherLogitCache
+from unikd.errors import ConfigError
+from unikd.teacher_cache import SharedTeacherOutputs, TeacherLogitCache, row_key, teacher_fingerprint
 from unikd.train import run
 
 
@@ -79,3 +82,92 @@ def test_the_teacher_pass_fills_every_row_and_trains_as_without_the_cache(tmp_pa
     resumed = run(load_config(None, killed), resume=True)
     assert resumed["teacher_pass"]["rows"] == 20 and resumed["final"] == cached["final"]
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["teacher_pass"]["rows"] == 20
+
+
+def _row(ids):
+    return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
+
+
+def test_the_shared_store_is_keyed_by_row_content_and_teacher(tmp_path, minilm_path):
+    teacher = save_tiny_model(tiny_bert(1, 32, 4, positions=64), tmp_path / "teacher", minilm_path)
+    rows = [_row([101, 7, 8, 102]), _row([101, 9, 102]), _row([101, 7, 102])]
+    logits = torch.tensor([[1.0, -1.0, 0.5], [0.25, 2.0, -3.0], [4.0, 0.0, 1.0]])
+    first = TeacherLogitCache(tmp_path / "a", 3, key={"run": "a"})
+    first.share(SharedTeacherOutputs(tmp_path / "store", teacher), [row_key(r) for r in rows])
+    first.store(torch.tensor([0, 2]), SimpleNamespace(logits=logits[[0, 2]]))
+    first.flush()  # rows 0 and 2 go to one shard
+    (shard,) = (tmp_path / "store").rglob("shard-*.npz")
+    assert np.load(shard)["keys"].shape == (2, 16)
+
+    # another run: other row order, one row new, top-1 only; it finds the two known rows by content
+    order = [rows[2], _row([101, 5, 102]), rows[0]]
+    second = TeacherLogitCache(tmp_path / "b", 3, topk=1, key={"run": "b"})
+    second.share(SharedTeacherOutputs(tmp_path / "store", teacher), [row_key(r) for r in order])
+    assert second.fill_from_shared([0, 1, 2]) == 2 and second.missing([0, 1, 2]) == [1]
+    got = second.lookup(torch.tensor([0, 2]), {"input_ids": torch.ones(2, 3, dtype=torch.long)}).logits
+    assert got.argmax(-1).tolist() == [0, 0] and got[:, 0].tolist() == [4.0, 1.0]  # the stored top-1 logits
+    second.flush()  # nothing computed here: no new shard
+    assert len(list((tmp_path / "store").rglob("shard-*.npz"))) == 1
+    # the token type ids are part of a row's content
+    assert row_key({"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 1]}) != row_key(rows[2])
+
+    # other weights: another fingerprint, nothing found; the same weights in another directory: the same one
+    other = save_tiny_model(tiny_bert(1, 32, 4, positions=64, seed=5), tmp_path / "other", minilm_path)
+    assert teacher_fingerprint(other) != teacher_fingerprint(teacher)
+    third = TeacherLogitCache(tmp_path / "c", 3, key={"run": "c"})
+    third.share(SharedTeacherOutputs(tmp_path / "store", other), [row_key(r) for r in rows])
+    assert third.fill_from_shared([0, 1, 2]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(teacher, copy)
+    assert teacher_fingerprint(copy) == teacher_fingerprint(teacher)
+
+
+def test_runs_share_the_teacher_pass_through_the_store(tmp_path, glue_dir, minilm_path):
+    teacher = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "teacher", minilm_path)
+    store = tmp_path / "store"
+    opts = [
+        "stage=task",
+        f"teacher.path={teacher}",
+        "teacher.allow_weak=true",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "data.task=sst2",
+        f"data.data_dir={glue_dir}",
+        "data.train_limit=40",
+        "data.eval_limit=32",
+        "data.max_length=32",
+        "train.max_steps=4",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.progress=false",
+        "train.teacher_cache=true",
+    ]
+    kl = opts + ["plan.terms=[{knowledge: logits, loss: kl, temperature: 2}]"]
+    first = run(load_config(None, kl + [f"train.teacher_cache_dir={store}", f"output_dir={tmp_path / 'kl'}"]))
+    assert first["teacher_pass"]["rows"] == 40 and first["teacher_pass"]["reused"] == 0
+    # another objective on the same rows: every row comes from the store, no teacher forward
+    ce = opts + ["plan.terms=[{knowledge: logits, loss: soft_ce, temperature: 1}]"]
+    shared = run(load_config(None, ce + [f"train.teacher_cache_dir={store}", f"output_dir={tmp_path / 'ce'}"]))
+    assert shared["teacher_pass"]["rows"] == 0 and shared["teacher_pass"]["reused"] == 40
+    alone = run(load_config(None, ce + [f"output_dir={tmp_path / 'ce-alone'}"]))
+    assert "reused" not in alone["teacher_pass"]
+    # the logits came from another run's batches: equal to fp32 rounding, and so is training
+    np.testing.assert_allclose(_losses(tmp_path / "ce"), _losses(tmp_path / "ce-alone"), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "ce" / "teacher_cache" / "values.npy"),
+        np.load(tmp_path / "ce-alone" / "teacher_cache" / "values.npy"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # another seed draws other labelled rows (train_limit shuffles by seed): only the rows both drew are reused
+    other_seed = run(
+        load_config(None, ce + ["seed=7", f"train.teacher_cache_dir={store}", f"output_dir={tmp_path / 's7'}"])
+    )
+    assert other_seed["teacher_pass"]["rows"] + other_seed["teacher_pass"]["reused"] == 40
+    assert other_seed["teacher_pass"]["rows"] > 0
+
+
+def test_a_shared_store_needs_the_teacher_cache():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["stage=task", "data.task=sst2", "train.teacher_cache_dir=/tmp/x"])
+    assert err.value.field == "train.teacher_cache_dir" and "train.teacher_cache=true" in err.value.fix

@@ -189,6 +189,13 @@ class TrainConfig(_Strict):
         "rows/s), and the steps skip the teacher forward.",
     )
     teacher_cache_topk: int | None = Field(None, ge=1, description="Store only the top-k teacher logits.")
+    teacher_cache_dir: str | None = Field(
+        None,
+        description="with teacher_cache: a directory of teacher logits shared by runs, keyed by content (a hash "
+        "of the teacher's weights, its precision, each row's token ids), so seeds, objectives and studies label "
+        "each row once (a study sets <output_dir>/teacher_outputs). Rows read from it were computed in other "
+        "batches: they agree to fp32 rounding.",
+    )
     attention_capture: Literal["auto", "inline", "recompute"] = Field(
         "auto",
         description="How attention-map terms get their maps. inline: the matched layers compute "
@@ -221,7 +228,15 @@ class TrainConfig(_Strict):
 
 #: train fields that change only speed or memory, never a result: the study's config hash leaves them out.
 # trackers (report_to) only watch, and train.cpu only says where a CPU-only run runs anyway
-SPEED_ONLY_TRAIN_FIELDS = ("progress", "attention_capture", "keep_freed_memory", "report_to", "cpu")
+# teacher_cache_dir only says where teacher logits may be found already (equal to fp32 rounding, as the run's own)
+SPEED_ONLY_TRAIN_FIELDS = (
+    "progress",
+    "attention_capture",
+    "keep_freed_memory",
+    "report_to",
+    "cpu",
+    "teacher_cache_dir",
+)
 
 #: Fields a ``--resume`` may change without ``--resume-with-changes``: how the run is watched, logged, checkpointed
 #: and evaluated in batches, never what it trains on or how (the speed-only fields, the logging/eval/checkpoint
@@ -295,6 +310,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 "train.group_by_length: the general stage packs text into blocks of data.block_size tokens, all "
                 "of one length; drop train.group_by_length (it is for the task and finetune stages)"
+            )
+        if self.train.teacher_cache_dir and not self.train.teacher_cache:
+            raise ValueError(
+                "train.teacher_cache_dir: a shared store of teacher logits is read and filled by the teacher cache; "
+                "set train.teacher_cache=true too, or drop train.teacher_cache_dir"
             )
         if self.plan.pseudo_labels and self.stage != "task":
             raise ValueError("plan.pseudo_labels: the teacher's labels need stage 'task'")

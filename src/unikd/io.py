@@ -75,7 +75,7 @@ def check_writable_dir(path: str | os.PathLike, field: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         what = "is a file" if existing == path else f"lies under {existing}, which is a file"
-        raise ConfigError(field, f"{str(path)!r} {what}, not a directory", "choose another output_dir")
+        raise ConfigError(field, f"{str(path)!r} {what}, not a directory", f"choose another {field}")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
@@ -83,5 +83,5 @@ def check_writable_dir(path: str | os.PathLike, field: str) -> None:
         raise ConfigError(
             field,
             f"cannot write into {str(existing)!r} ({exc.strerror or exc}), so the run could save nothing",
-            "choose an output_dir on a writable disk, or fix the directory's permissions",
+            f"choose a {field} on a writable disk, or fix the directory's permissions",
         ) from exc

@@ -6,11 +6,20 @@ memory-mapped file (optionally only the top-k logits per row), every row once in
 ``inference_mode``; the training steps read them back and skip the teacher forward pass. A killed pass leaves the
 rows it stored (``filled``), and the next start computes only the ``missing`` ones.
 Only logits-only plans qualify: intermediate features are far too large to keep per row.
+
+``SharedTeacherOutputs`` (``train.teacher_cache_dir``; a study sets it to ``<output_dir>/teacher_outputs``) keeps
+the logits across runs, keyed by content: one directory per teacher (a hash of its weights and config files) and
+precision, and in it every row under a hash of its token ids. A run fills its own cache from it before the pass
+and adds the rows it computed, so the seeds and objectives of a study label each row once.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +27,7 @@ import torch
 
 from unikd.capture import Features
 from unikd.errors import ConfigError
-from unikd.io import atomic_write_json
+from unikd.io import atomic_path, atomic_write_json
 
 # Logits outside the stored top-k are filled this far below the k-th largest: their softmax mass is
 # ~e^-30 of it, and the value stays finite so KL/CE never see inf - inf.
@@ -37,6 +46,9 @@ class TeacherLogitCache:
         self._indices: np.memmap | None = None
         self._filled: np.memmap | None = None
         self._num_classes: int | None = None
+        self._shared: SharedTeacherOutputs | None = None
+        self._row_keys: list[bytes] | None = None
+        self._new: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, full logits) computed here, for the shared store
         meta = self.directory / "meta.json"
         if meta.is_file():
             stored = json.loads(meta.read_text())
@@ -102,6 +114,8 @@ class TeacherLogitCache:
         if self._values is None:
             self._open(logits.shape[-1], mode="w+")
         rows = idx.cpu().numpy()
+        if self._shared is not None:
+            self._new.append((rows.copy(), logits.cpu().numpy()))
         if self.topk:
             values, indices = logits.topk(min(self.topk, logits.shape[-1]), dim=-1)
             self._values[rows] = values.cpu().numpy()
@@ -148,7 +162,96 @@ class TeacherLogitCache:
             output=None,
         )
 
+    def share(self, shared: SharedTeacherOutputs, row_keys: list[bytes]) -> None:
+        """Read rows from, and add the rows stored here to, ``shared``; ``row_keys[i]`` is row i's content key."""
+        if len(row_keys) != self.num_rows:
+            raise ValueError(f"{len(row_keys)} row keys for a cache of {self.num_rows} rows")
+        self._shared, self._row_keys = shared, row_keys
+
+    def fill_from_shared(self, rows: list[int]) -> int:
+        """Store the rows of ``rows`` the shared store has (and this cache lacks); returns how many."""
+        if self._shared is None:
+            return 0
+        known = self._shared.load()
+        todo = [r for r in self.missing(rows) if self._row_keys[r] in known]
+        if not todo:
+            return 0
+        logits = torch.from_numpy(np.stack([known[self._row_keys[r]] for r in todo]))
+        new, self._new = self._new, []  # these rows came from the store: not new to it
+        self.store(torch.tensor(todo), _LogitsOnly(logits))
+        self._new = new
+        return len(todo)
+
     def flush(self) -> None:
         for array in (self._values, self._indices, self._filled):
             if array is not None:
                 array.flush()
+        if self._shared is not None and self._new:
+            rows = np.concatenate([r for r, _ in self._new])
+            logits = np.concatenate([v for _, v in self._new])
+            self._shared.add([self._row_keys[r] for r in rows], logits)
+            self._new = []
+
+
+class _LogitsOnly:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+def row_key(row: dict) -> bytes:
+    """A row's content key: a 16-byte hash of its token ids (and token type ids), what the teacher sees."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("input_ids", "token_type_ids"):
+        if row.get(name) is not None:
+            h.update(name.encode())
+            h.update(np.asarray(row[name], dtype=np.int64).tobytes())
+    return h.digest()
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        h.update(Path(name).name.encode())
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def teacher_fingerprint(teacher_path: str | os.PathLike) -> str:
+    """A hash of the teacher's weights and config files: what decides its logits (not its path: a re-trained
+    teacher in the same directory gets a new fingerprint, the same weights elsewhere the same one). Hashing
+    all-MiniLM-L6-v2's 90 MB takes about 0.1 s, once per process."""
+    root = Path(teacher_path)
+    files = sorted(
+        p for p in root.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    )
+    if not files:
+        raise ConfigError("teacher.path", f"no weight files in {root}", "point teacher.path at a saved model directory")
+    return _fingerprint(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+class SharedTeacherOutputs:
+    """Teacher logits shared by runs: ``<root>/<teacher fingerprint>-<precision>/shard-*.npz``, each shard the
+    rows one process of one run computed (``keys`` [N, 16] uint8 row-content hashes, ``logits`` [N, C] float32),
+    written atomically under a unique name, so runs side by side never collide and a killed run leaves no half
+    shard. Rows in several shards (two runs at once) agree to fp32 rounding; the first read wins."""
+
+    def __init__(self, root: str | os.PathLike, teacher_path: str | os.PathLike, precision: str = "fp32"):
+        self.directory = Path(root) / f"{teacher_fingerprint(teacher_path)}-{precision}"
+
+    def load(self) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for shard in sorted(self.directory.glob("shard-*.npz")):
+            with np.load(shard) as data:
+                for key, logits in zip(data["keys"], data["logits"]):
+                    found.setdefault(key.tobytes(), logits)
+        return found
+
+    def add(self, keys: list[bytes], logits: np.ndarray) -> Path:
+        keys_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
+        path = self.directory / f"shard-{uuid.uuid4().hex}.npz"
+        with atomic_path(path) as tmp:
+            np.savez(tmp, keys=keys_array, logits=np.asarray(logits, dtype=np.float32))
+        return path

@@ -44,7 +44,7 @@ from unikd.models import load_model, model_config, model_kind_for, quantize_int8
 from unikd.plan import DistillationPlan
 from unikd.resume import check_resume_config, checkpoint_problem, record_resume
 from unikd.student import count_parameters, student_config
-from unikd.teacher_cache import TeacherLogitCache
+from unikd.teacher_cache import SharedTeacherOutputs, TeacherLogitCache, row_key
 
 CHECKPOINTS = "checkpoints"
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
@@ -90,6 +90,8 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
     """What ``validate`` can tell without weights or data: a writable output_dir, a precision this machine
     runs, a plan with something to train, a student initialization that fits the teacher."""
     check_writable_dir(cfg.output_dir, "output_dir")
+    if cfg.train.teacher_cache_dir:
+        check_writable_dir(cfg.train.teacher_cache_dir, "train.teacher_cache_dir")
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         # Accelerate would run such a run in fp32 without a word: its numbers would not be what was asked for
         raise ConfigError(
@@ -426,6 +428,15 @@ def _share_teacher_cache(accelerator, cache: TeacherLogitCache, num_classes: int
     return cache
 
 
+def _share_across_runs(cfg: RunConfig, cache: TeacherLogitCache, teacher_path: str, train_ds) -> None:
+    """train.teacher_cache_dir: the cache reads rows other runs labelled and adds its own, keyed by row content."""
+    if not cfg.train.teacher_cache_dir:
+        return
+    shared = SharedTeacherOutputs(cfg.train.teacher_cache_dir, teacher_path, cfg.teacher.precision)
+    columns = [c for c in ("input_ids", "token_type_ids") if c in train_ds.column_names]
+    cache.share(shared, [row_key(dict(zip(columns, row))) for row in zip(*(train_ds[c] for c in columns))])
+
+
 def _freeze_unreached(cfg: RunConfig, accelerator, plan, teacher, student, make_batch) -> None:
     """Freeze the student parameters (and projections) no loss of the plan reaches, before DDP wraps them.
 
@@ -619,6 +630,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
         cache = _share_teacher_cache(accelerator, cache, student.config.num_labels)
+        _share_across_runs(cfg, cache, teacher_path, train_ds)
         train_ds = train_ds.add_column("idx", list(range(len(train_ds))))
     if plan is not None and accelerator.num_processes > 1 and not plan.is_dynamic:
         probe_rows = [train_ds[i] for i in range(min(2, len(train_ds)))]
@@ -698,6 +710,11 @@ def _teacher_pass(cfg: RunConfig, accelerator, distiller: Distiller, train_ds, c
     from unikd.data.sampling import row_lengths
 
     lengths = row_lengths(train_ds)
+    reused = 0
+    if accelerator.is_main_process:  # rows another run labelled (train.teacher_cache_dir); the memory maps are shared
+        reused = distiller.cache.fill_from_shared(list(range(len(train_ds))))
+        distiller.cache.flush()
+    accelerator.wait_for_everyone()
     todo = distiller.cache.missing(sorted(range(len(train_ds)), key=lengths.__getitem__))
     mine = todo[accelerator.process_index :: accelerator.num_processes]
     size = max(cfg.train.eval_batch_size, cfg.train.batch_size)
@@ -722,7 +739,10 @@ def _teacher_pass(cfg: RunConfig, accelerator, distiller: Distiller, train_ds, c
     rate = len(todo) / seconds if todo and seconds > 0 else None
     if todo:
         accelerator.print(f"teacher pass: {len(todo)} rows in {seconds:.1f} s ({rate or 0.0:.0f} rows/s)")
-    return {"rows": len(todo), "seconds": round(seconds, 3), "rows_per_s": round(rate, 1) if rate else None}
+    if reused:
+        accelerator.print(f"teacher pass: {reused} rows from {cfg.train.teacher_cache_dir}")
+    out = {"rows": len(todo), "seconds": round(seconds, 3), "rows_per_s": round(rate, 1) if rate else None}
+    return {**out, "reused": reused} if cfg.train.teacher_cache_dir else out
 
 
 def _check_precision(cfg: RunConfig) -> None:

@@ -249,6 +249,21 @@ def _slug(text: str, limit: int = 40) -> str:
     return s[:limit].rstrip("-") or "run"
 
 
+#: the study's shared teacher-logit store (train.teacher_cache_dir of its runs with train.teacher_cache)
+TEACHER_OUTPUTS = "teacher_outputs"
+
+
+def _drop_teacher_outputs(train: dict) -> None:
+    for name in ("teacher_cache", "teacher_cache_topk", "teacher_cache_dir"):
+        train.pop(name, None)
+
+
+def _share_teacher_outputs(data: dict, root: Path) -> None:
+    """A run with the teacher cache reads and fills the study's store: seeds and objectives label each row once."""
+    if (data.get("train") or {}).get("teacher_cache"):
+        data["train"].setdefault("teacher_cache_dir", str(root / TEACHER_OUTPUTS))
+
+
 def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None) -> list[PlannedRun]:
     """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
     (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute."""
@@ -273,7 +288,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
         # ---- the teacher ----
         t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
         t_data.get("data", {}).pop("transfer", None)  # the students' transfer rows are for the teacher to label
-        t_data.get("train", {}).pop("teacher_cache", None)
+        _drop_teacher_outputs(t_data.get("train", {}))  # the students' teacher cache
         t_data = deep_merge(t_data, copy.deepcopy(tf))
         t_data.setdefault("teacher", {})["path"] = teacher_path
         t_data["stage"] = "finetune"
@@ -319,13 +334,13 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 data.setdefault("teacher", {})["path"] = finetuned
                 data["seed"] = seed
                 data["output_dir"] = str(root / "runs" / "pending")
+                _share_teacher_outputs(data, root)
                 cfg = _validate_run(data, v.where)  # the KD run (its chain sets its baseline's step budget)
                 # the baseline: same everything, no KD
                 b_data = copy.deepcopy(data)
                 b_data["stage"] = "finetune"
                 b_data.pop("plan", None)
-                b_data.setdefault("train", {}).pop("teacher_cache", None)
-                b_data["train"].pop("teacher_cache_topk", None)
+                _drop_teacher_outputs(b_data.setdefault("train", {}))  # no teacher, no teacher outputs
                 transfer = b_data.setdefault("data", {}).pop("transfer", None)  # no teacher labels them: no-KD
                 if b_data.pop("then", None):  # chained steps: one fine-tune with the chain's total step budget
                     budgets = [step["train"]["max_steps"] for step in step_dicts(cfg)]
