@@ -79,7 +79,7 @@ def _study(teacher: Path, glue: Path, out: Path, **extra) -> dict:
             "plan": {"terms": [{"knowledge": "logits", "loss": "kl", "temperature": 1.0}]},
         },
         "axes": {AXIS: [1.0, 4.0]},
-        "latency": {"repeats": 2, "warmup": 1},
+        "latency": {"repeats": 2, "warmup": 1, "batch_sizes": [1, 2]},
     }
     data.update(extra)
     return data
@@ -153,6 +153,7 @@ def test_database_rows_hold_scores_configs_and_latency(tiny_study):
         assert r["study"] == "tiny" and r["task"] == "sst2"
         assert 0.0 <= r["score"] <= 1.0 and r["score"] == r["metrics"]["final"]["score"]
         assert r["parameters"] > 0 and r["latency_ms"] > 0 and r["wall_s"] > 0
+        assert set(r["latency_by_batch"]) == {"1", "2"} and r["latency_by_batch"]["1"] == r["latency_ms"]
         assert len(r["config_hash"]) == 64 and r["started_at"] and r["finished_at"]
         metrics = json.loads((Path(r["output_dir"]) / "metrics.json").read_text())
         assert metrics["final"]["score"] == r["score"]
@@ -387,7 +388,7 @@ def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, 
     """A pool study stopped mid-phase has times for nothing of that phase; the next call fills them in."""
     import unikd.study.runner as S  # measure_latency is looked up in the runner module
 
-    monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 2.5)
+    monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: {b: 2.5 for b in settings.batch_sizes})
     out = tmp_path / "latency"
     study = _study(tiny_teacher, mini_glue, out)
     run_study(study, runner=fake_runner, echo=lambda s: None)
@@ -398,6 +399,10 @@ def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, 
     runner = CountingFake()
     run_study(study, runner=runner, echo=lambda s: None)
     assert runner.calls == [] and [r["latency_ms"] for r in read_rows(out)] == [2.5] * 4
+    # a batch size added to the finished study: every run is timed at it too, none trained again
+    study["latency"] = {"batch_sizes": [1, 32]}
+    run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == [] and [r["latency_by_batch"] for r in read_rows(out)] == [{"1": 2.5, "32": 2.5}] * 4
 
 
 def test_an_interrupted_attempt_of_the_same_config_resumes(tiny_teacher, mini_glue, tmp_path):
@@ -536,12 +541,20 @@ def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, 
     """Three seeds, two tasks, two axis values (fake scores): mean/std/GLUE average equal the test's own."""
     import unikd.study.runner as S  # measure_latency is looked up in the runner module
 
-    monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: 1.0 + len(str(d)) % 7)
+    monkeypatch.setattr(
+        S, "measure_latency", lambda d, seq, settings: {b: b * (1.0 + len(str(d)) % 7) for b in settings.batch_sizes}
+    )
     out = tmp_path / "multi"
     study = _study(tiny_teacher, mini_glue, out, tasks=["sst2", "mrpc"], seeds=[1, 2, 3])
+    study["latency"] = {"batch_sizes": [1, 32]}
     summary = run_study(study, runner=fake_runner, echo=lambda s: None)
     assert summary["status"] == {"done": 2 + 2 * 3 * 3}
     _check_report_numbers(out, ["sst2", "mrpc"])
+    results = list(csv.DictReader((out / "results.csv").open()))
+    for rec in results:  # batch 32's column: the mean of the runs' batch-32 timings (32x batch 1's here)
+        assert float(rec["latency_b32_ms_mean"]) == pytest.approx(32 * float(rec["latency_ms_mean"]), rel=1e-9)
+    md = (out / "report.md").read_text()
+    assert "| parameters | latency (ms) | latency b32 (ms) |" in md and "at batch 1 in PyTorch" in md
 
 
 @pytest.mark.slow
@@ -833,6 +846,8 @@ def test_a_study_over_a_named_data_spec(tiny_teacher, mini_glue, tmp_path):
     assert summary["status"] == {"done": 4}
     md = Path(make_report(out)["report.md"]).read_text()
     assert "My reviews" in md
+    # not a GLUE study: the average column and the note say what they are
+    assert "| variant | kind | My reviews | avg |" in md and "GLUE" not in md
 
 
 def test_model_cards_carry_the_teacher_baseline_and_latency(tiny_study):
@@ -1021,3 +1036,10 @@ def test_compare_names_the_available_labels_for_an_unknown_one(paired_study):
     result = CliRunner().invoke(app, ["report", str(paired_study), "--compare", "kd", "kd short"])
     assert result.exit_code == 2
     assert "'teacher', 'no-KD', 'no-KD (kd long)', 'kd', 'kd long', 'kd more rows', 'kd one seed'" in result.output
+
+
+def test_latency_batch_sizes_are_checked_by_field(tiny_teacher, mini_glue, tmp_path):
+    for sizes, problem in (([1, 1], "each batch size once"), ([], "at least 1 item"), ([0, 32], "greater than")):
+        with pytest.raises(ConfigError) as err:
+            load_study(_study(tiny_teacher, mini_glue, tmp_path / "s", latency={"batch_sizes": sizes}))
+        assert "latency.batch_sizes" in str(err.value) and problem in str(err.value)

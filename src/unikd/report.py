@@ -41,11 +41,9 @@ GLUE = "glue_avg"
 def _task_average(scores: dict) -> float:
     """GLUE's average (``unikd.metrics.glue_average``) when every task is a GLUE task; with a study's own data specs
     among them (named by their ``name``), the plain mean of the task scores."""
-    from unikd.data import TASK_ALIASES
-    from unikd.data.tasks import _norm
     from unikd.metrics import glue_average
 
-    if all(_norm(t) in TASK_ALIASES for t in scores):
+    if _all_glue(list(scores)):
         return glue_average(scores)
     return statistics.fmean(float(v) for v in scores.values())
 
@@ -75,12 +73,36 @@ def _group_rows(rows: list[dict]) -> "OrderedDict[tuple[str, str], list[dict]]":
     return groups
 
 
+def _latency_batches(done: list[dict]) -> list[str]:
+    """The batch sizes timed, in the study's order (the first is ``latency_ms``'s); ["1"] for older rows."""
+    found = OrderedDict.fromkeys(b for r in done for b in (r.get("latency_by_batch") or {}))
+    return list(found) or ["1"]
+
+
+def _extra_batches(done: list[dict]) -> list[str]:
+    return _latency_batches(done)[1:]
+
+
+def _extra_latency(records: list[dict]) -> list[tuple[str, str]]:
+    """(record key, table header) of each latency column beyond the first batch size's."""
+    keys = OrderedDict.fromkeys(k for r in records for k in r if k.startswith("latency_b") and k.endswith("_ms_mean"))
+    return [(k, f"latency b{k[len('latency_b') : -len('_ms_mean')]} (ms)") for k in keys]
+
+
+def _all_glue(tasks: list[str]) -> bool:
+    from unikd.data import TASK_ALIASES
+    from unikd.data.tasks import _norm
+
+    return all(_norm(t) in TASK_ALIASES for t in tasks)
+
+
 def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list[str]]:
     """(per task x variant records, per variant records, tasks, metric names) from database rows."""
     done = [r for r in rows if r["status"] == "done"]
     tasks = list(OrderedDict.fromkeys(r["task"] for r in done))
     metrics = _metric_names(done)
     axis_names = list(OrderedDict.fromkeys(a for r in done for a in (r.get("axes") or {})))
+    extra_batches = _extra_batches(done)
     per_task: list[dict] = []
     for (task, label), group in _group_rows(done).items():
         rec = {
@@ -99,6 +121,10 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
             )
         rec["parameters"] = group[0].get("parameters")
         rec["latency_ms_mean"], rec["latency_ms_std"] = mean_std([r.get("latency_ms") for r in group])
+        for b in extra_batches:
+            rec[f"latency_b{b}_ms_mean"], rec[f"latency_b{b}_ms_std"] = mean_std(
+                [(r.get("latency_by_batch") or {}).get(b) for r in group]
+            )
         rec["wall_s_mean"], _ = mean_std([r.get("wall_s") for r in group])
         per_task.append(rec)
 
@@ -128,6 +154,9 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
         out["parameters"] = max(params) if params else None  # regression heads have 1 output fewer: take max
         lats = [rec["latency_ms_mean"] for rec in recs.values() if rec["latency_ms_mean"] is not None]
         out["latency_ms_mean"] = statistics.fmean(lats) if lats else None
+        for b in extra_batches:
+            lats = [rec[f"latency_b{b}_ms_mean"] for rec in recs.values() if rec[f"latency_b{b}_ms_mean"] is not None]
+            out[f"latency_b{b}_ms_mean"] = statistics.fmean(lats) if lats else None
         per_variant.append(out)
     return per_task, per_variant, tasks, metrics
 
@@ -460,7 +489,9 @@ def _plots(rows, per_task, per_variant, tasks, axis_names, out) -> list[tuple[st
 
 
 def _summary_section(per_variant, tasks) -> list[str]:
-    header = ["variant", "kind"] + tasks + (["GLUE avg"] if tasks else []) + ["parameters", "latency (ms)"]
+    extra = _extra_latency(per_variant)
+    average = ["GLUE avg" if _all_glue(tasks) else "avg"] if tasks else []
+    header = ["variant", "kind"] + tasks + average + ["parameters", "latency (ms)"] + [h for _, h in extra]
     body = []
     for v in per_variant:
         body.append(
@@ -468,6 +499,7 @@ def _summary_section(per_variant, tasks) -> list[str]:
             + [_fmt_score(v[f"{t}_mean"], v[f"{t}_std"], v[f"{t}_n"] or None) for t in tasks]
             + ([_fmt_score(v[f"{GLUE}_mean"], v[f"{GLUE}_std"])] if tasks else [])
             + [_fmt_params(v["parameters"]), _fmt_ms(v["latency_ms_mean"])]
+            + [_fmt_ms(v[k]) for k, _ in extra]
         )
     return ["## Summary", "", _md_table(header, body), ""]
 
@@ -477,15 +509,15 @@ def _per_task_section(per_task, tasks, metrics) -> list[str]:
     for task in tasks:
         recs = [r for r in per_task if r["task"] == task]
         task_metrics = [m for m in metrics if any(r.get(f"{m}_mean") is not None for r in recs)]
-        header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)", "wall (s)"]
+        extra = _extra_latency(recs)
+        header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)"]
+        header += [h for _, h in extra] + ["wall (s)"]
         body = [
             [r["label"], r["kind"], str(r["n"]), _fmt_score(r["score_mean"], r["score_std"])]
             + [_fmt_score(r[f"{m}_mean"], r[f"{m}_std"]) for m in task_metrics]
-            + [
-                _fmt_params(r["parameters"]),
-                _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"]),
-                "-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}",
-            ]
+            + [_fmt_params(r["parameters"]), _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"])]
+            + [_fmt_ms(r[k], r[k.replace("_mean", "_std")]) for k, _ in extra]
+            + ["-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}"]
             for r in recs
         ]
         md += [f"### {task}", "", _md_table(header, body), ""]
@@ -573,6 +605,23 @@ def _unfinished_sections(rows) -> list[str]:
     return md
 
 
+def _scores_note(tasks: list[str], batches: list[str]) -> str:
+    latency = f"Latency: CPU p50 at batch {batches[0]} in PyTorch" + (
+        f" (batch {', '.join(batches[1:])}: their own columns)." if len(batches) > 1 else "."
+    )
+    if _all_glue(tasks):
+        return (
+            "Scores are each task's dev `score` x100 (accuracy; MRPC: (accuracy + F1) / 2; STS-B: (Pearson + "
+            f"Spearman) / 2), mean ± sample std over seeds (0 when n = 1). {latency} "
+            "GLUE avg: unikd.metrics.glue_average over the per-task means (its ± is over per-seed averages)."
+        )
+    return (
+        "Scores are each task's dev `score` x100 (eval.metric, else the task type's default: accuracy, "
+        "Pearson, sample F1, entity F1), mean ± sample std over seeds (0 when n = 1). "
+        f"{latency} avg: the mean of the per-task means (its ± is over per-seed averages)."
+    )
+
+
 def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = None) -> dict[str, str]:
     """Write report.md, results.csv, summary.csv, paired.csv and the plots into ``study_dir``; returns {file name:
     path} of everything written. ``compare`` (A, B): report.md also holds ``comparison_md`` of A − B."""
@@ -605,9 +654,7 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
         "",
         "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (database {DB_NAME}).",
         "",
-        "Scores are each task's dev `score` x100 (accuracy; MRPC: (accuracy + F1) / 2; STS-B: (Pearson + "
-        "Spearman) / 2), mean ± sample std over seeds (0 when n = 1). Latency: CPU p50 at batch 1 in PyTorch. "
-        "GLUE avg: unikd.metrics.glue_average over the per-task means (its ± is over per-seed averages).",
+        _scores_note(tasks, _latency_batches(done)),
         "",
     ]
     if per_variant:

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS runs (
     score       REAL,
     parameters  INTEGER,
     latency_ms  REAL,
+    latency_by_batch TEXT,
     wall_s      REAL,
     error       TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # 1: the whole config; 2: a fine-tune's hash leaves out the (unused) KD plan; 3: one class per knowledge
 # type (a term's dump holds only its own fields).
 HASH_VERSION = 3
-JSON_COLUMNS = ("axes", "config", "metrics")
+JSON_COLUMNS = ("axes", "config", "metrics", "latency_by_batch")
 
 
 def _now() -> str:
@@ -73,6 +74,9 @@ class StudyDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        if "latency_by_batch" not in columns:  # a database from before latency per batch size
+            self.conn.execute("ALTER TABLE runs ADD COLUMN latency_by_batch TEXT")
         self.conn.commit()
         row = self.conn.execute("SELECT value FROM meta WHERE key='hash_version'").fetchone()
         version = int(row[0]) if row else (1 if self.conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() else 0)
@@ -189,14 +193,15 @@ class StudyDB:
     def record(self, run_id: str, outcome: dict) -> None:
         now = _now()
         self.conn.execute(
-            "UPDATE runs SET status=?, metrics=?, score=?, parameters=?, latency_ms=?, wall_s=?, error=?, "
-            "finished_at=?, updated_at=? WHERE run_id=?",
+            "UPDATE runs SET status=?, metrics=?, score=?, parameters=?, latency_ms=?, latency_by_batch=?, wall_s=?, "
+            "error=?, finished_at=?, updated_at=? WHERE run_id=?",
             (
                 outcome["status"],
                 json.dumps(outcome.get("metrics"), default=float) if outcome.get("metrics") is not None else None,
                 outcome.get("score"),
                 outcome.get("parameters"),
                 outcome.get("latency_ms"),
+                json.dumps(outcome["latency_by_batch"]) if outcome.get("latency_by_batch") else None,
                 outcome.get("wall_s"),
                 outcome.get("error"),
                 now,
@@ -206,10 +211,12 @@ class StudyDB:
         )
         self.conn.commit()
 
-    def set_latency(self, run_id: str, latency_ms: float | None, error: str | None = None) -> None:
+    def set_latency(
+        self, run_id: str, latency_ms: float | None, error: str | None = None, by_batch: dict | None = None
+    ) -> None:
         self.conn.execute(
-            "UPDATE runs SET latency_ms=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
-            (latency_ms, error, _now(), run_id),
+            "UPDATE runs SET latency_ms=?, latency_by_batch=?, error=COALESCE(?, error), updated_at=? WHERE run_id=?",
+            (latency_ms, json.dumps(by_batch) if by_batch else None, error, _now(), run_id),
         )
         self.conn.commit()
 

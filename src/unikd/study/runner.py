@@ -50,20 +50,28 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def measure_latency(model_dir: str | os.PathLike, seq_len: int, settings: LatencySettings) -> float:
-    """CPU p50 latency (ms) at batch 1 in PyTorch."""
+def measure_latency(model_dir: str | os.PathLike, seq_len: int, settings: LatencySettings) -> dict[int, float]:
+    """CPU p50 latency (ms) in PyTorch at each of ``settings.batch_sizes``, in their order."""
     from unikd.latency import bench_latency
 
     rows = bench_latency(
         {"model": str(model_dir)},
-        batch_sizes=(1,),
+        batch_sizes=tuple(settings.batch_sizes),
         seq_len=seq_len,
         threads=settings.threads,
         backends=("torch",),
         warmup=settings.warmup,
         repeats=settings.repeats,
     )
-    return float(rows[0]["p50_ms"])
+    by_batch = {int(r["batch_size"]): float(r["p50_ms"]) for r in rows}
+    return {b: by_batch[b] for b in settings.batch_sizes}
+
+
+def _latency_fields(by_batch: dict[int, float] | None) -> dict:
+    """The database's latency columns: ``latency_ms`` the first batch size's, ``latency_by_batch`` every one."""
+    if not by_batch:
+        return {"latency_ms": None, "latency_by_batch": None}
+    return {"latency_ms": next(iter(by_batch.values())), "latency_by_batch": {str(b): v for b, v in by_batch.items()}}
 
 
 def _outcome_from_dir(cfg: RunConfig, returned: Any) -> dict:
@@ -109,9 +117,9 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
     student = Path(cfg.output_dir) / "student"
     if settings.enabled and (student / "config.json").is_file():
         try:
-            outcome["latency_ms"] = measure_latency(student, settings.seq_len or cfg.data.max_length, settings)
+            outcome |= _latency_fields(measure_latency(student, settings.seq_len or cfg.data.max_length, settings))
         except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
-            outcome["latency_ms"] = None
+            outcome |= _latency_fields(None)
             outcome["error"] = _tail(f"latency not measured: {type(exc).__name__}: {exc}")
     return outcome
 
@@ -497,22 +505,31 @@ def _time_latency(db: StudyDB, run: PlannedRun, settings: LatencySettings, echo)
     if not (student / "config.json").is_file():
         return
     try:
-        ms = measure_latency(student, settings.seq_len or run.config.data.max_length, settings)
-        db.set_latency(run.run_id, ms)
-        echo(f"  latency {run.run_id}: {ms:.2f} ms")
+        fields = _latency_fields(measure_latency(student, settings.seq_len or run.config.data.max_length, settings))
+        db.set_latency(run.run_id, fields["latency_ms"], by_batch=fields["latency_by_batch"])
+        echo(f"  latency {run.run_id}: " + ", ".join(f"b{b} {v:.2f} ms" for b, v in fields["latency_by_batch"].items()))
     except Exception as exc:  # noqa: BLE001 - a timing problem does not fail a finished run
         db.set_latency(run.run_id, None, f"latency not measured: {type(exc).__name__}: {exc}")
 
 
+def _needs_latency(row: dict, settings: LatencySettings) -> bool:
+    """No latency yet, or not at every batch size asked for (batch sizes added to a finished study)."""
+    if row["latency_ms"] is None:
+        return True
+    if len(settings.batch_sizes) == 1:
+        return False
+    return not {str(b) for b in settings.batch_sizes} <= set(row.get("latency_by_batch") or {})
+
+
 def _backfill_latency(db: StudyDB, finished: list[PlannedRun], latency: dict, echo) -> None:
     """Time the finished runs that have no latency yet - a pool study stopped before the end of a phase
-    times nothing of that phase - here, before any worker starts."""
+    times nothing of that phase - or not at every batch size asked for, here, before any worker starts."""
     settings = LatencySettings.model_validate(latency)
     if not settings.enabled:
         return
     for run in finished:
         row = db.get(run.run_id)
-        if row and row["status"] == "done" and row["latency_ms"] is None:
+        if row and row["status"] == "done" and _needs_latency(row, settings):
             _time_latency(db, run, settings, echo)
 
 

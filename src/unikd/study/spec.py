@@ -25,15 +25,28 @@ RUNS_AXIS = "variant"  # the axis name of explicit ``runs:`` lists
 # The study file
 # ---------------------------------------------------------------------------------------------------
 class LatencySettings(BaseModel):
-    """CPU latency of each finished model: p50 at batch 1 in PyTorch (``unikd.latency.bench_latency``)."""
+    """CPU latency of each finished model: p50 per batch size in PyTorch (``unikd.latency.bench_latency``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Measure latency after each run.")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="Batch sizes timed, e.g. [1, 32]: the first is the latency of the tables and the latency plot, "
+        "each other one gets a column of its own (latency b32 (ms)).",
+    )
     seq_len: int | None = Field(None, ge=1, description="Sequence length (default: the run's data.max_length).")
     repeats: int = Field(10, ge=1, description="Timed repeats.")
     warmup: int = Field(2, ge=0, description="Untimed warm-up calls.")
     threads: int | None = Field(None, ge=1, description="torch threads while timing (default: the library's).")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _once_each(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"each batch size once, got {sizes}; e.g. [1, 32]")
+        return sizes
 
 
 class StudyConfig(BaseModel):
