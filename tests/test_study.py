@@ -722,6 +722,31 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
         hashes[f.stem] = {r.config_hash for r in expand_study(study, "/tmp/unikd-docs-study")}
     shared = hashes["cpu-knowledge-types"] & hashes["cpu-student-size"]
     assert len(shared) == 2 + 2 * 3 * 2  # two teachers, no-KD and relation+logits x 2 tasks x 3 seeds
+    # the transfer-protocol studies write into one directory and reuse the classic study's teacher, no-KD and
+    # pseudo-label baselines, and its best-practice run (= logits KD from teacher layers 1,3,5), per seed
+    classic = hashes["cpu-transfer-classic-sst2"]
+    assert len(classic & hashes["cpu-transfer-matching-sst2"]) == 1 + 3 * 3
+    assert len(classic & hashes["cpu-transfer-initialization-sst2"]) == 1 + 3 * 3
+
+
+def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
+    """docs/studies/cpu-transfer-width-depth-sst2.yaml: three shapes per budget (1/2, 1/4 of the teacher's
+    non-embedding parameters), each within 12% of it, deep to shallow."""
+    from transformers import AutoConfig
+
+    from unikd.student import StudentShape, count_parameters, student_config
+
+    config = AutoConfig.from_pretrained(str(minilm_path))
+    teacher = count_parameters(config).non_embedding
+    study = load_study(Path(__file__).resolve().parents[1] / "docs" / "studies" / "cpu-transfer-width-depth-sst2.yaml")
+    by_budget: dict[str, list[int]] = {}
+    for run in study.runs:
+        budget, _ = run["label"].split()
+        n = count_parameters(student_config(config, StudentShape(**run["student.shape"]))).non_embedding
+        target = teacher * {"1/2": 0.5, "1/4": 0.25}[budget]
+        assert abs(n - target) / target < 0.12, (run["label"], n, target)
+        by_budget.setdefault(budget, []).append(run["student.shape"]["num_layers"])
+    assert {b: len(set(layers)) for b, layers in by_budget.items()} == {"1/2": 3, "1/4": 3}
 
 
 def test_width_depth_shapes_share_a_quarter_of_the_teacher_blocks(minilm_path):
