@@ -4,7 +4,7 @@
 status ``done``) and writes into ``study_dir``:
 
 - ``results.csv``: one row per task x variant (``label``): kind, axis values, n (seeds), mean and std of
-  the task score and of every other dev metric, parameters, CPU latency (p50, batch 1) and wall time;
+  the task score and of every other dev metric, parameters, CPU latency (p50 per batch size), steps and wall time;
 - ``summary.csv``: one row per variant: per-task score mean/std and the GLUE average
   (``unikd.metrics.glue_average`` over the per-task means; its std is over the per-seed averages);
 - ``paired.csv``: per KD variant and task, the paired per-seed difference to the no-KD baseline
@@ -73,6 +73,14 @@ def _group_rows(rows: list[dict]) -> "OrderedDict[tuple[str, str], list[dict]]":
     return groups
 
 
+def _steps(row: dict) -> int | None:
+    """Optimizer steps of a run: a chained run's over all its steps (metrics.json ``chain``)."""
+    metrics = row.get("metrics") or {}
+    if metrics.get("chain"):
+        return sum(step.get("steps") or 0 for step in metrics["chain"])
+    return metrics.get("steps")
+
+
 def _latency_batches(done: list[dict]) -> list[str]:
     """The batch sizes timed, in the study's order (the first is ``latency_ms``'s); ["1"] for older rows."""
     found = OrderedDict.fromkeys(b for r in done for b in (r.get("latency_by_batch") or {}))
@@ -126,6 +134,7 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
                 [(r.get("latency_by_batch") or {}).get(b) for r in group]
             )
         rec["wall_s_mean"], _ = mean_std([r.get("wall_s") for r in group])
+        rec["steps"] = _steps(group[0])
         per_task.append(rec)
 
     per_variant: list[dict] = []
@@ -511,12 +520,13 @@ def _per_task_section(per_task, tasks, metrics) -> list[str]:
         task_metrics = [m for m in metrics if any(r.get(f"{m}_mean") is not None for r in recs)]
         extra = _extra_latency(recs)
         header = ["variant", "kind", "n", "score"] + task_metrics + ["parameters", "latency (ms)"]
-        header += [h for _, h in extra] + ["wall (s)"]
+        header += [h for _, h in extra] + ["steps", "wall (s)"]
         body = [
             [r["label"], r["kind"], str(r["n"]), _fmt_score(r["score_mean"], r["score_std"])]
             + [_fmt_score(r[f"{m}_mean"], r[f"{m}_std"]) for m in task_metrics]
             + [_fmt_params(r["parameters"]), _fmt_ms(r["latency_ms_mean"], r["latency_ms_std"])]
             + [_fmt_ms(r[k], r[k.replace("_mean", "_std")]) for k, _ in extra]
+            + ["-" if r["steps"] is None else str(r["steps"])]
             + ["-" if r["wall_s_mean"] is None else f"{r['wall_s_mean']:.0f}"]
             for r in recs
         ]
