@@ -201,3 +201,21 @@ def save_tiny_model(model, path: Path, tokenizer_dir: Path | str | None = None) 
 
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path
+
+
+def tiny_task_options(teacher: Path | str, glue_dir: Path | str, fields: dict | None = None) -> list[str]:
+    """The overrides of a tiny task-KD run on SST-2 from ``teacher`` (a weak one is allowed): a 1-layer student
+    from the teacher's layers, 32 tokens, no progress bar; ``fields`` add or replace options by name."""
+    options = {
+        "stage": "task",
+        "teacher.path": teacher,
+        "teacher.allow_weak": "true",
+        "student.shape.num_layers": 1,
+        "student.init.strategy": "teacher-layers",
+        "data.task": "sst2",
+        "data.data_dir": glue_dir,
+        "data.max_length": 32,
+        "train.progress": "false",
+    }
+    options.update(fields or {})
+    return [f"{name}={value}" for name, value in options.items()]

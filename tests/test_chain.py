@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert
+from conftest import save_tiny_model, tiny_bert, tiny_task_options
 from safetensors.torch import load_file
 
 from unikd.config import load_config, step_dicts
@@ -27,22 +27,8 @@ def _glue(glue_dir: Path, tmp: Path) -> Path:
 
 
 def _opts(tmp: Path, teacher: Path, glue: Path) -> list[str]:
-    return [
-        "stage=task",
-        f"teacher.path={teacher}",
-        "teacher.allow_weak=true",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
-        "data.task=sst2",
-        f"data.data_dir={glue}",
-        "data.max_length=32",
-        "train.max_steps=3",
-        "train.batch_size=16",
-        "train.progress=false",
-        "train.report_to=[]",
-        "optim.lr=1e-3",
-        f"output_dir={tmp / 'chain'}",
-    ]
+    fields = {"train.max_steps": 3, "train.batch_size": 16, "train.report_to": "[]", "optim.lr": "1e-3"}
+    return tiny_task_options(teacher, glue, fields | {"output_dir": tmp / "chain"})
 
 
 def test_step_configs_and_errors_name_the_step(tmp_path):

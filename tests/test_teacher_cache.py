@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert
+from conftest import save_tiny_model, tiny_bert, tiny_task_options
 
 from unikd.config import load_config
 from unikd.errors import ConfigError
@@ -47,23 +47,18 @@ def _losses(run_dir: Path) -> list[float]:
 
 def test_the_teacher_pass_fills_every_row_and_trains_as_without_the_cache(tmp_path, glue_dir, minilm_path):
     teacher = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "teacher", minilm_path)
-    opts = [
-        "stage=task",
-        f"teacher.path={teacher}",
-        "teacher.allow_weak=true",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
-        "data.task=sst2",
-        f"data.data_dir={glue_dir}",
-        "data.train_limit=40",
-        "data.eval_limit=32",
-        "data.max_length=32",
-        "train.epochs=2",
-        "train.batch_size=8",
-        "train.log_every=1",
-        "train.progress=false",
-        "plan.terms=[{knowledge: logits, loss: kl, temperature: 2}]",
-    ]
+    opts = tiny_task_options(
+        teacher,
+        glue_dir,
+        {
+            "data.train_limit": 40,
+            "data.eval_limit": 32,
+            "train.epochs": 2,
+            "train.batch_size": 8,
+            "train.log_every": 1,
+            "plan.terms": "[{knowledge: logits, loss: kl, temperature: 2}]",
+        },
+    )
     plain = run(load_config(None, opts + [f"output_dir={tmp_path / 'plain'}"]))
     cached = run(load_config(None, opts + ["train.teacher_cache=true", f"output_dir={tmp_path / 'cached'}"]))
     assert cached["teacher_pass"]["rows"] == 40 and cached["teacher_pass"]["rows_per_s"] > 0
@@ -125,23 +120,18 @@ def test_the_shared_store_is_keyed_by_row_content_and_teacher(tmp_path, minilm_p
 def test_runs_share_the_teacher_pass_through_the_store(tmp_path, glue_dir, minilm_path):
     teacher = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "teacher", minilm_path)
     store = tmp_path / "store"
-    opts = [
-        "stage=task",
-        f"teacher.path={teacher}",
-        "teacher.allow_weak=true",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
-        "data.task=sst2",
-        f"data.data_dir={glue_dir}",
-        "data.train_limit=40",
-        "data.eval_limit=32",
-        "data.max_length=32",
-        "train.max_steps=4",
-        "train.batch_size=8",
-        "train.log_every=1",
-        "train.progress=false",
-        "train.teacher_cache=true",
-    ]
+    opts = tiny_task_options(
+        teacher,
+        glue_dir,
+        {
+            "data.train_limit": 40,
+            "data.eval_limit": 32,
+            "train.max_steps": 4,
+            "train.batch_size": 8,
+            "train.log_every": 1,
+            "train.teacher_cache": "true",
+        },
+    )
     kl = opts + ["plan.terms=[{knowledge: logits, loss: kl, temperature: 2}]"]
     first = run(load_config(None, kl + [f"train.teacher_cache_dir={store}", f"output_dir={tmp_path / 'kl'}"]))
     assert first["teacher_pass"]["rows"] == 40 and first["teacher_pass"]["reused"] == 0
