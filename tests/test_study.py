@@ -298,12 +298,13 @@ def test_a_fine_tune_hash_ignores_the_kd_plan(tiny_teacher, mini_glue, tmp_path)
 
 
 class CountingFake:
-    def __init__(self):
+    def __init__(self, inner=None):
         self.calls: list[RunConfig] = []
+        self.inner = inner
 
     def __call__(self, cfg: RunConfig):
         self.calls.append(cfg)
-        return fake_runner(cfg)
+        return (self.inner or fake_runner)(cfg)
 
 
 def test_another_configs_results_are_moved_aside_never_deleted(tiny_teacher, mini_glue, tmp_path):
@@ -1073,3 +1074,51 @@ def test_latency_batch_sizes_are_checked_by_field(tiny_teacher, mini_glue, tmp_p
         with pytest.raises(ConfigError) as err:
             load_study(_study(tiny_teacher, mini_glue, tmp_path / "s", latency={"batch_sizes": sizes}))
         assert "latency.batch_sizes" in str(err.value) and problem in str(err.value)
+
+
+def scheduled_runner(cfg: RunConfig) -> dict:
+    """fake_runner whose score peaks at a temperature-dependent budget (T=1: 4 steps, T=4: 8 steps; no-KD: 2),
+    and that records whether it was scored on held-out training rows."""
+    result = fake_runner(cfg)
+    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" else 0.0
+    best = {1.0: 4, 4.0: 8}.get(temperature, 2)
+    score = 0.9 - 0.01 * abs(cfg.train.max_steps - best) if cfg.train.max_steps else 0.5
+    result |= {"steps": cfg.train.max_steps, "final": {"accuracy": score, "score": score}, "holdout": cfg.data.holdout}
+    (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_teacher, mini_glue, tmp_path):
+    """schedule_check: every variant at every candidate budget on one seed, scored on held-out training rows; the
+    study then trains each at its best budget, with its no-KD baseline at the same steps; a finished check is
+    not trained again."""
+    out = tmp_path / "sched"
+    study = _study(
+        tiny_teacher,
+        mini_glue,
+        out,
+        seeds=[1, 2],
+        latency={"enabled": False},
+        schedule_check={"max_steps": [8, 2, 4], "holdout": 10},
+    )
+    runner = CountingFake(scheduled_runner)
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    checks = [c for c in runner.calls if c.data.holdout]
+    # 3 budgets x (no-KD + T=1 + T=4) on seed 1, held-out rows; the teacher once, without them
+    assert len(checks) == 9 and {c.seed for c in checks} == {1} and {c.data.holdout for c in checks} == {10}
+    teachers = [c for c in runner.calls if c.stage == "finetune" and c.output_dir.endswith("teachers/sst2")]
+    assert len(teachers) == 1 and teachers[0].data.holdout is None
+    main = {r["label"]: r for r in read_rows(out) if r["seed"] == 2}
+    assert main["1.0"]["config"]["train"]["max_steps"] == 4 and main["4.0"]["config"]["train"]["max_steps"] == 8
+    assert all(r["config"]["data"].get("holdout") is None for r in read_rows(out))
+    # each KD variant's no-KD baseline trains at its steps: two baselines per seed now
+    baselines = [r for r in read_rows(out) if r["kind"] == "no-KD"]
+    assert sorted(r["config"]["train"]["max_steps"] for r in baselines) == [4, 4, 8, 8]
+    assert summary["status"] == {"done": 1 + 2 * (2 + 2)}
+    chosen = json.loads((out / "schedule_check.json").read_text())
+    assert {v["label"]: v["max_steps"] for v in chosen["variants"]} == {"1.0": 4, "4.0": 8}
+    assert chosen["variants"][0]["scores"] == {"2": pytest.approx(0.88), "4": 0.9, "8": pytest.approx(0.86)}
+    # again: nothing trains (the check and the study are found by hash)
+    again = CountingFake(scheduled_runner)
+    run_study(study, runner=again, echo=lambda s: None)
+    assert again.calls == []

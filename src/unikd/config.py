@@ -103,6 +103,13 @@ class DataConfig(_Strict):
     )
     train_limit: int | None = Field(None, ge=1, description="Use a deterministic subset of this many training rows.")
     eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N dev rows.")
+    holdout: int | None = Field(
+        None,
+        ge=1,
+        description="task/finetune stages: score on N of the labelled training rows (a seeded split; never trained "
+        "on, never transfer rows) instead of the dev split, to choose settings without looking at dev (a study's "
+        "schedule_check uses it).",
+    )
     max_length: int = Field(128, ge=8, description="Maximum sequence length after tokenization.")
     text: list[str] = Field(
         default_factory=list,
@@ -305,6 +312,11 @@ class RunConfig(_Strict):
                 f"data.transfer: a transfer set needs a teacher to label it, so it is for stage 'task' "
                 f"(not {self.stage!r}); for a no-KD baseline on the same rows use stage task with plan.terms=[] "
                 "and plan.pseudo_labels=true"
+            )
+        if self.data.holdout and self.stage == "general":
+            raise ValueError(
+                "data.holdout: the general stage has no labelled rows to hold out; drop data.holdout (it is for the "
+                "task and finetune stages)"
             )
         if self.train.group_by_length and self.stage == "general":
             raise ValueError(

@@ -229,6 +229,8 @@ def stored_teacher_score(teacher_path: str | Path, cfg) -> dict | None:
             cfg.eval.metric == run_cfg.eval.metric,
         )
 
+    if cfg.data.holdout or run_cfg.data.holdout:  # held-out training rows: scored by this run's own pass
+        return None
     same = run_cfg.stage == "finetune" and source(run_cfg.data) == source(cfg.data)
     if not same or not isinstance(final.get("score"), (int, float)):
         return None

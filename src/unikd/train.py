@@ -200,7 +200,9 @@ def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, labelled)
 
     def rest():
         taken = set(labelled["idx"])
-        full = D.load_task_data(data.model_copy(update={"train_limit": None}), seed=cfg.seed).train
+        if data.holdout:  # the held-out rows score the run: no teacher labels them for it either
+            taken |= set(D.load_task_data(data, seed=cfg.seed).validation["idx"])
+        full = D.load_task_data(data.model_copy(update={"train_limit": None, "holdout": None}), seed=cfg.seed).train
         return full.filter(lambda r: r["idx"] not in taken)
 
     rows = transfer_rows(

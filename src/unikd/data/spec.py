@@ -108,7 +108,27 @@ def glue_spec(task: str) -> TaskSpec:
 
 def load_task_data(data: Any, seed: int = 0) -> TaskData:
     """The train and dev splits of the run's labelled source (see the module docstring), limits applied:
-    train keeps ``data.train_limit`` rows after a shuffle with ``seed``, dev its first ``data.eval_limit``."""
+    train keeps ``data.train_limit`` rows after a shuffle with ``seed``, dev its first ``data.eval_limit``.
+    With ``data.holdout`` = n, n of those training rows (a split seeded by ``seed``) are the dev split instead:
+    model selection that never looks at the real dev set."""
+    task = _load_task_data(data, seed)
+    holdout = getattr(data, "holdout", None)
+    if not holdout:
+        return task
+    if holdout >= len(task.train):
+        raise ConfigError(
+            "data.holdout",
+            f"holds out {holdout} of the {len(task.train)} labelled training rows, leaving none to train on",
+            f"use data.holdout below {len(task.train)} (10-20% of the rows is usual)",
+        )
+    split = task.train.train_test_split(test_size=holdout, seed=seed, shuffle=True)
+    held = split["test"]
+    if data.eval_limit is not None:
+        held = held.select(range(min(data.eval_limit, len(held))))
+    return TaskData(task.spec, split["train"], held)
+
+
+def _load_task_data(data: Any, seed: int) -> TaskData:
     if data.task:
         from unikd.data import tasks  # looked up at call time
 

@@ -188,6 +188,7 @@ _SOURCE_DATA_DEFAULTS = {
     "skip_malformed": False,
     "transfer": [],
     "eval_text_limit": None,
+    "holdout": None,
     "dataset": None,
     "dataset_config": None,
     "revision": None,
@@ -264,9 +265,18 @@ def _share_teacher_outputs(data: dict, root: Path) -> None:
         data["train"].setdefault("teacher_cache_dir", str(root / TEACHER_OUTPUTS))
 
 
-def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None) -> list[PlannedRun]:
+def _scheduled(data: dict, max_steps: dict | None, task: str, label: str) -> None:
+    """The steps a schedule check chose for the variant (its baselines derive from ``data``: the same steps)."""
+    if max_steps and (task, label) in max_steps:
+        data.setdefault("train", {})["max_steps"] = max_steps[(task, label)]
+
+
+def expand_study(
+    study: StudyConfig, output_dir: str | os.PathLike | None = None, max_steps: dict | None = None
+) -> list[PlannedRun]:
     """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
-    (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute."""
+    (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute. ``max_steps``
+    {(task, variant label): steps} (a schedule check's choice) sets those variants' train.max_steps."""
 
     root = Path(output_dir or study.output_dir).expanduser().resolve()
     root_s = str(root)
@@ -288,6 +298,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
         # ---- the teacher ----
         t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
         t_data.get("data", {}).pop("transfer", None)  # the students' transfer rows are for the teacher to label
+        t_data.get("data", {}).pop("holdout", None)  # a schedule check's students score on held-out rows, not it
         _drop_teacher_outputs(t_data.get("train", {}))  # the students' teacher cache
         t_data = deep_merge(t_data, copy.deepcopy(tf))
         t_data.setdefault("teacher", {})["path"] = teacher_path
@@ -335,6 +346,7 @@ def expand_study(study: StudyConfig, output_dir: str | os.PathLike | None = None
                 data["seed"] = seed
                 data["output_dir"] = str(root / "runs" / "pending")
                 _share_teacher_outputs(data, root)
+                _scheduled(data, max_steps, task, v.label)
                 cfg = _validate_run(data, v.where)  # the KD run (its chain sets its baseline's step budget)
                 # the baseline: same everything, no KD
                 b_data = copy.deepcopy(data)

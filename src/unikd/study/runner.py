@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from unikd.config import RunConfig, dump_config, stored_config
+from unikd.config import RunConfig, deep_merge, dump_config, stored_config
 from unikd.errors import ConfigError
-from unikd.io import atomic_write_text
+from unikd.io import atomic_write_json, atomic_write_text
 from unikd.study.db import DB_NAME, StudyDB
 from unikd.study.expand import PlannedRun, _canonical, _hash_payload, check_study_shapes, expand_study
 from unikd.study.spec import LatencySettings, StudyConfig, read_study
@@ -228,6 +228,11 @@ def run_study(
     if max_hours is not None and not max_hours >= 0:  # NaN too
         raise ConfigError("--max-hours", f"must be hours >= 0, got {max_hours}", "e.g. --max-hours 7.5")
     _check_shapes_first(study, planned, echo)
+    if study.schedule_check is not None and not print_commands:
+        chosen, check_summary = _schedule_check(study, root, workers, runner, echo, max_hours, retry_failed)
+        if check_summary["pending"]:  # --max-hours stopped the check: the next call goes on with it
+            return check_summary
+        planned = expand_study(study, root, max_steps=chosen)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {
@@ -251,6 +256,72 @@ def run_study(
             _run_pending(db, study, planned, todo, root, workers, runner, echo, summary, max_hours)
         summary["status"] = _status_counts(db, study.name)
     return summary
+
+
+SCHEDULE_FILE = "schedule_check.json"
+
+
+def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_hours, retry_failed):
+    """``study.schedule_check``: the study at each candidate budget on one seed, scored on held-out training rows,
+    as studies of their own in the same database (teachers and repeated configs are found by hash, so a finished
+    check is not trained again); returns ({(task, label): best steps}, the last check's summary) and writes
+    ``schedule_check.json`` (every score, the choice, the variants that keep their own steps)."""
+    check = study.schedule_check
+    seed = check.seed if check.seed is not None else study.seeds[0]
+    scores: dict[tuple[str, str], dict[int, float]] = {}
+    fixed: set[tuple[str, str]] = set()
+    summary: dict = {}
+    # the teacher fine-tune reads base's train section: it keeps its own steps (the same teacher, found by hash)
+    teacher_steps = deep_merge(study.base.get("train") or {}, study.teacher_finetune.get("train") or {})
+    teacher = deep_merge(study.teacher_finetune, {"train": {"max_steps": teacher_steps.get("max_steps")}})
+    for steps in check.max_steps:
+        name = f"{study.name} / schedule check {steps} steps"
+        base = deep_merge(study.base, {"data": {"holdout": check.holdout}, "train": {"max_steps": steps}})
+        sub = study.model_copy(
+            update={"name": name, "seeds": [seed], "base": base, "teacher_finetune": teacher, "schedule_check": None}
+        )
+        echo(f"schedule check: {steps} steps, seed {seed}, scored on {check.holdout} held-out training rows")
+        summary = run_study(
+            sub, workers, retry_failed=retry_failed, runner=runner, output_dir=root, echo=echo, max_hours=max_hours
+        )
+        if summary["pending"]:
+            return {}, summary
+        with StudyDB(root / DB_NAME) as db:
+            for row in db.rows(study=name, status="done"):
+                key = (row["task"], row["label"])
+                if row["kind"] != "kd":
+                    continue
+                if row["config"]["train"]["max_steps"] != steps or row["config"].get("then"):
+                    fixed.add(key)  # its own steps (a chain, or a run that sets train.max_steps): kept
+                if row["score"] is not None:
+                    scores.setdefault(key, {})[steps] = row["score"]
+    chosen = {
+        key: max(by_steps.items(), key=lambda kv: (kv[1], -kv[0]))[0]  # the best score; a tie: the fewer steps
+        for key, by_steps in scores.items()
+        if key not in fixed
+    }
+    for (task, label), by_steps in scores.items():
+        pick = chosen.get((task, label))
+        row = ", ".join(f"{n}: {100 * v:.2f}" for n, v in sorted(by_steps.items()))
+        echo(f"  {task} {label}: {row} -> " + (f"{pick} steps" if pick else "its own steps"))
+    atomic_write_json(
+        root / SCHEDULE_FILE,
+        {
+            "seed": seed,
+            "holdout": check.holdout,
+            "candidates": check.max_steps,
+            "variants": [
+                {
+                    "task": t,
+                    "label": lbl,
+                    "scores": {str(n): v for n, v in sorted(by.items())},
+                    "max_steps": chosen.get((t, lbl)),
+                }
+                for (t, lbl), by in scores.items()
+            ],
+        },
+    )
+    return chosen, summary
 
 
 def _check_shapes_first(study: StudyConfig, planned: list[PlannedRun], echo) -> None:

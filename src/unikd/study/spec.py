@@ -49,6 +49,29 @@ class LatencySettings(BaseModel):
         return sizes
 
 
+class ScheduleCheck(BaseModel):
+    """Steps per objective from a small check (issue 13), not the fine-tuning budget copied to every objective:
+    before the study, each variant trains at every ``max_steps`` candidate on one seed and is scored on
+    ``holdout`` held-out training rows (``data.holdout``: the dev split is never looked at); the study then trains
+    each variant at its best candidate (ties: the fewer steps), and its no-KD and pseudo-label baselines at the
+    same steps (paired at an equal budget). Variants that set their own steps (chained steps) keep them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        min_length=2, description="Candidate train.max_steps budgets, e.g. [141, 282, 564]."
+    )
+    holdout: int = Field(ge=1, description="Labelled training rows held out to score the check (data.holdout).")
+    seed: int | None = Field(None, description="The check's seed (default: the study's first).")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _once_each(cls, steps: list[int]) -> list[int]:
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"each budget once, got {steps}")
+        return sorted(steps)
+
+
 class StudyConfig(BaseModel):
     """A sweep of distillation runs over one or more axes, several tasks and seeds."""
 
@@ -85,6 +108,9 @@ class StudyConfig(BaseModel):
     )
     output_dir: str = Field(description="Where teachers/, runs/, configs/ and study.sqlite go.")
     latency: LatencySettings = Field(default_factory=LatencySettings, description="Latency measurement.")
+    schedule_check: ScheduleCheck | None = Field(
+        None, description="Choose train.max_steps per variant by a check on held-out training rows first."
+    )
 
     @field_validator("name")
     @classmethod
