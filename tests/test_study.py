@@ -1118,6 +1118,10 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     chosen = json.loads((out / "schedule_check.json").read_text())
     assert {v["label"]: v["max_steps"] for v in chosen["variants"]} == {"1.0": 4, "4.0": 8}
     assert chosen["variants"][0]["scores"] == {"2": pytest.approx(0.88), "4": 0.9, "8": pytest.approx(0.86)}
+    from unikd.report import make_report
+
+    md = Path(make_report(out)["report.md"]).read_text()
+    assert "## Schedule check" in md and "| sst2 | 1.0 | 88.00 | 90.00 | 86.00 | 4 |" in md
     # again: nothing trains (the check and the study are found by hash)
     again = CountingFake(scheduled_runner)
     run_study(study, runner=again, echo=lambda s: None)

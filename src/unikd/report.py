@@ -615,6 +615,32 @@ def _unfinished_sections(rows) -> list[str]:
     return md
 
 
+def _schedule_section(study_dir: Path) -> list[str]:
+    """The schedule check's held-out scores per budget and the steps each variant trained at (schedule_check.json)."""
+    from unikd.study.runner import SCHEDULE_FILE
+
+    path = study_dir / SCHEDULE_FILE
+    if not path.is_file():
+        return []
+    check = json.loads(path.read_text())
+    budgets = [str(n) for n in check["candidates"]]
+    body = [
+        [v["task"], v["label"]]
+        + ["-" if v["scores"].get(b) is None else f"{100 * v['scores'][b]:.2f}" for b in budgets]
+        + [str(v["max_steps"]) if v["max_steps"] else "its own"]
+        for v in check["variants"]
+    ]
+    return [
+        "## Schedule check",
+        "",
+        f"Seed {check['seed']}, scored on {check['holdout']} held-out training rows (not dev); each variant then "
+        "trained at its best budget (a tie: the fewer steps), its baselines at the same steps.",
+        "",
+        _md_table(["task", "variant"] + [f"{b} steps" for b in budgets] + ["chosen"], body),
+        "",
+    ]
+
+
 def _scores_note(tasks: list[str], batches: list[str]) -> str:
     latency = f"Latency: CPU p50 at batch {batches[0]} in PyTorch" + (
         f" (batch {', '.join(batches[1:])}: their own columns)." if len(batches) > 1 else "."
@@ -675,6 +701,7 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
         md += ["No finished runs yet.", ""]
     if plots:
         md += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
+    md += _schedule_section(study_dir)
     md += _unfinished_sections(rows)
     atomic_write_text(out("report.md"), "\n".join(md))
     return written

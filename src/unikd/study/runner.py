@@ -228,11 +228,16 @@ def run_study(
     if max_hours is not None and not max_hours >= 0:  # NaN too
         raise ConfigError("--max-hours", f"must be hours >= 0, got {max_hours}", "e.g. --max-hours 7.5")
     _check_shapes_first(study, planned, echo)
-    if study.schedule_check is not None and not print_commands:
+    if study.schedule_check is not None and print_commands:
+        echo("schedule_check: the commands below train at the study's own steps; run the study to check them first")
+    elif study.schedule_check is not None:
+        started = time.perf_counter()
         chosen, check_summary = _schedule_check(study, root, workers, runner, echo, max_hours, retry_failed)
         if check_summary["pending"]:  # --max-hours stopped the check: the next call goes on with it
             return check_summary
         planned = expand_study(study, root, max_steps=chosen)
+        if max_hours is not None:  # one clock for the check and the study
+            max_hours = max(0.0, max_hours - (time.perf_counter() - started) / 3600)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {
@@ -274,6 +279,7 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
     # the teacher fine-tune reads base's train section: it keeps its own steps (the same teacher, found by hash)
     teacher_steps = deep_merge(study.base.get("train") or {}, study.teacher_finetune.get("train") or {})
     teacher = deep_merge(study.teacher_finetune, {"train": {"max_steps": teacher_steps.get("max_steps")}})
+    started = time.perf_counter()
     for steps in check.max_steps:
         name = f"{study.name} / schedule check {steps} steps"
         base = deep_merge(study.base, {"data": {"holdout": check.holdout}, "train": {"max_steps": steps}})
@@ -281,8 +287,9 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
             update={"name": name, "seeds": [seed], "base": base, "teacher_finetune": teacher, "schedule_check": None}
         )
         echo(f"schedule check: {steps} steps, seed {seed}, scored on {check.holdout} held-out training rows")
+        left = None if max_hours is None else max(0.0, max_hours - (time.perf_counter() - started) / 3600)
         summary = run_study(
-            sub, workers, retry_failed=retry_failed, runner=runner, output_dir=root, echo=echo, max_hours=max_hours
+            sub, workers, retry_failed=retry_failed, runner=runner, output_dir=root, echo=echo, max_hours=left
         )
         if summary["pending"]:
             return {}, summary
