@@ -616,3 +616,28 @@ def test_masked_softmax_fast_path_equals_the_exact_path(monkeypatch):
     assert (fast[~valid.expand_as(fast)] == 0).all() and (
         fast.sum(-1)[valid.any(-1).expand(B, 2, SEQ)] - 1
     ).abs().max() < 1e-6
+
+
+def _bernoulli_ref(s, t, T, cross_entropy):
+    """Per row, per label: the Bernoulli KL (or soft binary CE) of sigmoid(t/T) against sigmoid(s/T)."""
+    total = 0.0
+    for srow, trow in zip(s.tolist(), t.tolist()):
+        for zs, zt in zip(srow, trow):
+            q, p = 1 / (1 + math.exp(-zs / T)), 1 / (1 + math.exp(-zt / T))
+            ce = -(p * math.log(q) + (1 - p) * math.log(1 - q))
+            total += ce if cross_entropy else ce + p * math.log(p) + (1 - p) * math.log(1 - p)
+    return total / len(s) * T * T
+
+
+def test_bernoulli_kd_is_one_sigmoid_per_label():
+    s, t = rnd(3, 4, seed=1, scale=2.0), rnd(3, 4, seed=2, scale=2.0)
+    for T in (1.0, 3.0):
+        for ce in (False, True):
+            got = L.bernoulli_kd(s, t, temperature=T, cross_entropy=ce)
+            assert float(got) == pytest.approx(_bernoulli_ref(s, t, T, ce), rel=1e-5)
+    assert float(L.bernoulli_kd(t, t, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)  # KL of equal targets
+    assert float(L.bernoulli_kd(s, t, 2.0, t2_scaling=False)) == pytest.approx(_bernoulli_ref(s, t, 2.0, False) / 4)
+    # not the softmax over labels: a label the teacher is sure of costs the same whatever the other labels say
+    one = L.bernoulli_kd(torch.tensor([[0.0, 5.0]]), torch.tensor([[0.0, -5.0]]))
+    two = L.bernoulli_kd(torch.tensor([[0.0, 5.0, 9.0]]), torch.tensor([[0.0, -5.0, 9.0]]))
+    assert float(one) == pytest.approx(float(two), rel=1e-5)

@@ -741,6 +741,22 @@ def test_schedules_for_weight_temperature_and_hard_label_weight(
     _close(loss, w_logits * kl + w_hidden * hidden + w_hard * hard)
 
 
+@pytest.mark.parametrize("loss", ["kl", "soft_ce"])
+def test_multi_label_logits_take_one_sigmoid_per_label(bert_teacher, bert_student_same, loss):
+    """Multi-hot labels [B, C] mark C independent labels: the logits term compares per-label Bernoullis
+    (losses.bernoulli_kd), not one softmax over the labels."""
+    cfg = PlanConfig(terms=[{"knowledge": "logits", "loss": loss, "temperature": 2.0}])
+    plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_same))
+    batch = _batch()
+    multi_hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    tf, sf = _capture(plan, bert_teacher, bert_student_same, {**batch, "labels": torch.tensor([0, 2, 1])})
+    _, logs = plan(tf, sf, labels=multi_hot)
+    expected = L.bernoulli_kd(sf.logits, tf.logits, 2.0, cross_entropy=loss == "soft_ce")
+    _close(logs[f"logits_{loss}"], expected)
+    _, single = plan(tf, sf, labels=batch["labels"])  # one label per row: the softmax KD
+    assert not torch.isclose(single[f"logits_{loss}"], expected)
+
+
 def test_duplicate_term_names_get_their_index(bert_teacher, bert_student_same):
     cfg = PlanConfig(terms=[{"knowledge": "hidden", "matching": "first"}, {"knowledge": "hidden", "matching": "last"}])
     plan = DistillationPlan(cfg, model_spec(bert_teacher), model_spec(bert_student_same))

@@ -204,6 +204,26 @@ def kl_div(
     return loss * temperature**2 if t2_scaling else loss
 
 
+def bernoulli_kd(
+    s: Tensor, t: Tensor, temperature: float = 1.0, t2_scaling: bool = True, cross_entropy: bool = False
+) -> Tensor:
+    """Multi-label soft targets: each label its own Bernoulli, p = sigmoid(logit / T), not one softmax over labels.
+
+    KL = Σ_labels [p_t (log p_t − log p_s) + (1 − p_t)(log(1 − p_t) − log(1 − p_s))] (cross_entropy: the soft binary
+    cross-entropy −Σ [p_t log p_s + (1 − p_t) log(1 − p_s)]), mean over rows, ×T² if t2_scaling.
+    s, t: ``[B, C]`` logits of C independent labels. Returns a scalar.
+    """
+    _check_temperature(temperature)
+    _same_shape(s, t, "logits")
+    zs, zt = s / temperature, t.detach() / temperature
+    p = torch.sigmoid(zt)
+    ce = -(p * F.logsigmoid(zs) + (1 - p) * F.logsigmoid(-zs))
+    if not cross_entropy:  # minus the teacher's own entropy: 0 where the student matches it
+        ce = ce + p * F.logsigmoid(zt) + (1 - p) * F.logsigmoid(-zt)
+    loss = ce.sum(-1).mean()
+    return loss * temperature**2 if t2_scaling else loss
+
+
 def logits_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean squared error of raw logits, mean over valid rows and classes.
 

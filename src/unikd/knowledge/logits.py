@@ -60,5 +60,9 @@ class LogitsTerm(Term):
             return L.logits_mse(s, t, mask=mask)
         if spec.temperature:
             temperature = linear_schedule(self.temperature, self.temperature_end, ctx.step, ctx.total_steps)
+            if s.dim() == 2 and ctx.labels is not None and ctx.labels.dim() == 2:
+                # multi-hot labels [B, C]: C independent labels, so a softmax over them would be the wrong target
+                cross_entropy = spec.fn is L.soft_cross_entropy
+                return L.bernoulli_kd(s, t, temperature, t2_scaling=self.t2_scaling, cross_entropy=cross_entropy)
             return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling)
         return spec.fn(s, t, mask=mask)
