@@ -87,10 +87,6 @@ def _latency_batches(done: list[dict]) -> list[str]:
     return list(found) or ["1"]
 
 
-def _extra_batches(done: list[dict]) -> list[str]:
-    return _latency_batches(done)[1:]
-
-
 def _extra_latency(records: list[dict]) -> list[tuple[str, str]]:
     """(record key, table header) of each latency column beyond the first batch size's."""
     keys = OrderedDict.fromkeys(k for r in records for k in r if k.startswith("latency_b") and k.endswith("_ms_mean"))
@@ -110,7 +106,7 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[dict], list[str], list
     tasks = list(OrderedDict.fromkeys(r["task"] for r in done))
     metrics = _metric_names(done)
     axis_names = list(OrderedDict.fromkeys(a for r in done for a in (r.get("axes") or {})))
-    extra_batches = _extra_batches(done)
+    extra_batches = _latency_batches(done)[1:]
     per_task: list[dict] = []
     for (task, label), group in _group_rows(done).items():
         rec = {

@@ -111,11 +111,15 @@ class TeacherLogitCache:
                 "only sequence-level logits [B, C] can be cached",
                 "disable the teacher cache for token-level (general-stage) distillation",
             )
-        if self._values is None:
-            self._open(logits.shape[-1], mode="w+")
         rows = idx.cpu().numpy()
         if self._shared is not None:
             self._new.append((rows.copy(), logits.cpu().numpy()))
+        self._write(rows, logits)
+
+    def _write(self, rows: np.ndarray, logits: torch.Tensor) -> None:
+        """Logits [B, C] of rows ``rows`` into the memory maps (the top-k only, with ``topk``)."""
+        if self._values is None:
+            self._open(logits.shape[-1], mode="w+")
         if self.topk:
             values, indices = logits.topk(min(self.topk, logits.shape[-1]), dim=-1)
             self._values[rows] = values.cpu().numpy()
@@ -177,9 +181,7 @@ class TeacherLogitCache:
         if not todo:
             return 0
         logits = torch.from_numpy(np.stack([known[self._row_keys[r]] for r in todo]))
-        new, self._new = self._new, []  # these rows came from the store: not new to it
-        self.store(torch.tensor(todo), _LogitsOnly(logits))
-        self._new = new
+        self._write(np.asarray(todo), logits)  # not store(): these rows are not new to the store
         return len(todo)
 
     def flush(self) -> None:
@@ -191,11 +193,6 @@ class TeacherLogitCache:
             logits = np.concatenate([v for _, v in self._new])
             self._shared.add([self._row_keys[r] for r in rows], logits)
             self._new = []
-
-
-class _LogitsOnly:
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits
 
 
 def row_key(row: dict) -> bytes:
