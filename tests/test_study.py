@@ -236,6 +236,37 @@ def test_a_chain_gets_one_baseline_with_its_total_steps_a_pseudo_label_twin_and_
     assert "mine" in labels and "pseudo-labels" not in labels
 
 
+def test_pseudo_label_baselines_are_named_after_their_shape_and_run_after_the_primary_pairs(
+    tiny_teacher, mini_glue, tmp_path
+):
+    """Two student shapes with transfer rows: one pseudo-label baseline per shape, named after it, and the
+    runner starts them only after every KD run and its no-KD pair of every seed (a --max-hours stop then leaves
+    the primary comparison whole); the teacher first."""
+    study = _study(tiny_teacher, mini_glue, tmp_path / "s", axes={}, mode="list", seeds=[1, 2])
+    study["base"]["data"] |= {"train_limit": 20, "transfer": [{"kind": "rest_of_train", "weight": 2}]}
+    study["runs"] = [{"label": "one layer"}, {"label": "two layers", "student.shape": {"num_layers": 2}}]
+    planned = expand_study(StudyConfig.model_validate(study))
+    pseudo = sorted(r.label for r in planned if r.config.plan.pseudo_labels)
+    assert pseudo == ["pseudo-labels (one layer)"] * 2 + ["pseudo-labels (two layers)"] * 2
+    order: list[RunConfig] = []
+
+    def recording_runner(cfg: RunConfig) -> dict:
+        order.append(cfg)
+        return fake_runner(cfg)
+
+    summary = run_study(study, runner=recording_runner, echo=lambda s: None)
+    assert summary["status"] == {"done": 1 + 2 * 2 * 3}
+    kinds = [
+        "teacher"
+        if c.stage == "finetune" and c.teacher.path == str(tiny_teacher)
+        else "pseudo"
+        if c.plan.pseudo_labels and c.stage == "task"
+        else "pair"
+        for c in order
+    ]
+    assert kinds == ["teacher"] + ["pair"] * 8 + ["pseudo"] * 4
+
+
 def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):
     """How attention maps are captured and whether the heap is kept change no result: finished runs stay found
     when they change (or, as in existing databases, were not fields yet); an int8 teacher is another run."""
@@ -510,7 +541,7 @@ def test_report_of_the_real_tiny_study(tiny_study):
 def fake_runner(cfg: RunConfig) -> dict:
     """Writes metrics.json with a deterministic pseudo-random score (no training); module level so spawned
     workers can unpickle it."""
-    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" else 0.0
+    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" and cfg.plan.terms else 0.0
     rng = random.Random(f"{cfg.data.task}|{cfg.seed}|{cfg.stage}|{temperature}|{cfg.student.shape.num_layers}")
     score = 0.5 + 0.4 * rng.random()
     if cfg.stage == "task" and temperature == 8.0:
@@ -1080,7 +1111,7 @@ def scheduled_runner(cfg: RunConfig) -> dict:
     """fake_runner whose score peaks at a temperature-dependent budget (T=1: 4 steps, T=4: 8 steps; no-KD: 2),
     and that records whether it was scored on held-out training rows."""
     result = fake_runner(cfg)
-    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" else 0.0
+    temperature = cfg.plan.terms[0].temperature if cfg.stage == "task" and cfg.plan.terms else 0.0
     best = {1.0: 4, 4.0: 8}.get(temperature, 2)
     score = 0.9 - 0.01 * abs(cfg.train.max_steps - best) if cfg.train.max_steps else 0.5
     result |= {"steps": cfg.train.max_steps, "final": {"accuracy": score, "score": score}, "holdout": cfg.data.holdout}

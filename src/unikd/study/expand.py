@@ -329,6 +329,7 @@ def expand_study(
         seen_kd: set[str] = set()
         for seed in study.seeds:
             pseudo: dict[str, PlannedRun] = {}  # the pseudo-label baseline of the seed's transfer variants
+            first_user: dict[str, str] = {}  # its hash -> the label of the first variant it is the baseline of
             for v in variants:
                 data = copy.deepcopy(study.base)
                 preset = data.pop("preset", None)
@@ -383,6 +384,7 @@ def expand_study(
                     twin.task, twin.study = task, study.name
                     twin.teacher_id, twin.baseline_id = teacher.run_id, baselines[b_hash].run_id
                     pseudo.setdefault(twin.config_hash, twin)
+                    first_user.setdefault(twin.config_hash, v.label)
 
                 h = config_hash(cfg, root_s, t_hash)
                 if h in seen_kd:
@@ -405,7 +407,7 @@ def expand_study(
                         study=study.name,
                     )
                 )
-            kd_runs.extend(_new_twins(pseudo, seen_kd, root))
+            kd_runs.extend(_new_twins(pseudo, first_user, seen_kd, root))
         _label_baselines(list(baselines.values()), baseline_axes, axis_names)
         others.extend(baselines.values())
         others.extend(kd_runs)
@@ -435,15 +437,18 @@ def _pseudo_twin(b_data: dict, transfer: list, where: str, root_s: str, t_hash: 
     )
 
 
-def _new_twins(pseudo: dict[str, PlannedRun], seen: set[str], root: Path) -> list[PlannedRun]:
+def _new_twins(
+    pseudo: dict[str, PlannedRun], first_user: dict[str, str], seen: set[str], root: Path
+) -> list[PlannedRun]:
     """The seed's pseudo-label baselines no listed run already is (a listed pseudo-label run keeps its label),
-    numbered when there are several, with their run ids and directories."""
+    named after the first variant each is the baseline of when there are several ("pseudo-labels (1/4 3x256)":
+    a width-depth study has one per student shape), with their run ids and directories."""
     out = []
-    for n, (p_hash, run) in enumerate(pseudo.items(), start=1):
+    for p_hash, run in pseudo.items():
         if p_hash in seen:
             continue
         seen.add(p_hash)
-        run.label += f" ({n})" if len(pseudo) > 1 else ""
+        run.label += f" ({first_user[p_hash]})" if len(pseudo) > 1 else ""
         run.run_id = f"{_slug(run.task)}-{_slug(run.label)}-s{run.seed}-{p_hash[:8]}"
         run.config = run.config.model_copy(update={"output_dir": str(root / "runs" / run.run_id)})
         out.append(run)

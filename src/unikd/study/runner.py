@@ -206,8 +206,8 @@ def run_study(
 
     - finished runs (same config hash, status ``done``) are skipped; ``failed`` ones only run again with
       ``retry_failed``; ``pending``/``running`` (interrupted) ones run;
-    - teachers first, then the baselines and KD runs; a KD/no-KD run whose teacher is not done is
-      recorded as failed ("teacher ... not available");
+    - teachers first, then the baselines and KD runs, the pseudo-label runs last; a KD/no-KD run whose teacher
+      is not done is recorded as failed ("teacher ... not available");
     - ``workers > 1``: a spawn-context process pool, one config per task; ``runner`` must then be
       picklable (a module-level function). ``runner(cfg)`` defaults to ``unikd.train.run``. Latency is
       then timed in this process after each phase (teachers, the rest), one model at a time;
@@ -366,6 +366,10 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
     return todo
 
 
+def _is_pseudo_labels(run: PlannedRun) -> bool:
+    return bool(run.config.plan is not None and getattr(run.config.plan, "pseudo_labels", False))
+
+
 def _run_pending(
     db: StudyDB,
     study: StudyConfig,
@@ -382,7 +386,10 @@ def _run_pending(
     ``max_hours`` no run starts: the ones left stay pending (the rest too when a teacher is left)."""
     latency = study.latency.model_dump()
     teachers = [r for r in todo if r.kind == "teacher"]
-    rest = [r for r in todo if r.kind != "teacher"]
+    # The pseudo-label baselines after every variant and its no-KD pair: a --max-hours stop then leaves the
+    # primary comparison complete over all seeds (a width-depth study: 36 of its 54 runs) rather than every
+    # comparison on the first seeds only.
+    rest = sorted((r for r in todo if r.kind != "teacher"), key=_is_pseudo_labels)
     echo(
         f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
         f"before (skipped), {len(todo)} to run -> {root}"
