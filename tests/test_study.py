@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 import random
+import shutil
 import sqlite3
 import statistics
 import time
@@ -952,6 +953,37 @@ def test_max_hours_starts_no_run_after_the_limit_and_a_rerun_finishes(tiny_teach
     assert any(n.startswith("study progress: 1 done, 0 failed, 3 left of 4") for n in notes)  # the ETA line stays
     summary = run_study(study, runner=CountingFake(), echo=lambda s: None)
     assert len(summary["executed"]) == 3 and summary["pending"] == [] and summary["status"] == {"done": 4}
+
+
+def test_a_study_resumes_from_its_database_alone_in_another_directory(tiny_teacher, mini_glue, tmp_path):
+    """The database copied without the run directories (as a later session gets it from the repository): the
+    finished runs are skipped, the teacher is fine-tuned again where the new root puts it, every row and its
+    config move there; a teacher that comes out different from the recorded one is reported, not hidden."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    study = _study(tiny_teacher, mini_glue, first, latency={"enabled": False})
+    run_study(study, runner=fake_runner, echo=lambda s: None)
+    second.mkdir()
+    (second / DB_NAME).write_bytes((first / DB_NAME).read_bytes())
+    shutil.rmtree(first)
+    again = CountingFake()
+    notes: list[str] = []
+    summary = run_study(study, runner=again, output_dir=second, echo=notes.append)
+    assert [c.stage for c in again.calls] == ["finetune"] and summary["status"] == {"done": 4}
+    assert Path(again.calls[0].output_dir).parent == second.resolve() / "teachers"
+    assert any("is recorded done but" in n for n in notes) and "warnings" not in summary  # the same teacher again
+    rows = read_rows(second)
+    assert [Path(r["output_dir"]).parent.parent for r in rows] == [second.resolve()] * 4
+    kd = [r for r in rows if r["kind"] == "kd"]  # their configs read the teacher where it is now
+    assert {r["config"]["teacher"]["path"] for r in kd} == {str(Path(rows[0]["output_dir"]) / "student")}
+    from unikd.report import make_report
+
+    assert "Runs: done 4" in Path(make_report(second)["report.md"]).read_text()  # from the database alone
+    # a teacher that does not come out as recorded: the warning names both scores
+    with sqlite3.connect(second / DB_NAME) as conn:
+        conn.execute("UPDATE runs SET score = score + 0.01 WHERE kind = 'teacher'")
+    shutil.rmtree(rows[0]["output_dir"])
+    summary = run_study(study, runner=CountingFake(), output_dir=second, echo=lambda s: None)
+    assert len(summary["warnings"]) == 1 and "fine-tuned again scores" in summary["warnings"][0]
 
 
 @pytest.mark.slow

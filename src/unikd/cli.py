@@ -508,6 +508,8 @@ def study(
                     fg=typer.colors.RED,
                     err=True,
                 )
+            for warning in summary.get("warnings", []):
+                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
             if report and summary["status"].get("done"):
                 from unikd.report import make_report
 

@@ -150,8 +150,15 @@ class StudyDB:
         now = _now()
         if existing is not None:
             run.run_id = existing["run_id"]
-            if existing.get("output_dir"):
+            here = run.output_dir  # where the study's root puts this run now
+            if existing.get("output_dir") and _still_there(Path(existing["output_dir"]), here):
                 run.config = run.config.model_copy(update={"output_dir": existing["output_dir"]})
+            else:  # a moved study, or its database alone (a later session resumes from it): the row moves here
+                run.config = run.config.model_copy(update={"output_dir": str(here)})
+                self.conn.execute(
+                    "UPDATE runs SET output_dir=?, config=? WHERE run_id=?",
+                    (str(here), json.dumps(run.config.model_dump(mode="json")), run.run_id),
+                )
             self.conn.execute(
                 "UPDATE runs SET study=?, kind=?, label=?, axes=?, current=1, teacher_id=?, "
                 "updated_at=? WHERE run_id=?",
@@ -219,6 +226,13 @@ class StudyDB:
             (latency_ms, json.dumps(by_batch) if by_batch else None, error, _now(), run_id),
         )
         self.conn.commit()
+
+
+def _still_there(recorded: Path, here: Path) -> bool:
+    """Keep a row's recorded directory unless the study moved: it is gone, or the run is found where the study's
+    root now puts it. The hash covers paths relative to the root, so the row's config is rewritten for the new
+    root (its teacher path, its shared teacher-output store) as well."""
+    return recorded == here or (recorded.exists() and not here.exists())
 
 
 def _decode(row: sqlite3.Row) -> dict:

@@ -358,6 +358,7 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
                 f"teacher {row['run_id']} is recorded done but {run.output_dir / 'student'} is gone: "
                 "fine-tuning it again"
             )
+            summary.setdefault("_refit", {})[row["run_id"]] = row["score"]
             todo.append(run)
         elif row["status"] == "done" or (row["status"] == "failed" and not retry_failed):
             summary["skipped"].append(run.run_id)
@@ -623,6 +624,7 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
     summary["executed"].append(run.run_id)
     if outcome["status"] == "done":
         summary["done"].append(run.run_id)
+        _check_refit(run, outcome, summary, echo)
         score = outcome.get("score")
         lat = outcome.get("latency_ms")
         echo(
@@ -641,6 +643,23 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
                 len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, len(summary["executed"])
             )
         )
+
+
+def _check_refit(run: PlannedRun, outcome: dict, summary: dict, echo) -> None:
+    """A teacher fine-tuned again (its directory was gone: a study resumed from its database alone) must be the
+    one the finished runs distilled from; the same seed, data and threads give the same weights on a CPU, so its
+    dev score must match the recorded one. If not, say so: those runs' results are then from another teacher."""
+    recorded = summary.get("_refit", {}).get(run.run_id)
+    score = outcome.get("score")
+    if recorded is None or score is None or abs(score - recorded) <= 1e-9:
+        return
+    message = (
+        f"teacher {run.run_id} fine-tuned again scores {score:.6f}, the recorded run {recorded:.6f}: the runs "
+        "finished before distilled from the recorded teacher (another machine or thread count?); to compare like "
+        "with like, start the study afresh in another output_dir"
+    )
+    summary.setdefault("warnings", []).append(message)
+    echo("WARNING: " + message)
 
 
 def progress_line(done: int, failed: int, total: int, elapsed_s: float, executed: int) -> str:
