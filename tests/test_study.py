@@ -769,9 +769,11 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
 
 def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
     """docs/studies/cpu-transfer-width-depth-sst2.yaml: three shapes per budget (1/2, 1/4 of the teacher's
-    non-embedding parameters), each within 12% of it, deep to shallow."""
+    non-embedding parameters), each within 12% of it, deep to shallow, and the shape `unikd recipe` picks for
+    that budget (within it, the teacher's width)."""
     from transformers import AutoConfig
 
+    from unikd.recipe import make_recipe
     from unikd.student import StudentShape, count_parameters, student_config
 
     config = AutoConfig.from_pretrained(str(minilm_path))
@@ -779,11 +781,16 @@ def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
     study = load_study(Path(__file__).resolve().parents[1] / "docs" / "studies" / "cpu-transfer-width-depth-sst2.yaml")
     by_budget: dict[str, list[int]] = {}
     for run in study.runs:
-        budget, _ = run["label"].split()
-        n = count_parameters(student_config(config, StudentShape(**run["student.shape"]))).non_embedding
+        budget, *_, which = run["label"].split()
+        shape = StudentShape(**run["student.shape"])
+        n = count_parameters(student_config(config, shape)).non_embedding
         target = teacher * {"1/2": 0.5, "1/4": 0.25}[budget]
+        if which == "(recipe)":
+            picked = make_recipe(str(minilm_path), budget=budget, task="sst2").config.student.shape
+            assert (picked.num_layers, picked.hidden_size) == (shape.num_layers, shape.hidden_size), run["label"]
+            continue
         assert abs(n - target) / target < 0.12, (run["label"], n, target)
-        by_budget.setdefault(budget, []).append(run["student.shape"]["num_layers"])
+        by_budget.setdefault(budget, []).append(shape.num_layers)
     assert {b: len(set(layers)) for b, layers in by_budget.items()} == {"1/2": 3, "1/4": 3}
 
 
