@@ -79,6 +79,31 @@ def test_the_teacher_pass_fills_every_row_and_trains_as_without_the_cache(tmp_pa
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["teacher_pass"]["rows"] == 20
 
 
+def test_pseudo_labels_from_the_cache_train_as_from_the_live_teacher(tmp_path, glue_dir, minilm_path):
+    """The pseudo-label baseline needs only the teacher's argmax: from the cache (one pass, shared with the KD
+    runs of the same rows) it trains as with the teacher run on every batch."""
+    teacher = save_tiny_model(tiny_bert(2, 32, 4, positions=128), tmp_path / "teacher", minilm_path)
+    opts = tiny_task_options(
+        teacher,
+        glue_dir,
+        {
+            "data.train_limit": 24,
+            "data.eval_limit": 32,
+            "data.transfer": "[{kind: rest_of_train, weight: 2}]",
+            "train.max_steps": 8,
+            "train.batch_size": 8,
+            "train.log_every": 1,
+            "plan.terms": "[]",
+            "plan.pseudo_labels": "true",
+        },
+    )
+    live = run(load_config(None, opts + [f"output_dir={tmp_path / 'live'}"]))
+    cached = run(load_config(None, opts + ["train.teacher_cache=true", f"output_dir={tmp_path / 'cached'}"]))
+    assert cached["teacher_pass"]["rows"] > 24  # the transfer rows are labelled too
+    np.testing.assert_allclose(_losses(tmp_path / "cached"), _losses(tmp_path / "live"), rtol=1e-4)
+    assert cached["final"] == live["final"]
+
+
 def _row(ids):
     return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
 
