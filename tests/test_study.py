@@ -249,6 +249,7 @@ def test_pseudo_label_baselines_are_named_after_their_shape_and_run_after_the_pr
     the primary comparison whole); the teacher first."""
     study = _study(tiny_teacher, mini_glue, tmp_path / "s", axes={}, mode="list", seeds=[1, 2])
     study["base"]["data"] |= {"train_limit": 20, "transfer": [{"kind": "rest_of_train", "weight": 2}]}
+    study["base"]["train"]["teacher_cache"] = True  # the KD runs and their twins share the study's store
     study["runs"] = [{"label": "one layer"}, {"label": "two layers", "student.shape": {"num_layers": 2}}]
     planned = expand_study(StudyConfig.model_validate(study))
     pseudo = sorted(r.label for r in planned if r.config.plan.pseudo_labels)
@@ -270,6 +271,23 @@ def test_pseudo_label_baselines_are_named_after_their_shape_and_run_after_the_pr
         for c in order
     ]
     assert kinds == ["teacher"] + ["pair"] * 8 + ["pseudo"] * 4
+
+    # the report pairs each shape's KD run with its no-KD run and with its pseudo-label run, seed by seed
+    from unikd.report import make_report
+
+    score = {(r["label"], r["seed"]): r["score"] for r in read_rows(tmp_path / "s")}
+    written = make_report(tmp_path / "s")
+    by_label = {r["label"]: r for r in csv.DictReader(open(written["paired_pseudo_labels.csv"]))}
+    no_kd = {r["label"]: r for r in csv.DictReader(open(written["paired.csv"]))}
+    for label in ("one layer", "two layers"):
+        twin = f"pseudo-labels ({label})"
+        diffs = [score[(label, s)] - score[(twin, s)] for s in (1, 2)]
+        assert by_label[label]["baseline"] == twin and int(by_label[label]["n"]) == 2
+        assert float(by_label[label]["diff_mean"]) == pytest.approx(statistics.mean(diffs), abs=1e-12)
+        diffs = [score[(label, s)] - score[(f"no-KD ({label})", s)] for s in (1, 2)]  # the store's dir pairs too
+        assert no_kd[label]["baseline"] == f"no-KD ({label})" and int(no_kd[label]["n"]) == 2
+        assert float(no_kd[label]["diff_mean"]) == pytest.approx(statistics.mean(diffs), abs=1e-12)
+    assert "## Paired differences to pseudo-labels" in Path(written["report.md"]).read_text()
 
 
 def test_speed_only_train_fields_keep_the_hash_and_teacher_precision_changes_it(tiny_teacher, mini_glue, tmp_path):

@@ -210,7 +210,7 @@ def _pairing_key(config: dict | None) -> str:
     for key in ("output_dir", "seed", "stage", "plan", "then"):
         c.pop(key, None)
     for section, keys in (
-        ("train", ("teacher_cache", "teacher_cache_topk", "epochs", "max_steps")),
+        ("train", ("teacher_cache", "teacher_cache_topk", "teacher_cache_dir", "epochs", "max_steps")),
         ("data", ("transfer",)),
     ):
         c[section] = {k: v for k, v in (c.get(section) or {}).items() if k not in keys}
@@ -241,6 +241,40 @@ def paired_to_baseline(rows: list[dict]) -> list[dict]:
         diffs, names = [], []
         for r in group:
             b = baselines.get((task, r["seed"], _steps(r), _pairing_key(r["config"])))
+            if b is not None:
+                diffs.append(r["score"] - b["score"])
+                names.append(b["label"])
+        steps = " ".join(str(x) for x in OrderedDict.fromkeys(_steps(r) for r in group) if x is not None)
+        baseline = " / ".join(OrderedDict.fromkeys(names)) or None
+        out.append({"task": task, "label": label, "baseline": baseline, "steps": steps, **paired_stats(diffs)})
+    return out
+
+
+def _is_pseudo_labels(row: dict) -> bool:
+    return row["kind"] == "kd" and bool(((row.get("config") or {}).get("plan") or {}).get("pseudo_labels"))
+
+
+def _transfer(row: dict) -> str:
+    return json.dumps(((row.get("config") or {}).get("data") or {}).get("transfer") or [], sort_keys=True)
+
+
+def paired_to_pseudo_labels(rows: list[dict]) -> list[dict]:
+    """Per KD variant with transfer data and task, its score minus the pseudo-label run's on the same rows (same
+    task, seed, step budget, student and transfer data; the teacher's argmax as the label, no KD loss), over the
+    seeds that have both: what KD adds beyond more labelled data. {"task", "label", "baseline", "steps",
+    **paired_stats}."""
+    done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
+    twins: dict[tuple, dict] = {}
+    for r in done:
+        if _is_pseudo_labels(r):
+            twins.setdefault((r["task"], r["seed"], _steps(r), _pairing_key(r["config"]), _transfer(r)), r)
+    out = []
+    for (task, label), group in _group_rows(done).items():
+        if group[0]["kind"] != "kd" or _is_pseudo_labels(group[0]) or _transfer(group[0]) == "[]":
+            continue
+        diffs, names = [], []
+        for r in group:
+            b = twins.get((task, r["seed"], _steps(r), _pairing_key(r["config"]), _transfer(r)))
             if b is not None:
                 diffs.append(r["score"] - b["score"])
                 names.append(b["label"])
@@ -557,19 +591,25 @@ PAIRED_NOTE = (
 )
 
 
-def _paired_section(paired: list[dict]) -> list[str]:
+def _paired_section(paired: list[dict], against: str = "no-KD") -> list[str]:
     if not paired:
         return []
     body = [
         [p["task"], p["label"], p["baseline"] or "-", p["steps"] or "-", str(p["n"]), *_fmt_diff(p)] for p in paired
     ]
+    what = {
+        "no-KD": "Each KD variant minus the no-KD run of the same task, seed and step budget (the same student, data "
+        "and optimizer, without the plan, transfer data or teacher cache; '-' where there is none). ",
+        "pseudo-labels": "Each KD variant with transfer data minus the pseudo-label run on the same rows (the same "
+        "task, seed, step budget, student and transfer data, the teacher's argmax as the label and no KD loss): "
+        "what the KD loss adds beyond more labelled data ('-' where there is none). ",
+    }[against]
     return [
-        "## Paired differences to no-KD",
+        f"## Paired differences to {against}",
         "",
-        "Each KD variant minus the no-KD run of the same task, seed and step budget (the same student, data and "
-        "optimizer, without the plan, transfer data or teacher cache; '-' where there is none). " + PAIRED_NOTE,
+        what + PAIRED_NOTE,
         "",
-        _md_table(["task", "variant", "no-KD baseline", "steps", "n", "difference", "95% interval"], body),
+        _md_table(["task", "variant", f"{against} baseline", "steps", "n", "difference", "95% interval"], body),
         "",
     ]
 
@@ -677,6 +717,9 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
     _write_csv(out("summary.csv"), per_variant)
     paired = paired_to_baseline(rows)
     _write_csv(out("paired.csv"), paired)
+    paired_pseudo = paired_to_pseudo_labels(rows)
+    if paired_pseudo:
+        _write_csv(out("paired_pseudo_labels.csv"), paired_pseudo)
     plots = _plots(rows, per_task, per_variant, tasks, axis_names, out) if done else []
     counts: dict[str, int] = {}
     for r in rows:
@@ -692,6 +735,7 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
     if per_variant:
         md += _summary_section(per_variant, tasks) + _per_task_section(per_task, tasks, metrics)
         md += _per_axis_section(rows, tasks, axis_names) + _paired_section(paired)
+        md += _paired_section(paired_pseudo, "pseudo-labels")
         md += [comparison] if comparison else []
     else:
         md += ["No finished runs yet.", ""]
@@ -712,4 +756,5 @@ __all__ = [
     "mean_std",
     "paired_stats",
     "paired_to_baseline",
+    "paired_to_pseudo_labels",
 ]
