@@ -788,6 +788,8 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     classic = hashes["cpu-transfer-classic-sst2"]
     assert len(classic & hashes["cpu-transfer-matching-sst2"]) == 1 + 3 * 3
     assert len(classic & hashes["cpu-transfer-initialization-sst2"]) == 1 + 3 * 2
+    assert len(classic & hashes["cpu-transfer-losses-sst2"]) == 1 + 3 * 3
+    assert len(hashes["cpu-transfer-matching-sst2"] & hashes["cpu-transfer-losses-sst2"]) == 1 + 3 * 4  # + hidden MSE
 
 
 def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
