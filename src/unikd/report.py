@@ -225,22 +225,22 @@ def _steps(row: dict):
     return metrics.get("steps")
 
 
-def paired_to_baseline(rows: list[dict]) -> list[dict]:
-    """Per KD variant and task, its score minus the no-KD run's of the same task, seed, step budget (the runs'
-    ``metrics["steps"]``) and config otherwise (``_pairing_key``), over the seeds that have both:
-    {"task", "label", "baseline" (the no-KD label(s) or None), "steps", **paired_stats}."""
+def _paired_to(rows: list[dict], is_baseline, is_variant, key) -> list[dict]:
+    """Per variant (``is_variant`` of its first row) and task, its score minus the baseline run (``is_baseline``)
+    with the same ``key(row)``, over the seeds that have both: {"task", "label", "baseline" (its label(s) or None),
+    "steps", **paired_stats}."""
     done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
     baselines: dict[tuple, dict] = {}
     for r in done:
-        if r["kind"] == "no-KD":
-            baselines.setdefault((r["task"], r["seed"], _steps(r), _pairing_key(r["config"])), r)
+        if is_baseline(r):
+            baselines.setdefault(key(r), r)
     out = []
     for (task, label), group in _group_rows(done).items():
-        if group[0]["kind"] != "kd":
+        if not is_variant(group[0]):
             continue
         diffs, names = [], []
         for r in group:
-            b = baselines.get((task, r["seed"], _steps(r), _pairing_key(r["config"])))
+            b = baselines.get(key(r))
             if b is not None:
                 diffs.append(r["score"] - b["score"])
                 names.append(b["label"])
@@ -248,6 +248,17 @@ def paired_to_baseline(rows: list[dict]) -> list[dict]:
         baseline = " / ".join(OrderedDict.fromkeys(names)) or None
         out.append({"task": task, "label": label, "baseline": baseline, "steps": steps, **paired_stats(diffs)})
     return out
+
+
+def _same_run_key(r: dict) -> tuple:
+    return (r["task"], r["seed"], _steps(r), _pairing_key(r["config"]))
+
+
+def paired_to_baseline(rows: list[dict]) -> list[dict]:
+    """Per KD variant and task, its score minus the no-KD run's of the same task, seed, step budget (the runs'
+    ``metrics["steps"]``) and config otherwise (``_pairing_key``), over the seeds that have both:
+    {"task", "label", "baseline" (the no-KD label(s) or None), "steps", **paired_stats}."""
+    return _paired_to(rows, lambda r: r["kind"] == "no-KD", lambda r: r["kind"] == "kd", _same_run_key)
 
 
 def _is_pseudo_labels(row: dict) -> bool:
@@ -263,25 +274,12 @@ def paired_to_pseudo_labels(rows: list[dict]) -> list[dict]:
     task, seed, step budget, student and transfer data; the teacher's argmax as the label, no KD loss), over the
     seeds that have both: what KD adds beyond more labelled data. {"task", "label", "baseline", "steps",
     **paired_stats}."""
-    done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
-    twins: dict[tuple, dict] = {}
-    for r in done:
-        if _is_pseudo_labels(r):
-            twins.setdefault((r["task"], r["seed"], _steps(r), _pairing_key(r["config"]), _transfer(r)), r)
-    out = []
-    for (task, label), group in _group_rows(done).items():
-        if group[0]["kind"] != "kd" or _is_pseudo_labels(group[0]) or _transfer(group[0]) == "[]":
-            continue
-        diffs, names = [], []
-        for r in group:
-            b = twins.get((task, r["seed"], _steps(r), _pairing_key(r["config"]), _transfer(r)))
-            if b is not None:
-                diffs.append(r["score"] - b["score"])
-                names.append(b["label"])
-        steps = " ".join(str(x) for x in OrderedDict.fromkeys(_steps(r) for r in group) if x is not None)
-        baseline = " / ".join(OrderedDict.fromkeys(names)) or None
-        out.append({"task": task, "label": label, "baseline": baseline, "steps": steps, **paired_stats(diffs)})
-    return out
+    return _paired_to(
+        rows,
+        _is_pseudo_labels,
+        lambda r: r["kind"] == "kd" and not _is_pseudo_labels(r) and _transfer(r) != "[]",
+        lambda r: (*_same_run_key(r), _transfer(r)),
+    )
 
 
 def compare_variants(rows: list[dict], a: str, b: str) -> list[dict]:
