@@ -44,22 +44,39 @@ def test_the_written_config_validates_and_keeps_the_best_practice_plan(minilm, t
     cfg = load_config(path)
     assert cfg == made.config and cfg.stage == "task" and cfg.data.task == "sst2" and cfg.teacher.path == MINILM
     assert cfg.plan == PlanConfig.model_validate(load_preset("best-practice")["plan"])
-    # 1/4 of MiniLM's 10.79M non-embedding parameters: one whole 384-wide layer (1.92M), copied from the teacher
-    assert (cfg.student.shape.num_layers, cfg.student.shape.hidden_size) == (1, 384)
-    assert cfg.student.init.strategy == "teacher-layers" and cfg.student.init.layers == "uniform"
+    # 1/4 of MiniLM's 10.79M non-embedding parameters (2.70M): the widest shape using 75-105% of it is 2 x 320
+    # (2.57M), sliced from the teacher; one whole 384-wide layer (1.92M, 71%) leaves too much unused
+    assert (cfg.student.shape.num_layers, cfg.student.shape.hidden_size) == (2, 320)
+    assert cfg.student.init.strategy == "slice" and cfg.student.init.layers == "uniform"
     assert path.read_text().startswith("# written by `unikd recipe`")
 
 
-def test_the_budget_changes_the_shape_and_both_stay_within_it(minilm):
+def test_the_budget_changes_the_shape_and_each_fills_it_shallow_and_wide(minilm):
     teacher = count_parameters(minilm).non_embedding
     half, eighth = make_recipe(MINILM, "1/2", task="sst2"), make_recipe(MINILM, "1/8", task="sst2")
-    assert _non_embedding(minilm, half.config) <= teacher / 2
-    assert _non_embedding(minilm, eighth.config) <= teacher / 8
     assert half.config.student.shape != eighth.config.student.shape
-    assert half.config.student.shape.hidden_size == 384 and half.config.student.init.strategy == "teacher-layers"
-    # no 384-wide student fits 1/8 (one layer is 1.92M of the 1.35M): a narrower, sliced one
-    assert eighth.config.student.shape.hidden_size < 384 and eighth.config.student.init.strategy == "slice"
-    assert half.shape.params.non_embedding == _non_embedding(minilm, half.config)
+    # 1/2: 3 x 384 (5.47M) is 1.4% over 5.40M and is taken (the best shape of the width-depth study), whole
+    # teacher layers; 1/8: no 384-wide layer fits (1.92M of 1.35M), the widest filling shape is 1 x 320, sliced
+    assert (half.config.student.shape.num_layers, half.config.student.shape.hidden_size) == (3, 384)
+    assert half.config.student.init.strategy == "teacher-layers"
+    assert (eighth.config.student.shape.num_layers, eighth.config.student.shape.hidden_size) == (1, 320)
+    assert eighth.config.student.init.strategy == "slice"
+    for made, fraction in ((half, 1 / 2), (eighth, 1 / 8)):
+        used = _non_embedding(minilm, made.config)
+        assert made.shape.params.non_embedding == used
+        assert 0.75 * fraction * teacher <= used <= 1.05 * fraction * teacher
+    assert "1.4% over it" in half.reasons[0].why and "over it" not in eighth.reasons[0].why
+
+
+def test_a_deep_narrow_shape_at_the_budget_is_not_taken(minilm):
+    """6 x 192 uses 100.3% of 1/4 (closer to it than any other shape) and was the worst shape measured there."""
+    from unikd.student import budget_configs
+
+    closest = budget_configs(minilm, 0.25, head_sizes=[32], count="non_embedding")[0]
+    assert (closest.num_layers, closest.hidden_size) == (6, 192)
+    made = make_recipe(MINILM, "1/4", task="sst2")
+    assert made.config.student.shape.hidden_size > closest.hidden_size
+    assert made.config.student.shape.num_layers < closest.num_layers
 
 
 def test_every_printed_reason_points_to_a_guideline_section(minilm, tmp_path):

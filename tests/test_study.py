@@ -794,8 +794,9 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
 
 def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
     """docs/studies/cpu-transfer-width-depth-sst2.yaml: three shapes per budget (1/2, 1/4 of the teacher's
-    non-embedding parameters), each within 12% of it, deep to shallow, and the shape `unikd recipe` picks for
-    that budget (within it, the teacher's width)."""
+    non-embedding parameters), each within 12% of it, deep to shallow; the "(recipe)" runs are the full-width
+    shapes the earlier rule picked (the deepest 384-wide one within the budget); `unikd recipe` now picks the
+    widest of the budget-filling shapes measured here."""
     from transformers import AutoConfig
 
     from unikd.recipe import make_recipe
@@ -804,19 +805,23 @@ def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):
     config = AutoConfig.from_pretrained(str(minilm_path))
     teacher = count_parameters(config).non_embedding
     study = load_study(Path(__file__).resolve().parents[1] / "docs" / "studies" / "cpu-transfer-width-depth-sst2.yaml")
-    by_budget: dict[str, list[int]] = {}
+    by_budget: dict[str, list[tuple[int, int]]] = {}
     for run in study.runs:
         budget, *_, which = run["label"].split()
         shape = StudentShape(**run["student.shape"])
         n = count_parameters(student_config(config, shape)).non_embedding
         target = teacher * {"1/2": 0.5, "1/4": 0.25}[budget]
         if which == "(recipe)":
-            picked = make_recipe(str(minilm_path), budget=budget, task="sst2").config.student.shape
-            assert (picked.num_layers, picked.hidden_size) == (shape.num_layers, shape.hidden_size), run["label"]
+            assert shape.hidden_size == config.hidden_size and n <= target, run["label"]
+            deeper = student_config(config, shape.model_copy(update={"num_layers": shape.num_layers + 1}))
+            assert count_parameters(deeper).non_embedding > target, run["label"]
             continue
         assert abs(n - target) / target < 0.12, (run["label"], n, target)
-        by_budget.setdefault(budget, []).append(shape.num_layers)
-    assert {b: len(set(layers)) for b, layers in by_budget.items()} == {"1/2": 3, "1/4": 3}
+        by_budget.setdefault(budget, []).append((shape.hidden_size, shape.num_layers))
+    assert {b: len({d for _, d in shapes}) for b, shapes in by_budget.items()} == {"1/2": 3, "1/4": 3}
+    for budget, shapes in by_budget.items():
+        picked = make_recipe(str(minilm_path), budget=budget, task="sst2").config.student.shape
+        assert (picked.hidden_size, picked.num_layers) == max(shapes), budget
 
 
 def test_width_depth_shapes_share_a_quarter_of_the_teacher_blocks(minilm_path):
