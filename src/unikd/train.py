@@ -183,13 +183,14 @@ def _datasets(cfg: RunConfig, tokenizer, is_decoder: bool):
             f"transfer rows are for sentence classification and regression; this source is {task.spec.task_type}",
             "drop data.transfer (token-level and multi-label transfer sets are not supported in this version)",
         )
-    return tokenize(task.train), tokenize(task.validation), collate, task.spec, task.train
+    return tokenize(task.train), tokenize(task.validation), collate, task.spec, task
 
 
-def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, labelled):
+def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, task_data):
     """The labelled rows (``labelled`` = 1) followed by the epoch's transfer rows (``labelled`` = 0, a placeholder
     label the hard loss never reads), tokenized alike; the labelled rows alone without ``data.transfer``.
-    ``labelled``: the raw labelled rows (``load_task_data``'s train: GLUE or the user's own source)."""
+    ``task_data``: ``load_task_data``'s raw rows (GLUE or the user's own source): its train is the labelled rows,
+    its validation the held-out ones under ``data.holdout``."""
     import datasets
 
     from unikd.data.transfer import transfer_rows
@@ -197,11 +198,12 @@ def _with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, labelled)
     if not cfg.data.transfer:
         return train_ds
     data = cfg.data
+    labelled = task_data.train
 
     def rest():
         taken = set(labelled["idx"])
         if data.holdout:  # the held-out rows score the run: no teacher labels them for it either
-            taken |= set(D.load_task_data(data, seed=cfg.seed).validation["idx"])
+            taken |= set(task_data.validation["idx"])
         full = D.load_task_data(data.model_copy(update={"train_limit": None, "holdout": None}), seed=cfg.seed).train
         return full.filter(lambda r: r["idx"] not in taken)
 
@@ -624,11 +626,11 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, eval_ds, collate, task, labelled_rows = _datasets(cfg, tokenizer, is_decoder)
+    train_ds, eval_ds, collate, task, task_data = _datasets(cfg, tokenizer, is_decoder)
     teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, train_ds, collate, task)
     # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
     labelled_labels = train_ds["labels"] if task is not None else None
-    train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer, task, labelled_rows)
+    train_ds = _with_transfer(cfg, train_ds, teacher, tokenizer, task, task_data)
     cache = _teacher_cache(cfg, plan, teacher_path, len(train_ds))
     if cache is not None:
         cache = _share_teacher_cache(accelerator, cache, student.config.num_labels)
