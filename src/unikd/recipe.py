@@ -309,7 +309,8 @@ def _reasons(
         ),
         Reason(
             "plan.terms.0.loss",
-            f"{logits.loss} on the logits (MSE for a regression head): the loss the study ran; losses not compared",
+            f"{logits.loss} on the logits (MSE for a regression head): nine losses spanned 0.65 points, "
+            "none separated from KL (SST-2)",
             "loss",
         ),
         Reason(
