@@ -245,7 +245,7 @@ def make_recipe(
     cfg = load_config(base=doc)
     check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
 
-    reasons = _reasons(cfg, row, group, spec, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
+    reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
     return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
 
 
@@ -253,7 +253,6 @@ def _reasons(
     cfg: RunConfig,
     row: BudgetRow,
     group: str,
-    spec,
     teacher_non_emb: int,
     fraction: float,
     latency_ms: float | None,
@@ -264,7 +263,7 @@ def _reasons(
     """One reason per choice of ``make_recipe``, in print order (``slower``: the preferred shapes that missed the
     latency target)."""
     why = _GROUP_WHY[group].format(band=round(100 * (1 - _BAND)), over=round(100 * (1 + _OVER)))
-    full_width = row.hidden_size == spec.hidden_size
+    full_width = cfg.student.init.strategy == "teacher-layers"  # make_recipe copies whole layers at full width
     over = f", {100 * row.deviation:.1f}% over it" if row.deviation > 0 else ""
     if slower:
         why += "; the first in this order to meet the latency target"
