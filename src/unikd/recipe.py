@@ -294,9 +294,11 @@ def _reasons(
             "student.init",
             f"{cfg.student.init.strategy}, uniform layers, from the teacher itself: "
             + (
-                "the width is kept, so whole teacher layers are copied"
+                "the width is kept, so whole teacher layers are copied (SST-2 with KD: uniform 78.29, lower "
+                "layers 77.75, upper 76.30, random weights 62.58)"
                 if full_width
-                else "a narrower student keeps the leading channels, heads and neurons of the chosen layers"
+                else "a narrower student keeps the leading channels, heads and neurons of the chosen layers "
+                "(SST-2 3 x 192 with KD: slice 76.22, importance ordering 76.30, random weights 50.92)"
             ),
             "initialization",
         ),
