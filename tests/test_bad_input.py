@@ -535,3 +535,20 @@ def test_skip_malformed_reaches_the_trainer(tmp_path, monkeypatch, umask_027, te
     for name in ("projections.pt", "metrics.json", "config.yaml"):
         assert (out / name).stat().st_mode & 0o777 == umask_027, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_validate_warns_about_a_random_student_for_task_kd_and_not_otherwise(teacher_dir, tmp_path, capsys):
+    """The initialization study's finding (KD below no-KD for a random task-stage student) reaches the user, on
+    the CLI too (which hides library UserWarnings)."""
+    from unikd.train import validate_run
+
+    common = [f"teacher.path={teacher_dir}", "data.task=sst2", f"output_dir={tmp_path / 'run'}"]
+    validate_run(load_config(None, common + ["student.init.strategy=random"]))
+    err = capsys.readouterr().err
+    assert err.startswith("warning: student.init.strategy: random for task-stage KD") and "62.58" in err, err
+    validate_run(load_config(None, common + ["student.init.strategy=teacher-layers"]))
+    assert "student.init.strategy" not in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text(f"teacher: {{path: {teacher_dir}}}\ndata: {{task: sst2}}\noutput_dir: {tmp_path / 'run'}\n")
+    result = runner.invoke(app, ["validate", str(config), "student.init.strategy=random"])
+    assert result.exit_code == 0 and "warning: student.init.strategy: random" in result.output, result.output

@@ -109,6 +109,17 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
             "add a term (e.g. plan.terms=[{knowledge: logits, loss: kl}]) or set plan.hard_label_weight=1",
         )
     check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
+    if cfg.stage == "task" and cfg.student.init.strategy == "random":
+        # A warning, not an error: a random student is a legitimate study arm (the initialization study runs it).
+        # Printed, not warnings.warn: the CLI hides library UserWarnings unless --verbose.
+        print(
+            "warning: student.init.strategy: random for task-stage KD: in docs/study-cpu.md (Initialization at the "
+            "transfer protocol, SST-2, 3 seeds) a random 3x384 student scored 62.58 with KD against 78.29 from the teacher's "
+            "layers, and KD fell below its own no-KD twin (64.33) at 282 steps; use student.init.strategy="
+            "teacher-layers (or a general-stage student via student.init.strategy=pretrained) unless a random "
+            "student is what you study",
+            file=sys.stderr,
+        )
 
 
 def _data_args(cfg: RunConfig) -> str:
