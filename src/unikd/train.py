@@ -114,10 +114,10 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
         # Printed, not warnings.warn: the CLI hides library UserWarnings unless --verbose.
         print(
             "warning: student.init.strategy: random for task-stage KD: in docs/study-cpu.md (Initialization at the "
-            "transfer protocol, SST-2, 3 seeds) a random 3x384 student scored 62.58 with KD against 78.29 from the teacher's "
-            "layers, and KD fell below its own no-KD twin (64.33) at 282 steps; use student.init.strategy="
-            "teacher-layers (or a general-stage student via student.init.strategy=pretrained) unless a random "
-            "student is what you study",
+            "transfer protocol, SST-2, 3 seeds) a random 3x384 student scored 62.58 with KD against 78.29 from the "
+            "teacher's layers, and KD fell below its own no-KD twin (64.33) at 282 steps; use "
+            "student.init.strategy=teacher-layers (or a general-stage student via student.init.strategy=pretrained) "
+            "unless a random student is what you study",
             file=sys.stderr,
         )
 
