@@ -537,15 +537,21 @@ def test_skip_malformed_reaches_the_trainer(tmp_path, monkeypatch, umask_027, te
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_validate_warns_about_a_random_student_for_task_kd_and_not_otherwise(teacher_dir, tmp_path, capsys):
+def test_validate_warns_about_a_random_student_for_task_kd_and_not_otherwise(
+    teacher_dir, tmp_path, capsys, monkeypatch
+):
     """The initialization study's finding (KD below no-KD for a random task-stage student) reaches the user, on
-    the CLI too (which hides library UserWarnings)."""
+    the CLI too (which hides library UserWarnings), once per launch: rank 1 of a multi-process run stays quiet."""
     from unikd.train import validate_run
 
     common = [f"teacher.path={teacher_dir}", "data.task=sst2", f"output_dir={tmp_path / 'run'}"]
     validate_run(load_config(None, common + ["student.init.strategy=random"]))
     err = capsys.readouterr().err
     assert err.startswith("warning: student.init.strategy: random for task-stage KD") and "62.58" in err, err
+    monkeypatch.setenv("RANK", "1")
+    validate_run(load_config(None, common + ["student.init.strategy=random"]))
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.delenv("RANK")
     validate_run(load_config(None, common + ["student.init.strategy=teacher-layers"]))
     assert "student.init.strategy" not in capsys.readouterr().err
     config = tmp_path / "run.yaml"

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from unikd.errors import ConfigError
+from unikd.errors import ConfigError, is_main_process
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Unified knowledge distillation for transformer language models."
@@ -89,15 +89,8 @@ def _run_stage(
         result = run(cfg, resume=resume or with_changes, resume_with_changes=with_changes)
     except ConfigError as exc:
         _fail(exc)
-    if _is_main_process():  # under several processes every rank returns the result; print it once
+    if is_main_process():  # under several processes every rank returns the result; print it once
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain single process."""
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @app.command()

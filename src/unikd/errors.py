@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class ConfigError(ValueError):
     """A configuration or input problem found before training starts.
@@ -41,3 +44,16 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, DataError) or (isinstance(exc, ConfigError) and exc.field.split(".")[0] == "data"):
         return 3
     return 2
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain single process. Usable before an
+    Accelerator exists (config validation runs first)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def warn(message: str) -> None:
+    """A user-facing warning on stderr, once per launch (rank 0 only). Printed, not ``warnings.warn``: the CLI hides
+    library UserWarnings unless --verbose."""
+    if is_main_process():
+        print(f"warning: {message}", file=sys.stderr)

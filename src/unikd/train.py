@@ -33,7 +33,7 @@ from unikd import data as D
 from unikd.allocator import keep_freed_memory
 from unikd.config import RunConfig, dump_config
 from unikd.distiller import Distiller, model_inputs
-from unikd.errors import ConfigError, DataError, TrainingError
+from unikd.errors import ConfigError, DataError, TrainingError, warn
 from unikd.families import get_adapter, model_spec
 from unikd.guards import FiniteWatch, check_teacher, stored_teacher_score, trivial_baseline, weights_finite
 from unikd.hub import copy_sentence_transformers_modules, model_card, name_labels, write_model_card
@@ -111,14 +111,12 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
     check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
     if cfg.stage == "task" and cfg.student.init.strategy == "random":
         # A warning, not an error: a random student is a legitimate study arm (the initialization study runs it).
-        # Printed, not warnings.warn: the CLI hides library UserWarnings unless --verbose.
-        print(
-            "warning: student.init.strategy: random for task-stage KD: in docs/study-cpu.md (Initialization at the "
+        warn(
+            "student.init.strategy: random for task-stage KD: in docs/study-cpu.md (Initialization at the "
             "transfer protocol, SST-2, 3 seeds) a random 3x384 student scored 62.58 with KD against 78.29 from the "
             "teacher's layers, and KD fell below its own no-KD twin (64.33) at 282 steps; use "
             "student.init.strategy=teacher-layers (or a general-stage student via student.init.strategy=pretrained) "
-            "unless a random student is what you study",
-            file=sys.stderr,
+            "unless a random student is what you study"
         )
 
 
@@ -846,8 +844,7 @@ def _resume(state: State, resume: bool) -> None:
             accelerator.print(f"resumed from {ckpt} at step {state.step}")
             return
         problems.append(f"{ckpt.name}: {problem}")
-        if accelerator.is_main_process:
-            print(f"warning: cannot resume from {ckpt} ({problem}); trying the checkpoint before it", file=sys.stderr)
+        warn(f"cannot resume from {ckpt} ({problem}); trying the checkpoint before it")
     if problems:
         raise ConfigError(
             "output_dir",
@@ -1036,7 +1033,6 @@ def finish(state: State, completed: bool = True) -> dict:
 def _hf_outputs(state: State, result: dict) -> None:
     """What the HF ecosystem reads beside the weights: a sentence-transformers teacher's modules, the model card."""
     import shlex
-    import sys
 
     cfg, student_dir = state.cfg, state.output_dir / "student"
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path")
