@@ -1092,6 +1092,28 @@ def paired_study(tiny_teacher, mini_glue, tmp_path_factory) -> Path:
     return out
 
 
+def test_a_per_task_piece_keeps_the_other_tasks_in_the_report(paired_study, tmp_path):
+    """`-o "tasks=[mrpc]"` runs one piece of a two-task study: the SST-2 rows of the earlier expansion stay in the
+    report (and its numbers), the MRPC rows are re-marked by this expansion; another study drops both."""
+    from unikd.study import StudyDB
+
+    out = tmp_path / "study"
+    shutil.copytree(paired_study, out)
+    before = {r["run_id"]: r["task"] for r in read_rows(out)}
+    assert set(before.values()) == {"sst2", "mrpc"}
+    with StudyDB(out / DB_NAME) as db:
+        db.begin_study("tiny", {"mrpc"})
+        assert {r["task"] for r in db.rows()} == {"sst2"}  # the piece's task waits for plan() to re-mark it
+        mrpc = [r for r in db.rows(current_only=False) if r["task"] == "mrpc"]
+        db.conn.execute("UPDATE runs SET current=1 WHERE run_id=?", (mrpc[0]["run_id"],))  # as plan() would
+        db.conn.commit()
+        assert {r["run_id"] for r in db.rows()} == {k for k, t in before.items() if t == "sst2"} | {mrpc[0]["run_id"]}
+        db.begin_study("another study", {"mrpc"})
+        assert db.rows() == []
+        db.begin_study("tiny")  # no task list: every earlier row leaves the report, as before
+        assert db.rows() == []
+
+
 def _interval(diffs: list[float]) -> tuple[float, float, float]:
     mean = sum(diffs) / len(diffs)
     sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5

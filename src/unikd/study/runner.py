@@ -253,7 +253,7 @@ def run_study(
         "commands": [],
     }
     with StudyDB(root / DB_NAME) as db:
-        db.begin_study(study.name)
+        db.begin_study(study.name, {run.task for run in planned})
         todo = _plan_rows(db, planned, retry_failed, echo, summary)
         if print_commands:
             _print_commands(todo, root, echo, summary)
