@@ -1080,7 +1080,7 @@ def paired_study(tiny_teacher, mini_glue, tmp_path_factory) -> Path:
     data["runs"] = PAIRED_RUNS
     study = StudyConfig.model_validate(data)
     with StudyDB(out / DB_NAME) as db:
-        db.begin_study(study.name)
+        db.begin_study(study.name, study.tasks)
         for run in expand_study(study):
             db.plan(run)
             score = SCORES[run.label][run.task][0 if run.kind == "teacher" else run.seed - 1]
@@ -1110,7 +1110,7 @@ def test_a_per_task_piece_keeps_the_other_tasks_in_the_report(paired_study, tmp_
         assert {r["run_id"] for r in db.rows()} == {k for k, t in before.items() if t == "sst2"} | {mrpc[0]["run_id"]}
         db.begin_study("another study", {"mrpc"})
         assert db.rows() == []
-        db.begin_study("tiny")  # no task list: every earlier row leaves the report, as before
+        db.begin_study("tiny", {"sst2", "mrpc"})  # the whole study again: every earlier row leaves the report
         assert db.rows() == []
 
 

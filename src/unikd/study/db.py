@@ -139,17 +139,14 @@ class StudyDB:
         return [_decode(r) for r in self.conn.execute(sql, args).fetchall()]
 
     # ---- writes ----
-    def begin_study(self, study: str, tasks: Iterable[str] | None = None) -> None:
+    def begin_study(self, study: str, tasks: Iterable[str]) -> None:
         """Rows of an earlier expansion - of this study or of another one run into the same directory -
         stay in the file but leave the report (current=0); this expansion's rows are re-marked by plan().
         ``tasks``: the tasks this expansion plans. A study run in per-task pieces (``-o "tasks=[rte]"``) keeps
         its other tasks' rows in the report: only rows of another study, or of a task planned now, leave it."""
-        if tasks is None:
-            self.conn.execute("UPDATE runs SET current=0")
-        else:
-            tasks = sorted(set(tasks))
-            marks = ",".join("?" * len(tasks))
-            self.conn.execute(f"UPDATE runs SET current=0 WHERE study != ? OR task IN ({marks})", [study, *tasks])
+        tasks = sorted(set(tasks))
+        marks = ",".join("?" * len(tasks))
+        self.conn.execute(f"UPDATE runs SET current=0 WHERE study != ? OR task IN ({marks})", [study, *tasks])
         self.conn.commit()
 
     def plan(self, run: PlannedRun) -> dict:
