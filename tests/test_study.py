@@ -778,7 +778,7 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     hashes = {}
     for f in files:
         study = load_study(f)
-        assert check_study_shapes(study, teacher_config) > 0
+        assert check_study_shapes(study, teacher_config, checkpoints=False) > 0
         hashes[f.stem] = {r.config_hash for r in expand_study(study, "/tmp/unikd-docs-study")}
     shared = hashes["cpu-knowledge-types"] & hashes["cpu-student-size"]
     assert len(shared) == 2 + 2 * 3 * 2  # two teachers, no-KD and relation+logits x 2 tasks x 3 seeds
@@ -790,6 +790,30 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     assert len(classic & hashes["cpu-transfer-initialization-sst2"]) == 1 + 3 * 2
     assert len(classic & hashes["cpu-transfer-losses-sst2"]) == 1 + 3 * 3
     assert len(hashes["cpu-transfer-matching-sst2"] & hashes["cpu-transfer-losses-sst2"]) == 1 + 3 * 4  # + hidden MSE
+    # the stages study adds only its general-stage students: the teacher-layer and random inits (KD, no-KD and
+    # pseudo-label twins, three seeds) are the initialization study's runs
+    assert len(hashes["cpu-transfer-initialization-sst2"] & hashes["cpu-transfer-stages-sst2"]) == 1 + 2 * 3 * 3
+
+
+def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teacher, mini_glue, tmp_path):
+    """student.init.pretrained names a checkpoint another command makes (a general stage): a missing one stops the
+    study with the field and the run before the teacher trains; an existing one is the shape the plan is
+    checked on; ``checkpoints=False`` (the docs test, whose general students CI never trains) skips the read."""
+    missing = tmp_path / "general" / "student"
+    data = _study(tiny_teacher, mini_glue, tmp_path / "out")
+    data["base"]["student"]["init"] = {"strategy": "pretrained", "pretrained": str(missing)}
+    study = load_study(data)
+    with pytest.raises(ConfigError) as info:
+        check_study_shapes(study)
+    assert "student.init.pretrained" in info.value.field and info.value.field.startswith("sst2-")
+    assert "does not exist" in info.value.problem
+    assert check_study_shapes(study, checkpoints=False) == 3  # the no-KD student and the two KD plans (T = 1, 4)
+    runner = CountingRunner()
+    with pytest.raises(ConfigError, match="student.init.pretrained"):
+        run_study(study, runner=runner, echo=lambda s: None)
+    assert runner.calls == []  # the teacher did not train for nothing
+    shutil.copytree(tiny_teacher, missing)
+    assert check_study_shapes(study) == 3
 
 
 def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):

@@ -483,14 +483,18 @@ def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]]
         b.label = "no-KD" + (f" ({', '.join(parts)})" if parts else "")
 
 
-def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[PlannedRun] | None = None) -> int:
+def check_study_shapes(
+    study: StudyConfig, teacher_config=None, *, runs: list[PlannedRun] | None = None, checkpoints: bool = True
+) -> int:
     """Validate every KD/no-KD run's student shape, initialization and plan against the teacher's config
     (default: the config of teacher_finetune.teacher.path), without loading weights. Returns the number
     of distinct (student, plan) combinations checked. Raises ``ConfigError`` naming the run. ``runs``: the
-    study's ``expand_study`` when the caller has it already (default: expanded here)."""
+    study's ``expand_study`` when the caller has it already (default: expanded here). ``checkpoints``: read the
+    config of each ``student.init.pretrained`` checkpoint (it must exist; its shape is the one the plan is checked
+    on); False checks those runs on ``student.shape`` (a study file whose students another command makes)."""
     from unikd.models import model_config, resolve_model_path
     from unikd.families import model_spec
-    from unikd.initialization import check_init
+    from unikd.initialization import check_init, pretrained_config
     from unikd.plan import DistillationPlan
     from unikd.student import resolve_shape, student_config
 
@@ -512,10 +516,14 @@ def check_study_shapes(study: StudyConfig, teacher_config=None, *, runs: list[Pl
         seen.add(key)
         try:
             shape = resolve_shape(teacher_config, cfg.student.shape)
-            if cfg.student.init.strategy not in ("pretrained",):
+            if cfg.student.init.strategy != "pretrained":
                 check_init(teacher_config, shape, cfg.student.init)
-            if run.kind == "kd":
                 s_config = student_config(teacher_config, cfg.student.shape)
+            elif checkpoints:  # the student is the checkpoint: a missing one fails here, not after the teachers
+                s_config = pretrained_config(cfg.student.init)
+            else:
+                s_config = student_config(teacher_config, cfg.student.shape)
+            if run.kind == "kd":
                 DistillationPlan(cfg.plan, model_spec(teacher_config), model_spec(s_config))
         except ConfigError as exc:
             raise ConfigError(f"{run.run_id}: {exc.field}", exc.problem, exc.fix) from None
