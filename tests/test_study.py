@@ -797,8 +797,8 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
 
 def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teacher, mini_glue, tmp_path):
     """student.init.pretrained names a checkpoint another command makes (a general stage): a missing one stops the
-    study with the field and the run before the teacher trains; an existing one is the shape the plan is
-    checked on; ``checkpoints=False`` (the docs test, whose general students CI never trains) skips the read."""
+    study with the field and the run before the teacher trains, and so does one whose shape the study's
+    student.shape contradicts; an existing one is the shape the plan is checked on; ``checkpoints=False`` (the docs test, whose general students CI never trains) skips the read."""
     missing = tmp_path / "general" / "student"
     data = _study(tiny_teacher, mini_glue, tmp_path / "out")
     data["base"]["student"]["init"] = {"strategy": "pretrained", "pretrained": str(missing)}
@@ -812,8 +812,11 @@ def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teache
     with pytest.raises(ConfigError, match="student.init.pretrained"):
         run_study(study, runner=runner, echo=lambda s: None)
     assert runner.calls == []  # the teacher did not train for nothing
-    shutil.copytree(tiny_teacher, missing)
-    assert check_study_shapes(study) == 3
+    shutil.copytree(tiny_teacher, missing)  # 2 layers, against the study's student.shape.num_layers 1
+    with pytest.raises(ConfigError, match=r"student.shape.num_layers: 1 does not match the pretrained student's 2"):
+        check_study_shapes(study)
+    data["base"]["student"]["shape"] = {"num_layers": 2}
+    assert check_study_shapes(load_study(data)) == 3
 
 
 def test_transfer_width_depth_shapes_fit_their_budgets(minilm_path):

@@ -494,7 +494,7 @@ def check_study_shapes(
     on); False checks those runs on ``student.shape`` (a study file whose students another command makes)."""
     from unikd.models import model_config, resolve_model_path
     from unikd.families import model_spec
-    from unikd.initialization import check_init, pretrained_config
+    from unikd.initialization import check_student_init, pretrained_config
     from unikd.plan import DistillationPlan
     from unikd.student import resolve_shape, student_config
 
@@ -515,15 +515,14 @@ def check_study_shapes(
             continue
         seen.add(key)
         try:
-            shape = resolve_shape(teacher_config, cfg.student.shape)
-            if cfg.student.init.strategy != "pretrained":
-                check_init(teacher_config, shape, cfg.student.init)
-                s_config = student_config(teacher_config, cfg.student.shape)
-            elif checkpoints:  # the student is the checkpoint: a missing one fails here, not after the teachers
-                s_config = pretrained_config(cfg.student.init)
-            else:
-                s_config = student_config(teacher_config, cfg.student.shape)
+            init, shape = cfg.student.init, cfg.student.shape
+            read_checkpoint = init.strategy == "pretrained" and checkpoints
+            if init.strategy == "pretrained" and not checkpoints:
+                resolve_shape(teacher_config, shape)  # another command makes the checkpoint: only the shape fields
+            else:  # build_student's checks without weights: a missing or misfit checkpoint fails before the teachers
+                check_student_init(teacher_config, shape, init)
             if run.kind == "kd":
+                s_config = pretrained_config(init) if read_checkpoint else student_config(teacher_config, shape)
                 DistillationPlan(cfg.plan, model_spec(teacher_config), model_spec(s_config))
         except ConfigError as exc:
             raise ConfigError(f"{run.run_id}: {exc.field}", exc.problem, exc.fix) from None
