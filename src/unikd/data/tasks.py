@@ -95,6 +95,16 @@ class TaskInfo:
 _STD_SPLITS = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 _MNLI_COLUMNS_TEST = ("index", "sentence1", "sentence2")
 
+
+def _pair_layouts(text_a: str, text_b: str, label: str, key: tuple[str, ...] = ("index",)) -> dict[str, TsvLayout]:
+    """The layouts of a pair task whose train/dev files have the columns ``*key, text_a, text_b, label`` and whose
+    test files have ``*key, text_a, text_b`` (QNLI, RTE, WNLI; STS-B with no key column)."""
+    return {
+        "labeled_layout": TsvLayout(True, (*key, text_a, text_b, label), text_a, text_b, label),
+        "test_layout": TsvLayout(True, (*key, text_a, text_b), text_a, text_b),
+    }
+
+
 GLUE_TASKS: dict[str, TaskInfo] = {
     "cola": TaskInfo(
         name="cola",
@@ -158,19 +168,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
         label_names=(),
         metric_names=("pearson", "spearman"),
         splits=dict(_STD_SPLITS),
-        labeled_layout=TsvLayout(
-            header=True,
-            columns=("sentence1", "sentence2", "score"),
-            text_a="sentence1",
-            text_b="sentence2",
-            label="score",
-        ),
-        test_layout=TsvLayout(
-            header=True,
-            columns=("sentence1", "sentence2"),
-            text_a="sentence1",
-            text_b="sentence2",
-        ),
+        **_pair_layouts("sentence1", "sentence2", "score", key=()),
         description="Semantic Textual Similarity Benchmark (pair, regression 0-5, Pearson + Spearman)",
         is_regression=True,
     ),
@@ -230,19 +228,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
         label_names=("entailment", "not_entailment"),
         metric_names=("accuracy",),
         splits=dict(_STD_SPLITS),
-        labeled_layout=TsvLayout(
-            header=True,
-            columns=("index", "question", "sentence", "label"),
-            text_a="question",
-            text_b="sentence",
-            label="label",
-        ),
-        test_layout=TsvLayout(
-            header=True,
-            columns=("index", "question", "sentence"),
-            text_a="question",
-            text_b="sentence",
-        ),
+        **_pair_layouts("question", "sentence", "label"),
         description="Question NLI from SQuAD (pair, accuracy)",
     ),
     "rte": TaskInfo(
@@ -253,19 +239,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
         label_names=("entailment", "not_entailment"),
         metric_names=("accuracy",),
         splits=dict(_STD_SPLITS),
-        labeled_layout=TsvLayout(
-            header=True,
-            columns=("index", "sentence1", "sentence2", "label"),
-            text_a="sentence1",
-            text_b="sentence2",
-            label="label",
-        ),
-        test_layout=TsvLayout(
-            header=True,
-            columns=("index", "sentence1", "sentence2"),
-            text_a="sentence1",
-            text_b="sentence2",
-        ),
+        **_pair_layouts("sentence1", "sentence2", "label"),
         description="Recognizing Textual Entailment (pair, accuracy)",
     ),
     "wnli": TaskInfo(
@@ -276,19 +250,7 @@ GLUE_TASKS: dict[str, TaskInfo] = {
         label_names=("not_entailment", "entailment"),
         metric_names=("accuracy",),
         splits=dict(_STD_SPLITS),
-        labeled_layout=TsvLayout(
-            header=True,
-            columns=("index", "sentence1", "sentence2", "label"),
-            text_a="sentence1",
-            text_b="sentence2",
-            label="label",
-        ),
-        test_layout=TsvLayout(
-            header=True,
-            columns=("index", "sentence1", "sentence2"),
-            text_a="sentence1",
-            text_b="sentence2",
-        ),
+        **_pair_layouts("sentence1", "sentence2", "label"),
         description="Winograd NLI (pair, accuracy)",
     ),
 }
