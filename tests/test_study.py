@@ -798,7 +798,8 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
 def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teacher, mini_glue, tmp_path):
     """student.init.pretrained names a checkpoint another command makes (a general stage): a missing one stops the
     study with the field and the run before the teacher trains, and so does one whose shape the study's
-    student.shape contradicts; an existing one is the shape the plan is checked on; ``checkpoints=False`` (the docs test, whose general students CI never trains) skips the read."""
+    student.shape contradicts; an existing one is the shape the plan is checked on; ``checkpoints=False`` (the
+    docs test, whose general students CI never trains) skips the read."""
     missing = tmp_path / "general" / "student"
     data = _study(tiny_teacher, mini_glue, tmp_path / "out")
     data["base"]["student"]["init"] = {"strategy": "pretrained", "pretrained": str(missing)}
