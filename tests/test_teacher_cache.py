@@ -186,3 +186,61 @@ def test_a_shared_store_needs_the_teacher_cache():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["stage=task", "data.task=sst2", "train.teacher_cache_dir=/tmp/x"])
     assert err.value.field == "train.teacher_cache_dir" and "train.teacher_cache=true" in err.value.fix
+
+
+def test_processes_split_one_list_even_when_one_reads_it_late(tmp_path):
+    """Two processes (threads here, a Barrier as wait_for_everyone) share the cache files: the slow one reads the
+    missing rows only after the fast one could have stored its share, and still every row is labelled exactly once
+    and both report the whole pass (before the barrier after ``missing``, CI saw 16 of 32 rows)."""
+    import threading
+    import time
+
+    from unikd.train import _teacher_pass
+
+    rows, barrier, labelled, outcomes = 32, threading.Barrier(2, timeout=30), [], {}
+    train_ds = {"input_ids": [[1] * (1 + i % 5) for i in range(rows)]}
+    main = TeacherLogitCache(tmp_path / "c", rows)
+    main.create(2)  # as unikd.train does: the main process creates the files, the others attach
+    caches = [main, TeacherLogitCache(tmp_path / "c", rows)]
+    slow_missing = caches[0].missing
+    caches[0].missing = lambda r: (time.sleep(0.5), slow_missing(r))[1]  # process 0 reads late
+
+    class Dataset:
+        def __len__(self):
+            return rows
+
+        def __getitem__(self, key):
+            return train_ds[key] if isinstance(key, str) else {"row": key}
+
+    def process(rank: int) -> None:
+        cache = caches[rank]
+        accelerator = SimpleNamespace(
+            is_main_process=rank == 0,
+            is_local_main_process=rank == 0,
+            process_index=rank,
+            num_processes=2,
+            device=torch.device("cpu"),
+            wait_for_everyone=barrier.wait,
+            print=lambda *a: None,
+        )
+
+        def capture_teacher(batch, idx):
+            labelled.extend(idx.tolist())
+            cache.store(idx, SimpleNamespace(logits=torch.stack([idx.float(), -idx.float()], dim=-1)))
+
+        distiller = SimpleNamespace(cache=cache, capture_teacher=capture_teacher)
+        cfg = SimpleNamespace(
+            train=SimpleNamespace(eval_batch_size=4, batch_size=2, progress=False, teacher_cache_dir=None)
+        )
+        collate = lambda items: {"row": torch.tensor([it["row"] for it in items])}  # noqa: E731
+        outcomes[rank] = _teacher_pass(cfg, accelerator, distiller, Dataset(), collate)
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(labelled) == list(range(rows))  # each row once, none left for training to compute
+    assert outcomes[0]["rows"] == outcomes[1]["rows"] == rows
+    values = np.load(tmp_path / "c" / "values.npy")
+    np.testing.assert_array_equal(values[:, 0], np.arange(rows, dtype=np.float32))

@@ -729,6 +729,10 @@ def _teacher_pass(cfg: RunConfig, accelerator, distiller: Distiller, train_ds, c
         distiller.cache.flush()
     accelerator.wait_for_everyone()
     todo = distiller.cache.missing(sorted(range(len(train_ds)), key=lengths.__getitem__))
+    # Every process reads the same list before any writes to the shared memory maps: without this barrier a fast
+    # process stored its share while another was still reading, which then split a shorter list, left rows
+    # unlabelled (computed again in training) and under-reported the pass (CI saw 16 of 32 rows).
+    accelerator.wait_for_everyone()
     mine = todo[accelerator.process_index :: accelerator.num_processes]
     size = max(cfg.train.eval_batch_size, cfg.train.batch_size)
     bar = None
