@@ -3,9 +3,11 @@ and reuse of finished runs."""
 
 import json
 
+import pytest
 from conftest import save_tiny_model, tiny_bert
 
 from unikd.config import read_run_config
+from unikd.errors import ConfigError
 from unikd.quickstart import run_quickstart
 
 
@@ -17,18 +19,26 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     out = tmp_path / "qs"
     rows = run_quickstart(out, **kw)["rows"]
     by = {r["model"]: r for r in rows}
-    assert list(by) == ["teacher", "KD student", "no-KD student", "pseudo-label student"]
-    assert by["KD student"]["trained_on"] == "16 labels + 48 unlabelled rows, the teacher's soft targets"
+    kd_name = "KD student (TinyBERT two-step)"
+    assert list(by) == ["teacher", kd_name, "no-KD student", "pseudo-label student"]
+    assert by[kd_name]["trained_on"] == (
+        "16 labels + 48 unlabelled rows, the teacher's hidden states and attention, then its soft targets "
+        "(labels unused)"
+    )
     assert by["no-KD student"]["trained_on"] == "16 labels"
-    # 16 + 48 rows in batches of 32: 2 steps per epoch, and the no-KD student gets the same 2 steps on its 16 rows
-    assert by["KD student"]["steps"] == by["no-KD student"]["steps"] == by["pseudo-label student"]["steps"] == 2
+    # 16 + 48 rows in batches of 32: 2 steps per epoch, split 1 + 1 over TinyBERT's two chained steps, and the
+    # no-KD student gets the same 2 steps on its 16 rows
+    assert by[kd_name]["steps"] == by["no-KD student"]["steps"] == by["pseudo-label student"]["steps"] == 2
     assert by["teacher"]["steps"] == 2  # 64 rows, one epoch
     students = out / "16labels-x3-2layers-1ep"
-    kd = read_run_config(students / "kd-student")
+    step1, kd = read_run_config(students / "kd-student" / "steps" / "1"), read_run_config(students / "kd-student")
+    assert [t.knowledge for t in step1.plan.terms] == ["embeddings", "hidden", "attention"]
+    assert step1.train.max_steps == kd.train.max_steps == 1 and step1.plan.hard_label_weight == 0.0
     assert kd.stage == "task" and kd.data.train_limit == 16 and kd.data.transfer[0].weight == 3
-    assert [t.knowledge for t in kd.plan.terms] == ["logits"]
+    assert [(t.knowledge, t.loss) for t in kd.plan.terms] == [("logits", "soft_ce")]
+    assert kd.student.init.pretrained == str(students / "kd-student" / "steps" / "1" / "student")
     nokd = read_run_config(students / "no-kd-student")
-    assert nokd.stage == "finetune" and not nokd.data.transfer and nokd.student.init == kd.student.init
+    assert nokd.stage == "finetune" and not nokd.data.transfer and nokd.student.init == step1.student.init
     pseudo = read_run_config(students / "pseudo-label-student")
     assert pseudo.plan.pseudo_labels and pseudo.plan.terms == []
     assert json.loads((out / "summary.json").read_text()) == rows
@@ -44,3 +54,19 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert (dirs[0] / "metrics.json").stat().st_mtime_ns == stamps[0]  # the same teacher
     assert read_run_config(out / "8labels-x3-2layers-1ep" / "no-kd-student").data.train_limit == 8
     assert rows[1]["trained_on"].startswith("8 labels + 24 unlabelled")
+
+    # --method logits: one step of logits KL + labels, in its own folder beside the TinyBERT student's
+    rows = run_quickstart(out, **(kw | {"method": "logits", "pseudo_labels": False}))["rows"]
+    assert [r["model"] for r in rows] == ["teacher", "KD student (logits KD)", "no-KD student"]
+    assert (
+        rows[1]["trained_on"] == "16 labels + 48 unlabelled rows, the teacher's soft targets" and rows[1]["steps"] == 2
+    )
+    logits = read_run_config(students / "kd-student-logits")
+    assert [t.knowledge for t in logits.plan.terms] == ["logits"] and logits.train.teacher_cache
+    assert (dirs[1] / "metrics.json").stat().st_mtime_ns == stamps[1]  # the TinyBERT student is left as it was
+
+
+def test_quickstart_unknown_method_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="--method") as exc:
+        run_quickstart(tmp_path / "qs", method="hinton")
+    assert "tinybert, logits" in str(exc.value) and not (tmp_path / "qs").exists()

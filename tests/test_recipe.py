@@ -11,7 +11,7 @@ from conftest import save_tiny_model, tiny_bert
 from typer.testing import CliRunner
 
 from unikd.cli import app
-from unikd.config import load_config, load_preset
+from unikd.config import RunConfig, load_config, load_preset, step_dicts
 from unikd.errors import ConfigError
 from unikd.models import model_config, resolve_model_path
 from unikd.plan import PlanConfig
@@ -38,12 +38,27 @@ def _non_embedding(teacher_cfg, cfg) -> int:
     return count_parameters(student_config(teacher_cfg, cfg.student.shape)).non_embedding
 
 
-def test_the_written_config_validates_and_keeps_the_best_practice_plan(minilm, tmp_path):
+def test_the_written_config_validates_and_is_tinybert_two_step_with_augmentation(minilm, tmp_path):
     made = make_recipe(MINILM, "1/4", task="sst2")
     path = write_recipe(made, tmp_path / "recipe.yaml")
     cfg = load_config(path)
     assert cfg == made.config and cfg.stage == "task" and cfg.data.task == "sst2" and cfg.teacher.path == MINILM
-    assert cfg.plan == PlanConfig.model_validate(load_preset("best-practice")["plan"])
+    tinybert = load_preset("tinybert")
+    # 2 x 320 has 10 heads against the teacher's 12: the attention-score maps are compared as head means
+    step1 = [t.model_dump(exclude_none=True) for t in cfg.plan.terms]
+    assert [t["knowledge"] for t in step1] == ["embeddings", "hidden", "attention"] and cfg.plan.hard_label_weight == 0
+    assert step1[2]["head_reduction"] == "mean" and tinybert["plan"]["terms"][2]["head_reduction"] == "per_head"
+    step2 = RunConfig.model_validate(step_dicts(cfg)[1])
+    assert [(t.knowledge, t.loss, t.temperature) for t in step2.plan.terms] == [("logits", "soft_ce", 1.0)]
+    assert step2.student.init.strategy == "pretrained" and step2.train.epochs == 0.5
+    assert cfg.then[0]["plan"] == tinybert["then"][0]["plan"] and cfg.then[0]["train"] == {"epochs": 0.5}
+    assert cfg.train.epochs == 0.5 and cfg.train.max_steps is None
+    (aug,) = cfg.data.transfer
+    assert (aug.kind, aug.method, aug.copies, aug.weight) == ("augment", "tinybert", 4, 4)
+    # one-step: presets/best-practice.yaml, 3 epochs, no transfer rows
+    one = make_recipe(MINILM, "1/4", task="sst2", plan="one-step").config
+    assert one.plan == PlanConfig.model_validate(load_preset("best-practice")["plan"]) and not one.then
+    assert one.train.epochs == 3 and not one.data.transfer and one.student == cfg.student
     # 1/4 of MiniLM's 10.79M non-embedding parameters (2.70M): the widest shape using 75-105% of it is 2 x 320
     # (2.57M), sliced from the teacher; one whole 384-wide layer (1.92M, 71%) leaves too much unused
     assert (cfg.student.shape.num_layers, cfg.student.shape.hidden_size) == (2, 320)
@@ -129,6 +144,41 @@ def test_bad_teacher_data_and_latency_options_are_named(tmp_path, minilm):
     assert result.exit_code == 2 and "error: --teacher:" in result.output and "Traceback" not in result.output
 
 
+def test_the_plan_option_auto_one_step_for_token_data_and_bad_values(tmp_path, minilm):
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.conll").write_text("EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nwins O\n")
+    files = f"train={tmp_path / 'train.conll'},validation={tmp_path / 'dev.conll'}"
+    made = make_recipe(MINILM, "1/2", data_files=files)  # auto: NER takes no augmented rows
+    assert not made.config.then and not made.config.data.transfer
+    assert [t.knowledge for t in made.config.plan.terms] == ["logits"]
+    with pytest.raises(ConfigError) as err:
+        make_recipe(MINILM, "1/2", data_files=files, plan="two-step")
+    assert err.value.field == "--plan" and "token-classification" in err.value.problem and "one-step" in err.value.fix
+    with pytest.raises(ConfigError) as err:
+        make_recipe(MINILM, "1/2", task="sst2", plan="three-step")
+    assert err.value.field == "--plan" and "two-step" in err.value.fix
+    # at the teacher's width and head count the attention maps stay per head
+    assert make_recipe(MINILM, "1/2", task="mrpc").config.plan.terms[2].head_reduction == "per_head"
+    result = runner.invoke(
+        app,
+        [
+            "recipe",
+            "--teacher",
+            MINILM,
+            "--task",
+            "sst2",
+            "--budget",
+            "1/2",
+            "--plan",
+            "one-step",
+            "--out",
+            str(tmp_path / "r.yaml"),
+        ],
+    )
+    assert result.exit_code == 0 and "preset best-practice" in result.output
+    assert not load_config(tmp_path / "r.yaml").then
+
+
 def test_own_files_and_a_measured_latency_target(tmp_path):
     teacher = save_tiny_model(tiny_bert(4, 64, 4, positions=128), tmp_path / "teacher")
     for split in ("train", "dev"):
@@ -153,6 +203,7 @@ def test_unikd_distill_runs_the_recipe(tmp_path, glue_dir, minilm_path):
         "data.train_limit=32",
         "data.eval_limit=16",
         "train.max_steps=2",
+        "then.0.train.max_steps=2",
         "train.batch_size=16",
         "train.progress=false",
         "train.report_to=[]",
@@ -161,3 +212,6 @@ def test_unikd_distill_runs_the_recipe(tmp_path, glue_dir, minilm_path):
     ]
     result = run(load_config(tmp_path / "recipe.yaml", overrides))
     assert "accuracy" in result["final"] and (tmp_path / "run" / "student" / "config.json").is_file()
+    # both chained steps ran, step 1 on the labelled rows and their augmented copies
+    assert [c["steps"] for c in result["chain"]] == [2, 2]
+    assert (tmp_path / "run" / "steps" / "1" / "student" / "config.json").is_file()

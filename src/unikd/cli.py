@@ -180,6 +180,12 @@ def recipe(
     max_length: int = typer.Option(128, "--max-length", help="data.max_length, also the timed sequence length."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="The run's output_dir."),
     out: Path = typer.Option(Path("recipe.yaml"), help="Where the run config is written."),
+    plan: str = typer.Option(
+        "auto",
+        "--plan",
+        help="two-step: TinyBERT's two chained steps on 4 augmented copies (the four-task best, ~2x the time); "
+        "one-step: logits KD + labels; auto: two-step for sentence classification/regression, else one-step.",
+    ),
 ):
     """Write a run config for a teacher and a budget by docs/guideline.md, with one line of why per choice."""
     from unikd.recipe import make_recipe, write_recipe
@@ -195,6 +201,7 @@ def recipe(
             latency_estimate=latency_estimate,
             max_length=max_length,
             output_dir=output_dir,
+            plan=plan,
         )
         write_recipe(made, out)
     except ConfigError as exc:
@@ -417,6 +424,11 @@ def quickstart(
         2.0, help="Epochs of the teacher and of the KD student; the no-KD student gets the KD student's step count."
     ),
     pseudo_labels: bool = typer.Option(False, help="Also train the pseudo-label baseline on the same unlabelled rows."),
+    method: str = typer.Option(
+        "tinybert",
+        help="The KD student's method: tinybert (TinyBERT's two chained steps, half the steps each) or logits "
+        "(logits KL + labels, one step).",
+    ),
 ):
     """The README's main job: teacher fine-tune -> KD student (few labels, much text) -> no-KD student, on SST-2."""
     from unikd.quickstart import run_quickstart
@@ -430,6 +442,7 @@ def quickstart(
             student_layers=student_layers,
             epochs=epochs,
             pseudo_labels=pseudo_labels,
+            method=method,
         )
     except ConfigError as exc:
         _fail(exc)

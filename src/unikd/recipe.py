@@ -2,9 +2,22 @@
 target, chosen by the rules of docs/guideline.md.
 
 Each choice carries one line of why, pointing at the guideline section it rests on. The student shape comes from
-``student.budget_configs`` (non-embedding parameters, the teacher's head size), the plan from
-``presets/best-practice.yaml``; the config is validated with ``config.load_config`` and ``check_student_init``
-(configs only: no weight is loaded) before it is written.
+``student.budget_configs`` (non-embedding parameters, the teacher's head size); the plan is one of
+
+==============  ==================================================================================================
+``--plan``      the run config
+==============  ==================================================================================================
+``two-step``    TinyBERT's two chained steps (``preset: tinybert``: embeddings + hidden + attention-score MSE, then
+                the logits) on the labelled rows plus 4 TinyBERT-augmented copies of each (weight 4), 0.5 epochs
+                per step: the recipe that beat no-KD and pseudo-labels on SST-2, MRPC, RTE and STS-B
+                (guideline, "Knowledge type"); about twice the one-step plan's wall time
+``one-step``    ``presets/best-practice.yaml`` (logits KL + labels), 3 epochs: cheaper, cacheable teacher
+``auto``        ``two-step`` for sentence(-pair) classification and regression, ``one-step`` otherwise (token
+                classification and multi-label data take no transfer rows in this version)
+==============  ==================================================================================================
+
+The config is validated with ``config.load_config``, ``check_student_init`` and every term's shape check against
+the teacher's and the student's shapes (configs only: no weight is loaded) before it is written.
 """
 
 from __future__ import annotations
@@ -32,6 +45,12 @@ _BAND = 0.25
 _OVER = 0.05
 #: the learning rate of the teachers and the transfer-run students in docs/study-cpu.md (guideline, "Schedule")
 _LR = 1e-4
+PLANS = ("auto", "two-step", "one-step")
+#: the augmentation of the four-task study: 4 copies of each labelled row, drawn at weight 4 per epoch
+_AUGMENT = {"kind": "augment", "method": "tinybert", "copies": 4, "weight": 4}
+#: each chained step's epochs over the labelled rows + their 4 copies (2.5 passes over the labelled rows; MRPC's
+#: 300 + 300 steps over 3,668 rows x 5 were 0.52 epochs each: docs/study-cpu.md, the transfer protocol)
+_STEP_EPOCHS = 0.5
 
 
 @dataclass(frozen=True)
@@ -181,10 +200,11 @@ def make_recipe(
     latency_estimate: bool = False,
     max_length: int = 128,
     output_dir: str | None = None,
+    plan: str = "auto",
 ) -> Recipe:
     """The run config the guideline gives for ``teacher`` (hub id, directory or ``pkg:<name>``) at ``budget`` (a
-    fraction of its non-embedding parameters) on ``task`` (GLUE) or ``data_files`` (``train=PATH,validation=PATH``).
-    Bad input is a ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
+    fraction of its non-embedding parameters) on ``task`` (GLUE) or ``data_files`` (``train=PATH,validation=PATH``),
+    with ``plan`` (the module's table). Bad input is a ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
     fraction = budget_fraction(budget)
     if (task is None) == (data_files is None):
         raise ConfigError(
@@ -205,7 +225,19 @@ def make_recipe(
         )
     if max_length < 8:
         raise ConfigError("--max-length", f"must be at least 8, got {max_length}", "use e.g. 128")
+    if plan not in PLANS:
+        raise ConfigError("--plan", f"unknown plan {plan!r}", f"use one of {', '.join(PLANS)}")
     data = _labelled_data(task, data_files, max_length)
+    task_type = _task_type(data)
+    sentence_level = task_type in ("classification", "regression")
+    if plan == "two-step" and not sentence_level:
+        raise ConfigError(
+            "--plan",
+            f"the two-step plan trains on augmented copies, and this data is {task_type} (transfer rows are for "
+            "sentence classification and regression in this version)",
+            "use --plan one-step (or auto)",
+        )
+    two_step = plan == "two-step" or (plan == "auto" and sentence_level)
 
     teacher_cfg = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
     spec = get_adapter(teacher_cfg, field="--teacher").spec(teacher_cfg)
@@ -227,7 +259,6 @@ def make_recipe(
     full_width = row.hidden_size == spec.hidden_size
     init = InitConfig(strategy="teacher-layers" if full_width else "slice", layers="uniform")
 
-    preset = load_preset("best-practice")
     name = task or "data"
     doc = {
         "stage": "task",
@@ -237,16 +268,53 @@ def make_recipe(
             "init": {"strategy": init.strategy, "layers": init.layers},
         },
         "data": data,
-        "plan": preset["plan"],
-        "optim": {"lr": _LR},
-        "train": {"epochs": 3, "batch_size": 32},
-        "output_dir": output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}",
     }
+    if two_step:
+        tinybert = load_preset("tinybert")
+        terms = [dict(t) for t in tinybert["plan"]["terms"]]
+        if row.num_heads != spec.num_heads:  # per-head maps need equal head counts; compare the head means
+            terms = [dict(t, head_reduction="mean") if t["knowledge"] == "attention" else t for t in terms]
+        doc["data"] = dict(data, transfer=[dict(_AUGMENT)])
+        doc["plan"] = dict(tinybert["plan"], terms=terms)
+        doc["optim"] = {"lr": _LR}
+        doc["train"] = {"epochs": _STEP_EPOCHS, "batch_size": 32}
+        doc["then"] = [dict(tinybert["then"][0], train={"epochs": _STEP_EPOCHS})]
+    else:
+        doc["plan"] = load_preset("best-practice")["plan"]
+        doc["optim"] = {"lr": _LR}
+        doc["train"] = {"epochs": 3, "batch_size": 32}
+    doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
     cfg = load_config(base=doc)
     check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
+    _check_plan_shapes(cfg, teacher_cfg, spec)
 
     reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
     return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
+
+
+def _task_type(data: dict) -> str:
+    """The labelled data's task type: GLUE's from its name, the files' from their labels (they are read)."""
+    from unikd.config import DataConfig
+    from unikd.data import glue_spec, load_task_data
+
+    if data.get("task"):
+        return glue_spec(data["task"]).task_type
+    try:
+        return load_task_data(DataConfig.model_validate(data)).spec.task_type
+    except ConfigError as exc:
+        raise ConfigError("--data-files", f"{exc.field}: {exc.problem}", exc.fix) from None
+
+
+def _check_plan_shapes(cfg: RunConfig, teacher_cfg, spec) -> None:
+    """Every step's terms against the teacher's and the student's shapes (what `unikd validate` checks)."""
+    from unikd.config import step_dicts
+
+    adapter = get_adapter(teacher_cfg, field="--teacher")
+    student_spec = adapter.spec(student_config(teacher_cfg, cfg.student.shape))
+    for i, step in enumerate(step_dicts(cfg)):
+        where = "plan.terms" if i == 0 else f"then[{i - 1}].plan.terms"
+        for j, term in enumerate(RunConfig.model_validate(step).plan.terms):
+            term.validate_shapes(spec, student_spec, f"{where}.{j}")
 
 
 def _reasons(
@@ -287,9 +355,7 @@ def _reasons(
                 "student-shape-for-a-budget",
             )
         )
-    logits = next(t for t in cfg.plan.terms if t.knowledge == "logits")
-    others = sorted({t.knowledge for t in cfg.plan.terms} - {"logits"})
-    reasons += [
+    reasons.append(
         Reason(
             "student.init",
             f"{cfg.student.init.strategy}, uniform layers, from the teacher itself: "
@@ -301,13 +367,45 @@ def _reasons(
                 "(SST-2 3 x 192 with KD: slice 76.22, importance ordering 76.30, random weights 50.92)"
             ),
             "initialization",
+        )
+    )
+    if cfg.then:
+        reasons += _two_step_reasons(cfg)
+    else:
+        reasons += _one_step_reasons(cfg)
+    reasons += [
+        Reason(
+            "stage",
+            "task distillation only, from the teacher's layers: a general stage is not measured in unikd",
+            "stages-general-and-task",
         ),
+        _data_reason(cfg),
+        Reason(
+            "optim, train",
+            f"lr {cfg.optim.lr:g}, batch {cfg.train.batch_size}, "
+            + (
+                f"{cfg.train.epochs:g} epochs per step over the labelled rows and their copies (2.5 passes over "
+                "the labelled rows each; the four-task study's 300 + 300 steps on MRPC were 0.52 epochs each)"
+                if cfg.then
+                else f"{cfg.train.epochs:g} epochs, as in the study"
+            )
+            + "; too few steps left students at the majority class",
+            "schedule",
+        ),
+    ]
+    return reasons
+
+
+def _one_step_reasons(cfg: RunConfig) -> list[Reason]:
+    logits = next(t for t in cfg.plan.terms if t.knowledge == "logits")
+    others = sorted({t.knowledge for t in cfg.plan.terms} - {"logits"})
+    return [
         Reason(
             "plan",
-            "preset best-practice, logits KD plus the hard labels: one step, cacheable teacher, never clearly below "
-            "no-KD on SST-2, MRPC and STS-B; where about twice the wall time is affordable, TinyBERT's two steps "
-            "with 4 augmented copies beat it (MRPC +3.82 [+0.60, +7.05], SST-2 on every seed, RTE on its one seed) "
-            "and no-KD on SST-2, MRPC, RTE and STS-B (examples/best-practice-task-augment-mrpc.yaml)",
+            "preset best-practice, logits KD plus the hard labels: one step, cacheable teacher, never clearly "
+            "below no-KD on SST-2, MRPC and STS-B; TinyBERT's two steps with 4 augmented copies (--plan two-step, "
+            "about twice the wall time, sentence-level tasks only) beat it (MRPC +3.82 [+0.60, +7.05], SST-2 on "
+            "every seed) and no-KD on SST-2, MRPC, RTE and STS-B",
             "knowledge-type",
         ),
         Reason(
@@ -326,24 +424,53 @@ def _reasons(
             f"as the preset sets it for {', '.join(others)}" if others else "none: the plan has no intermediate term",
             "layer-matching",
         ),
+    ]
+
+
+def _two_step_reasons(cfg: RunConfig) -> list[Reason]:
+    attention = next(t for t in cfg.plan.terms if t.knowledge == "attention")
+    heads = (
+        "per head"
+        if attention.head_reduction == "per_head"
+        else "averaged over heads, since the student has fewer heads than the teacher"
+    )
+    return [
         Reason(
-            "stage",
-            "task distillation only, from the teacher's layers: a general stage is not measured in unikd",
-            "stages-general-and-task",
+            "plan",
+            "TinyBERT's two chained steps (preset tinybert): step 1 embeddings + hidden states + attention scores "
+            "(MSE, no label loss), step 2 the logits from step 1's student; with 4 augmented copies it beat no-KD "
+            "on SST-2, MRPC, RTE and STS-B (+6.02 on average, 12 of 12 seeds) and pseudo-labels on all four, about "
+            "twice the wall time of --plan one-step (logits KD + labels), which it beat by +3.82 [+0.60, +7.05] on "
+            "MRPC",
+            "knowledge-type",
         ),
         Reason(
-            "data",
-            (f"GLUE task {cfg.data.task}" if cfg.data.task else "your files as data.files")
-            + "; no transfer set (none given: add data.transfer for unlabelled in-domain text)",
-            "transfer-data-and-augmentation",
+            "then.0.plan.terms.0.loss",
+            "soft CE at T = 1 on the logits (MSE for a regression head), as the paper's step 2: nine logits losses "
+            "spanned 0.65 points, none separated from KL (SST-2)",
+            "loss",
         ),
         Reason(
-            "optim, train",
-            f"lr {cfg.optim.lr:g}, batch {cfg.train.batch_size}, {cfg.train.epochs:g} epochs, as in the study; too few steps left students at the majority class",
-            "schedule",
+            "layer matching",
+            f"uniform for hidden states and attention ({heads}), as the preset sets it: six matching strategies "
+            "were within 0.5 points (SST-2)",
+            "layer-matching",
         ),
     ]
-    return reasons
+
+
+def _data_reason(cfg: RunConfig) -> Reason:
+    source = f"GLUE task {cfg.data.task}" if cfg.data.task else "your files as data.files"
+    if cfg.data.transfer:
+        aug = cfg.data.transfer[0]
+        why = (
+            f"; {aug.copies} TinyBERT-augmented copies of each labelled row (weight {aug.weight:g}: words replaced "
+            "by the teacher's masked-LM predictions, else its embedding neighbours), computed once and cached; "
+            "add a rest_of_train or text source for unlabelled in-domain text"
+        )
+    else:
+        why = "; no transfer set (none given: add data.transfer for unlabelled in-domain text)"
+    return Reason("data", source + why, "transfer-data-and-augmentation")
 
 
 def write_recipe(recipe: Recipe, path: str | Path) -> Path:
