@@ -5,10 +5,12 @@ import json
 
 import pytest
 from conftest import save_tiny_model, tiny_bert
+from typer.testing import CliRunner
 
 from unikd.config import read_run_config
 from unikd.errors import ConfigError
-from unikd.quickstart import run_quickstart
+from unikd.cli import app
+from unikd.quickstart import parse_seeds, run_quickstart
 
 
 def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkeypatch):
@@ -41,7 +43,13 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert nokd.stage == "finetune" and not nokd.data.transfer and nokd.student.init == step1.student.init
     pseudo = read_run_config(students / "pseudo-label-student")
     assert pseudo.plan.pseudo_labels and pseudo.plan.terms == []
-    assert json.loads((out / "summary.json").read_text()) == rows
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == rows and summary["seeds"] == [42]
+    # one seed: the differences without an interval
+    assert summary["paired"][f"{kd_name} - no-KD student"]["ci_low"] is None
+    assert summary["paired"][f"{kd_name} - no-KD student"]["diff_mean"] == pytest.approx(
+        by[kd_name]["dev_accuracy"] - by["no-KD student"]["dev_accuracy"]
+    )
     for r in rows:
         assert 0.0 <= r["dev_accuracy"] <= 1.0 and r["latency_ms_b1"] > 0
 
@@ -55,6 +63,25 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert read_run_config(out / "8labels-x3-2layers-1ep" / "no-kd-student").data.train_limit == 8
     assert rows[1]["trained_on"].startswith("8 labels + 24 unlabelled")
 
+    # several seeds: the seed-42 folders are reused, each other seed trains its own students; each row is the
+    # mean over the seeds and the KD student's paired differences get a Student-t interval
+    many = run_quickstart(out, **(kw | {"seeds": [42, 7]}))
+    assert (dirs[1] / "metrics.json").stat().st_mtime_ns == stamps[1]
+    acc = {
+        (model, seed): json.loads((students / where / folder / "metrics.json").read_text())["final"]["accuracy"]
+        for model, folder in ((kd_name, "kd-student"), ("no-KD student", "no-kd-student"))
+        for seed, where in ((42, "."), (7, "seed-7"))
+    }
+    assert read_run_config(students / "seed-7" / "kd-student").seed == 7
+    by = {r["model"]: r for r in many["rows"]}
+    assert by[kd_name]["per_seed"] == [acc[kd_name, 42], acc[kd_name, 7]]
+    assert by[kd_name]["dev_accuracy"] == pytest.approx((acc[kd_name, 42] + acc[kd_name, 7]) / 2)
+    diffs = [acc[kd_name, s] - acc["no-KD student", s] for s in (42, 7)]
+    pair = many["paired"][f"{kd_name} - no-KD student"]
+    half = 12.7062047 * abs(diffs[0] - diffs[1]) / 2  # t(0.975, 1) * sd / sqrt(2), sd = |d1 - d2| / sqrt(2)
+    assert pair["per_seed"] == pytest.approx(diffs) and pair["n"] == 2
+    assert (pair["ci_low"], pair["ci_high"]) == pytest.approx((sum(diffs) / 2 - half, sum(diffs) / 2 + half))
+
     # --method logits: one step of logits KL + labels, in its own folder beside the TinyBERT student's
     rows = run_quickstart(out, **(kw | {"method": "logits", "pseudo_labels": False}))["rows"]
     assert [r["model"] for r in rows] == ["teacher", "KD student (logits KD)", "no-KD student"]
@@ -66,7 +93,17 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert (dirs[1] / "metrics.json").stat().st_mtime_ns == stamps[1]  # the TinyBERT student is left as it was
 
 
-def test_quickstart_unknown_method_is_refused_before_training(tmp_path):
+def test_quickstart_unknown_method_and_bad_seeds_are_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="--method") as exc:
         run_quickstart(tmp_path / "qs", method="hinton")
     assert "tinybert, logits" in str(exc.value) and not (tmp_path / "qs").exists()
+    assert parse_seeds("1, 2,3") == [1, 2, 3]
+    for bad in ("", "one", "1,-2", "1.5"):
+        with pytest.raises(ConfigError) as exc:
+            parse_seeds(bad)
+        assert exc.value.field == "--seeds" and "1,2,3" in exc.value.fix
+    with pytest.raises(ConfigError, match="--seeds"):
+        run_quickstart(tmp_path / "qs", seeds=[])
+    result = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--seeds", "1,x"])
+    assert result.exit_code == 2 and "error: --seeds:" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "qs").exists()

@@ -429,9 +429,14 @@ def quickstart(
         help="The KD student's method: tinybert (TinyBERT's two chained steps, half the steps each) or logits "
         "(logits KL + labels, one step).",
     ),
+    seeds: str = typer.Option(
+        "42",
+        help="The students' seeds, comma-separated (one teacher): with several, each row is the mean over them and "
+        "the KD student's paired differences to the baselines get a 95% interval, e.g. --seeds 1,2,3.",
+    ),
 ):
     """The README's main job: teacher fine-tune -> KD student (few labels, much text) -> no-KD student, on SST-2."""
-    from unikd.quickstart import run_quickstart
+    from unikd.quickstart import parse_seeds, run_quickstart
 
     try:
         run_quickstart(
@@ -443,6 +448,7 @@ def quickstart(
             epochs=epochs,
             pseudo_labels=pseudo_labels,
             method=method,
+            seeds=parse_seeds(seeds),
         )
     except ConfigError as exc:
         _fail(exc)

