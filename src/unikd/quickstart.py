@@ -9,11 +9,13 @@
 3. train the same student, same initialization, on the 500 labelled rows without KD, for the same number of steps
    -> the baseline (``--pseudo-labels`` adds the baseline that trains on the teacher's argmax over the same 4,000
    rows, which separates a KD gain from a more-data gain);
-4. print each model, what it trained on, dev accuracy, parameters and CPU latency at batch 1.
+4. print each model, what it trained on, dev accuracy, parameters and CPU latency at batch 1; with ``--seeds 1,2,3``
+   the students train on each seed (one teacher), each row is their mean ± std, and the KD student's per-seed
+   differences to each baseline get a paired 95% interval.
 
-The run directories are named by their settings (``teacher-2000rows-2ep``, ``500labels-x8-3layers-2ep/kd-student``);
-one that already holds a finished run of the same config is reused, so a second call only prints, and a changed
-setting trains only what it changes.
+The run directories are named by their settings (``teacher-2000rows-2ep``, ``500labels-x8-3layers-2ep/kd-student``,
+``.../seed-1/kd-student`` for a seed other than the default 42); one that already holds a finished run of the same
+config is reused, so a second call only prints, and a changed setting trains only what it changes.
 """
 
 from __future__ import annotations
