@@ -104,6 +104,30 @@ def test_pseudo_labels_from_the_cache_train_as_from_the_live_teacher(tmp_path, g
     assert cached["final"] == live["final"]
 
 
+def test_regression_with_augmented_rows_trains_as_without_the_cache(tmp_path, glue_dir, minilm_path):
+    """STS-B (a one-output regression head) with TinyBERT-augmented transfer rows: the cached predicted values of
+    the labelled rows and of their copies are the live teacher's, row for row, so training is the same."""
+    teacher = save_tiny_model(tiny_bert(2, 32, 4, positions=128, num_labels=1), tmp_path / "teacher", minilm_path)
+    opts = tiny_task_options(
+        teacher,
+        glue_dir,
+        {
+            "data.task": "stsb",
+            "data.train_limit": 24,
+            "data.eval_limit": 32,
+            "data.transfer": "[{kind: augment, method: tinybert, copies: 2, weight: 2}]",
+            "train.max_steps": 6,
+            "train.batch_size": 8,
+            "train.log_every": 1,
+        },
+    )
+    live = run(load_config(None, opts + [f"output_dir={tmp_path / 'live'}"]))
+    cached = run(load_config(None, opts + ["train.teacher_cache=true", f"output_dir={tmp_path / 'cached'}"]))
+    assert cached["teacher_pass"]["rows"] == 24 * 3  # the labelled rows and two copies of each
+    np.testing.assert_allclose(_losses(tmp_path / "cached"), _losses(tmp_path / "live"), rtol=1e-4)
+    assert cached["final"]["score"] == pytest.approx(live["final"]["score"], abs=1e-5)
+
+
 def _row(ids):
     return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
 
