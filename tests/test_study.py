@@ -793,6 +793,9 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     # the stages study adds only its general-stage students: the teacher-layer and random inits (KD, no-KD and
     # pseudo-label twins, three seeds) are the initialization study's runs
     assert len(hashes["cpu-transfer-initialization-sst2"] & hashes["cpu-transfer-stages-sst2"]) == 1 + 2 * 3 * 3
+    # the schedule-check study at its own 282 steps is the classic study's teacher, best-practice, pseudo-label and
+    # no-KD runs (3 seeds): a check that picks 282 steps trains nothing more
+    assert hashes["cpu-transfer-schedule-sst2"] <= classic and len(hashes["cpu-transfer-schedule-sst2"]) == 1 + 3 * 3
 
 
 def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teacher, mini_glue, tmp_path):
