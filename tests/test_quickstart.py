@@ -41,6 +41,8 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert kd.student.init.pretrained == str(students / "kd-student" / "steps" / "1" / "student")
     nokd = read_run_config(students / "no-kd-student")
     assert nokd.stage == "finetune" and not nokd.data.transfer and nokd.student.init == step1.student.init
+    # built from the fine-tuned teacher, as the study runner's no-KD twin is (its layers from init.source)
+    assert nokd.teacher.path == step1.teacher.path == str(out / "teacher-64rows-1ep" / "student")
     pseudo = read_run_config(students / "pseudo-label-student")
     assert pseudo.plan.pseudo_labels and pseudo.plan.terms == []
     summary = json.loads((out / "summary.json").read_text())
@@ -62,6 +64,15 @@ def test_quickstart_rows_steps_and_reuse(tmp_path, glue_dir, minilm_path, monkey
     assert (dirs[0] / "metrics.json").stat().st_mtime_ns == stamps[0]  # the same teacher
     assert read_run_config(out / "8labels-x3-2layers-1ep" / "no-kd-student").data.train_limit == 8
     assert rows[1]["trained_on"].startswith("8 labels + 24 unlabelled")
+
+    # a folder holding a run of other settings (an older unikd's quickstart) is kept beside it, and retrained
+    nokd_dir = students / "no-kd-student"
+    older = (nokd_dir / "config.yaml").read_text().replace("lr: 0.0001", "lr: 0.0002")
+    assert older != (nokd_dir / "config.yaml").read_text()
+    (nokd_dir / "config.yaml").write_text(older)
+    run_quickstart(out, **kw)
+    assert (students / "no-kd-student.previous-1" / "config.yaml").read_text() == older
+    assert read_run_config(nokd_dir) == nokd and (nokd_dir / "metrics.json").is_file()
 
     # several seeds: the seed-42 folders are reused, each other seed trains its own students; each row is the
     # mean over the seeds and the KD student's paired differences get a Student-t interval

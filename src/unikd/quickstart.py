@@ -60,8 +60,21 @@ def _run_once(overrides: list[str]) -> Path:
     done = (out / "metrics.json").is_file() and all(
         (Path(step.output_dir) / "config.yaml").is_file() and read_run_config(step.output_dir) == step for step in steps
     )
-    if not done:
-        run(cfg)
+    if done:
+        return out
+    # an interrupted run of this config resumes; a run of other settings in the folder (an older unikd's
+    # quickstart) is kept beside it, never overwritten
+    started = [Path(step.output_dir) for step in steps if (Path(step.output_dir) / "config.yaml").is_file()]
+    same = all(read_run_config(step.output_dir) == step for step in steps if Path(step.output_dir) in started)
+    if out.exists() and any(out.iterdir()) and not (started and same):
+        kept = next(
+            out.with_name(f"{out.name}.previous-{i}")
+            for i in range(1, 10_000)
+            if not out.with_name(f"{out.name}.previous-{i}").exists()
+        )
+        out.rename(kept)
+        print(f"{out} held a run of other settings: kept as {kept}")
+    run(cfg, resume=bool(started and same))
     return out
 
 
@@ -150,7 +163,10 @@ def run_quickstart(
         pseudo = ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
         todo = [
             (METHODS[method], kd_name, kd_teacher + kd_run),
-            ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher}"]),
+            # built from the fine-tuned teacher as the KD students are (its layers come from init.source all the
+            # same): the student's random head then draws the same numbers, so each seed's no-KD run is the
+            # study runner's no-KD twin (docs/study-cpu.md's three seeds are `--seeds 1,2,3`)
+            ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher_dir / 'student'}"]),
         ]
         if pseudo_labels:
             todo.append(("pseudo-label student", "pseudo-label-student", kd_teacher + pseudo))
@@ -239,6 +255,9 @@ def _print(rows: list[dict], paired: dict, seeds: list[int]) -> None:
             cells.append(" / ".join(f"{100 * v:.2f}" for v in per) if per else "")
         table.add_row(*cells, f"{r['parameters'] / 1e6:.1f}M", lat)
     console = Console()
+    console = Console(
+        width=max(console.width, 150)
+    )  # rich's 80 columns off a terminal fold "trained on" to a word a line
     console.print(table)
     for name, p in paired.items():
         diff = f"{100 * p['diff_mean']:+.2f}"
