@@ -55,17 +55,18 @@ def _run_once(overrides: list[str]) -> Path:
     older unikd wrote, before a field with a default existed, still counts)."""
     cfg = load_config(None, overrides)
     out = Path(cfg.output_dir)
-    # a chain (then:) is finished when every step's directory holds that step's config and the last its metrics
+    # each step's saved config (a chain, then:, has one directory per step); None where it has not started
     steps = [RunConfig.model_validate(step) for step in step_dicts(cfg)]
-    done = (out / "metrics.json").is_file() and all(
-        (Path(step.output_dir) / "config.yaml").is_file() and read_run_config(step.output_dir) == step for step in steps
-    )
-    if done:
-        return out
+    saved = [
+        read_run_config(step.output_dir) if (Path(step.output_dir) / "config.yaml").is_file() else None
+        for step in steps
+    ]
+    started = any(s is not None for s in saved)
+    same = all(s is None or s == step for s, step in zip(saved, steps))
+    if (out / "metrics.json").is_file() and all(s == step for s, step in zip(saved, steps)):
+        return out  # finished: every step's directory holds that step's config and the last its metrics
     # an interrupted run of this config resumes; a run of other settings in the folder (an older unikd's
     # quickstart) is kept beside it, never overwritten
-    started = [Path(step.output_dir) for step in steps if (Path(step.output_dir) / "config.yaml").is_file()]
-    same = all(read_run_config(step.output_dir) == step for step in steps if Path(step.output_dir) in started)
     if out.exists() and any(out.iterdir()) and not (started and same):
         kept = next(
             out.with_name(f"{out.name}.previous-{i}")
@@ -74,7 +75,7 @@ def _run_once(overrides: list[str]) -> Path:
         )
         out.rename(kept)
         print(f"{out} held a run of other settings: kept as {kept}")
-    run(cfg, resume=bool(started and same))
+    run(cfg, resume=started and same)
     return out
 
 
@@ -155,23 +156,22 @@ def run_quickstart(
             [],
             f"{labels} labels + {transfer_rows} rows, the teacher's argmax as label",
         )
+    todo = [
+        (METHODS[method], kd_name, kd_teacher + ["stage=task", transfer] + kd_plan),
+        # built from the fine-tuned teacher as the KD students are (its layers come from init.source all the
+        # same): the student's random head then draws the same numbers, so each seed's no-KD run is the
+        # study runner's no-KD twin (docs/study-cpu.md's three seeds are `--seeds 1,2,3`)
+        ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher_dir / 'student'}"]),
+    ]
+    if pseudo_labels:
+        pseudo = ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
+        todo.append(("pseudo-label student", "pseudo-label-student", kd_teacher + pseudo))
     for seed in seeds:
         # the default seed keeps the folders of a one-seed run, so --seeds 42,1,2 reuses it
         where = students if seed == DEFAULT_SEED else f"{students}/seed-{seed}"
-        common = student + [f"seed={seed}"]
-        kd_run = ["stage=task", transfer] + kd_plan
-        pseudo = ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
-        todo = [
-            (METHODS[method], kd_name, kd_teacher + kd_run),
-            # built from the fine-tuned teacher as the KD students are (its layers come from init.source all the
-            # same): the student's random head then draws the same numbers, so each seed's no-KD run is the
-            # study runner's no-KD twin (docs/study-cpu.md's three seeds are `--seeds 1,2,3`)
-            ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher_dir / 'student'}"]),
-        ]
-        if pseudo_labels:
-            todo.append(("pseudo-label student", "pseudo-label-student", kd_teacher + pseudo))
         for model, folder, extra in todo:
-            students_of[model][0].append(_run_once(_common(out, f"{where}/{folder}", labels) + common + extra))
+            overrides = _common(out, f"{where}/{folder}", labels) + student + [f"seed={seed}"] + extra
+            students_of[model][0].append(_run_once(overrides))
     runs = {"teacher": ([teacher_dir], f"{teacher_rows} labels"), **students_of}
 
     from unikd.latency import bench_latency

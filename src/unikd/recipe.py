@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from unikd.config import RunConfig, load_config, load_preset
+from unikd.config import DataConfig, RunConfig, load_config, load_preset, step_dicts
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
 from unikd.initialization import InitConfig, check_student_init
@@ -286,7 +286,7 @@ def make_recipe(
     doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
     cfg = load_config(base=doc)
     check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
-    _check_plan_shapes(cfg, teacher_cfg, spec)
+    _check_plans(cfg, teacher_cfg)
 
     reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
     return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
@@ -294,7 +294,6 @@ def make_recipe(
 
 def _task_type(data: dict) -> str:
     """The labelled data's task type: GLUE's from its name, the files' from their labels (they are read)."""
-    from unikd.config import DataConfig
     from unikd.data import glue_spec, load_task_data
 
     if data.get("task"):
@@ -305,16 +304,17 @@ def _task_type(data: dict) -> str:
         raise ConfigError("--data-files", f"{exc.field}: {exc.problem}", exc.fix) from None
 
 
-def _check_plan_shapes(cfg: RunConfig, teacher_cfg, spec) -> None:
-    """Every step's terms against the teacher's and the student's shapes (what `unikd validate` checks)."""
-    from unikd.config import step_dicts
+def _check_plans(cfg: RunConfig, teacher_cfg) -> None:
+    """Every step's plan against the teacher's and the student's shapes, as `unikd validate` checks one
+    (``DistillationPlan`` from configs: losses, shapes, layer pairs, projections; no weights)."""
+    from unikd.families import model_spec
+    from unikd.plan import DistillationPlan
 
-    adapter = get_adapter(teacher_cfg, field="--teacher")
-    student_spec = adapter.spec(student_config(teacher_cfg, cfg.student.shape))
+    teacher_spec = model_spec(teacher_cfg)
+    student_spec = model_spec(student_config(teacher_cfg, cfg.student.shape))
     for i, step in enumerate(step_dicts(cfg)):
-        where = "plan.terms" if i == 0 else f"then[{i - 1}].plan.terms"
-        for j, term in enumerate(RunConfig.model_validate(step).plan.terms):
-            term.validate_shapes(spec, student_spec, f"{where}.{j}")
+        field = "plan" if i == 0 else f"then[{i - 1}].plan"
+        DistillationPlan(RunConfig.model_validate(step).plan, teacher_spec, student_spec, field=field)
 
 
 def _reasons(
