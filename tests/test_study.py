@@ -796,6 +796,21 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     # the schedule-check study at its own 282 steps is the classic study's teacher, best-practice, pseudo-label and
     # no-KD runs (3 seeds): a check that picks 282 steps trains nothing more
     assert hashes["cpu-transfer-schedule-sst2"] <= classic and len(hashes["cpu-transfer-schedule-sst2"]) == 1 + 3 * 3
+    # the glue3 axis studies write into the glue3 study's directory: its three teachers (and for most, its no-KD
+    # students and runs) are theirs, so a finished glue3 run is never trained twice
+    glue3 = hashes["cpu-transfer-glue3"]
+    # + no-KD, logits KD (= best-practice), TinyBERT two-step, MiniLMv2 and the pseudo-label twins, 3 seeds x 3 tasks
+    assert len(glue3 & hashes["cpu-transfer-classic-glue3"]) == 3 + 5 * 9
+    assert len(glue3 & hashes["cpu-transfer-matching-glue3"]) == 3 + 3 * 9  # + no-KD, hidden uniform, pseudo-labels
+    assert len(glue3 & hashes["cpu-transfer-initialization-glue3"]) == 3 + 2 * 9  # + no-KD, logits KD (uniform)
+    assert len(glue3 & hashes["cpu-transfer-width-depth-glue3"]) == 3  # sliced students: the teachers only
+    # SST-2 at issue 13's protocol: a full-data teacher (not the students' 2,000 rows), two no-KD students a seed
+    sst2 = load_study(root / "cpu-transfer-sst2.yaml")
+    sst2_runs = expand_study(sst2, "/tmp/unikd-docs-study")
+    (teacher,) = [r for r in sst2_runs if r.kind == "teacher"]
+    assert teacher.config.data.train_limit is None and teacher.config.train.epochs == 1
+    limits = sorted(str(r.config.data.train_limit) for r in sst2_runs if r.kind == "no-KD")
+    assert limits == ["2000"] * 3 + ["None"] * 3
 
 
 def test_a_missing_pretrained_student_fails_the_study_before_any_run(tiny_teacher, mini_glue, tmp_path):

@@ -84,7 +84,10 @@ class StudyConfig(BaseModel):
     )
     teacher_finetune: dict[str, Any] = Field(
         default_factory=dict,
-        description="Run-config fragment of the teacher fine-tune (teacher.path = the pre-trained model, epochs, lr).",
+        description="Run-config fragment of the teacher fine-tune (teacher.path = the pre-trained model, epochs, lr), "
+        "merged over base's data, optim and train sections (less the students' transfer rows and teacher cache): "
+        "where base limits the students' labels (data.train_limit), set data: {train_limit: null} here for a "
+        "teacher on every training row.",
     )
     tasks: list[str | dict[str, Any]] = Field(
         min_length=1,
