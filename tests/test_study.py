@@ -335,8 +335,12 @@ def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teach
         (Path(cfg.output_dir) / "config.yaml").write_text(dump_config(cfg))
         fake_runner(cfg)
     # ... and the next `unikd study` collects the results without training again
-    summary = run_study(study, runner=runner, echo=lambda s: None)
+    notes: list[str] = []
+    summary = run_study(study, runner=runner, echo=notes.append)
     assert runner.calls == [] and summary["status"] == {"done": 4}
+    # a collected run took seconds: no time per run or ETA from it (it made a teacher's ETA minutes for hours)
+    progress = [n for n in notes if n.startswith("study progress:")]
+    assert progress[-1] == "study progress: 4 done, 0 failed, 0 left of 4" and not any("ETA" in n for n in progress)
     for r in read_rows(out):
         assert r["score"] == json.loads((Path(r["output_dir"]) / "metrics.json").read_text())["final"]["score"]
 

@@ -97,11 +97,13 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
         cfg = RunConfig.model_validate(job["config"])
         if job.get("collect"):
             returned, wall = None, job.get("wall_s")
+            collected = {"collected": True}  # trained elsewhere: no part of this study's time per run
         else:
+            collected = {}
             # Resuming is the trainer's; a custom runner is always handed a clean directory's config.
             returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
             wall = time.perf_counter() - t0
-        outcome = {"status": "done", "wall_s": wall, **_outcome_from_dir(cfg, returned)}
+        outcome = {"status": "done", "wall_s": wall, **_outcome_from_dir(cfg, returned), **collected}
         if isinstance(returned, Mapping) and "stopped_at" in returned:
             raise RuntimeError(f"the run stopped at step {returned['stopped_at']} before finishing")
     except KeyboardInterrupt:
@@ -622,6 +624,8 @@ def _backfill_latency(db: StudyDB, finished: list[PlannedRun], latency: dict, ec
 def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> None:
     db.record(run.run_id, outcome)
     summary["executed"].append(run.run_id)
+    if not outcome.get("collected"):  # the ETA divides by the runs trained here (a collected one took seconds)
+        summary["_trained"] = summary.get("_trained", 0) + 1
     if outcome["status"] == "done":
         summary["done"].append(run.run_id)
         _check_refit(run, outcome, summary, echo)
@@ -640,7 +644,7 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
         elapsed = time.perf_counter() - progress["started"]
         echo(
             progress_line(
-                len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, len(summary["executed"])
+                len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, summary.get("_trained", 0)
             )
         )
 
@@ -665,8 +669,9 @@ def _check_refit(run: PlannedRun, outcome: dict, summary: dict, echo) -> None:
 def progress_line(done: int, failed: int, total: int, elapsed_s: float, executed: int) -> str:
     """The study's overall progress after a run: runs done/failed/left, wall time per run so far, the ETA.
 
-    ``executed`` counts the runs that ran (a run failed because its teacher failed took no time); with a pool,
-    wall time per run already divides by the workers' parallelism, so the ETA is the wall time left."""
+    ``executed`` counts the runs that ran here (a run failed because its teacher failed took no time, one
+    finished elsewhere and collected took seconds: neither counts, or the ETA would be minutes for hours); with a
+    pool, wall time per run already divides by the workers' parallelism, so the ETA is the wall time left."""
     left = max(total - done - failed, 0)
     per_run = elapsed_s / executed if executed else None
     timing = "" if per_run is None else f", {_duration(per_run)} per run, ETA {_duration(per_run * left)}"
