@@ -345,6 +345,34 @@ def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teach
         assert r["score"] == json.loads((Path(r["output_dir"]) / "metrics.json").read_text())["final"]["score"]
 
 
+def test_baselines_that_only_a_run_override_tells_apart_get_their_own_labels(tiny_teacher, mini_glue, tmp_path):
+    """Two no-KD baselines of one seed that differ in a field no axis names (a run's data.train_limit: null beside
+    base's 8 labels) are labelled by that field; one shared label pooled both into one report row (the 8-label and
+    the every-label student averaged as if they were seeds of one run)."""
+    study = _study(tiny_teacher, mini_glue, tmp_path / "s", seeds=[1, 2], mode="list")
+    del study["axes"]
+    study["base"]["data"]["train_limit"] = 8
+    study["runs"] = [
+        {"label": "few labels", "plan.terms": [{"knowledge": "logits", "loss": "kl"}]},
+        {"label": "every label", "data.train_limit": None, "plan.terms": [{"knowledge": "logits", "loss": "kl"}]},
+        {"label": "few labels, T=4", "plan.terms": [{"knowledge": "logits", "loss": "kl", "temperature": 4.0}]},
+        {
+            "label": "every label, T=4",
+            "data.train_limit": None,
+            "plan.terms": [{"knowledge": "logits", "loss": "kl", "temperature": 4.0}],
+        },
+    ]  # each baseline serves two variants, so no variant name tells them apart
+    runs = expand_study(StudyConfig.model_validate(study))
+    baselines = {r.run_id: r for r in runs if r.kind == "no-KD"}
+    labels = {(r.seed, r.label) for r in baselines.values()}
+    assert labels == {(s, f"no-KD (data.train_limit={v})") for s in (1, 2) for v in (8, "null")}
+    for r in runs:  # each KD run's paired baseline is the one with its labels
+        if r.kind == "kd":
+            expected = "null" if r.label.startswith("every label") else 8
+            assert baselines[r.baseline_id].label == f"no-KD (data.train_limit={expected})"
+            assert baselines[r.baseline_id].config.data.train_limit == r.config.data.train_limit
+
+
 def test_a_fine_tune_hash_ignores_the_kd_plan(tiny_teacher, mini_glue, tmp_path):
     """A new default plan (or base plan) must not invalidate finished teachers and no-KD baselines."""
     a = expand_study(StudyConfig.model_validate(_study(tiny_teacher, mini_glue, tmp_path / "a")))

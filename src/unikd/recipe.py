@@ -438,10 +438,10 @@ def _two_step_reasons(cfg: RunConfig) -> list[Reason]:
         Reason(
             "plan",
             "TinyBERT's two chained steps (preset tinybert): step 1 embeddings + hidden states + attention scores "
-            "(MSE, no label loss), step 2 the logits from step 1's student; with 4 augmented copies it beat no-KD "
-            "on SST-2, MRPC, RTE and STS-B (+6.02 on average, 12 of 12 seeds) and pseudo-labels on all four, about "
-            "twice the wall time of --plan one-step (logits KD + labels), which it beat by +3.82 [+0.60, +7.05] on "
-            "MRPC",
+            "(MSE, no label loss), step 2 the logits from step 1's student; with transfer rows (4 augmented copies, "
+            "or unlabelled rows) it beat no-KD on SST-2, MRPC, RTE and STS-B (+6.53 on average, 12 of 12 seeds) "
+            "and pseudo-labels on all four, about 1.5-2x the wall time of --plan one-step (logits KD + labels), "
+            "which it beat by +3.82 on SST-2 and MRPC",
             "knowledge-type",
         ),
         Reason(

@@ -24,13 +24,14 @@ HISTORY = "resume_history.json"
 _ABSENT = "<absent>"
 
 
-def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+def flatten_fields(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    """Dotted field -> value of a config dump (list entries of dicts by index: ``plan.terms.0.temperature``)."""
     if isinstance(value, dict):
         for key, sub in value.items():
-            _flatten(sub, f"{prefix}.{key}" if prefix else str(key), out)
+            flatten_fields(sub, f"{prefix}.{key}" if prefix else str(key), out)
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         for i, sub in enumerate(value):
-            _flatten(sub, f"{prefix}.{i}", out)
+            flatten_fields(sub, f"{prefix}.{i}", out)
     else:
         out[prefix] = value
     return out
@@ -40,8 +41,8 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, dict[str, Any]]:
     """Dotted field -> {"old", "new"} for every difference that can change the result (list entries by index,
     e.g. ``plan.terms.0.temperature``; a term present on one side only shows as ``<absent>`` on the other).
     A fine-tune trains on the labels only, so its plan is no part of it (as in the study's config hash)."""
-    a = _flatten(old.model_dump(mode="json"), "", {})
-    b = _flatten(new.model_dump(mode="json"), "", {})
+    a = flatten_fields(old.model_dump(mode="json"), "", {})
+    b = flatten_fields(new.model_dump(mode="json"), "", {})
     no_plan = old.stage == new.stage == "finetune"
     changes = {}
     for key in sorted(a.keys() | b.keys()):

@@ -26,6 +26,7 @@ from unikd.config import (
     step_dicts,
 )
 from unikd.errors import ConfigError
+from unikd.resume import flatten_fields
 from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
 
@@ -481,6 +482,26 @@ def _label_baselines(baselines: list[PlannedRun], axes_of: dict[str, list[dict]]
         b.axes = {a: (c[a] if a in distinguishing and a in c else "no-KD") for a in axis_names}
         parts = [c[a] if a == RUNS_AXIS else f"{short[a]}={c[a]}" for a in distinguishing if a in c]
         b.label = "no-KD" + (f" ({', '.join(parts)})" if parts else "")
+    _label_by_config(baselines)
+
+
+def _label_by_config(baselines: list[PlannedRun]) -> None:
+    """Baselines of one task and seed that still share a label differ in a field no axis names (a run's own
+    ``data.train_limit: null`` beside a 2,000-label base): each gets the fields that tell them apart, e.g.
+    'no-KD (data.train_limit=2000)', or the report would pool two baselines into one row."""
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for b in baselines:
+        groups.setdefault((b.task, b.seed, b.label), []).append(b)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        fields = [flatten_fields(b.config.model_dump(mode="json"), "", {}) for b in group]
+        keys = sorted({k for f in fields for k in f} - {"output_dir", "seed"})
+        differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in fields}) > 1]
+        for b, f in zip(group, fields):
+            parts = ", ".join(f"{k}={'null' if f.get(k) is None else f.get(k)}" for k in differ)
+            b.label = b.label[:-1] + f", {parts})" if b.label.endswith(")") else f"{b.label} ({parts})"
+            b.axes = {a: (b.label if v == "no-KD" else v) for a, v in b.axes.items()}
 
 
 def check_study_shapes(
