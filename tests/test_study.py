@@ -807,11 +807,12 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     files = sorted(root.glob("*.yaml"))
     assert {f.stem for f in files} >= {"cpu-knowledge-types", "cpu-knowledge-types-stsb", "cpu-student-size"}
     teacher_config = AutoConfig.from_pretrained(str(minilm_path))
-    hashes = {}
+    expanded, hashes = {}, {}
     for f in files:
         study = load_study(f)
         assert check_study_shapes(study, teacher_config, checkpoints=False) > 0
-        hashes[f.stem] = {r.config_hash for r in expand_study(study, "/tmp/unikd-docs-study")}
+        expanded[f.stem] = expand_study(study, "/tmp/unikd-docs-study")
+        hashes[f.stem] = {r.config_hash for r in expanded[f.stem]}
     shared = hashes["cpu-knowledge-types"] & hashes["cpu-student-size"]
     assert len(shared) == 2 + 2 * 3 * 2  # two teachers, no-KD and relation+logits x 2 tasks x 3 seeds
     # the transfer-protocol studies write into one directory and reuse the classic study's teacher, no-KD and
@@ -837,8 +838,7 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     assert len(glue3 & hashes["cpu-transfer-initialization-glue3"]) == 3 + 2 * 9  # + no-KD, logits KD (uniform)
     assert len(glue3 & hashes["cpu-transfer-width-depth-glue3"]) == 3  # sliced students: the teachers only
     # SST-2 at issue 13's protocol: a full-data teacher (not the students' 2,000 rows), two no-KD students a seed
-    sst2 = load_study(root / "cpu-transfer-sst2.yaml")
-    sst2_runs = expand_study(sst2, "/tmp/unikd-docs-study")
+    sst2_runs = expanded["cpu-transfer-sst2"]
     (teacher,) = [r for r in sst2_runs if r.kind == "teacher"]
     assert teacher.config.data.train_limit is None and teacher.config.train.epochs == 1
     limits = sorted(str(r.config.data.train_limit) for r in sst2_runs if r.kind == "no-KD")

@@ -95,15 +95,14 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         cfg = RunConfig.model_validate(job["config"])
-        if job.get("collect"):
+        collected = bool(job.get("collect"))  # trained elsewhere: no part of this study's time per run
+        if collected:
             returned, wall = None, job.get("wall_s")
-            collected = {"collected": True}  # trained elsewhere: no part of this study's time per run
         else:
-            collected = {}
             # Resuming is the trainer's; a custom runner is always handed a clean directory's config.
             returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
             wall = time.perf_counter() - t0
-        outcome = {"status": "done", "wall_s": wall, **_outcome_from_dir(cfg, returned), **collected}
+        outcome = {"status": "done", "wall_s": wall, "collected": collected, **_outcome_from_dir(cfg, returned)}
         if isinstance(returned, Mapping) and "stopped_at" in returned:
             raise RuntimeError(f"the run stopped at step {returned['stopped_at']} before finishing")
     except KeyboardInterrupt:
