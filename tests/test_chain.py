@@ -71,6 +71,9 @@ def test_a_chain_trains_each_step_from_the_previous_student(tmp_path, glue_dir, 
     step1 = json.loads((out / "steps" / "1" / "metrics.json").read_text())
     assert [c["step"] for c in result["chain"]] == [1, 2] and result["chain"][0]["final"] == step1["final"]
     assert result["steps"] == 3 and json.loads((out / "metrics.json").read_text()) == result
+    # the chain's seconds are its steps' (a study's wall column for a TinyBERT two-step run)
+    assert result["chain"][0]["wall_s"] == step1["wall_s"] > 0
+    assert result["wall_s"] == pytest.approx(sum(c["wall_s"] for c in result["chain"]))
     # step 2 trains with lr 1e-12, so the final student is step 1's student to 1e-9: it started from it
     before = load_file(out / "steps" / "1" / "student" / "model.safetensors")
     after = load_file(out / "student" / "model.safetensors")

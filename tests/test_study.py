@@ -329,11 +329,12 @@ def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teach
     assert rows[Path(commands[0].split()[-1]).stem]["kind"] == "teacher"
 
     # the cluster runs them (here: the fake runner on what `unikd distill <config>` loads) ...
-    for cmd in commands:
+    for i, cmd in enumerate(commands):
         cfg = load_config(cmd.split()[-1])
         Path(cfg.output_dir).mkdir(parents=True)
         (Path(cfg.output_dir) / "config.yaml").write_text(dump_config(cfg))
-        fake_runner(cfg)
+        metrics = fake_runner(cfg) | {"wall_s": 60.0 * (i + 1)}  # the trainer's seconds, as unikd.train writes them
+        (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(metrics))
     # ... and the next `unikd study` collects the results without training again
     notes: list[str] = []
     summary = run_study(study, runner=runner, echo=notes.append)
@@ -342,7 +343,9 @@ def test_print_commands_writes_configs_and_prints_accelerate_commands(tiny_teach
     progress = [n for n in notes if n.startswith("study progress:")]
     assert progress[-1] == "study progress: 4 done, 0 failed, 0 left of 4" and not any("ETA" in n for n in progress)
     for r in read_rows(out):
-        assert r["score"] == json.loads((Path(r["output_dir"]) / "metrics.json").read_text())["final"]["score"]
+        metrics = json.loads((Path(r["output_dir"]) / "metrics.json").read_text())
+        assert r["score"] == metrics["final"]["score"] and r["wall_s"] == metrics["wall_s"]  # the run's own time
+    assert sorted(r["wall_s"] for r in read_rows(out)) == [60.0, 120.0, 180.0, 240.0]
 
 
 def test_baselines_that_only_a_run_override_tells_apart_get_their_own_labels(tiny_teacher, mini_glue, tmp_path):
@@ -1286,6 +1289,45 @@ def scheduled_runner(cfg: RunConfig) -> dict:
     result |= {"steps": cfg.train.max_steps, "final": {"accuracy": score, "score": score}, "holdout": cfg.data.holdout}
     (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(result))
     return result
+
+
+def test_a_schedule_check_holdout_of_every_labelled_row_is_refused_before_anything_trains(
+    tiny_teacher, mini_glue, tmp_path
+):
+    """schedule_check.holdout comes out of the labelled rows: 20 of 20 leaves none, refused before the teacher."""
+    study = _study(tiny_teacher, mini_glue, tmp_path / "s", latency={"enabled": False})
+    study["base"]["data"]["train_limit"] = 20
+    study["schedule_check"] = {"max_steps": [2, 4], "holdout": 20}
+    runner = CountingFake(scheduled_runner)
+    with pytest.raises(ConfigError) as err:
+        run_study(study, runner=runner, echo=lambda s: None)
+    assert err.value.field == "schedule_check.holdout" and "20 of the 20 labelled training rows" in str(err.value)
+    assert "below 20, e.g. 4" in str(err.value) and runner.calls == []
+    study["schedule_check"]["holdout"] = 19  # one row left to train on: accepted
+    run_study(study, runner=runner, echo=lambda s: None)
+    assert {c.data.holdout for c in runner.calls if c.stage == "task"} == {19, None}
+
+
+def test_a_failed_schedule_check_run_stops_the_study_before_any_budget_is_chosen(tiny_teacher, mini_glue, tmp_path):
+    """A check with a failed run (T=8 raises in fake_runner) chooses nothing: no run trains at a default budget,
+    and the failure is the summary's, so the CLI exits non-zero."""
+    out = tmp_path / "sched"
+    study = _study(
+        tiny_teacher,
+        mini_glue,
+        out,
+        axes={AXIS: [1.0, 8.0]},
+        latency={"enabled": False},
+        schedule_check={"max_steps": [2, 4], "holdout": 10},
+    )
+    messages: list[str] = []
+    runner = CountingFake(scheduled_runner)
+    summary = run_study(study, runner=runner, echo=messages.append)
+    assert summary["status"] == {"done": 3, "failed": 1}  # the teacher, no-KD and T=1 at 2 steps; T=8 failed
+    assert all(c.data.holdout == 10 for c in runner.calls if c.stage == "task")  # nothing past the check
+    assert {c.train.max_steps for c in runner.calls if c.stage == "task"} == {2}
+    assert any("1 run(s) failed at 2 steps" in m for m in messages)
+    assert not (out / "schedule_check.json").exists()
 
 
 def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_teacher, mini_glue, tmp_path):

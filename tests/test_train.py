@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -169,10 +170,21 @@ def test_resume_matches_uninterrupted_run(finetuned_teacher, tmp_path, glue_dir)
     ]
     full = run(load_config(None, _common(tmp_path, "full", glue_dir, steps=8) + args))
     cfg = load_config(None, _common(tmp_path, "parts", glue_dir, steps=8) + args)
+    first = time.perf_counter()
     assert run(cfg, stop_after=5) == {"stopped_at": 5}
+    first = time.perf_counter() - first
     assert (tmp_path / "parts" / "checkpoints" / "step-3").is_dir()
+    saved = json.loads((tmp_path / "parts" / "checkpoints" / "step-3" / "unikd_state.json").read_text())["wall_s"]
+    second = time.perf_counter()
     resumed = run(cfg, resume=True)
+    second = time.perf_counter() - second
     assert resumed["steps"] == full["steps"] == 8
+    # wall_s: the seconds of every attempt up to the checkpoint resumed from, plus the resuming one's
+    assert 0 < saved < first and 0 < resumed["wall_s"] - saved <= second
+    assert (
+        0 < full["wall_s"]
+        and json.loads((tmp_path / "parts" / "metrics.json").read_text())["wall_s"] == resumed["wall_s"]
+    )
     a = load_file(tmp_path / "full" / "student" / "model.safetensors")
     b = load_file(tmp_path / "parts" / "student" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -12,7 +12,8 @@ run directory          holds
 =====================  ===========================================================================================
 ``steps/1/``, ...      every step but the last: a complete run (config.yaml, student/, metrics.json)
 ``./``                 the last step, as any run: student/ (what export and push read), metrics.json, whose
-                       ``chain`` lists each step's directory, steps and final scores
+                       ``chain`` lists each step's directory, steps, final scores and seconds (``wall_s``:
+                       the steps' sum)
 =====================  ===========================================================================================
 
 ``--resume`` skips a step that finished and resumes the one that did not. Chains run in one process (each step
@@ -47,10 +48,12 @@ def run_chain(cfg, run_step: Callable[..., dict], **kw) -> dict:
         results.append(run_step(RunConfig.model_validate(step), **kw))
         if "stopped_at" in results[-1]:
             return results[-1]  # stopped before the step finished (stop_after): --resume picks it up
+    # a finished chain resumed returns its last step's metrics.json, which holds the chain's sum: the step's own
+    own = [r["chain"][-1].get("wall_s") if "chain" in r else r.get("wall_s") for r in results]
     chain = [
-        {"step": i, "output_dir": s["output_dir"], "steps": r.get("steps"), "final": r.get("final")}
-        for i, (s, r) in enumerate(zip(steps, results), start=1)
+        {"step": i, "output_dir": s["output_dir"], "steps": r.get("steps"), "final": r.get("final"), "wall_s": w}
+        for i, (s, r, w) in enumerate(zip(steps, results, own), start=1)
     ]
-    final = dict(results[-1], chain=chain)
+    final = dict(results[-1], chain=chain, wall_s=sum(own) if None not in own else None)  # the whole chain's
     atomic_write_json(Path(cfg.output_dir) / "metrics.json", final)
     return final

@@ -514,6 +514,12 @@ class State:
     watch: FiniteWatch | None = None  # the non-finite loss guard (made by setup)
     outcome: dict = field(default_factory=dict)  # extra metrics.json entries: teacher_dev, trivial_baseline
     task: Any = None  # the labelled data's unikd.data.TaskSpec (None for the general stage)
+    started: float = field(default_factory=time.perf_counter)  # this attempt's clock (setup included)
+    seconds_before: float = 0.0  # earlier attempts' seconds, from the checkpoint resumed
+
+    def wall_s(self) -> float:
+        """Seconds this run has cost so far, summed over its attempts (setup, teacher pass, training, evaluation)."""
+        return self.seconds_before + time.perf_counter() - self.started
 
     @property
     def output_dir(self) -> Path:
@@ -591,6 +597,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
 
     A resume must bring the run's own config (``unikd.resume``): other result-changing values are refused unless
     ``resume_with_changes``, which records them in resume_history.json."""
+    started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
     teacher_path, teacher_config, kind, plan = validate_run(cfg)
     changes = check_resume_config(output_dir, cfg, resume_with_changes) if resume else {}
@@ -703,6 +710,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         steps_per_epoch,
         watch=FiniteWatch(plan.config if plan is not None else None),
         outcome=outcome,
+        started=started,
     )
     state.task = task
     if cache is not None:
@@ -845,6 +853,7 @@ def _resume(state: State, resume: bool) -> None:
         if problem is None:
             saved = json.loads((ckpt / "unikd_state.json").read_text())
             state.step, state.best, state.history = saved["step"], saved["best"], saved.get("history", [])
+            state.seconds_before = float(saved.get("wall_s") or 0.0)  # checkpoints before it was recorded: none
             accelerator.print(f"resumed from {ckpt} at step {state.step}")
             return
         problems.append(f"{ckpt.name}: {problem}")
@@ -898,7 +907,7 @@ def train_loop(state: State, stop_after: int | None = None) -> bool:
                     accelerator,
                     state.output_dir,
                     state.step,
-                    {"best": state.best, "history": state.history},
+                    {"best": state.best, "history": state.history, "wall_s": state.wall_s()},
                     cfg.train.keep_checkpoints,
                 )
             if stop_after is not None and state.step >= stop_after and state.step < state.total_steps:
@@ -1023,6 +1032,7 @@ def finish(state: State, completed: bool = True) -> dict:
         "best_step": state.best.get("step"),
         "parameters": params.total,
         "parameters_non_embedding": params.non_embedding,
+        "wall_s": state.wall_s(),  # summed over resumed attempts: the study reads it for runs trained elsewhere
         **state.outcome,
         "history": state.history,
     }

@@ -97,12 +97,14 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
         cfg = RunConfig.model_validate(job["config"])
         collected = bool(job.get("collect"))  # trained elsewhere: no part of this study's time per run
         if collected:
-            returned, wall = None, job.get("wall_s")
+            returned = None
         else:
             # Resuming is the trainer's; a custom runner is always handed a clean directory's config.
             returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
-            wall = time.perf_counter() - t0
-        outcome = {"status": "done", "wall_s": wall, "collected": collected, **_outcome_from_dir(cfg, returned)}
+        outcome = {"status": "done", "collected": collected, **_outcome_from_dir(cfg, returned)}
+        # the trainer's seconds, summed over resumed attempts (metrics.json); this call's where it has none
+        wall = _finite(outcome["metrics"].get("wall_s")) if isinstance(outcome.get("metrics"), Mapping) else None
+        outcome["wall_s"] = wall if wall is not None or collected else time.perf_counter() - t0
         if isinstance(returned, Mapping) and "stopped_at" in returned:
             raise RuntimeError(f"the run stopped at step {returned['stopped_at']} before finishing")
     except KeyboardInterrupt:
@@ -236,6 +238,8 @@ def run_study(
         chosen, check_summary = _schedule_check(study, root, workers, runner, echo, max_hours, retry_failed)
         if check_summary["pending"]:  # --max-hours stopped the check: the next call goes on with it
             return check_summary
+        if check_summary["status"].get("failed"):  # no budget is chosen from a check with holes in it
+            return check_summary
         planned = expand_study(study, root, max_steps=chosen)
         if max_hours is not None:  # one clock for the check and the study
             max_hours = max(0.0, max_hours - (time.perf_counter() - started) / 3600)
@@ -281,18 +285,26 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
     teacher_steps = deep_merge(study.base.get("train") or {}, study.teacher_finetune.get("train") or {})
     teacher = deep_merge(study.teacher_finetune, {"train": {"max_steps": teacher_steps.get("max_steps")}})
     started = time.perf_counter()
-    for steps in check.max_steps:
+    for i, steps in enumerate(check.max_steps):
         name = f"{study.name} / schedule check {steps} steps"
         base = deep_merge(study.base, {"data": {"holdout": check.holdout}, "train": {"max_steps": steps}})
         sub = study.model_copy(
             update={"name": name, "seeds": [seed], "base": base, "teacher_finetune": teacher, "schedule_check": None}
         )
+        if i == 0:
+            _check_holdout_first(expand_study(sub, root), check.holdout, echo)
         echo(f"schedule check: {steps} steps, seed {seed}, scored on {check.holdout} held-out training rows")
         left = None if max_hours is None else max(0.0, max_hours - (time.perf_counter() - started) / 3600)
         summary = run_study(
             sub, workers, retry_failed=retry_failed, runner=runner, output_dir=root, echo=echo, max_hours=left
         )
         if summary["pending"]:
+            return {}, summary
+        if summary["status"].get("failed"):
+            echo(
+                f"schedule check: {summary['status']['failed']} run(s) failed at {steps} steps; the study stops "
+                "before choosing any budget (fix the error in study.sqlite, then rerun with --retry-failed)"
+            )
             return {}, summary
         with StudyDB(root / DB_NAME) as db:
             for row in db.rows(study=name, status="done"):
@@ -330,6 +342,33 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
         },
     )
     return chosen, summary
+
+
+def _check_holdout_first(planned: list[PlannedRun], holdout: int, echo) -> None:
+    """``schedule_check.holdout`` comes out of each task's labelled training rows: refuse a holdout that leaves none
+    to train on before the teachers train for nothing (the runs would each fail on ``data.holdout``)."""
+    from unikd.data.spec import load_task_data
+
+    seen: set[str] = set()
+    for run in planned:
+        data = run.config.data
+        key = _canonical([data.model_dump(mode="json"), run.config.seed])
+        if run.kind == "teacher" or key in seen:
+            continue
+        seen.add(key)
+        try:
+            rows = len(load_task_data(data.model_copy(update={"holdout": None}), seed=run.config.seed).train)
+        except Exception as exc:  # noqa: BLE001 - e.g. a hub dataset while offline: the runs will say more
+            echo(f"note: schedule_check.holdout not checked before running ({type(exc).__name__}: {exc})")
+            return
+        if holdout >= rows:
+            raise ConfigError(
+                "schedule_check.holdout",
+                f"holds out {holdout} of the {rows} labelled training rows of {run.task} (data.train_limit="
+                f"{data.train_limit}), leaving none for the check's runs to train on",
+                f"use schedule_check.holdout below {rows}, e.g. {max(1, rows // 5)} (20%); the check's runs "
+                "train on the rest",
+            )
 
 
 def _check_shapes_first(study: StudyConfig, planned: list[PlannedRun], echo) -> None:
