@@ -832,6 +832,9 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     # the schedule-check study at its own 282 steps is the classic study's teacher, best-practice, pseudo-label and
     # no-KD runs (3 seeds): a check that picks 282 steps trains nothing more
     assert hashes["cpu-transfer-schedule-sst2"] <= classic and len(hashes["cpu-transfer-schedule-sst2"]) == 1 + 3 * 3
+    # the budget study's 282-step runs are the classic study's (its 141 steps the schedule check's choice)
+    budget = hashes["cpu-transfer-budget-sst2"]
+    assert budget & classic == hashes["cpu-transfer-schedule-sst2"] and len(budget) == 1 + 3 * 3 * 3
     # the glue3 axis studies write into the glue3 study's directory: its three teachers (and for most, its no-KD
     # students and runs) are theirs, so a finished glue3 run is never trained twice
     glue3 = hashes["cpu-transfer-glue3"]
@@ -1368,3 +1371,7 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     again = CountingFake(scheduled_runner)
     run_study(study, runner=again, echo=lambda s: None)
     assert again.calls == []
+    # another study in the same directory (no check) reports without the check: its runs did not train by it
+    other = dict(study, name="other", seeds=[3], schedule_check=None)
+    run_study(other, runner=CountingFake(scheduled_runner), echo=lambda s: None)
+    assert "## Schedule check" not in Path(make_report(out)["report.md"]).read_text()

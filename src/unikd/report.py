@@ -649,14 +649,17 @@ def _unfinished_sections(rows) -> list[str]:
     return md
 
 
-def _schedule_section(study_dir: Path) -> list[str]:
-    """The schedule check's held-out scores per budget and the steps each variant trained at (schedule_check.json)."""
+def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
+    """The schedule check's held-out scores per budget and the steps each variant trained at (schedule_check.json),
+    where the check is one of the reported ``studies``' (another study in the same directory did not train by it)."""
     from unikd.study.runner import SCHEDULE_FILE
 
     path = study_dir / SCHEDULE_FILE
     if not path.is_file():
         return []
     check = json.loads(path.read_text())
+    if check.get("study", studies[0] if studies else None) not in studies:  # files before 2026-12-06 name none
+        return []
     budgets = [str(n) for n in check["candidates"]]
     body = [
         [v["task"], v["label"]]
@@ -739,7 +742,7 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
         md += ["No finished runs yet.", ""]
     if plots:
         md += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots] + [""]
-    md += _schedule_section(study_dir)
+    md += _schedule_section(study_dir, names)
     md += _unfinished_sections(rows)
     atomic_write_text(out("report.md"), "\n".join(md))
     return written

@@ -327,6 +327,7 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
     atomic_write_json(
         root / SCHEDULE_FILE,
         {
+            "study": study.name,  # the report shows the check with this study's runs only (a directory holds several)
             "seed": seed,
             "holdout": check.holdout,
             "candidates": check.max_steps,
