@@ -1347,7 +1347,10 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
         schedule_check={"max_steps": [8, 2, 4], "holdout": 10},
     )
     runner = CountingFake(scheduled_runner)
-    summary = run_study(study, runner=runner, echo=lambda s: None)
+    messages: list[str] = []
+    summary = run_study(study, runner=runner, echo=messages.append)
+    # 10 held-out rows: an 80% accuracy's binomial standard error is 100 * sqrt(0.16 / 10) = 12.6 points
+    assert any(m.startswith("warning: schedule_check.holdout=10:") and "about 12.6 points" in m for m in messages)
     checks = [c for c in runner.calls if c.data.holdout]
     # 3 budgets x (no-KD + T=1 + T=4) on seed 1, held-out rows; the teacher once, without them
     assert len(checks) == 9 and {c.seed for c in checks} == {1} and {c.data.holdout for c in checks} == {10}
@@ -1367,6 +1370,7 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
 
     md = Path(make_report(out)["report.md"]).read_text()
     assert "## Schedule check" in md and "| sst2 | 1.0 | 88.00 | 90.00 | 86.00 | 4 |" in md
+    assert "standard error of about 12.6 points on 10 rows" in md
     # again: nothing trains (the check and the study are found by hash)
     again = CountingFake(scheduled_runner)
     run_study(study, runner=again, echo=lambda s: None)

@@ -667,11 +667,14 @@ def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
         + [str(v["max_steps"]) if v["max_steps"] else "its own"]
         for v in check["variants"]
     ]
+    from unikd.study.runner import SCHEDULE_HOLDOUT_ADVISED, holdout_noise
+
+    noise = f" Note: {holdout_noise(check['holdout'])}." if check["holdout"] < SCHEDULE_HOLDOUT_ADVISED else ""
     return [
         "## Schedule check",
         "",
         f"Seed {check['seed']}, scored on {check['holdout']} held-out training rows (not dev); each variant then "
-        "trained at its best budget (a tie: the fewer steps), its baselines at the same steps.",
+        f"trained at its best budget (a tie: the fewer steps), its baselines at the same steps.{noise}",
         "",
         _md_table(["task", "variant"] + [f"{b} steps" for b in budgets] + ["chosen"], body),
         "",

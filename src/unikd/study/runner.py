@@ -269,6 +269,19 @@ def run_study(
 
 
 SCHEDULE_FILE = "schedule_check.json"
+#: below this many held-out rows an accuracy near 80% has a standard error over 1 point: on SST-2 with 100 rows
+#: (4 points) the check chose the budget dev ranks last (docs/study-cpu.md, "Step budgets")
+SCHEDULE_HOLDOUT_ADVISED = 1600
+
+
+def holdout_noise(rows: int) -> str:
+    """What a schedule check on ``rows`` held-out rows can resolve: the binomial standard error at 80% accuracy."""
+    se = 100 * math.sqrt(0.8 * 0.2 / rows)
+    return (
+        f"schedule_check.holdout={rows}: a held-out accuracy near 80% has a standard error of about {se:.1f} points "
+        f"on {rows} rows, so budgets closer than that are ranked by noise (hold out {SCHEDULE_HOLDOUT_ADVISED}+ rows "
+        "where the labels allow, or compare budgets on three seeds)"
+    )
 
 
 def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_hours, retry_failed):
@@ -284,6 +297,8 @@ def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_h
     # the teacher fine-tune reads base's train section: it keeps its own steps (the same teacher, found by hash)
     teacher_steps = deep_merge(study.base.get("train") or {}, study.teacher_finetune.get("train") or {})
     teacher = deep_merge(study.teacher_finetune, {"train": {"max_steps": teacher_steps.get("max_steps")}})
+    if check.holdout < SCHEDULE_HOLDOUT_ADVISED:
+        echo(f"warning: {holdout_noise(check.holdout)}")
     started = time.perf_counter()
     for i, steps in enumerate(check.max_steps):
         name = f"{study.name} / schedule check {steps} steps"
