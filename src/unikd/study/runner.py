@@ -374,6 +374,8 @@ def _check_holdout_first(planned: list[PlannedRun], holdout: int, echo) -> None:
         seen.add(key)
         try:
             rows = len(load_task_data(data.model_copy(update={"holdout": None}), seed=run.config.seed).train)
+        except ConfigError:  # a missing data_dir, an unreadable file: before anything trains, as the runs would
+            raise
         except Exception as exc:  # noqa: BLE001 - e.g. a hub dataset while offline: the runs will say more
             echo(f"note: schedule_check.holdout not checked before running ({type(exc).__name__}: {exc})")
             return
