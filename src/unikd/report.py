@@ -652,7 +652,7 @@ def _unfinished_sections(rows) -> list[str]:
 def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
     """The schedule check's held-out scores per budget and the steps each variant trained at (schedule_check.json),
     where the check is one of the reported ``studies``' (another study in the same directory did not train by it)."""
-    from unikd.study.runner import SCHEDULE_FILE
+    from unikd.study.runner import SCHEDULE_FILE, SCHEDULE_HOLDOUT_ADVISED, holdout_noise
 
     path = study_dir / SCHEDULE_FILE
     if not path.is_file():
@@ -667,8 +667,6 @@ def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
         + [str(v["max_steps"]) if v["max_steps"] else "its own"]
         for v in check["variants"]
     ]
-    from unikd.study.runner import SCHEDULE_HOLDOUT_ADVISED, holdout_noise
-
     noise = f" Note: {holdout_noise(check['holdout'])}." if check["holdout"] < SCHEDULE_HOLDOUT_ADVISED else ""
     return [
         "## Schedule check",

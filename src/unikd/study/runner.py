@@ -103,7 +103,7 @@ def execute_run(job: dict, runner: Runner | None = None) -> dict:
             returned = runner(cfg) if runner else _default_runner(cfg, resume=bool(job.get("resume")))
         outcome = {"status": "done", "collected": collected, **_outcome_from_dir(cfg, returned)}
         # the trainer's seconds, summed over resumed attempts (metrics.json); this call's where it has none
-        wall = _finite(outcome["metrics"].get("wall_s")) if isinstance(outcome.get("metrics"), Mapping) else None
+        wall = _finite(outcome["metrics"].get("wall_s"))
         outcome["wall_s"] = wall if wall is not None or collected else time.perf_counter() - t0
         if isinstance(returned, Mapping) and "stopped_at" in returned:
             raise RuntimeError(f"the run stopped at step {returned['stopped_at']} before finishing")
@@ -236,9 +236,8 @@ def run_study(
     elif study.schedule_check is not None:
         started = time.perf_counter()
         chosen, check_summary = _schedule_check(study, root, workers, runner, echo, max_hours, retry_failed)
-        if check_summary["pending"]:  # --max-hours stopped the check: the next call goes on with it
-            return check_summary
-        if check_summary["status"].get("failed"):  # no budget is chosen from a check with holes in it
+        # --max-hours stopped the check (the next call goes on with it), or a run failed: no budget is chosen
+        if check_summary["pending"] or check_summary["status"].get("failed"):
             return check_summary
         planned = expand_study(study, root, max_steps=chosen)
         if max_hours is not None:  # one clock for the check and the study
