@@ -11,20 +11,18 @@ from unikd.data.augment import augment_dataset
 from unikd.data.transfer import Augmented
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_text
-from unikd.models import load_model, model_kind_for, resolve_model_path
+from unikd.models import load_model, load_tokenizer, model_config, model_kind_for, resolve_model_path
 
 
 def augment_sample(config: Path, overrides: list[str], *, rows: int = 3, out: Path | None = None) -> str:
     """The first ``rows`` labelled rows and their copies from every augment source, as text (and JSONL)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     cfg = load_config(config, overrides)
     sources = [(i, s) for i, s in enumerate(cfg.data.transfer) if isinstance(s, Augmented)]
     if not sources:
         raise ConfigError("data.transfer", "has no augment source", "add {kind: augment} to data.transfer")
     path = resolve_model_path(cfg.teacher.path, "teacher.path")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    teacher = load_model(path, model_kind_for(cfg.stage, AutoConfig.from_pretrained(path)), field="teacher.path")
+    tokenizer = load_tokenizer(path)
+    teacher = load_model(path, model_kind_for(cfg.stage, model_config(path)), field="teacher.path")
     labelled = load_glue(cfg.data.task, "train", cfg.data.data_dir, limit=cfg.data.train_limit, seed=cfg.seed)
     labelled = labelled.select(range(min(rows, len(labelled))))
     lines, records = [], []

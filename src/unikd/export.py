@@ -38,7 +38,7 @@ from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
-from unikd.models import auto_class_for
+from unikd.models import NO_REMOTE_CODE, auto_class_for
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def read_model_config(model_dir: str | os.PathLike, field: str = "run_dir"):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(model_dir))
+        return AutoConfig.from_pretrained(str(model_dir), **NO_REMOTE_CODE)
     except (ValueError, KeyError, OSError) as exc:
         raise ConfigError(
             field,
@@ -125,7 +125,9 @@ def load_model_dir(model_dir: str | os.PathLike, field: str = "run_dir", config=
     config = config if config is not None else read_model_config(model_dir, field)
     cls = auto_class_for(config)
     try:
-        model, info = cls.from_pretrained(str(model_dir), config=config, dtype=torch.float32, output_loading_info=True)
+        model, info = cls.from_pretrained(
+            str(model_dir), config=config, dtype=torch.float32, output_loading_info=True, **NO_REMOTE_CODE
+        )
     except (ValueError, OSError, RuntimeError) as exc:
         raise ConfigError(
             field,
@@ -141,7 +143,7 @@ def load_tokenizer(model_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        return AutoTokenizer.from_pretrained(str(model_dir), **NO_REMOTE_CODE)
     except Exception:  # noqa: BLE001 - any failure means "no usable tokenizer"
         return None
 

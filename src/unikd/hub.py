@@ -177,7 +177,7 @@ def refresh_model_card(
     from transformers import AutoConfig
 
     from unikd.config import read_run_config
-    from unikd.models import resolve_model_path
+    from unikd.models import NO_REMOTE_CODE, resolve_model_path
 
     run_dir = Path(run_dir)
     card, metrics = run_dir / "student" / "README.md", run_dir / "metrics.json"
@@ -188,7 +188,7 @@ def refresh_model_card(
         cfg,
         json.loads(metrics.read_text()),
         teacher_path=resolve_model_path(cfg.teacher.path, "teacher.path"),
-        student_config=AutoConfig.from_pretrained(run_dir / "student"),
+        student_config=AutoConfig.from_pretrained(run_dir / "student", **NO_REMOTE_CODE),
         command=_command_in(card.read_text()),
         baseline=baseline,
         latency=latency,

@@ -38,7 +38,7 @@ from torch import nn
 from unikd import matching
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
-from unikd.models import auto_class_for, model_config, resolve_model_path
+from unikd.models import NO_REMOTE_CODE, auto_class_for, model_config, resolve_model_path
 from unikd.student import SHAPE_FIELD, ResolvedShape, StudentShape, resolve_shape, student_config
 
 INIT_FIELD = "student.init"
@@ -516,7 +516,7 @@ def init_pretrained(student, teacher, cfg: InitConfig, calibration_batch=None):
     auto = auto_class_for(teacher)
     kwargs = {"dtype": teacher.dtype, **_label_kwargs(teacher, auto)}
     try:
-        return auto.from_pretrained(path, **kwargs)
+        return auto.from_pretrained(path, **NO_REMOTE_CODE, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(
             field,
@@ -544,7 +544,7 @@ def pretrained_config(cfg: InitConfig):
     field = f"{INIT_FIELD}.pretrained"
     path = resolve_checkpoint(cfg.pretrained, field)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             field,
@@ -560,7 +560,7 @@ def load_donor(teacher: nn.Module, cfg: InitConfig) -> nn.Module:
     field = f"{INIT_FIELD}.source"
     path = resolve_checkpoint(cfg.source, field)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             field,
@@ -575,7 +575,7 @@ def load_donor(teacher: nn.Module, cfg: InitConfig) -> nn.Module:
         )
     kwargs = {"dtype": teacher.dtype, **_label_kwargs(teacher, None)}
     try:
-        return type(teacher).from_pretrained(path, **kwargs)
+        return type(teacher).from_pretrained(path, **NO_REMOTE_CODE, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(
             field,

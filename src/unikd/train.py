@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, get_scheduler
+from transformers import get_scheduler
 
 from unikd import data as D
 from unikd.allocator import keep_freed_memory
@@ -40,7 +40,7 @@ from unikd.hub import copy_sentence_transformers_modules, model_card, name_label
 from unikd.initialization import build_student, check_student_init
 from unikd.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
 from unikd.metrics import compute_task_metrics
-from unikd.models import load_model, model_config, model_kind_for, quantize_int8, resolve_model_path
+from unikd.models import load_model, load_tokenizer, model_config, model_kind_for, quantize_int8, resolve_model_path
 from unikd.plan import DistillationPlan
 from unikd.resume import check_resume_config, checkpoint_problem, record_resume
 from unikd.student import count_parameters, student_config
@@ -638,7 +638,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         atomic_write_text(output_dir / "config.yaml", dump_config(cfg))
 
     # Data first (a missing file fails before any weights load), then the models.
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer = load_tokenizer(teacher_path)
     is_decoder = get_adapter(teacher_config).is_decoder
     if is_decoder and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -254,7 +254,7 @@ def load_mlm(path: str, tokenizer, field: str = f"{FIELD}.mlm_model"):
     """The masked LM of ``data.augment.mlm_model``; it must have a mask token and share the tokenizer's vocab."""
     from transformers import AutoModelForMaskedLM
 
-    from unikd.models import resolve_model_path
+    from unikd.models import NO_REMOTE_CODE, resolve_model_path
 
     if getattr(tokenizer, "mask_token", None) is None:
         raise ConfigError(
@@ -263,7 +263,7 @@ def load_mlm(path: str, tokenizer, field: str = f"{FIELD}.mlm_model"):
             "leave mlm_model unset (embedding neighbours), or use method: tang",
         )
     try:
-        model = AutoModelForMaskedLM.from_pretrained(resolve_model_path(path, field))
+        model = AutoModelForMaskedLM.from_pretrained(resolve_model_path(path, field), **NO_REMOTE_CODE)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             field,
