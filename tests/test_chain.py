@@ -85,7 +85,7 @@ def test_a_chain_trains_each_step_from_the_previous_student(tmp_path, glue_dir, 
 
     # --resume on the finished chain trains nothing and returns the same metrics
     calls = []
-    import unikd.train as train_module
+    import unikd.train.loop as train_module
 
     real = train_module.setup
     monkeypatch.setattr(train_module, "setup", lambda *a, **k: calls.append(a[0].output_dir) or real(*a, **k))

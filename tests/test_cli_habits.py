@@ -65,7 +65,7 @@ def test_report_to_takes_one_name_or_a_list_and_refuses_unknown():
 
 
 def test_a_tracker_not_installed_is_refused_before_training(tmp_path):
-    from unikd.train import _trackers
+    from unikd.train.loop import _trackers
 
     missing = next((m for m in ("clearml", "aim", "dvclive") if importlib.util.find_spec(m) is None), None)
     if missing is None:
@@ -89,7 +89,7 @@ def test_study_progress_line():
 def test_eval_text_limit_caps_the_general_stage_eval_text(tmp_path, minilm_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from unikd.train import _datasets
+    from unikd.train.inputs import load_inputs
 
     monkeypatch.setenv("UNIKD_CACHE", str(tmp_path))
     text = tmp_path / "eval.txt"
@@ -100,7 +100,8 @@ def test_eval_text_limit_caps_the_general_stage_eval_text(tmp_path, minilm_path,
     for limit in (None, 2):
         extra = [f"data.eval_text_limit={limit}"] if limit else []
         cfg = load_config(None, [*base, "data.block_size=16", *extra])
-        train, evals, *_ = _datasets(cfg, tokenizer, is_decoder=False)
+        inputs = load_inputs(cfg, tokenizer, is_decoder=False)
+        train, evals = inputs.train, inputs.eval
         sizes[limit] = (len(train), len(evals))
     assert sizes[None][0] == sizes[2][0]  # the training text is untouched
     assert 0 < sizes[2][1] < sizes[None][1]

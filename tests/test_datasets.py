@@ -13,7 +13,7 @@ import torch
 
 from unikd.config import DataConfig
 from unikd.data import load_glue, load_task_data, read_conll, tokenize_words
-from unikd.data.spec import TaskSpec, detect_scheme
+from unikd.data.labelled import TaskSpec, detect_scheme
 from unikd.errors import ConfigError
 from unikd.metrics import compute_task_metrics
 
@@ -332,7 +332,7 @@ def test_holdout_scores_on_held_out_training_rows_that_nothing_trains_on(glue_di
     labelled rows train, and rest_of_train transfer rows leave the held-out rows out too."""
     import unikd.data.transfer as transfer
     from unikd.config import load_config
-    from unikd.train import _with_transfer
+    from unikd.train.inputs import with_transfer
 
     data = DataConfig(task="sst2", data_dir=str(glue_dir), train_limit=100, holdout=20)
     task = load_task_data(data, seed=3)
@@ -367,7 +367,7 @@ def test_holdout_scores_on_held_out_training_rows_that_nothing_trains_on(glue_di
     )
     with pytest.raises(KeyboardInterrupt):
         teacher = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=None))
-        _with_transfer(cfg, None, teacher, None, SimpleNamespace(name="sst2", is_pair=False), task)
+        with_transfer(cfg, None, teacher, None, SimpleNamespace(name="sst2", is_pair=False), task)
     full = load_glue("sst2", "train", glue_dir)
     assert not seen["rest"] & (train_idx | held_idx) and len(seen["rest"]) == len(full) - 100
 

@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from unikd.cli import app
-from unikd.config import RESUME_MUTABLE_FIELDS, load_config
+from unikd.config import load_config
 from unikd.errors import ConfigError, DataError, TrainingError, exit_code
-from unikd.study.expand import _SPEED_ONLY_TRAIN_FIELDS
 from unikd.study.runner import execute_run
 from unikd.train import run
 
@@ -177,11 +176,6 @@ def test_fp16_on_a_cpu_is_refused_naming_train_precision(tmp_path, glue_dir, bas
 
 
 # ---- 2. checked resume ----------------------------------------------------------------------------------------
-def test_resume_mutable_fields_include_the_study_hashs_speed_only_fields():
-    assert {f"train.{n}" for n in _SPEED_ONLY_TRAIN_FIELDS} <= set(RESUME_MUTABLE_FIELDS)
-    assert "optim.lr" not in RESUME_MUTABLE_FIELDS
-
-
 def test_resume_with_a_changed_lr_is_refused_and_accepted_only_with_the_flag(tmp_path, glue_dir, base_model):
     args = _common(tmp_path, "r", glue_dir) + ["stage=finetune", f"teacher.path={base_model}", "train.save_every=3"]
     assert run(load_config(None, args), stop_after=3) == {"stopped_at": 3}
@@ -200,27 +194,6 @@ def test_resume_with_a_changed_lr_is_refused_and_accepted_only_with_the_flag(tmp
     history = json.loads((tmp_path / "r" / "resume_history.json").read_text())
     assert [(h["step"], h["changes"]) for h in history] == [(3, {"optim.lr": {"old": 0.001, "new": 0.002}})]
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["optim"]["lr"] == 0.002
-
-
-def test_config_changes_name_each_result_changing_field_and_skip_the_mutable_ones():
-    from unikd.resume import config_changes
-
-    base = ["stage=task", "teacher.path=t", "data.task=sst2", "plan.terms=[{knowledge: logits, loss: kl}]"]
-    old = load_config(None, base)
-    new = load_config(
-        None,
-        base
-        + ["plan.terms.0.temperature=2", "train.max_steps=9", "train.progress=false", "train.eval_every=5"]
-        + ["output_dir=elsewhere", "plan.terms=[{knowledge: logits, loss: kl, temperature: 2}, {knowledge: hidden}]"],
-    )
-    changes = config_changes(old, new)
-    assert changes["plan.terms.0.temperature"] == {"old": 1.0, "new": 2.0}
-    assert changes["train.max_steps"] == {"old": None, "new": 9}
-    assert changes["plan.terms.1.knowledge"] == {"old": "<absent>", "new": "hidden"}
-    assert not any(k.startswith(("train.progress", "train.eval_every", "output_dir")) for k in changes)
-    # a fine-tune's plan is not part of it: a new default plan does not block resuming a teacher
-    ft = ["stage=finetune", "teacher.path=t", "data.task=sst2"]
-    assert config_changes(load_config(None, ft), load_config(None, ft + ["plan.hard_label_weight=0.5"])) == {}
 
 
 def _corrupt(ckpt: Path, what: str) -> None:

@@ -21,7 +21,7 @@ from unikd.capture import FeatureCapture
 from unikd.distiller import Distiller
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec, model_spec
-from unikd.plan import DistillationPlan, PlanConfig, TermConfig, linear_schedule
+from unikd.plan import DistillationPlan, PlanConfig, term_config, linear_schedule
 
 VOCAB = 61
 LENGTHS = [7, 5, 3]  # right padding to 7
@@ -340,16 +340,16 @@ def test_pydantic_rejects_unknown_knowledge_and_keys():
     with pytest.raises(ValidationError):
         PlanConfig.model_validate({"term": []})
     with pytest.raises(ValidationError):
-        TermConfig(knowledge="logits", temperature=0.0)
+        term_config(knowledge="logits", temperature=0.0)
     with pytest.raises(ValidationError):
-        TermConfig(knowledge="hidden", weight=-1.0)
+        term_config(knowledge="hidden", weight=-1.0)
 
 
 def test_term_defaults():
-    term = TermConfig(knowledge="attention")
+    term = term_config(knowledge="attention")
     assert (term.loss, term.name, term.matching) == ("kl", "attention_kl", "uniform")
-    assert TermConfig(knowledge="hidden", loss="cosine").name == "hidden_cosine"
-    assert TermConfig(knowledge="relation").relations == ["qq", "kk", "vv"]
+    assert term_config(knowledge="hidden", loss="cosine").name == "hidden_cosine"
+    assert term_config(knowledge="relation").relations == ["qq", "kk", "vv"]
 
 
 @pytest.mark.parametrize(
@@ -384,11 +384,11 @@ def test_a_field_of_another_knowledge_type_is_refused_by_name(term, field, owner
 def test_stored_configs_of_the_flat_term_model_drop_only_default_leftovers():
     """unikd used to dump every field on every term; such a config reads back (the leftovers held their
     defaults and meant nothing), but a leftover with another value is still an error."""
-    from unikd.knowledge.base import LEGACY_FLAT_DEFAULTS, STORED
+    from unikd.compat import LEGACY_FLAT_DEFAULTS, STORED
 
     flat = {"knowledge": "hidden", "loss": "mse", **LEGACY_FLAT_DEFAULTS}
     plan = PlanConfig.model_validate({"terms": [flat]}, context=STORED)
-    assert plan.terms[0] == TermConfig(knowledge="hidden", loss="mse")
+    assert plan.terms[0] == term_config(knowledge="hidden", loss="mse")
     with pytest.raises(ValidationError):
         PlanConfig.model_validate({"terms": [flat]})  # a user's config gets no such leniency
     with pytest.raises(ValidationError):

@@ -273,7 +273,7 @@ def test_pseudo_label_baselines_are_named_after_their_shape_and_run_after_the_pr
     assert kinds == ["teacher"] + ["pair"] * 8 + ["pseudo"] * 4
 
     # the report pairs each shape's KD run with its no-KD run and with its pseudo-label run, seed by seed
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     score = {(r["label"], r["seed"]): r["score"] for r in read_rows(tmp_path / "s")}
     written = make_report(tmp_path / "s")
@@ -441,7 +441,7 @@ def test_a_database_of_an_older_hash_scheme_is_rehashed(tiny_teacher, mini_glue,
 
 def _as_flat_terms(config: dict) -> dict:
     """A config as unikd wrote it before one class per knowledge type: every term carries every flat field."""
-    from unikd.knowledge.base import LEGACY_FLAT_DEFAULTS
+    from unikd.compat import LEGACY_FLAT_DEFAULTS
 
     config = json.loads(json.dumps(config))
     for term in (config.get("plan") or {}).get("terms", []):
@@ -547,7 +547,7 @@ def _csv(path: Path) -> list[dict]:
 
 def _check_report_numbers(out: Path, tasks: list[str]) -> None:
     from unikd.metrics import glue_average
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     rows = read_rows(out, status="done")
     paths = make_report(out)
@@ -646,10 +646,6 @@ def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, 
     md = (out / "report.md").read_text()
     assert "| parameters | latency (ms) | latency b32 (ms) |" in md and "at batch 1 in PyTorch" in md
     assert {rec["steps"] for rec in results} == {"1"} and "| steps | wall (s) |" in md  # fake_runner's 1 step
-    from unikd.report import _steps
-
-    chained = {"metrics": {"steps": 141, "chain": [{"steps": 141}, {"steps": 141}]}}
-    assert _steps(chained) == 282  # a chained run: its steps over the whole chain
 
 
 @pytest.mark.slow
@@ -997,7 +993,7 @@ def test_a_study_over_a_named_data_spec(tiny_teacher, mini_glue, tmp_path):
     """tasks may list data specs by name: their runs read the spec's files, the report labels them by name, and
     the GLUE task beside them keeps the runs (and hashes) it has alone."""
     from unikd.data import load_glue
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     files = {}
     for split in ("train", "validation"):
@@ -1096,7 +1092,7 @@ def test_a_study_resumes_from_its_database_alone_in_another_directory(tiny_teach
     assert [Path(r["output_dir"]).parent.parent for r in rows] == [second.resolve()] * 4
     kd = [r for r in rows if r["kind"] == "kd"]  # their configs read the teacher where it is now
     assert {r["config"]["teacher"]["path"] for r in kd} == {str(Path(rows[0]["output_dir"]) / "student")}
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     assert "Runs: done 4" in Path(make_report(second)["report.md"]).read_text()  # from the database alone
     # a teacher that does not come out as recorded: the warning names both scores
@@ -1205,18 +1201,8 @@ def _interval(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def test_a_chained_run_pairs_by_its_total_steps():
-    from unikd.report import _pairing_key, _steps
-
-    chain = {"metrics": {"steps": 141, "chain": [{"step": 1, "steps": 141}, {"step": 2, "steps": 141}]}}
-    assert _steps(chain) == 282 and _steps({"metrics": {"steps": 282}}) == 282
-    base = {"data": {"task": "sst2"}, "train": {"max_steps": 282}, "seed": 1}
-    kd = base | {"train": {"max_steps": 141}, "then": [{"train": {"max_steps": 141}}], "plan": {"terms": []}}
-    assert _pairing_key(kd) == _pairing_key(base)
-
-
 def test_paired_differences_to_the_no_kd_run_of_the_same_step_budget(paired_study):
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     paths = make_report(paired_study)
     paired = {(r["task"], r["label"]): r for r in _csv(Path(paths["paired.csv"]))}
@@ -1266,7 +1252,7 @@ def test_compare_names_the_available_labels_for_an_unknown_one(paired_study):
     from typer.testing import CliRunner
 
     from unikd.cli import app
-    from unikd.report import compare_variants
+    from unikd.study.report import compare_variants
 
     with pytest.raises(ConfigError, match=r"^--compare: no finished variant is labelled 'kd short'. Fix: use labels"):
         compare_variants(read_rows(paired_study), "kd", "kd short")
@@ -1366,7 +1352,7 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     chosen = json.loads((out / "schedule_check.json").read_text())
     assert {v["label"]: v["max_steps"] for v in chosen["variants"]} == {"1.0": 4, "4.0": 8}
     assert chosen["variants"][0]["scores"] == {"2": pytest.approx(0.88), "4": 0.9, "8": pytest.approx(0.86)}
-    from unikd.report import make_report
+    from unikd.study.report import make_report
 
     md = Path(make_report(out)["report.md"]).read_text()
     assert "## Schedule check" in md and "| sst2 | 1.0 | 88.00 | 90.00 | 86.00 | 4 |" in md

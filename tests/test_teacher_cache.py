@@ -1,4 +1,4 @@
-"""The teacher pass and the teacher-logit cache (unikd.teacher_cache, unikd.train._teacher_pass): every row once
+"""The teacher pass and the teacher-logit cache (unikd.teacher_cache: open_for_run, teacher_pass): every row once
 before the first step, the same training as without the cache, and a killed pass that resumes."""
 
 import json
@@ -219,12 +219,12 @@ def test_processes_split_one_list_even_when_one_reads_it_late(tmp_path):
     import threading
     import time
 
-    from unikd.train import _teacher_pass
+    from unikd.teacher_cache import teacher_pass
 
     rows, barrier, labelled, outcomes = 32, threading.Barrier(2, timeout=30), [], {}
     train_ds = {"input_ids": [[1] * (1 + i % 5) for i in range(rows)]}
     main = TeacherLogitCache(tmp_path / "c", rows)
-    main.create(2)  # as unikd.train does: the main process creates the files, the others attach
+    main.create(2)  # as open_for_run does: the main process creates the files, the others attach
     caches = [main, TeacherLogitCache(tmp_path / "c", rows)]
     slow_missing = caches[0].missing
     caches[0].missing = lambda r: (time.sleep(0.5), slow_missing(r))[1]  # process 0 reads late
@@ -257,7 +257,7 @@ def test_processes_split_one_list_even_when_one_reads_it_late(tmp_path):
             train=SimpleNamespace(eval_batch_size=4, batch_size=2, progress=False, teacher_cache_dir=None)
         )
         collate = lambda items: {"row": torch.tensor([it["row"] for it in items])}  # noqa: E731
-        outcomes[rank] = _teacher_pass(cfg, accelerator, distiller, Dataset(), collate)
+        outcomes[rank] = teacher_pass(cfg, accelerator, distiller, Dataset(), collate)
 
     threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
     for t in threads:

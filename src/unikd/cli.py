@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -56,6 +57,23 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(exit_code(exc))
 
 
+def command(*args, on: typer.Typer = app, **kwargs):
+    """``@on.command(...)`` whose function's ``ConfigError`` (and its DataError / TrainingError) prints one line,
+    ``error: <field>: <problem>. Fix: <fix>``, and exits with the error's code instead of a traceback."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def checked(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except ConfigError as exc:
+                _fail(exc)
+
+        return on.command(*args, **kwargs)(checked)
+
+    return register
+
+
 #: `unikd study --max-hours` stopped with runs pending (README "Exit codes"); the same command resumes the study
 EXIT_PENDING = 5
 
@@ -78,22 +96,19 @@ def _run_stage(
 
     if config is not None and "=" in str(config) and not config.is_file():
         overrides, config = [str(config)] + overrides, None  # `unikd finetune key=value ...` without a file
-    try:
-        base = {"stage": stage} if stage else None
-        cfg = load_config(config, overrides, base=base)
-        if stage and cfg.stage != stage:
-            cfg = load_config(config, overrides + [f"stage={stage}"])
-        if print_config:  # the resolved config (preset, file and overrides merged, defaults filled); no run
-            typer.echo(dump_config(cfg), nl=False)
-            return
-        result = run(cfg, resume=resume or with_changes, resume_with_changes=with_changes)
-    except ConfigError as exc:
-        _fail(exc)
+    base = {"stage": stage} if stage else None
+    cfg = load_config(config, overrides, base=base)
+    if stage and cfg.stage != stage:
+        cfg = load_config(config, overrides + [f"stage={stage}"])
+    if print_config:  # the resolved config (preset, file and overrides merged, defaults filled); no run
+        typer.echo(dump_config(cfg), nl=False)
+        return
+    result = run(cfg, resume=resume or with_changes, resume_with_changes=with_changes)
     if is_main_process():  # under several processes every rank returns the result; print it once
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=float))
 
 
-@app.command()
+@command()
 def distill(
     config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=100."),
@@ -107,7 +122,7 @@ def distill(
     _run_stage(config, overrides or [], resume, None, resume_with_changes, print_config)
 
 
-@app.command()
+@command()
 def finetune(
     config: Optional[Path] = typer.Argument(None, help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.task=sst2."),
@@ -121,7 +136,7 @@ def finetune(
     _run_stage(config, overrides or [], resume, "finetune", resume_with_changes, print_config)
 
 
-@app.command()
+@command()
 def validate(
     config: Path = typer.Argument(..., help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
@@ -131,19 +146,16 @@ def validate(
     from unikd.config import load_config
     from unikd.train import validate_run
 
-    try:
-        cfg = load_config(config, overrides or [])
-        validate_run(cfg)
-        if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
-            from unikd.data import check_metric, load_task_data
+    cfg = load_config(config, overrides or [])
+    validate_run(cfg)
+    if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
+        from unikd.data import check_metric, load_task_data
 
-            check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
-    except ConfigError as exc:
-        _fail(exc)
+        check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
     typer.echo(f"ok: {config}")
 
 
-@app.command()
+@command()
 def augment(
     config: Path = typer.Argument(..., help="YAML run config with data.transfer augment sources."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
@@ -153,14 +165,11 @@ def augment(
     """Materialize a config's augmentation (data.transfer kind: augment) on its first labelled rows and print them."""
     from unikd.augment_cli import augment_sample
 
-    try:
-        text = augment_sample(config, overrides or [], rows=rows, out=out)
-    except ConfigError as exc:
-        _fail(exc)
+    text = augment_sample(config, overrides or [], rows=rows, out=out)
     typer.echo(text)
 
 
-@app.command()
+@command()
 def recipe(
     teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
     budget: str = typer.Option(
@@ -190,28 +199,25 @@ def recipe(
     """Write a run config for a teacher and a budget by docs/guideline.md, with one line of why per choice."""
     from unikd.recipe import make_recipe, write_recipe
 
-    try:
-        made = make_recipe(
-            teacher,
-            budget,
-            task=task,
-            data_files=data_files,
-            latency_ms=latency_ms,
-            device=device,
-            latency_estimate=latency_estimate,
-            max_length=max_length,
-            output_dir=output_dir,
-            plan=plan,
-        )
-        write_recipe(made, out)
-    except ConfigError as exc:
-        _fail(exc)
+    made = make_recipe(
+        teacher,
+        budget,
+        task=task,
+        data_files=data_files,
+        latency_ms=latency_ms,
+        device=device,
+        latency_estimate=latency_estimate,
+        max_length=max_length,
+        output_dir=output_dir,
+        plan=plan,
+    )
+    write_recipe(made, out)
     for reason in made.reasons:
         typer.echo(reason.line())
     typer.echo(f"wrote {out}: unikd distill {out}")
 
 
-@app.command("config-schema")
+@command("config-schema")
 def config_schema():
     """Print the JSON schema of the run config (every field with its description)."""
     from unikd.config import RunConfig
@@ -219,7 +225,7 @@ def config_schema():
     typer.echo(json.dumps(RunConfig.model_json_schema(), indent=2))
 
 
-@student_app.command("budget")
+@command("budget", on=student_app)
 def student_budget(
     teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
     budget: str = typer.Option(..., help="Parameters: '22M', '1/4' or '0.25x' of the teacher."),
@@ -232,17 +238,14 @@ def student_budget(
     from unikd.models import model_config, resolve_model_path
     from unikd.student import budget_configs, format_budget_table
 
-    try:
-        config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
-        rows = budget_configs(
-            config, budget, tolerance=tolerance, count="non_embedding" if non_embedding else "total", field="--budget"
-        )
-    except ConfigError as exc:
-        _fail(exc)
+    config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
+    rows = budget_configs(
+        config, budget, tolerance=tolerance, count="non_embedding" if non_embedding else "total", field="--budget"
+    )
     typer.echo(format_budget_table(rows))
 
 
-@student_app.command("params")
+@command("params", on=student_app)
 def student_params(
     teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
     overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ..."),
@@ -252,12 +255,9 @@ def student_params(
     from unikd.models import model_config, resolve_model_path
     from unikd.student import StudentShape, count_parameters, student_config
 
-    try:
-        config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
-        shape = StudentShape.model_validate(apply_overrides({}, overrides or []))
-        counts = count_parameters(student_config(config, shape))
-    except ConfigError as exc:
-        _fail(exc)
+    config = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
+    shape = StudentShape.model_validate(apply_overrides({}, overrides or []))
+    counts = count_parameters(student_config(config, shape))
     typer.echo(
         json.dumps(
             {"embedding": counts.embedding, "non_embedding": counts.non_embedding, "total": counts.total}, indent=2
@@ -265,7 +265,7 @@ def student_params(
     )
 
 
-@app.command()
+@command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/export)."),
@@ -282,13 +282,8 @@ def export(
     from unikd.export import export_student
 
     model_dir = run_dir / "student" if (run_dir / "student").is_dir() else run_dir
-    try:
-        eval_set = _run_eval_set(run_dir, dev_rows)
-        result = export_student(
-            model_dir, out or run_dir / "export", formats=tuple(formats.split(",")), eval_set=eval_set
-        )
-    except ConfigError as exc:
-        _fail(exc)
+    eval_set = _run_eval_set(run_dir, dev_rows)
+    result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")), eval_set=eval_set)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -339,7 +334,7 @@ def _own_data_eval_set(cfg, limit: Optional[int]):
     )
 
 
-@app.command()
+@command()
 def push(
     run_dir: Path = typer.Argument(..., help="A finished run directory (its student/ is uploaded) or a model dir."),
     repo_id: str = typer.Argument(..., help="The hub repository, e.g. my-name/minilm-sst2-kd."),
@@ -350,14 +345,11 @@ def push(
     The token comes from the environment (HF_TOKEN) or `huggingface-cli login`."""
     from unikd.hub import push_run
 
-    try:
-        url = push_run(run_dir, repo_id, private=private)
-    except ConfigError as exc:
-        _fail(exc)
+    url = push_run(run_dir, repo_id, private=private)
     typer.echo(f"pushed {run_dir} to {repo_id}: {url}")
 
 
-@app.command("bench-latency")
+@command("bench-latency")
 def bench_latency(
     models: list[str] = typer.Argument(
         ...,
@@ -386,22 +378,16 @@ def bench_latency(
                 final = json.loads((run_dir / "metrics.json").read_text()).get("final") or {}
                 if final.get("score") is not None:
                     scores[name] = final["score"]
-        try:
-            named[name] = resolve_model_path(path, "models")
-        except ConfigError as exc:
-            _fail(exc)
-    try:
-        rows = bench(
-            named,
-            batch_sizes=tuple(int(b) for b in batch_sizes.split(",")),
-            seq_len=seq_len,
-            threads=threads,
-            backends=tuple(backends.split(",")),
-            repeats=repeats,
-            work_dir=out / "onnx",
-        )
-    except ConfigError as exc:
-        _fail(exc)
+        named[name] = resolve_model_path(path, "models")
+    rows = bench(
+        named,
+        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")),
+        seq_len=seq_len,
+        threads=threads,
+        backends=tuple(backends.split(",")),
+        repeats=repeats,
+        work_dir=out / "onnx",
+    )
     table = format_latency_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_latency_json(rows, out / "latency.json")
@@ -411,7 +397,7 @@ def bench_latency(
     typer.echo(table)
 
 
-@app.command()
+@command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Where the runs go (one folder per setting)."),
     teacher_rows: int = typer.Option(2000, help="Labelled SST-2 rows the teacher is fine-tuned on."),
@@ -438,23 +424,20 @@ def quickstart(
     """The README's main job: teacher fine-tune -> KD student (few labels, much text) -> no-KD student, on SST-2."""
     from unikd.quickstart import parse_seeds, run_quickstart
 
-    try:
-        run_quickstart(
-            out,
-            teacher_rows=teacher_rows,
-            labels=labels,
-            transfer_weight=transfer_weight,
-            student_layers=student_layers,
-            epochs=epochs,
-            pseudo_labels=pseudo_labels,
-            method=method,
-            seeds=parse_seeds(seeds),
-        )
-    except ConfigError as exc:
-        _fail(exc)
+    run_quickstart(
+        out,
+        teacher_rows=teacher_rows,
+        labels=labels,
+        transfer_weight=transfer_weight,
+        student_layers=student_layers,
+        epochs=epochs,
+        pseudo_labels=pseudo_labels,
+        method=method,
+        seeds=parse_seeds(seeds),
+    )
 
 
-@app.command()
+@command()
 def study(
     ctx: typer.Context,
     study_file: Optional[Path] = typer.Argument(None, help="Study YAML (see src/unikd/studies/)."),
@@ -491,44 +474,23 @@ def study(
         for name, desc in list_studies().items():
             typer.echo(f"{name:18s} {desc}")
         return
-    try:
-        if (study_file is None) == (builtin is None):
-            raise ConfigError(
-                "study", "give either a study file or --builtin NAME", f"built-in studies: {', '.join(list_studies())}"
-            )
-        source = builtin_study_path(builtin) if builtin else study_file
-        summary = run_study(
-            source,
-            workers=workers,
-            print_commands=print_commands,
-            retry_failed=retry_failed,
-            overrides=override or [],
-            output_dir=output_dir,
-            echo=typer.echo,
-            max_hours=max_hours,
+    if (study_file is None) == (builtin is None):
+        raise ConfigError(
+            "study", "give either a study file or --builtin NAME", f"built-in studies: {', '.join(list_studies())}"
         )
-        if not print_commands:
-            typer.echo(json.dumps({k: summary[k] for k in ("study", "output_dir", "planned", "status")}, indent=2))
-            typer.echo(
-                f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, "
-                f"failed {len(summary['failed'])}"
-            )
-            failed = max(len(summary["failed"]), summary["status"].get("failed", 0))  # this call's, or earlier ones'
-            if failed:
-                typer.secho(
-                    f"error: {failed} run(s) failed (their errors are in study.sqlite; --retry-failed runs them again)",
-                    fg=typer.colors.RED,
-                    err=True,
-                )
-            for warning in summary.get("warnings", []):
-                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-            if report and summary["status"].get("done"):
-                from unikd.report import make_report
-
-                paths = make_report(summary["output_dir"])
-                typer.echo(f"report: {paths['report.md']}")
-    except ConfigError as exc:
-        _fail(exc)
+    source = builtin_study_path(builtin) if builtin else study_file
+    summary = run_study(
+        source,
+        workers=workers,
+        print_commands=print_commands,
+        retry_failed=retry_failed,
+        overrides=override or [],
+        output_dir=output_dir,
+        echo=typer.echo,
+        max_hours=max_hours,
+    )
+    if not print_commands:
+        _print_study_summary(summary, report)
     if summary["pending"]:
         typer.echo(
             f"{len(summary['pending'])} run(s) pending (--max-hours {max_hours} reached); the same command resumes "
@@ -537,6 +499,28 @@ def study(
         raise typer.Exit(EXIT_PENDING)
     if summary.get("failed") or (not print_commands and summary.get("status", {}).get("failed")):
         raise typer.Exit(1)
+
+
+def _print_study_summary(summary: dict, report: bool) -> None:
+    """What a study call did, its failures and warnings on stderr, and (``report``) the report it wrote."""
+    typer.echo(json.dumps({k: summary[k] for k in ("study", "output_dir", "planned", "status")}, indent=2))
+    typer.echo(
+        f"executed {len(summary['executed'])}, skipped {len(summary['skipped'])}, failed {len(summary['failed'])}"
+    )
+    failed = max(len(summary["failed"]), summary["status"].get("failed", 0))  # this call's, or earlier ones'
+    if failed:
+        typer.secho(
+            f"error: {failed} run(s) failed (their errors are in study.sqlite; --retry-failed runs them again)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+    for warning in summary.get("warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if report and summary["status"].get("done"):
+        from unikd.study.report import make_report
+
+        paths = make_report(summary["output_dir"])
+        typer.echo(f"report: {paths['report.md']}")
 
 
 def _study_command(params: dict) -> str:
@@ -559,7 +543,7 @@ def _study_command(params: dict) -> str:
     return shlex.join(args)
 
 
-@app.command()
+@command()
 def report(
     study_dir: Path = typer.Argument(..., help="A study's output_dir (holding study.sqlite)."),
     compare: Optional[tuple[str, str]] = typer.Option(
@@ -572,13 +556,11 @@ def report(
 ):
     """Tables (Markdown, CSV) and plots of a study: mean ± std over seeds, GLUE average, score vs size/latency,
     paired differences to the no-KD baseline."""
-    from unikd.report import compare_variants, comparison_md, make_report
+    from unikd.study.aggregate import compare_variants
+    from unikd.study.report import comparison_md, make_report
     from unikd.study import read_rows
 
-    try:
-        paths = make_report(study_dir, compare=compare)
-    except ConfigError as exc:
-        _fail(exc)
+    paths = make_report(study_dir, compare=compare)
     if compare:
         typer.echo(comparison_md(compare_variants(read_rows(study_dir), *compare), *compare))
     else:

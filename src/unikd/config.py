@@ -37,8 +37,8 @@ class TeacherConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         "fp32",
         description="The teacher's forward pass: fp32; bf16/fp16 autocast (a GPU or a recent CPU); int8: "
-        "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (about 1.8x faster teacher "
-        "forward on CPU; soft targets carry the quantization error, see docs/performance.md).",
+        "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (a faster teacher forward on "
+        "CPU; soft targets carry the quantization error: docs/performance.md measures both).",
     )
     allow_weak: bool = Field(
         False,
@@ -231,32 +231,6 @@ class TrainConfig(_Strict):
     @classmethod
     def _one_tracker(cls, value):
         return [value] if isinstance(value, str) else value
-
-
-#: train fields that change only speed or memory, never a result: the study's config hash leaves them out.
-# trackers (report_to) only watch, and train.cpu only says where a CPU-only run runs anyway
-# teacher_cache_dir only says where teacher logits may be found already (equal to fp32 rounding, as the run's own)
-SPEED_ONLY_TRAIN_FIELDS = (
-    "progress",
-    "attention_capture",
-    "keep_freed_memory",
-    "report_to",
-    "cpu",
-    "teacher_cache_dir",
-)
-
-#: Fields a ``--resume`` may change without ``--resume-with-changes``: how the run is watched, logged, checkpointed
-#: and evaluated in batches, never what it trains on or how (the speed-only fields, the logging/eval/checkpoint
-#: cadence, and teacher.allow_weak, which decides only whether a run may start).
-RESUME_MUTABLE_FIELDS = (
-    *(f"train.{name}" for name in SPEED_ONLY_TRAIN_FIELDS),
-    "train.log_every",
-    "train.eval_every",
-    "train.save_every",
-    "train.keep_checkpoints",
-    "train.eval_batch_size",
-    "teacher.allow_weak",
-)
 
 
 class RunConfig(_Strict):

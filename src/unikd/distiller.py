@@ -19,8 +19,8 @@ What one ``step`` does, in order:
 4. ``plan(...)``: the weighted terms plus the hard-label loss, each map released after its last reader.
 
 ``plan=None`` is fine-tuning (the no-KD baseline, the teacher itself): the student's own loss. Under DDP
-the hooks sit on the bare models and the calls go through the wrapped ones: pass ``student_fn`` (the
-wrapped student) and ``plan_fn`` (the wrapped plan, when it has projections to synchronize).
+the hooks sit on the bare models and the calls go through the wrapped ones: pass ``wrapped_student`` (the
+wrapped student) and ``wrapped_plan`` (the wrapped plan, when it has projections to synchronize).
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ class Distiller:
         attention: str = "auto",
         teacher_dtype: torch.dtype | None = None,
         teacher_cache=None,
-        student_fn: Callable | None = None,
-        plan_fn: Callable | None = None,
+        wrapped_student: Callable | None = None,
+        wrapped_plan: Callable | None = None,
     ):
         self.plan = plan
-        self.plan_fn = plan_fn or plan
+        self.wrapped_plan = wrapped_plan or plan
         self.student = student
-        self.student_fn = student_fn or student
+        self.wrapped_student = wrapped_student or student
         self.teacher_dtype = teacher_dtype
         self.cache = teacher_cache
         self.teacher_capture = self.student_capture = None
@@ -95,7 +95,7 @@ class Distiller:
             teacher_req, student_req = plan.requests(0)
             self.teacher_capture = FeatureCapture(teacher, teacher_req, attention=attention)
             self.student_capture = FeatureCapture(student, student_req, attention=attention)
-            self.student_capture.forward_fn = self.student_fn  # the wrapped model, so gradients synchronize
+            self.student_capture.forward_fn = self.wrapped_student  # the wrapped model, so gradients synchronize
 
     # ---- features ---------------------------------------------------------------------------------------
     def _pairs(self, step: int) -> dict | None:
@@ -147,7 +147,7 @@ class Distiller:
         idx, labelled = batch.get("idx"), batch.get("labelled")
         batch = model_inputs(batch)
         if self.plan is None:
-            loss = self.student_fn(**batch).loss
+            loss = self.wrapped_student(**batch).loss
             return loss, {"hard": loss.detach(), "total": loss.detach()}
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)
@@ -157,7 +157,7 @@ class Distiller:
             hard = hard_label_loss(
                 student.logits, batch["labels"], labelled, teacher.logits, pseudo_labels=self.plan.config.pseudo_labels
             )
-        return self.plan_fn(
+        return self.wrapped_plan(
             teacher,
             student,
             labels=batch.get("labels"),
@@ -174,11 +174,11 @@ class Distiller:
         """The objective on a held-out batch (general stage): the plan's total, or the LM loss without a plan."""
         batch = model_inputs(batch)
         if self.plan is None:
-            return self.student_fn(**batch).loss
+            return self.wrapped_student(**batch).loss
         pairs = self._pairs(0)  # random matching: step 0's draw, the same for every evaluation
         teacher = self.teacher_capture(batch, teacher=True, autocast_dtype=self.teacher_dtype)
         student = self.student_capture(batch)
-        loss, _ = self.plan_fn(
+        loss, _ = self.wrapped_plan(
             teacher, student, labels=batch.get("labels"), hard_loss=getattr(student.output, "loss", None), pairs=pairs
         )
         return loss

@@ -10,7 +10,6 @@ position, so inserting a term leaves every other term's projections where a chec
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterator
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from unikd import losses as L
 from unikd.capture import CaptureRequest, Features
+from unikd.compat import upgrade_projection_keys
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
 from unikd.knowledge import (
@@ -28,7 +28,7 @@ from unikd.knowledge import (
     AttentionTerm,
     StepContext,
     Term,
-    TermConfig,
+    term_config,
     TermSpec,
     linear_schedule,
 )
@@ -36,8 +36,6 @@ from unikd.knowledge.base import Pairs
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 _RESERVED_LOGS = ("hard", "total")
-# projections.pt / checkpoints written before projections were keyed by term name: "<term index>_<layer>"
-_LEGACY_KEY = re.compile(r"^(\d+)_([^.:]+)$")
 
 
 class PlanConfig(BaseModel):
@@ -151,15 +149,8 @@ class DistillationPlan(nn.Module):
                         layer.reset_parameters()
 
     def _upgrade_legacy_keys(self, module, state_dict, prefix, *args) -> None:
-        """Rename projections saved as '<term index>_<layer>' to '<term key>:<layer>' (loads old checkpoints)."""
-        head = f"{prefix}projections."
-        for old in [k for k in state_dict if k.startswith(head)]:
-            name, _, tail = old[len(head) :].partition(".")
-            hit = _LEGACY_KEY.match(name)
-            if hit and int(hit[1]) < len(self.term_keys):
-                new = f"{head}{self.term_keys[int(hit[1])]}:{hit[2]}.{tail}"
-                if new not in state_dict:
-                    state_dict[new] = state_dict.pop(old)
+        """Projections saved as '<term index>_<layer>' load as '<term key>:<layer>' (``unikd.compat``)."""
+        upgrade_projection_keys(state_dict, f"{prefix}projections.", self.term_keys)
 
     @property
     def is_dynamic(self) -> bool:
@@ -242,16 +233,16 @@ class DistillationPlan(nn.Module):
             if layer not in jobs:
                 return False
             view = Features(
-                None,
-                {},
-                {},
-                {},
-                {},
-                None,
-                attention_mask,
-                causal,
-                {},
-                None,
+                embeddings=None,
+                hidden={},
+                q={},
+                k={},
+                v={},
+                logits=None,
+                attention_mask=attention_mask,
+                causal=causal,
+                scalings={},
+                output=None,
                 sliding_windows={layer: sliding_windows[layer]} if layer in sliding_windows else {},
                 inline_scores={layer: scores},
                 inline_probs={layer: probs},
@@ -329,4 +320,4 @@ class DistillationPlan(nn.Module):
         return total, logs
 
 
-__all__ = ["STORED", "DistillationPlan", "PlanConfig", "TermConfig", "linear_schedule"]
+__all__ = ["STORED", "DistillationPlan", "PlanConfig", "term_config", "linear_schedule"]

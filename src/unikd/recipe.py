@@ -40,16 +40,16 @@ GUIDELINE = "docs/guideline.md"
 _TOLERANCE = 0.5
 #: a shape "fills" the budget when it uses at least 1 - _BAND of it ...
 _BAND = 0.25
-#: ... and at most 1 + _OVER: at 1/2 of all-MiniLM-L6-v2, 3 x 384 is 1.4% over and was the best shape measured
-#: (78.29 against 76.72 for the 2 x 384 a strict budget leaves; docs/study-cpu.md, width versus depth)
+#: ... and at most 1 + _OVER: at 1/2 of all-MiniLM-L6-v2, 3 x 384 is 1.4% over and was the best shape measured,
+#: above the 2 x 384 a strict budget leaves (docs/study-cpu.md, "Width versus depth")
 _OVER = 0.05
 #: the learning rate of the teachers and the transfer-run students in docs/study-cpu.md (guideline, "Schedule")
 _LR = 1e-4
 PLANS = ("auto", "two-step", "one-step")
 #: the augmentation of the four-task study: 4 copies of each labelled row, drawn at weight 4 per epoch
 _AUGMENT = {"kind": "augment", "method": "tinybert", "copies": 4, "weight": 4}
-#: each chained step's epochs over the labelled rows + their 4 copies (2.5 passes over the labelled rows; MRPC's
-#: 300 + 300 steps over 3,668 rows x 5 were 0.52 epochs each: docs/study-cpu.md, the transfer protocol)
+#: each chained step's epochs over the labelled rows + their 4 copies (2.5 passes over the labelled rows), what the
+#: four-task runs trained (docs/study-cpu.md, "MRPC, RTE, STS-B at the transfer protocol")
 _STEP_EPOCHS = 0.5
 
 

@@ -1,7 +1,7 @@
 """Teacher-output caching for multi-epoch task distillation.
 
 In the task stage the teacher is frozen, in eval mode, and sees the same rows every epoch, so its
-logits are a pure function of the row. The teacher pass before the first step (``unikd.train``) stores them in a
+logits are a pure function of the row. The teacher pass before the first step (``teacher_pass``) stores them in a
 memory-mapped file (optionally only the top-k logits per row), every row once in length-sorted batches under
 ``inference_mode``; the training steps read them back and skip the teacher forward pass. A killed pass leaves the
 rows it stored (``filled``), and the next start computes only the ``missing`` ones.
@@ -11,6 +11,10 @@ Only logits-only plans qualify: intermediate features are far too large to keep 
 the logits across runs, keyed by content: one directory per teacher (a hash of its weights and config files) and
 precision, and in it every row under a hash of its token ids. A run fills its own cache from it before the pass
 and adds the rows it computed, so the seeds and objectives of a study label each row once.
+
+A run's cache, from the trainer's side: ``check_plan`` / ``check_task`` refuse what it cannot hold (before anything
+loads), ``open_for_run`` opens it for the run's rows (shared by its processes and with the store), ``teacher_pass``
+fills it before the first step.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -62,7 +67,7 @@ class TeacherLogitCache:
 
     def create(self, num_classes: int) -> None:
         """Create the (empty) cache files now rather than at the first ``store``: under several processes the
-        main process creates them before any process stores a row (see ``unikd.train``)."""
+        main process creates them before any process stores a row (``open_for_run``)."""
         if not self.is_open:
             self._open(num_classes, mode="w+")
 
@@ -83,6 +88,16 @@ class TeacherLogitCache:
                 field,
                 f"the teacher cache stores logits only, but the plan also uses {sorted(set(others))}",
                 "set train.teacher_cache=false, or use a logits-only plan",
+            )
+
+    @staticmethod
+    def check_task(spec, field: str = "train.teacher_cache") -> None:
+        """The cache keeps one logit vector per row: token classification (one per token) cannot use it."""
+        if spec.is_token:
+            raise ConfigError(
+                field,
+                "the teacher cache keeps one logit vector per row, and token classification has one per token",
+                "set train.teacher_cache=false",
             )
 
     def _open(self, num_classes: int, mode: str) -> None:
@@ -252,3 +267,101 @@ class SharedTeacherOutputs:
         with atomic_path(path) as tmp:
             np.savez(tmp, keys=keys_array, logits=np.asarray(logits, dtype=np.float32))
         return path
+
+
+# ---- a run's cache ------------------------------------------------------------------------------------
+def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int):
+    """(cache, rows) for a task run with ``train.teacher_cache`` (the plan was checked by ``check_plan``): the cache
+    keyed by what decides the teacher's logits of these rows, its files made by the main process and attached by the
+    others, reading and filling ``train.teacher_cache_dir``; the rows gain the ``idx`` column the steps look rows up
+    by. (None, rows) otherwise."""
+    if not (cfg.train.teacher_cache and cfg.stage == "task"):
+        return None, train_ds
+    data_key = {} if cfg.data.task else {"data": cfg.data.model_dump(mode="json")}  # GLUE caches keep their key
+    cache = TeacherLogitCache(
+        Path(cfg.output_dir) / "teacher_cache",
+        len(train_ds),
+        topk=cfg.train.teacher_cache_topk,
+        key={
+            "teacher": teacher_path,
+            "task": cfg.data.task,
+            "seed": cfg.seed,
+            "train_limit": cfg.data.train_limit,
+            "max_length": cfg.data.max_length,
+            **data_key,
+            # other precisions give other logits (absent for fp32: older caches stay valid)
+            **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
+            **({"transfer": [s.model_dump(mode="json") for s in cfg.data.transfer]} if cfg.data.transfer else {}),
+        },
+    )
+    _share_among_processes(accelerator, cache, num_classes)
+    if cfg.train.teacher_cache_dir:  # rows other runs labelled are read, this run's added, keyed by row content
+        shared = SharedTeacherOutputs(cfg.train.teacher_cache_dir, teacher_path, cfg.teacher.precision)
+        columns = [c for c in ("input_ids", "token_type_ids") if c in train_ds.column_names]
+        cache.share(shared, [row_key(dict(zip(columns, row))) for row in zip(*(train_ds[c] for c in columns))])
+    return cache, train_ds.add_column("idx", list(range(len(train_ds))))
+
+
+def _share_among_processes(accelerator, cache: TeacherLogitCache, num_classes: int) -> None:
+    """One cache file set for all processes: the main process creates it before anyone stores a row (two
+    processes creating it at once would truncate each other's memory maps), the others then open it.
+    Each process writes the rows of its own shard; the files are shared memory maps, so a later epoch finds
+    rows another process stored."""
+    if accelerator.num_processes == 1:
+        return
+    # Every process reaches the barrier, whatever it found: a process that opened its cache object after the
+    # main process had created the files sees them open already, and skipping the barrier there deadlocked
+    # the others in it (seen under load).
+    if accelerator.is_main_process and not cache.is_open:
+        cache.create(num_classes)
+    accelerator.wait_for_everyone()
+    if not cache.is_open:
+        cache.attach()
+
+
+@torch.inference_mode()
+def teacher_pass(cfg, accelerator, distiller, train_ds, collate) -> dict:
+    """The teacher's logits of every training row into the cache before the first step: rows sorted by length
+    (little padding), batches of train.eval_batch_size (no gradients, so larger than the training batch), each
+    process a share; rows an earlier, killed pass stored are skipped. Returns rows, seconds and rows/s."""
+    from unikd.data.sampling import row_lengths
+    from unikd.distiller import model_inputs
+
+    lengths = row_lengths(train_ds)
+    reused = 0
+    if accelerator.is_main_process:  # rows another run labelled (train.teacher_cache_dir); the memory maps are shared
+        reused = distiller.cache.fill_from_shared(list(range(len(train_ds))))
+        distiller.cache.flush()
+    accelerator.wait_for_everyone()
+    todo = distiller.cache.missing(sorted(range(len(train_ds)), key=lengths.__getitem__))
+    # Every process reads the same list before any writes to the shared memory maps: without this barrier a fast
+    # process stored its share while another was still reading, which then split a shorter list, left rows
+    # unlabelled (computed again in training) and under-reported the pass (CI saw 16 of 32 rows).
+    accelerator.wait_for_everyone()
+    mine = todo[accelerator.process_index :: accelerator.num_processes]
+    size = max(cfg.train.eval_batch_size, cfg.train.batch_size)
+    bar = None
+    if cfg.train.progress and accelerator.is_local_main_process and mine:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc="teacher pass", unit="rows", dynamic_ncols=True)
+    start = time.perf_counter()
+    for first in range(0, len(mine), size):
+        rows = mine[first : first + size]
+        batch = collate([train_ds[i] for i in rows])
+        batch = {k: v.to(accelerator.device) for k, v in model_inputs(batch).items()}
+        distiller.capture_teacher(batch, torch.tensor(rows, device=accelerator.device))  # stores the rows
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    distiller.cache.flush()
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - start
+    rate = len(todo) / seconds if todo and seconds > 0 else None
+    if todo:
+        accelerator.print(f"teacher pass: {len(todo)} rows in {seconds:.1f} s ({rate or 0.0:.0f} rows/s)")
+    if reused:
+        accelerator.print(f"teacher pass: {reused} rows from {cfg.train.teacher_cache_dir}")
+    out = {"rows": len(todo), "seconds": round(seconds, 3), "rows_per_s": round(rate, 1) if rate else None}
+    return {**out, "reused": reused} if cfg.train.teacher_cache_dir else out

@@ -24,13 +24,16 @@ The package::
 
     tasks.py     task table (TaskInfo, TsvLayout, GLUE_TASKS, aliases, resolve_task/resolve_split)
                  and GLUE loading (load_glue: local TSVs or the hub)
-    spec.py      any labelled source: TaskSpec, load_task_data, read_conll (CoNLL column files)
+    labelled.py  any labelled source: TaskSpec, load_task_data, read_conll (CoNLL column files)
     sources.py   raw-text corpora (load_text_corpus: .txt files, directories, hub datasets)
-    tokenize.py  cached tokenization: tokenize_pairs (classification), chunk_for_lm (LM packing)
-    collate.py   lm_collator (MLM/CLM), classification_collator (dynamic padding)
+    tokenize.py  cached tokenization: tokenize_pairs (classification), tokenize_words (tags), chunk_for_lm
+    collate.py   lm_collator (MLM/CLM), classification_collator, token_collator (dynamic padding)
+    transfer.py  data.transfer sources (rest_of_train, text, augment) and the rows they give
+    augment.py   TinyBERT / Tang et al. augmentation (word replacement by a masked LM or embedding neighbours)
+    sampling.py  length-grouped batch order (train.group_by_length)
 
 Any labelled data
-    ``load_task_data(data_cfg, seed)`` (spec.py) reads the run's labelled source - a GLUE preset, a hub
+    ``load_task_data(data_cfg, seed)`` (labelled.py) reads the run's labelled source - a GLUE preset, a hub
     dataset, a ``save_to_disk`` directory or local CSV/TSV/JSON(L)/Parquet/CoNLL files - into the same
     columns, with a ``TaskSpec`` (task type, label names, tag scheme); ``tokenize_words`` and
     ``token_collator`` are the token-classification counterparts of ``tokenize_pairs`` and
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 from unikd.data.collate import classification_collator, lm_collator, token_collator
 from unikd.data.sources import load_text_corpus
-from unikd.data.spec import (
+from unikd.data.labelled import (
     DEFAULT_METRIC,
     TASK_TYPES,
     TaskData,

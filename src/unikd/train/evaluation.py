@@ -1,0 +1,89 @@
+"""Scoring: the student's dev metrics (or held-out LM/KD loss), the best checkpoint by the run's metric, and the
+teacher against the trivial baseline before the first step."""
+
+from __future__ import annotations
+
+import torch
+
+from unikd.config import RunConfig
+from unikd.guards import check_teacher as refuse_weak_teacher
+from unikd.guards import stored_teacher_score, trivial_baseline
+from unikd.metrics import compute_task_metrics
+from unikd.train.outputs import save_model
+
+
+def predict(model, loader, accelerator, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``model`` over ``loader`` (gathered across processes)."""
+    preds, labels = [], []
+    for batch in loader:
+        out = model(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
+        logits, y = out.logits, batch["labels"]
+        if logits.dim() == 3:  # token level: pad every batch to one length, so batches and processes concatenate
+            pad = max_length - logits.shape[1]
+            logits = torch.nn.functional.pad(logits, (0, 0, 0, pad))
+            y = torch.nn.functional.pad(y, (0, pad), value=-100)
+        logits, y = accelerator.gather_for_metrics((logits, y))
+        preds.append(logits.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(preds), torch.cat(labels)
+
+
+@torch.no_grad()
+def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, train_labels, eval_ds, eval_loader) -> dict:
+    """metrics.json's ``trivial_baseline`` (task and finetune runs) and ``teacher_dev`` (task runs); a task run's
+    teacher no better than the baseline stops the run here (``guards.check_teacher``) unless teacher.allow_weak.
+
+    The teacher's dev score is read from the unikd fine-tune that wrote it when that run scored the same dev rows
+    (``guards.stored_teacher_score``), else measured with one pass over dev."""
+    if cfg.stage == "general" or eval_loader is None:
+        return {}
+    baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
+    if cfg.stage != "task":
+        return {"trivial_baseline": baseline}
+    teacher_dev = stored_teacher_score(teacher_path, cfg)
+    if teacher_dev is None:
+        preds, labels = predict(teacher, eval_loader, accelerator, cfg.data.max_length)
+        teacher_dev = {
+            **compute_task_metrics(task, preds.numpy(), labels.numpy(), cfg.eval.metric),
+            "source": "evaluated",
+        }
+    refuse_weak_teacher(teacher_dev, baseline, allow_weak=cfg.teacher.allow_weak, teacher=cfg.teacher.path)
+    return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
+
+
+def is_eval_step(state) -> bool:
+    every = state.cfg.train.eval_every
+    return state.eval_loader is not None and (
+        state.step == state.total_steps or bool(every and state.step % every == 0)
+    )
+
+
+@torch.no_grad()
+def evaluate(state) -> dict[str, float]:
+    """Task metrics on the dev set (task/finetune), or the held-out LM/KD loss (general)."""
+    model, accelerator, general = state.student, state.accelerator, state.cfg.stage == "general"
+    model.eval()
+    if general:
+        losses = [
+            accelerator.gather_for_metrics(state.distiller.evaluate_loss(batch).detach().reshape(1))
+            for batch in state.eval_loader
+        ]
+        model.train()
+        return {"eval_loss": float(torch.cat(losses).mean())}
+    preds, labels = predict(model, state.eval_loader, accelerator, state.cfg.data.max_length)
+    model.train()
+    return compute_task_metrics(state.task, preds.numpy(), labels.numpy(), state.cfg.eval.metric)
+
+
+def evaluate_and_keep_best(state) -> None:
+    """Evaluate, log, record in the history; a new best score saves the student to ``best/``."""
+    metrics = evaluate(state)
+    state.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+    state.history.append({"step": state.step, **metrics})
+    if state.cfg.stage != "general":
+        key = metrics.get("score", -metrics.get("eval_loss", 0.0))
+    else:
+        key = -metrics["eval_loss"]
+    if state.best["score"] is None or key > state.best["score"]:
+        state.best = {"score": key, "step": state.step, "metrics": metrics}
+        save_model(state.accelerator, state.student, state.tokenizer, state.output_dir / "best")

@@ -1,0 +1,82 @@
+"""What a finished run leaves: the student (and ``best/``) as Hugging Face model directories, the plan's
+projections, metrics.json, and beside the weights what the HF ecosystem reads (a sentence-transformers teacher's
+modules, the model card). Every file is written whole or not at all (a temp name, then a rename)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from unikd.errors import DataError
+from unikd.hub import copy_sentence_transformers_modules, model_card, write_model_card
+from unikd.io import atomic_path, atomic_write_json
+from unikd.models import resolve_model_path
+from unikd.student import count_parameters
+
+
+def save_model(accelerator, model, tokenizer, path: Path) -> None:
+    """``save_pretrained`` of the unwrapped model and the tokenizer into ``.tmp-<name>``, then renamed to ``path``."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = path.with_name(f".tmp-{path.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.unwrap_model(model).save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+
+
+def save_results(state) -> dict:
+    """The student, its projections and metrics.json of a completed run (``state``: the loop's ``State``);
+    returns the metrics."""
+    accelerator = state.accelerator
+    # the student alone (projections live in checkpoints and projections.pt only), config, metrics
+    save_model(accelerator, state.student, state.tokenizer, state.output_dir / "student")
+    if state.plan is not None and accelerator.is_main_process:
+        with atomic_path(state.output_dir / "projections.pt") as tmp:
+            torch.save(state.plan.state_dict(), tmp)
+    result = _metrics(state)
+    if accelerator.is_main_process:
+        atomic_write_json(state.output_dir / "metrics.json", result)
+        _hf_outputs(state, result)
+    return result
+
+
+def _metrics(state) -> dict:
+    """metrics.json: what the run scored (final and best), its size and its seconds, and what setup measured."""
+    final = state.history[-1] if state.history else {}
+    if not final and state.cfg.stage != "general":  # never a task result without a score (the inputs refuse it)
+        raise DataError("data.data_dir", "the run was never evaluated on dev", "give it a dev split with rows")
+    params = count_parameters(state.accelerator.unwrap_model(state.student))
+    return {
+        "stage": state.cfg.stage,
+        "task": state.cfg.data.task or (state.task.name if state.task is not None else None),
+        "steps": state.step,
+        "final": {k: v for k, v in final.items() if k != "step"},
+        "best": state.best.get("metrics"),
+        "best_step": state.best.get("step"),
+        "parameters": params.total,
+        "parameters_non_embedding": params.non_embedding,
+        "wall_s": state.wall_s(),  # summed over resumed attempts: the study reads it for runs trained elsewhere
+        **state.outcome,
+        "history": state.history,
+    }
+
+
+def _hf_outputs(state, result: dict) -> None:
+    """What the HF ecosystem reads beside the weights: a sentence-transformers teacher's modules, the model card."""
+    cfg, student_dir = state.cfg, state.output_dir / "student"
+    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path")
+    config = state.accelerator.unwrap_model(state.student).config
+    copy_sentence_transformers_modules(teacher_path, student_dir, config.hidden_size)
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    card = model_card(cfg, result, teacher_path=teacher_path, student_config=config, command=command)
+    write_model_card(student_dir, card)

@@ -1,0 +1,130 @@
+"""What a run is checked for before anything loads: paths, the plan against the models' shapes (configs only),
+a precision this machine runs, a task head that fits the data, a student initialization that fits the teacher.
+
+``validate_run`` is what ``unikd validate`` runs and what ``setup`` runs first; ``check_head`` is the one task-head
+check, asked once from the teacher's config alone and again when the data says which head and how many labels.
+"""
+
+from __future__ import annotations
+
+
+from unikd import data as D
+from unikd.config import RunConfig
+from unikd.errors import ConfigError, warn
+from unikd.families import model_spec
+from unikd.initialization import check_student_init
+from unikd.io import check_writable_dir
+from unikd.models import model_config, model_kind_for, resolve_model_path
+from unikd.plan import DistillationPlan
+from unikd.student import student_config
+from unikd.teacher_cache import TeacherLogitCache
+
+_TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def validate_run(cfg: RunConfig):
+    """Resolve paths and validate the plan against model shapes, from configs only (no weights yet).
+    Returns (teacher path, teacher config, the head kind to load, the plan or None for a fine-tune)."""
+    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
+    if cfg.stage in ("task", "finetune") and cfg.data.task:
+        D.resolve_task(cfg.data.task)
+    teacher_config = model_config(teacher_path, "teacher.path")
+    kind = model_kind_for(cfg.stage, teacher_config)
+    check_head(cfg, teacher_config)
+    plan = None
+    if cfg.stage != "finetune":
+        s_config = student_config(teacher_config, cfg.student.shape)
+        plan = DistillationPlan(
+            cfg.plan, model_spec(teacher_config), model_spec(s_config), token_level_logits=cfg.stage == "general"
+        )
+        if kind == "base" and (cfg.plan.hard_label_weight > 0 or any(t.knowledge == "logits" for t in cfg.plan.terms)):
+            raise ConfigError(
+                "plan",
+                f"the teacher {cfg.teacher.path!r} has no LM head, so general-stage logits KD and the LM "
+                "loss are unavailable",
+                "drop the logits terms and set plan.hard_label_weight=0 (intermediate "
+                "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
+            )
+    _check_inputs(cfg, teacher_config, plan)
+    return teacher_path, teacher_config, kind, plan
+
+
+def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
+    """A task-stage teacher must carry a fine-tuned task head; once the data is known (``task``, its
+    ``unikd.data.TaskSpec``), the data's: a token-classification head for NER data, and its number of labels."""
+    if cfg.stage != "task":
+        return
+    archs = teacher_config.architectures or []
+    want = (
+        _TASK_HEADS if task is None else ("ForTokenClassification" if task.is_token else "ForSequenceClassification",)
+    )
+    if not any(a.endswith(want) for a in archs):
+        if task is None:
+            raise ConfigError(
+                "teacher.path",
+                f"{cfg.teacher.path!r} has no fine-tuned task head ({archs or 'no architectures'})",
+                f"fine-tune it first: unikd finetune teacher.path={cfg.teacher.path} {data_args(cfg)}, "
+                "then use that run's student/ directory as teacher.path",
+            )
+        raise ConfigError(
+            "teacher.path",
+            f"{cfg.teacher.path!r} has a {archs} head but the data is a {task.task_type} task (needs *{want[0]})",
+            f"fine-tune a teacher on this data first: unikd finetune teacher.path=<base model> {data_args(cfg)}",
+        )
+    if task is not None and teacher_config.num_labels != task.num_labels:
+        raise ConfigError(
+            "teacher.path",
+            f"the teacher has {teacher_config.num_labels} labels but the data has {task.num_labels}",
+            "use the teacher fine-tuned on this data (unikd finetune ... its student/ directory)",
+        )
+
+
+def check_precision(cfg: RunConfig) -> None:
+    """fp16 where Accelerate would place the run on a CPU: it would train in fp32 without a word, so refuse it (bf16
+    autocasts on a CPU: it runs). Asked of PartialState before the Accelerator exists: a refused precision must not
+    stick to the process."""
+    from accelerate import PartialState
+
+    if cfg.train.precision == "fp16" and (cfg.train.cpu or PartialState().device.type == "cpu"):
+        raise ConfigError(
+            "train.precision",
+            "fp16 mixed precision needs a CUDA GPU, and this run would be on a CPU (Accelerate would silently train "
+            "in fp32)",
+            "use train.precision=bf16 (CPU autocast) or train.precision=no, or run on a GPU",
+        )
+
+
+def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None) -> None:
+    """What ``validate`` can tell without weights or data: a writable output_dir, a precision this machine
+    runs, a plan with something to train, a student initialization that fits the teacher."""
+    check_writable_dir(cfg.output_dir, "output_dir")
+    if cfg.train.teacher_cache_dir:
+        check_writable_dir(cfg.train.teacher_cache_dir, "train.teacher_cache_dir")
+    check_precision(cfg)
+    if plan is not None and cfg.train.teacher_cache and cfg.stage == "task":
+        TeacherLogitCache.check_plan(plan)
+    p = cfg.plan
+    if cfg.stage != "finetune" and not p.terms and p.hard_label_weight == 0 and not p.hard_label_weight_end:
+        raise ConfigError(
+            "plan.terms",
+            "the plan has no distillation terms and plan.hard_label_weight is 0, so there is nothing to train",
+            "add a term (e.g. plan.terms=[{knowledge: logits, loss: kl}]) or set plan.hard_label_weight=1",
+        )
+    check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
+    if cfg.stage == "task" and cfg.student.init.strategy == "random":
+        # A warning, not an error: a random student is a legitimate study arm (the initialization study runs it).
+        warn(
+            "student.init.strategy: random for task-stage KD: a random student distils far worse than one built "
+            "from the teacher's layers, and fell below its own no-KD twin (docs/study-cpu.md, \"Initialization at "
+            'the transfer protocol"); use student.init.strategy=teacher-layers (or a general-stage student via '
+            "student.init.strategy=pretrained) unless a random student is what you study"
+        )
+
+
+def data_args(cfg: RunConfig) -> str:
+    """The run's labelled source as command-line overrides (for messages)."""
+    if cfg.data.task:
+        return f"data.task={cfg.data.task}"
+    if cfg.data.dataset:
+        return f"data.dataset={cfg.data.dataset}"
+    return "data.files={" + ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items()) + "}"
