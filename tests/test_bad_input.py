@@ -547,7 +547,10 @@ def test_validate_warns_about_a_random_student_for_task_kd_and_not_otherwise(
     common = [f"teacher.path={teacher_dir}", "data.task=sst2", f"output_dir={tmp_path / 'run'}"]
     validate_run(load_config(None, common + ["student.init.strategy=random"]))
     err = capsys.readouterr().err
-    assert err.startswith("warning: student.init.strategy: random for task-stage KD") and "Initialization at the transfer protocol" in err, err
+    assert (
+        err.startswith("warning: student.init.strategy: random for task-stage KD")
+        and "Initialization at the transfer protocol" in err
+    ), err
     monkeypatch.setenv("RANK", "1")
     validate_run(load_config(None, common + ["student.init.strategy=random"]))
     assert "warning" not in capsys.readouterr().err

@@ -102,8 +102,6 @@ def test_changes_name_each_result_changing_field_and_skip_speed_and_watching():
     assert changes(load_config(None, ft), load_config(None, ft + ["plan.hard_label_weight=0.5"])) == {}
 
 
-
-
 def test_the_no_kd_twin_drops_every_kd_field_and_a_chain_becomes_one_budget():
     data = {
         "stage": "task",
