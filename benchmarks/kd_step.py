@@ -154,17 +154,17 @@ def import_torchvision() -> str:
 
 TORCHVISION_ERROR = import_torchvision()
 
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification
+from transformers.utils import logging as hf_logging
 
-from unikd.allocator import keep_freed_memory  # noqa: E402
-from unikd.distiller import Distiller  # noqa: E402
-from unikd.models import quantize_int8  # noqa: E402
-from unikd.config import load_preset  # noqa: E402
-from unikd.families import model_spec  # noqa: E402
-from unikd.plan import DistillationPlan, PlanConfig  # noqa: E402
-from unikd.student import StudentShape, student_config  # noqa: E402
-from unikd.teacher_cache import TeacherLogitCache  # noqa: E402
+from unikd.allocator import keep_freed_memory
+from unikd.distiller import Distiller
+from unikd.models import quantize_int8
+from unikd.config import load_preset
+from unikd.families import model_spec
+from unikd.plan import DistillationPlan, PlanConfig
+from unikd.student import StudentShape, student_config
+from unikd.teacher_cache import TeacherLogitCache
 
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -392,7 +392,7 @@ def textbrewer_available() -> tuple[bool, str]:
         return False, "textbrewer is not installed (pip install textbrewer)"
     try:
         import textbrewer  # noqa: F401
-    except Exception as e:  # pragma: no cover - depends on the environment
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is skipped, with its reason
         return False, f"import textbrewer failed: {type(e).__name__}: {e}"
     return True, ""
 
@@ -484,7 +484,7 @@ def torchdistill_available() -> tuple[bool, str]:
         return False, f"torchdistill imports torchvision: {TORCHVISION_ERROR}; {TORCHVISION_HINT}"
     try:
         import torchdistill.core.distillation  # noqa: F401
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is skipped, with its reason
         return False, f"torchdistill's distillation core does not import: {type(e).__name__}: {e}"
     _register_torchdistill_parts()
     return True, ""
@@ -906,14 +906,14 @@ def machine_info(device: torch.device) -> dict:
         import transformers
 
         info["transformers"] = transformers.__version__
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 - versions are informational: a missing one is left out
         pass
     for mod in ("textbrewer", "torchdistill"):
         try:
             from importlib.metadata import version
 
             info[mod] = version(mod)
-        except Exception:
+        except Exception:  # noqa: BLE001 - versions are informational: not installed is None
             info[mod] = None
     with contextlib.suppress(Exception):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout

@@ -93,3 +93,52 @@ def test_the_training_loop_and_its_setup_read_in_one_screen():
     for fn in (loop.train_loop, loop.setup):
         lines = inspect.getsource(fn).splitlines()
         assert len(lines) <= 60, (fn.__name__, len(lines))
+
+
+#: the core of the framework: what a KD step is made of; it knows nothing of runs, configs of runs or studies
+CORE = ("unikd.distiller", "unikd.plan", "unikd.knowledge", "unikd.capture", "unikd.losses", "unikd.matching")
+#: files allowed over MAX_FILE_LINES, each with its reason (none today)
+LONG_FILES: dict[str, str] = {}
+#: functions allowed over MAX_FUNCTION_LINES, each with its reason (none today)
+LONG_FUNCTIONS: dict[str, str] = {}
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 600, 80
+
+
+def _in(module: str, rooms) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in rooms)
+
+
+def test_the_core_never_imports_a_run_a_run_config_or_a_study():
+    graph = import_graph()
+    core = [m for m in graph if _in(m, CORE)]
+    assert "unikd.knowledge.attention" in core and "unikd.plan" in core
+    bad = {
+        m: sorted(t for t in graph[m] if _in(t, ("unikd.train", "unikd.config", "unikd.study", "unikd.cli")))
+        for m in core
+    }
+    assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_training_never_imports_a_study_or_the_cli():
+    graph = import_graph()
+    train = [m for m in graph if _in(m, ("unikd.train",))]
+    assert "unikd.train.loop" in train and "unikd.train.checkpoint" in train
+    bad = {m: sorted(t for t in graph[m] if _in(t, ("unikd.study", "unikd.cli", "unikd.quickstart"))) for m in train}
+    assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_no_file_and_no_function_is_too_long_to_read():
+    long_files, long_functions = {}, {}
+    for path in sorted(SRC.rglob("*.py")):
+        name = str(path.relative_to(SRC.parent))
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES and name not in LONG_FILES:
+            long_files[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                key = f"{name}:{node.name}"
+                if lines > MAX_FUNCTION_LINES and key not in LONG_FUNCTIONS:
+                    long_functions[key] = lines
+    assert long_files == {}, f"over {MAX_FILE_LINES} lines: split them, or list them in LONG_FILES with the reason"
+    assert long_functions == {}, f"over {MAX_FUNCTION_LINES} lines: name their steps, or list them with the reason"

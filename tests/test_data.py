@@ -9,14 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import datasets
+import pytest
+import torch
 
-from unikd import data as D  # noqa: E402
-from unikd.errors import ConfigError  # noqa: E402
+from unikd import data as D
+from unikd.errors import ConfigError
 
 datasets.disable_progress_bars()
 

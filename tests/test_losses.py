@@ -452,8 +452,8 @@ def _cases():
     valid = L.valid_pairs(m, causal=True)
     sp = L.masked_softmax(rnd(B, 2, SEQ, SEQ, seed=40), valid)
     tp = L.masked_softmax(rnd(B, 2, SEQ, SEQ, seed=41), valid)
-    tok = lambda xs, seed: [_pad_like(x, m, seed + i) for i, x in enumerate(xs)]  # noqa: E731
-    att = lambda xs, seed: [_attn_pad(x, valid, 123.0 + seed) for x in xs]  # noqa: E731
+    tok = lambda xs, seed: [_pad_like(x, m, seed + i) for i, x in enumerate(xs)]
+    att = lambda xs, seed: [_attn_pad(x, valid, 123.0 + seed) for x in xs]
     h3, h5 = (lambda seed: rnd(B, SEQ, 3, seed=seed)), (lambda seed: rnd(B, SEQ, 5, seed=seed))
     return [
         (
@@ -570,10 +570,10 @@ def test_padding_with_nan_and_inf_is_ignored(case):
     name, fn, s, t, _ = case
     if name.startswith("attention"):
         inv = ~L.valid_pairs(MASK, causal=True)
-        fill = lambda x, v: x.masked_fill(inv.expand_as(x), v)  # noqa: E731
+        fill = lambda x, v: x.masked_fill(inv.expand_as(x), v)
     else:
         inv = ~MASK.bool()[..., None]
-        fill = lambda x, v: x.masked_fill(inv, v)  # noqa: E731
+        fill = lambda x, v: x.masked_fill(inv, v)
     s_nan = [fill(x, float("nan")).requires_grad_(True) for x in s]
     loss = fn(s_nan, [fill(x, float("-inf")) for x in t])
     loss.backward()

@@ -8,12 +8,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from unikd.errors import ConfigError  # noqa: E402
-from unikd.metrics import TASK_METRICS, compute_metrics, glue_average  # noqa: E402
+from unikd.errors import ConfigError
+from unikd.metrics import TASK_METRICS, compute_metrics, glue_average
 
 
 def test_accuracy_from_logits_and_ids():

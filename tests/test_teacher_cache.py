@@ -256,7 +256,7 @@ def test_processes_split_one_list_even_when_one_reads_it_late(tmp_path):
         cfg = SimpleNamespace(
             train=SimpleNamespace(eval_batch_size=4, batch_size=2, progress=False, teacher_cache_dir=None)
         )
-        collate = lambda items: {"row": torch.tensor([it["row"] for it in items])}  # noqa: E731
+        collate = lambda items: {"row": torch.tensor([it["row"] for it in items])}
         outcomes[rank] = teacher_pass(cfg, accelerator, distiller, Dataset(), collate)
 
     threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]

@@ -602,7 +602,7 @@ def test_own_csv_transfer_rows_train_exactly_as_sst2s(tmp_path, glue_dir, finetu
     common = ["stage=task", f"teacher.path={finetuned_teacher}", "teacher.allow_weak=true"]
     common += ["student.shape.num_layers=1", "student.init.strategy=teacher-layers"]
     common += ["data.transfer=[{kind: rest_of_train, weight: 2}]", "plan.terms=[{knowledge: logits, loss: kl}]"]
-    opts = lambda name: [o for o in _run_opts(tmp_path, name) if "train_limit" not in o] + ["data.train_limit=40"]  # noqa: E731
+    opts = lambda name: [o for o in _run_opts(tmp_path, name) if "train_limit" not in o] + ["data.train_limit=40"]
     by_task = run(load_config(None, common + opts("task") + ["data.task=sst2", f"data.data_dir={glue}"]))
     by_csv = run(
         load_config(

@@ -251,7 +251,7 @@ def student_params(
     overrides: list[str] = typer.Argument(None, help="Shape overrides: num_layers=4 hidden_size=312 ..."),
 ):
     """Exact parameter counts of a student built from the teacher's config."""
-    from unikd.config import apply_overrides
+    from unikd.overrides import apply_overrides
     from unikd.models import model_config, resolve_model_path
     from unikd.student import StudentShape, count_parameters, student_config
 

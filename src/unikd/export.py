@@ -324,7 +324,7 @@ def export_onnx(
             )
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any exporter failure is reported the same way
+    except Exception as exc:
         raise ConfigError(
             field,
             f"ONNX export of {config.model_type!r} failed: {type(exc).__name__}: {exc}",

@@ -277,7 +277,7 @@ def bench_latency(
                     feeds = _inputs(config, input_names, bs, seq_len)
                     try:
                         run(feeds)  # also a check that the model runs on these inputs at all
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         raise ConfigError(
                             field,
                             f"{name!r} ({type(model).__name__}) does not run on "

@@ -249,7 +249,7 @@ def _check_hub_reachable(repo_id: str, field: str) -> None:
 
     try:
         cached = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # an id the hub would refuse (bad characters): the same answer, it is not cached
+    except Exception:  # noqa: BLE001 - an id the hub would refuse (bad characters): it is not cached either
         cached = None
     if isinstance(cached, str):
         return

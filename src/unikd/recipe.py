@@ -206,27 +206,7 @@ def make_recipe(
     fraction of its non-embedding parameters) on ``task`` (GLUE) or ``data_files`` (``train=PATH,validation=PATH``),
     with ``plan`` (the module's table). Bad input is a ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
     fraction = budget_fraction(budget)
-    if (task is None) == (data_files is None):
-        raise ConfigError(
-            "--task",
-            "give the labelled data: either --task (a GLUE task) or --data-files, not "
-            + ("both" if task else "neither"),
-            "add --task sst2, or --data-files train=PATH,validation=PATH",
-        )
-    if latency_ms is not None and latency_ms <= 0:
-        raise ConfigError("--latency-ms", f"must be positive, got {latency_ms:g}", "give a target such as 10")
-    if latency_estimate and latency_ms is None:
-        raise ConfigError("--latency-estimate", "there is no latency to estimate", "add --latency-ms, or drop it")
-    if latency_ms is not None and device != "cpu":
-        raise ConfigError(
-            "--device",
-            f"latency on {device!r} is not measured by unikd (only CPU latency is, {GUIDELINE}#student-shape-for-a-budget)",
-            "use --device cpu, or drop --latency-ms",
-        )
-    if max_length < 8:
-        raise ConfigError("--max-length", f"must be at least 8, got {max_length}", "use e.g. 128")
-    if plan not in PLANS:
-        raise ConfigError("--plan", f"unknown plan {plan!r}", f"use one of {', '.join(PLANS)}")
+    _check_options(task, data_files, latency_ms, latency_estimate, device, max_length, plan)
     data = _labelled_data(task, data_files, max_length)
     task_type = _task_type(data)
     sentence_level = task_type in ("classification", "regression")
@@ -269,6 +249,44 @@ def make_recipe(
         },
         "data": data,
     }
+    _add_plan(doc, two_step, row, spec, data)
+    doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
+    cfg = load_config(base=doc)
+    check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
+    _check_plans(cfg, teacher_cfg)
+
+    reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
+    return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
+
+
+def _check_options(task, data_files, latency_ms, latency_estimate, device, max_length, plan) -> None:
+    """The options that contradict each other or are out of range, each named."""
+    if (task is None) == (data_files is None):
+        raise ConfigError(
+            "--task",
+            "give the labelled data: either --task (a GLUE task) or --data-files, not "
+            + ("both" if task else "neither"),
+            "add --task sst2, or --data-files train=PATH,validation=PATH",
+        )
+    if latency_ms is not None and latency_ms <= 0:
+        raise ConfigError("--latency-ms", f"must be positive, got {latency_ms:g}", "give a target such as 10")
+    if latency_estimate and latency_ms is None:
+        raise ConfigError("--latency-estimate", "there is no latency to estimate", "add --latency-ms, or drop it")
+    if latency_ms is not None and device != "cpu":
+        raise ConfigError(
+            "--device",
+            f"latency on {device!r} is not measured by unikd (only CPU latency is, {GUIDELINE}#student-shape-for-a-budget)",
+            "use --device cpu, or drop --latency-ms",
+        )
+    if max_length < 8:
+        raise ConfigError("--max-length", f"must be at least 8, got {max_length}", "use e.g. 128")
+    if plan not in PLANS:
+        raise ConfigError("--plan", f"unknown plan {plan!r}", f"use one of {', '.join(PLANS)}")
+
+
+def _add_plan(doc: dict, two_step: bool, row, spec, data: dict) -> None:
+    """The objective and its schedule: TinyBERT's two chained steps on augmented copies, or the best-practice
+    one-step plan (logits KD + labels)."""
     if two_step:
         tinybert = load_preset("tinybert")
         terms = [dict(t) for t in tinybert["plan"]["terms"]]
@@ -283,13 +301,6 @@ def make_recipe(
         doc["plan"] = load_preset("best-practice")["plan"]
         doc["optim"] = {"lr": _LR}
         doc["train"] = {"epochs": 3, "batch_size": 32}
-    doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
-    cfg = load_config(base=doc)
-    check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
-    _check_plans(cfg, teacher_cfg)
-
-    reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
-    return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
 
 
 def _task_type(data: dict) -> str:

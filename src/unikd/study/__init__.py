@@ -38,10 +38,12 @@ config to ``<output_dir>/configs/<run_id>.yaml`` and prints ``accelerate launch 
 instead; a later ``run_study`` collects the runs that finished elsewhere (their ``metrics.json`` next to a
 ``config.yaml`` equal to the planned one) without training them again.
 
-The package: ``spec`` (the study file, its loading and static checks), ``expand`` (the runs of a study and
-their config hashes), ``db`` (the SQLite database) and ``runner`` (``run_study`` and the execution of one
-run). The names below are re-exported here; each is looked up in the module that defines it, so a test that
-patches one (``measure_latency``, ``expand_study``) patches it there (``unikd.study.runner``, ...).
+The package: ``file`` (the study file, its loading and static checks), ``expand`` (the runs of a study, their
+twins and config hashes, by ``unikd.identity``), ``db`` (the SQLite database), ``runner`` (``run_study``: what to
+run, in which order, the database writes), ``execute`` (one run's execution and the worker pool), ``schedule``
+(the schedule check), ``aggregate`` / ``report`` / ``plots`` (a study's numbers, tables and figures). The names
+below are re-exported here; each is looked up in the module that defines it, so a test that patches one
+(``measure_latency``, ``expand_study``) patches it there (``unikd.study.execute``, ...).
 """
 
 from unikd.study.db import (
@@ -55,14 +57,12 @@ from unikd.study.db import (
     read_rows,
 )
 from unikd.study.expand import PlannedRun, auto_label, check_study_shapes, config_hash, expand_study, load_study
-from unikd.study.runner import (
-    ERROR_TAIL as ERROR_TAIL,
-    Runner as Runner,
-    _prepare_dir as _prepare_dir,
-    execute_run,
-    measure_latency as measure_latency,
-    run_study,
-)
+from unikd.study.execute import ERROR_TAIL as ERROR_TAIL
+from unikd.study.execute import Runner as Runner
+from unikd.study.execute import execute_run
+from unikd.study.execute import measure_latency as measure_latency
+from unikd.study.runner import _prepare_dir as _prepare_dir
+from unikd.study.runner import run_study
 from unikd.study.file import (
     PRESET_AXIS as PRESET_AXIS,
     RUNS_AXIS as RUNS_AXIS,

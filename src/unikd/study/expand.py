@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unikd.config import RunConfig, _format_validation_error, deep_merge, load_preset
+from unikd.config import RunConfig, format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
 from unikd.identity import canonical, config_hash, flatten_fields, no_kd_twin, pseudo_label_twin
 from unikd.study.file import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
@@ -161,7 +161,7 @@ def _run_config(data: dict, field: str) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            field, _format_validation_error(exc), "fix the study's base/axes (see `unikd config-schema`)"
+            field, format_validation_error(exc), "fix the study's base/axes (see `unikd config-schema`)"
         ) from exc
 
 

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from unikd.config import RunConfig, _format_validation_error, apply_overrides, list_presets, read_yaml_mapping
+from unikd.config import RunConfig, format_validation_error, list_presets, read_yaml_mapping
+from unikd.overrides import apply_overrides
 from unikd.errors import ConfigError
 
 STUDY_DIR = Path(__file__).parent.parent / "studies"
@@ -205,7 +206,7 @@ def read_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: lis
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("study", _format_validation_error(exc), "see unikd/studies/*.yaml for valid fields") from exc
+        raise ConfigError("study", format_validation_error(exc), "see unikd/studies/*.yaml for valid fields") from exc
     _check_study(study)
     return study
 
@@ -284,7 +285,7 @@ def task_entry(entry: str | dict, field: str) -> tuple[str, dict]:
     """One entry of a study's ``tasks``: its name (the report's label, the teachers/ folder) and the data fields
     each of its runs gets: ``{task: <GLUE name>}`` for a GLUE name, the spec itself (with its ``name``) for a
     data spec, validated as a ``data`` section."""
-    from unikd.config import DataConfig, _format_validation_error
+    from unikd.config import DataConfig, format_validation_error
     from unikd.data import resolve_task
 
     if isinstance(entry, str):
@@ -299,7 +300,7 @@ def task_entry(entry: str | dict, field: str) -> tuple[str, dict]:
     try:
         DataConfig.model_validate(entry)
     except ValidationError as exc:
-        raise ConfigError(field, _format_validation_error(exc), "give the fields of a run's data section") from None
+        raise ConfigError(field, format_validation_error(exc), "give the fields of a run's data section") from None
     if not (entry.get("task") or entry.get("dataset") or entry.get("files")):
         raise ConfigError(field, "names no data", "give it files: {train: ..., validation: ...} or dataset: ...")
     return name, dict(entry)

@@ -67,7 +67,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict, keep:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-    except Exception as exc:  # noqa: BLE001 - each writer raises its own type on a full disk; others re-raised
+    except Exception as exc:  # each writer raises its own type on a full disk; anything else is re-raised
         if not disk_full(exc, root):
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not be mistaken for one, nor fill the disk

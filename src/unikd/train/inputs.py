@@ -70,12 +70,12 @@ def _labelled_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     if cfg.train.teacher_cache and cfg.stage == "task":
         TeacherLogitCache.check_task(task.spec)
     if task.spec.is_token:
-        tokenize = lambda ds: D.tokenize_words(  # noqa: E731
+        tokenize = lambda ds: D.tokenize_words(
             ds, tokenizer, cfg.data.max_length, task.spec.label_names, cfg.data.label_all_tokens, cache_dir=cache_dir()
         )
         collate = D.token_collator(tokenizer)
     else:
-        tokenize = lambda ds: D.tokenize_pairs(ds, tokenizer, cfg.data.max_length, cache_dir=cache_dir())  # noqa: E731
+        tokenize = lambda ds: D.tokenize_pairs(ds, tokenizer, cfg.data.max_length, cache_dir=cache_dir())
         collate = D.classification_collator(tokenizer)
     if cfg.data.transfer and task.spec.task_type not in ("classification", "regression"):
         raise ConfigError(
