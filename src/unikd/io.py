@@ -55,6 +55,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything under it the mode a plain ``open`` / ``mkdir`` would have (0666 / 0777 less the
+    umask): writers that go through their own temp files (safetensors: 0600) otherwise decide who may read a
+    result."""
+    mask = _umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
     with atomic_path(path) as tmp:

@@ -28,7 +28,7 @@ import torch
 from unikd.config import RunConfig, read_run_config
 from unikd.errors import ConfigError, warn
 from unikd.identity import changes as config_changes
-from unikd.io import atomic_write_json
+from unikd.io import atomic_write_json, follow_umask
 
 CHECKPOINTS = "checkpoints"
 HISTORY = "resume_history.json"
@@ -64,6 +64,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict, keep:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             atomic_write_json(tmp / "unikd_state.json", {"step": step, **extra})
+            follow_umask(tmp)  # save_state's safetensors weights come out 0600
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -12,26 +12,47 @@ from pathlib import Path
 
 import torch
 
-from unikd.errors import DataError
+from unikd.errors import ConfigError, DataError
 from unikd.hub import copy_sentence_transformers_modules, model_card, write_model_card
-from unikd.io import atomic_path, atomic_write_json
+from unikd.io import atomic_path, atomic_write_json, follow_umask
 from unikd.models import resolve_model_path
 from unikd.student import count_parameters
+from unikd.train.checkpoint import disk_full
 
 
 def save_model(accelerator, model, tokenizer, path: Path) -> None:
-    """``save_pretrained`` of the unwrapped model and the tokenizer into ``.tmp-<name>``, then renamed to ``path``."""
+    """``save_pretrained`` of the unwrapped model and the tokenizer into ``.tmp-<name>``, given the umask's modes,
+    then renamed to ``path``. A full disk removes the partial folder and says so in one line."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = path.with_name(f".tmp-{path.name}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        accelerator.unwrap_model(model).save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        bare = accelerator.unwrap_model(model)
+        try:
+            bare.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            follow_umask(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except Exception as exc:  # each writer raises its own type on a full disk; anything else is re-raised
+            if not disk_full(exc, path.parent):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _disk_full_error(path, bare) from exc
     accelerator.wait_for_everyone()
+
+
+def _disk_full_error(path: Path, model) -> ConfigError:
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20
+    return ConfigError(
+        "output_dir",
+        f"the disk filled up while writing {path} (removed the partial .tmp-{path.name}); the model needs about "
+        f"{need:.1f} MiB, {free:.1f} MiB are free",
+        "free space on that disk or choose an output_dir on a larger one, then rerun with --resume",
+    )
 
 
 def save_results(state) -> dict:
@@ -40,12 +61,21 @@ def save_results(state) -> dict:
     accelerator = state.accelerator
     # the student alone (projections live in checkpoints and projections.pt only), config, metrics
     save_model(accelerator, state.student, state.tokenizer, state.output_dir / "student")
-    if state.plan is not None and accelerator.is_main_process:
-        with atomic_path(state.output_dir / "projections.pt") as tmp:
-            torch.save(state.plan.state_dict(), tmp)
     result = _metrics(state)
     if accelerator.is_main_process:
-        atomic_write_json(state.output_dir / "metrics.json", result)
+        try:
+            if state.plan is not None:
+                with atomic_path(state.output_dir / "projections.pt") as tmp:
+                    torch.save(state.plan.state_dict(), tmp)
+            atomic_write_json(state.output_dir / "metrics.json", result)
+        except Exception as exc:  # each writer raises its own type on a full disk; anything else is re-raised
+            if not disk_full(exc, state.output_dir):
+                raise
+            raise ConfigError(
+                "output_dir",
+                f"the disk filled up while writing the run's projections.pt / metrics.json in {state.output_dir}",
+                "free space on that disk, then rerun with --resume (the checkpoints are kept)",
+            ) from exc
         _hf_outputs(state, result)
     return result
 
