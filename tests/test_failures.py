@@ -252,7 +252,7 @@ def test_a_teacher_no_better_than_the_majority_class_is_refused_unless_allow_wea
     assert baseline == 51 / 96  # SST-2: 1 is the train majority; 51 of the first 96 dev rows are 1
     cfg = _kd(tmp_path, "weak", glue_dir, constant_teacher, "teacher.allow_weak=false")
     expected = (
-        rf"^teacher.path: the teacher '{constant_teacher}' scores {1 - baseline:.4f} on dev, not above the majority "
+        rf"^teacher.path: the teacher '{constant_teacher}' scores {1 - baseline:.4f} on dev \(GLUE's score\), not above the majority "
         rf"class 1 \({baseline:.4f}\) by 0.01.*Fix: fine-tune the teacher better.*teacher.allow_weak=true"
     )
     with pytest.raises(ConfigError, match=expected):
@@ -319,3 +319,27 @@ def test_exit_codes_tell_config_data_and_training_errors_apart(tmp_path, glue_di
         ],
     )
     assert nan.exit_code == 4 and "non-finite at step 1" in nan.output
+
+
+def test_the_weak_teacher_check_compares_teacher_and_baseline_in_the_runs_metric(tmp_path):
+    """A teacher fine-tuned with eval.metric: mcc, distilled by a run without eval.metric: its stored MCC is never
+    compared with the baseline's accuracy; the stored accuracy is (a run with eval.metric: mcc gets the MCC)."""
+    from unikd.data import TaskSpec
+    from unikd.guards import stored_teacher_score
+
+    run_dir = tmp_path / "teacher"
+    (run_dir / "student").mkdir(parents=True)
+    files = {"train": str(tmp_path / "t.csv"), "validation": str(tmp_path / "d.csv")}
+    ft = load_config(None, ["stage=finetune", "teacher.path=x/y", f"data.files={files}", "eval.metric=mcc"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(ft.model_dump(mode="json")))
+    final = {"accuracy": 0.72, "mcc": 0.26, "macro_f1": 0.6, "score": 0.26}
+    (run_dir / "metrics.json").write_text(json.dumps({"final": final}))
+    spec = TaskSpec(name="own", task_type="classification", label_names=("no", "yes"))
+    kd = ["stage=task", f"teacher.path={run_dir / 'student'}", f"data.files={files}"]
+    by_default = stored_teacher_score(run_dir / "student", load_config(None, kd), spec)
+    assert by_default["score"] == 0.72 and by_default["scored_by"] == "accuracy"
+    assert stored_teacher_score(run_dir / "student", load_config(None, kd + ["eval.metric=mcc"]), spec)["score"] == 0.26
+    by_f1 = stored_teacher_score(run_dir / "student", load_config(None, kd + ["eval.metric=macro_f1"]), spec)
+    assert by_f1["score"] == 0.6
+    # a metric the stored entry lacks: measured again (None), never the stored score of another metric
+    assert stored_teacher_score(run_dir / "student", load_config(None, kd + ["eval.metric=micro_f1"]), spec) is None

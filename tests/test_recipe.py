@@ -215,3 +215,19 @@ def test_unikd_distill_runs_the_recipe(tmp_path, glue_dir, minilm_path):
     # both chained steps ran, step 1 on the labelled rows and their augmented copies
     assert [c["steps"] for c in result["chain"]] == [2, 2]
     assert (tmp_path / "run" / "steps" / "1" / "student" / "config.json").is_file()
+
+
+def test_the_teachers_eval_metric_goes_into_the_recipe(tmp_path, minilm, minilm_path):
+    """A teacher fine-tuned with eval.metric: mcc: the recipe scores its student (and checks the teacher) by MCC."""
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / "teacher"
+    shutil.copytree(minilm_path, run_dir / "student")
+    ft = load_config(None, ["stage=finetune", f"teacher.path={MINILM}", "data.task=sst2", "eval.metric=mcc"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(ft.model_dump(mode="json")))
+    made = make_recipe(str(run_dir / "student"), "1/4", task="sst2", plan="one-step")
+    assert made.config.eval.metric == "mcc" and made.data["eval"] == {"metric": "mcc"}
+    assert any(r.choice == "eval.metric" and "mcc" in r.why for r in made.reasons)
+    assert make_recipe(MINILM, "1/4", task="sst2", plan="one-step").config.eval.metric is None  # no fine-tune run

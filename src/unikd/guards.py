@@ -183,28 +183,33 @@ def trivial_baseline(spec, train_labels, dev_labels, metric: str | None = None) 
     return {"predictor": predictor, **compute_task_metrics(spec, logits, dev, metric)}
 
 
-def check_teacher(teacher_dev: dict, baseline: dict, *, allow_weak: bool, teacher: str) -> None:
-    """Refuse a teacher whose dev score is not above the trivial baseline by ``TEACHER_MARGIN`` (unless allowed)."""
+def check_teacher(teacher_dev: dict, baseline: dict, *, allow_weak: bool, teacher: str, metric: str = "score") -> None:
+    """Refuse a teacher whose dev score is not above the trivial baseline by ``TEACHER_MARGIN`` (unless allowed).
+    Both are scored by the run's metric (``metric`` names it in the message)."""
     if allow_weak or teacher_dev["score"] > baseline["score"] + TEACHER_MARGIN:
         return
     raise ConfigError(
         "teacher.path",
-        f"the teacher {teacher!r} scores {teacher_dev['score']:.4f} on dev, not above {baseline['predictor']} "
-        f"({baseline['score']:.4f}) by {TEACHER_MARGIN}: a student would learn a constant from it",
+        f"the teacher {teacher!r} scores {teacher_dev['score']:.4f} on dev ({metric}), not above "
+        f"{baseline['predictor']} ({baseline['score']:.4f}) by {TEACHER_MARGIN}: a student would learn a constant "
+        "from it",
         "fine-tune the teacher better (more data: data.train_limit, more steps: train.epochs/max_steps, a higher "
         "optim.lr), or set teacher.allow_weak=true to distill from it anyway",
     )
 
 
-def stored_teacher_score(teacher_path: str | Path, cfg) -> dict | None:
-    """The teacher's dev metrics from the unikd fine-tune that wrote it, when they were measured on these dev rows.
+def stored_teacher_score(teacher_path: str | Path, cfg, spec=None) -> dict | None:
+    """The teacher's dev metrics from the unikd fine-tune that wrote it, when they were measured on these dev rows,
+    with ``score`` in this run's metric.
 
     ``teacher_path`` must be a run's ``student/`` directory whose run (the directory above) is a finished ``finetune``
     of the same task, with the same ``data.data_dir``, ``data.eval_limit`` and ``data.max_length``: its
-    ``metrics.json`` ``final`` entry is the score of exactly that student on exactly these rows. Else None.
+    ``metrics.json`` ``final`` entry is the score of exactly that student on exactly these rows. A fine-tune scored by
+    another ``eval.metric`` gives this run's metric from the same entry when it holds it (``spec``, the data's
+    ``TaskSpec``, says which the default is); else None (the teacher is measured again).
     """
     from unikd.config import read_run_config
-    from unikd.data import resolve_task
+    from unikd.data import DEFAULT_METRIC, resolve_task
 
     path = Path(teacher_path)
     run_dir = path.parent
@@ -226,7 +231,6 @@ def stored_teacher_score(teacher_path: str | Path, cfg) -> dict | None:
             data.data_dir,
             data.eval_limit,
             data.max_length,
-            cfg.eval.metric == run_cfg.eval.metric,
         )
 
     if cfg.data.holdout or run_cfg.data.holdout:  # held-out training rows: scored by this run's own pass
@@ -234,4 +238,11 @@ def stored_teacher_score(teacher_path: str | Path, cfg) -> dict | None:
     same = run_cfg.stage == "finetune" and source(run_cfg.data) == source(cfg.data)
     if not same or not isinstance(final.get("score"), (int, float)):
         return None
-    return {**final, "source": str(run_dir / "metrics.json")}
+    found = {**final, "source": str(run_dir / "metrics.json")}
+    if cfg.eval.metric == run_cfg.eval.metric:
+        return found
+    # the fine-tune ranked by another metric: its "score" is that one, never compared with this run's baseline
+    want = cfg.eval.metric or (None if spec is None or spec.glue else DEFAULT_METRIC[spec.task_type])
+    if want is None or not isinstance(final.get(want), (int, float)):
+        return None
+    return {**found, "score": final[want], "scored_by": want}

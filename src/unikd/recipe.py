@@ -250,12 +250,24 @@ def make_recipe(
         "data": data,
     }
     _add_plan(doc, two_step, row, spec, data)
+    metric = _teacher_metric(teacher)
+    if metric:
+        doc["eval"] = {"metric": metric}
     doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
     cfg = load_config(base=doc)
     check_student_init(teacher_cfg, cfg.student.shape, cfg.student.init)
     _check_plans(cfg, teacher_cfg)
 
     reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
+    if metric:
+        reasons.append(
+            Reason(
+                "eval.metric",
+                f"{metric}, the metric the teacher's fine-tune was scored by: the student is ranked, and its teacher "
+                "checked against the trivial baseline, in the same metric",
+                "how-unikd-recipe-applies-this",
+            )
+        )
     return Recipe(cfg, doc, row, teacher_non_emb, measured, reasons)
 
 
@@ -301,6 +313,19 @@ def _add_plan(doc: dict, two_step: bool, row, spec, data: dict) -> None:
         doc["plan"] = load_preset("best-practice")["plan"]
         doc["optim"] = {"lr": _LR}
         doc["train"] = {"epochs": 3, "batch_size": 32}
+
+
+def _teacher_metric(teacher: str) -> str | None:
+    """The ``eval.metric`` of the unikd fine-tune that wrote ``teacher`` (a run's ``student/`` directory), if any."""
+    from unikd.config import read_run_config
+
+    run_dir = Path(teacher).expanduser().parent
+    if Path(teacher).name != "student" or not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        return read_run_config(run_dir).eval.metric
+    except ConfigError:
+        return None
 
 
 def _task_type(data: dict) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from unikd.config import RunConfig
+from unikd.data import DEFAULT_METRIC
 from unikd.guards import check_teacher as refuse_weak_teacher
 from unikd.guards import stored_teacher_score, trivial_baseline
 from unikd.metrics import compute_task_metrics
@@ -40,14 +41,17 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
     baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
     if cfg.stage != "task":
         return {"trivial_baseline": baseline}
-    teacher_dev = stored_teacher_score(teacher_path, cfg)
+    teacher_dev = stored_teacher_score(teacher_path, cfg, task)
     if teacher_dev is None:
         preds, labels = predict(teacher, eval_loader, accelerator, cfg.data.max_length)
         teacher_dev = {
             **compute_task_metrics(task, preds.numpy(), labels.numpy(), cfg.eval.metric),
             "source": "evaluated",
         }
-    refuse_weak_teacher(teacher_dev, baseline, allow_weak=cfg.teacher.allow_weak, teacher=cfg.teacher.path)
+    metric = cfg.eval.metric or ("GLUE's score" if task.glue else DEFAULT_METRIC[task.task_type])
+    refuse_weak_teacher(
+        teacher_dev, baseline, allow_weak=cfg.teacher.allow_weak, teacher=cfg.teacher.path, metric=metric
+    )
     return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
 
 
