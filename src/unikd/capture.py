@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +39,15 @@ from torch import Tensor, nn
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
 
-try:  # transformers >= 4.48: attention is dispatched through these registries
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-except ImportError:  # pragma: no cover - older transformers: recompute only
-    ALL_ATTENTION_FUNCTIONS = ALL_MASK_ATTENTION_FUNCTIONS = None
+from unikd.inline_attention import (
+    ALL_ATTENTION_FUNCTIONS,
+    INLINE_BASES,
+    INLINE_PREFIX,
+    INLINE_SLOTS,
+    inline_name,
+    repeat_kv,
+    to_additive,
+)
 
 __all__ = ["CaptureRequest", "Features", "FeatureCapture"]
 
@@ -107,14 +110,6 @@ class CaptureRequest:
 # ---------------------------------------------------------------------------------------------------
 # features
 # ---------------------------------------------------------------------------------------------------
-def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """[B, Hkv, L, d] -> [B, Hkv * n_rep, L, d], each KV head repeated for its query group (as HF)."""
-    if n_rep == 1:
-        return x
-    b, h, length, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, length, d).reshape(b, h * n_rep, length, d)
-
-
 @dataclass
 class Features:
     """The tensors one forward pass recorded (see ``docs/design.md``).
@@ -168,7 +163,7 @@ class Features:
                 if window is not None:
                     allowed = allowed & (pos[None, :] > pos[:, None] - window)
                 keep = keep & allowed
-            mask = _to_additive(keep, dtype, None)
+            mask = to_additive(keep, dtype, None)
             self._masks[key] = mask
         return mask
 
@@ -184,7 +179,7 @@ class Features:
         q, k = self.q[layer], self.k[layer]
         if k.dtype != q.dtype:
             k = k.to(q.dtype)
-        k = _repeat_kv(k, q.shape[1] // k.shape[1])
+        k = repeat_kv(k, q.shape[1] // k.shape[1])
         # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): the same product (HF eager scales
         # the scores; the results agree to rounding), one fewer full pass over the L x L map forward and
         # in backward.
@@ -236,124 +231,6 @@ class Features:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
             self._probs[layer] = weakref.ref(probs)
         return probs
-
-
-# ---------------------------------------------------------------------------------------------------
-# inline attention: the requested layers compute their maps once and hand them over
-# ---------------------------------------------------------------------------------------------------
-_INLINE_PREFIX = "unikd_inline:"
-_INLINE_BASES = ("sdpa", "eager")
-# attention module -> (weak ref to its FeatureCapture, block index). Weak keys: a dropped model takes its
-# entries with it. One capture per model: a second FeatureCapture on the same model takes its layers over.
-_INLINE_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _inline_attention(
-    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *, _base: str, **kwargs
-):
-    """An ``AttentionInterface`` function: ``_base`` for every layer but those a capture is recording.
-
-    Those run the eager computation (same math and mask as HF eager attention; the softmax in fp32 as
-    the recompute path does) and give the capture the scaled, unmasked Q·Kᵀ and the pre-dropout softmax.
-    q: [B, H, Lq, d], k/v: [B, Hkv, Lk, d]; attention_mask in the ``_base`` implementation's format
-    (bool keep-mask for SDPA, additive for eager, or None).
-    """
-    slot = _INLINE_SLOTS.get(module)
-    capture = slot[0]() if slot is not None else None
-    if capture is None or not capture._records_inline(slot[1]):
-        if _base == "eager":  # the model family's own eager function, as HF would have called it
-            fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", _eager_attention)
-        else:
-            fn = ALL_ATTENTION_FUNCTIONS[_base]
-        return fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return _eager_attention(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=dropout,
-        scaling=scaling,
-        _record=(capture, slot[1]),
-        **kwargs,
-    )
-
-
-def _eager_attention(
-    module,
-    query,
-    key,
-    value,
-    attention_mask,
-    dropout: float = 0.0,
-    scaling=None,
-    *,
-    _record=None,
-    is_causal=None,
-    **kwargs,
-):
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    # A teacher runs under inference_mode: build the maps outside it (still without grad) so that they are
-    # normal tensors a loss can use, instead of inference tensors the capture would have to copy.
-    grad_free = torch.is_inference_mode_enabled() and _record is not None
-    with (
-        torch.inference_mode(False) if grad_free else contextlib.nullcontext(),
-        torch.no_grad() if grad_free else contextlib.nullcontext(),
-    ):
-        # Scale Q ([B, H, L, d]) rather than the scores ([B, H, L, L]): one full pass over the map less.
-        raw = torch.matmul(query * scaling, key.transpose(-1, -2))
-        scores = raw
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = raw + _to_additive(attention_mask, raw.dtype, _record[0] if _record else None)
-            else:
-                scores = raw + attention_mask[..., : key.shape[-2]]
-        elif (is_causal if is_causal is not None else getattr(module, "is_causal", False)) and raw.shape[-2] > 1:
-            # SDPA got no mask and relies on its is_causal flag (a causal batch without padding)
-            lq, lk = raw.shape[-2:]
-            allowed = torch.ones(lq, lk, dtype=torch.bool, device=raw.device).tril(lk - lq)
-            scores = raw + _to_additive(allowed, raw.dtype, None)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if _record is not None:
-        _record[0]._record_inline(_record[1], raw, probs)
-    weights = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return out, None
-
-
-def _to_additive(keep: Tensor, dtype: torch.dtype, capture: "FeatureCapture | None") -> Tensor:
-    """``keep`` (bool, True = may attend) as HF eager's additive mask: 0, or ``finfo(dtype).min``.
-
-    Adding it is what HF eager attention does. It is also the fast way on a CPU: ``masked_fill`` with a
-    broadcast boolean mask has no vectorised CPU kernel and took ~5x an add over a [B, H, L, L] map.
-    Inline: every layer of one forward gets the same mask tensor from the model, so ``capture`` keeps the
-    last conversion for the rest of its call (emptied with its other per-call buffers). Recompute
-    (``Features``) caches its own, per dtype and window, and passes None.
-    """
-    hit = capture._additive if capture is not None else None
-    if hit is not None and hit[0] is keep and hit[1] == dtype:
-        return hit[2]
-    additive = torch.where(keep, torch.zeros((), dtype=dtype, device=keep.device), torch.finfo(dtype).min)
-    if capture is not None:
-        capture._additive = (keep, dtype, additive)
-    return additive
-
-
-def _inline_name(base: str) -> str:
-    """Register (once) and return the wrapper of attention implementation ``base`` ("sdpa" or "eager")."""
-    name = _INLINE_PREFIX + base
-    if name not in ALL_ATTENTION_FUNCTIONS:
-
-        def fn(*args, **kwargs):
-            return _inline_attention(*args, _base=base, **kwargs)
-
-        ALL_ATTENTION_FUNCTIONS.register(name, fn)
-        # the same masks the wrapped implementation gets (class-wide: masking_utils reads the global mapping)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
-    return name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -415,7 +292,7 @@ class FeatureCapture:
         self.attention_mode = attention  # "inline" / "recompute" once decided
         impl = getattr(core.config, "_attn_implementation", None)
         # a model another capture has wrapped already: the implementation underneath
-        self._base_attention = impl.removeprefix(_INLINE_PREFIX) if isinstance(impl, str) else impl
+        self._base_attention = impl.removeprefix(INLINE_PREFIX) if isinstance(impl, str) else impl
         self._inline_set = False
 
         self._handles: list = []
@@ -477,8 +354,8 @@ class FeatureCapture:
         if ALL_ATTENTION_FUNCTIONS is None:
             return "this transformers version has no AttentionInterface"
         base = self._base_attention
-        if base not in _INLINE_BASES:
-            return f"the model runs attention implementation {base!r}; inline capture wraps only {list(_INLINE_BASES)}"
+        if base not in INLINE_BASES:
+            return f"the model runs attention implementation {base!r}; inline capture wraps only {list(INLINE_BASES)}"
         if not getattr(self.core, "_can_set_attn_implementation", lambda: False)():
             return f"{type(self.core).__name__} cannot switch its attention implementation"
         return None
@@ -492,13 +369,13 @@ class FeatureCapture:
                     f"inline attention capture is not possible: {why}",
                     "use attention_capture: recompute (or auto)",
                 )
-            name = _inline_name(self._base_attention)
+            name = inline_name(self._base_attention)
             if self.core.config._attn_implementation != name:
                 self.core.set_attn_implementation(name)
             self._inline_set = True
         for i in layers:
             module = self.adapter.attention_module(self._blocks[i])
-            _INLINE_SLOTS[module] = (weakref.ref(self), i)
+            INLINE_SLOTS[module] = (weakref.ref(self), i)
 
     def _records_inline(self, layer: int) -> bool:
         return self._recording and layer in self._want_att
@@ -699,10 +576,10 @@ class FeatureCapture:
         self._clear()
         if self._inline_set:
             shared = False
-            for module, (ref, _) in list(_INLINE_SLOTS.items()):
+            for module, (ref, _) in list(INLINE_SLOTS.items()):
                 owner = ref()
                 if owner is self:
-                    del _INLINE_SLOTS[module]
+                    del INLINE_SLOTS[module]
                 elif owner is not None and owner.core is self.core:
                     shared = True
             if not shared:  # the last inline capture on this model puts its implementation back

@@ -11,22 +11,18 @@ Layout of ``out_dir``::
     model.int8.onnx   ONNX Runtime dynamic quantization, QInt8 weights
     export.json       paths, sizes on disk, max abs diffs against PyTorch, settings, parameters
 
-Exporter: torch 2.13's default ``torch.onnx.export(dynamo=True)`` needs ``onnxscript`` (not a
-dependency of unikd). We use the TorchScript exporter (``dynamo=False`` + ``dynamic_axes``): it is
-deprecated upstream but still shipped and, for the supported families, produces graphs that match
-PyTorch to ~1e-7 for any batch size / length (checked on every export).
+The graphs come from ``unikd.onnx_export`` (the exporter and why it is the TorchScript one), the model
+directory's facts from ``unikd.model_dir``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
 import logging
+import contextlib
+import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,23 +34,34 @@ from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
-from unikd.models import NO_REMOTE_CODE, auto_class_for
-
-logger = logging.getLogger(__name__)
-
-#: model_type values whose ONNX export is supported (and tested).
-ONNX_FAMILIES: tuple[str, ...] = ("bert", "roberta", "electra", "distilbert", "gpt2", "llama", "qwen2", "mistral")
-#: max |ONNX fp32 - PyTorch| allowed on the check inputs; larger means the graph is wrong.
-FP32_TOLERANCE: float = 1e-4
-#: opset used when ``opset=None``.
-DEFAULT_OPSET: int = 17
-FORMATS: tuple[str, ...] = ("hf", "onnx", "int8")
-WEIGHT_FILES: tuple[str, ...] = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
+from unikd.onnx_export import (
+    OnnxWrapper,
+    dummy_inputs,
+    DEFAULT_OPSET,
+    FP32_TOLERANCE,
+    ONNX_FAMILIES,
+    output_name_of,
+    check_onnx_family,
+    export_onnx,
+    quantize_onnx_int8,
 )
+from unikd.model_dir import (
+    is_within,
+    onnx_external_files,
+    check_model_dir,
+    file_bytes,
+    load_model_dir,
+    max_positions,
+    model_input_names,
+    onnx_bytes,
+    onnx_session,
+    parameter_counts,
+    read_model_config,
+    tokenizer_or_none,
+    weights_bytes,
+)
+
+FORMATS: tuple[str, ...] = ("hf", "onnx", "int8")
 #: sentences used to check exported forms when ``check_inputs`` is not given (lengths vary on purpose).
 DEFAULT_CHECK_TEXTS: tuple[str, ...] = (
     "A charming and often affecting journey.",
@@ -67,6 +74,8 @@ DEFAULT_CHECK_TEXTS: tuple[str, ...] = (
 )
 #: batch sizes of the check batches (the export trace uses batch 2 at length ``seq_len``).
 CHECK_BATCH_SIZES: tuple[int, ...] = (1, 3, 5)
+
+logger = logging.getLogger(__name__)
 
 
 class ExportCheckError(RuntimeError):
@@ -86,286 +95,6 @@ class EvalSet:
     texts_b: Sequence[str] | None = None
     batch_size: int = 32
     max_length: int = 128
-
-
-# ---------------------------------------------------------------------------------------------------
-# loading
-# ---------------------------------------------------------------------------------------------------
-def check_model_dir(model_dir: str | os.PathLike, field: str = "run_dir") -> Path:
-    """``model_dir`` as a Path, or a ConfigError naming ``field`` if it holds no HF model."""
-    path = Path(model_dir).expanduser()
-    fix = (
-        "point it at a directory written by save_pretrained (a unikd run's student/ folder): it must hold "
-        "config.json and model.safetensors (or pytorch_model.bin)"
-    )
-    if not path.is_dir():
-        raise ConfigError(field, f"model directory {str(path)!r} does not exist", fix)
-    if not (path / "config.json").is_file():
-        raise ConfigError(field, f"{str(path)!r} has no config.json, so it is not a Hugging Face model directory", fix)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ConfigError(field, f"{str(path)!r} has a config.json but no weights ({', '.join(WEIGHT_FILES)})", fix)
-    return path
-
-
-def read_model_config(model_dir: str | os.PathLike, field: str = "run_dir"):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(model_dir), **NO_REMOTE_CODE)
-    except (ValueError, KeyError, OSError) as exc:
-        raise ConfigError(
-            field,
-            f"cannot read the config in {str(model_dir)!r}: {exc}",
-            "check config.json (its model_type must be known to transformers)",
-        ) from exc
-
-
-def load_model_dir(model_dir: str | os.PathLike, field: str = "run_dir", config=None) -> tuple[nn.Module, dict]:
-    """The fp32 model in eval mode, and HF's loading info (``unexpected_keys`` are dropped weights)."""
-    config = config if config is not None else read_model_config(model_dir, field)
-    cls = auto_class_for(config)
-    try:
-        model, info = cls.from_pretrained(
-            str(model_dir), config=config, dtype=torch.float32, output_loading_info=True, **NO_REMOTE_CODE
-        )
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise ConfigError(
-            field,
-            f"cannot load the model in {str(model_dir)!r} with {cls.__name__}: {exc}",
-            "check that the weights match config.json",
-        ) from exc
-    model.eval()
-    return model, info
-
-
-def load_tokenizer(model_dir: str | os.PathLike):
-    """The tokenizer saved next to the model, or None if there is none."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir), **NO_REMOTE_CODE)
-    except Exception:  # noqa: BLE001 - any failure means "no usable tokenizer"
-        return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# model facts
-# ---------------------------------------------------------------------------------------------------
-def model_input_names(model: nn.Module) -> list[str]:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` when the model uses segment ids.
-
-    token_type_ids are only an input where ``type_vocab_size >= 2`` (BERT, ELECTRA): RoBERTa's single
-    segment is a constant, and GPT-2 would add ``wte[token_type_ids]`` for zeros instead of nothing.
-    """
-    params = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in params and (getattr(model.config, "type_vocab_size", 0) or 0) >= 2:
-        names.append("token_type_ids")
-    return names
-
-
-def max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Total (shared weights counted once), embedding (input embedding tables) and non-embedding."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    emb_seen: set[int] = set()
-    embedding = 0
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) and id(module.weight) not in emb_seen:
-            emb_seen.add(id(module.weight))
-            embedding += module.weight.numel()
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
-
-
-def file_bytes(path: str | os.PathLike) -> int:
-    """Size on disk of a file, or of all files under a directory."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def onnx_bytes(path: str | os.PathLike) -> int:
-    """Size of an ONNX file plus any external-data files it references."""
-    path = Path(path)
-    return path.stat().st_size + sum(p.stat().st_size for p in _onnx_external_files(path) if p.is_file())
-
-
-def weights_bytes(model_dir: str | os.PathLike) -> int:
-    """Size of the weight file(s) of a HF directory (safetensors preferred)."""
-    model_dir = Path(model_dir)
-    for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        files = sorted(model_dir.glob(pattern))
-        if files:
-            return sum(f.stat().st_size for f in files)
-    return 0
-
-
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
-    """A CPU ONNX Runtime session; ``threads`` sets intra_op_num_threads (None: ORT's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-# ---------------------------------------------------------------------------------------------------
-# ONNX export
-# ---------------------------------------------------------------------------------------------------
-class _OnnxWrapper(nn.Module):
-    """Positional inputs in ``input_names`` order -> the one output tensor named ``output_name``."""
-
-    def __init__(self, model: nn.Module, input_names: list[str], output_name: str):
-        super().__init__()
-        self.model = model
-        self.input_names = list(input_names)
-        self.output_name = output_name
-        self.extra = {"return_dict": True}
-        if "use_cache" in inspect.signature(model.forward).parameters:
-            self.extra["use_cache"] = False
-
-    def forward(self, *args):
-        out = self.model(**dict(zip(self.input_names, args)), **self.extra)
-        return out[self.output_name]
-
-
-def _dummy_inputs(
-    config, input_names: list[str], batch: int, length: int, seed: int = 0, pad_row: bool = True
-) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    vocab = int(config.vocab_size)
-    low = min(5, vocab - 1)
-    inputs = {"input_ids": torch.randint(low, vocab, (batch, length), generator=gen)}
-    mask = torch.ones(batch, length, dtype=torch.long)
-    if pad_row and batch > 1 and length > 1:
-        mask[-1, length // 2 :] = 0  # trace the padded path, not a "no padding" shortcut
-    inputs["attention_mask"] = mask
-    if "token_type_ids" in input_names:
-        inputs["token_type_ids"] = torch.zeros(batch, length, dtype=torch.long)
-    return {name: inputs[name] for name in input_names}
-
-
-def _output_name(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[str, int]:
-    wrapper_extra = _OnnxWrapper(model, list(inputs), "logits").extra
-    with torch.inference_mode():
-        out = model(**inputs, **wrapper_extra)
-    for name in ("logits", "last_hidden_state"):
-        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
-        if isinstance(value, torch.Tensor):
-            return name, value.dim()
-    raise ConfigError(
-        "run_dir",
-        f"{type(model).__name__} returns neither logits nor last_hidden_state",
-        "export a model with a sequence-classification, LM or bare-encoder head",
-    )
-
-
-def check_onnx_family(config, field: str = "run_dir") -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ONNX_FAMILIES:
-        archs = ",".join(getattr(config, "architectures", None) or []) or "?"
-        raise ConfigError(
-            field,
-            f"model family {model_type!r} ({archs}) is not supported for ONNX export; supported: {list(ONNX_FAMILIES)}",
-            "export only the Hugging Face form (formats=('hf',) / --formats hf), or distil into a supported family",
-        )
-
-
-def export_onnx(
-    model: nn.Module, path: str | os.PathLike, seq_len: int = 128, opset: int | None = None, field: str = "run_dir"
-) -> dict:
-    """Write ``model`` to ``path`` as fp32 ONNX with dynamic batch/sequence axes; returns the graph facts."""
-    config = model.config
-    check_onnx_family(config, field)
-    input_names = model_input_names(model)
-    limit = max_positions(config)
-    if limit is not None and seq_len > limit:
-        raise ConfigError(
-            "seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions", f"use seq_len <= {limit}"
-        )
-    dummy = _dummy_inputs(config, input_names, batch=2, length=seq_len)
-    output_name, out_dim = _output_name(model, dummy)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes[output_name] = {0: "batch", 1: "sequence"} if out_dim >= 3 else {0: "batch"}
-    wrapper = _OnnxWrapper(model, input_names, output_name).eval()
-    was_training = model.training
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opset = opset or DEFAULT_OPSET
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings and the legacy-exporter notice
-            torch.onnx.export(
-                wrapper,
-                tuple(dummy[n] for n in input_names),
-                str(path),
-                dynamo=False,
-                input_names=input_names,
-                output_names=[output_name],
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(
-            field,
-            f"ONNX export of {config.model_type!r} failed: {type(exc).__name__}: {exc}",
-            "export only the Hugging Face form (formats=('hf',)), or try another opset",
-        ) from exc
-    finally:
-        model.train(was_training)
-    return {"input_names": input_names, "output_name": output_name, "output_dims": out_dim, "opset": opset}
-
-
-def quantize_onnx_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, per_channel: bool = True) -> None:
-    """ONNX Runtime dynamic quantization: QInt8 weights, activations quantized at run time.
-
-    ``per_channel=True`` (one weight scale per output column): on all-MiniLM-L6-v2 it lifts the worst
-    cosine similarity of int8 vs fp32 sentence embeddings from ~0.82 to ~0.96 at the same size/speed.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    external = onnx_bytes(onnx_path) > 1_900_000_000
-    root = logging.getLogger()
-    quiet = _DropMessage("pre-processing before quantization")  # ORT's generic advice, logged every call
-    root.addFilter(quiet)
-    try:
-        quantize_dynamic(
-            str(onnx_path),
-            str(out_path),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            use_external_data_format=external,
-        )
-    finally:
-        root.removeFilter(quiet)
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, fragment: str):
-        super().__init__()
-        self.fragment = fragment
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,14 +133,14 @@ def _check_batches(
                 batch["token_type_ids"] = np.zeros_like(batch["input_ids"]) if tt is None else tt.astype(np.int64)
         else:
             length = max(2, min(limit, 7 + 6 * i))
-            t = _dummy_inputs(config, input_names, batch=size, length=length, seed=100 + i)
+            t = dummy_inputs(config, input_names, batch=size, length=length, seed=100 + i)
             batch = {k: v.numpy() for k, v in t.items()}
         batches.append({name: batch[name] for name in input_names})
     return batches
 
 
 def _torch_outputs(model: nn.Module, batch: dict[str, np.ndarray], output_name: str) -> np.ndarray:
-    extra = _OnnxWrapper(model, list(batch), output_name).extra
+    extra = OnnxWrapper(model, list(batch), output_name).extra
     with torch.inference_mode():
         out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, **extra)
     return out[output_name].float().numpy()
@@ -517,7 +246,7 @@ def evaluate_onnx(
         raise ConfigError("onnx_path", f"{str(onnx_path)!r} does not exist", "run export_student first")
     if isinstance(tokenizer, (str, os.PathLike)):
         tok_dir = tokenizer
-        tokenizer = load_tokenizer(tok_dir)
+        tokenizer = tokenizer_or_none(tok_dir)
         if tokenizer is None:
             raise ConfigError("tokenizer", f"no tokenizer in {str(tok_dir)!r}", "pass a tokenizer or its directory")
     tokenizer = _prepare_tokenizer(tokenizer)
@@ -583,14 +312,6 @@ def _normalize_formats(formats) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def _write_hf(model: nn.Module, tokenizer, hf_dir: Path) -> list[str]:
     """save_pretrained into a temp dir, check no projection weights, then swap it into place."""
     from safetensors import safe_open
@@ -633,27 +354,18 @@ def _remove_stale_forms(out_dir: Path, formats: Sequence[str]) -> list[str]:
     removed = []
     for form, entry in files.items():
         path = Path(entry.get("path", "")) if isinstance(entry, dict) else None
-        if form in formats or path is None or not _is_within(path, out_dir) or not path.exists():
+        if form in formats or path is None or not is_within(path, out_dir) or not path.exists():
             continue
         if path.is_dir():
             shutil.rmtree(path)
         else:
             with contextlib.suppress(Exception):  # an unreadable graph: only the file itself goes
-                for extra in _onnx_external_files(path):
+                for extra in onnx_external_files(path):
                     extra.unlink(missing_ok=True)
             path.unlink()
         removed.append(str(path))
         logger.info("removed %s, left from an earlier export of other formats", path)
     return removed
-
-
-def _onnx_external_files(path: Path) -> list[Path]:
-    """The external-data files an ONNX file references (none for models under 2 GB)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return [path.parent / n for n in sorted(names) if _is_within(path.parent / n, path.parent)]
 
 
 def _versions() -> dict[str, str]:
@@ -695,6 +407,40 @@ def export_student(
 
     Returns the dict also written to ``out_dir/export.json``.
     """
+    formats, model_dir, out_dir, config = _check_export(model_dir, out_dir, formats, seq_len)
+    model, info = load_model_dir(model_dir, "run_dir", config)
+    tokenizer = tokenizer_or_none(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_forms(out_dir, formats)
+    input_names = model_input_names(model)
+    check_tok = _prepare_tokenizer(tokenizer_or_none(model_dir)) if tokenizer is not None else None
+    batches = _check_batches(config, input_names, check_tok, check_inputs or DEFAULT_CHECK_TEXTS, seq_len)
+    result = _header(model_dir, out_dir, config, model, info, formats, seq_len, opset, tokenizer, batches)
+    refs, classification = [], False
+    if "onnx" in formats or eval_set is not None:
+        result["output_name"], _ = output_name_of(model, {k: torch.from_numpy(v) for k, v in batches[0].items()})
+        refs = [_torch_outputs(model, b, result["output_name"]) for b in batches]
+        classification = result["output_name"] == "logits" and refs[0].ndim == 2
+    result["input_names"] = input_names
+    failure = None
+    if "hf" in formats:
+        failure = _export_hf(model, tokenizer, out_dir, result)
+    if "onnx" in formats:
+        failure = (
+            _export_onnx_forms(model, out_dir, formats, seq_len, opset, refs, batches, classification, result)
+            or failure
+        )
+    if eval_set is not None:
+        result["task_metrics"] = _evaluate_all(model, check_tok, eval_set, result)
+    atomic_write_json(out_dir / "export.json", result)
+    if failure:
+        raise ExportCheckError(failure)
+    return result
+
+
+def _check_export(model_dir, out_dir, formats, seq_len: int):
+    """The formats (int8 brings the fp32 ONNX it is quantized from), the model directory, the output directory
+    and the model's config, checked before anything is written: (formats, model_dir, out_dir, config)."""
     formats = _normalize_formats(formats)
     if "int8" in formats and "onnx" not in formats:
         formats = tuple(f for f in FORMATS if f in formats or f == "onnx")
@@ -702,31 +448,26 @@ def export_student(
         raise ConfigError("seq_len", f"must be an integer >= 2, got {seq_len!r}", "use e.g. 128")
     model_dir = check_model_dir(model_dir, "run_dir")
     out_dir = Path(out_dir).expanduser()
-    if _is_within(model_dir, out_dir / "hf"):
+    if is_within(model_dir, out_dir / "hf"):
         raise ConfigError(
             "out_dir",
             f"{str(out_dir)!r} would overwrite the model being exported ({model_dir})",
             "choose another output directory",
         )
     config = read_model_config(model_dir, "run_dir")
-    wants_onnx = "onnx" in formats
-    if wants_onnx:
+    if "onnx" in formats:
         check_onnx_family(config, "run_dir")
         limit = max_positions(config)
         if limit is not None and seq_len > limit:
             raise ConfigError(
                 "seq_len", f"seq_len={seq_len} exceeds the model's {limit} positions", f"use seq_len <= {limit}"
             )
+    return formats, model_dir, out_dir, config
 
-    model, info = load_model_dir(model_dir, "run_dir", config)
-    tokenizer = load_tokenizer(model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_forms(out_dir, formats)
-    input_names = model_input_names(model)
-    check_tok = _prepare_tokenizer(load_tokenizer(model_dir)) if tokenizer is not None else None
-    batches = _check_batches(config, input_names, check_tok, check_inputs or DEFAULT_CHECK_TEXTS, seq_len)
 
-    result: dict[str, Any] = {
+def _header(model_dir, out_dir, config, model, info, formats, seq_len, opset, tokenizer, batches) -> dict[str, Any]:
+    """export.json's description of the export: what was exported, with which settings and versions."""
+    return {
         "model_dir": str(model_dir),
         "out_dir": str(out_dir),
         "model_type": config.model_type,
@@ -748,60 +489,45 @@ def export_student(
         ],
         "files": {},
         "checks": {},
+        "output_name": None,
     }
 
-    output_name, refs, classification = None, [], False
-    if wants_onnx or eval_set is not None:
-        output_name, _ = _output_name(model, {k: torch.from_numpy(v) for k, v in batches[0].items()})
-        refs = [_torch_outputs(model, b, output_name) for b in batches]
-        classification = output_name == "logits" and refs[0].ndim == 2
-    result["output_name"] = output_name
-    result["input_names"] = input_names
 
-    if "hf" in formats:
-        hf_dir = out_dir / "hf"
-        _write_hf(model, tokenizer, hf_dir)
-        reloaded, _ = load_model_dir(hf_dir, "run_dir")
-        result["files"]["hf"] = {"path": str(hf_dir), "bytes": weights_bytes(hf_dir), "dir_bytes": file_bytes(hf_dir)}
-        result["checks"]["hf"] = _compare_state(model, reloaded)
-        del reloaded
+def _export_hf(model, tokenizer, out_dir: Path, result: dict) -> str | None:
+    """``out_dir/hf``, reloaded and compared tensor by tensor; the failure message, or None."""
+    hf_dir = out_dir / "hf"
+    _write_hf(model, tokenizer, hf_dir)
+    reloaded, _ = load_model_dir(hf_dir, "run_dir")
+    result["files"]["hf"] = {"path": str(hf_dir), "bytes": weights_bytes(hf_dir), "dir_bytes": file_bytes(hf_dir)}
+    result["checks"]["hf"] = _compare_state(model, reloaded)
+    if not result["checks"]["hf"]["ok"]:
+        return f"the saved HF directory does not reload to the same weights; see {out_dir / 'export.json'}"
+    return None
 
-    failure = None
-    if "hf" in result["checks"] and not result["checks"]["hf"]["ok"]:
-        failure = f"the saved HF directory does not reload to the same weights; see {out_dir / 'export.json'}"
-    if wants_onnx:
-        onnx_path = out_dir / "model.onnx"
-        graph = export_onnx(model, onnx_path, seq_len=seq_len, opset=opset, field="run_dir")
-        session = onnx_session(onnx_path)
-        check = _compare_onnx(session, refs, batches, classification)
-        check["tolerance"] = FP32_TOLERANCE
-        check["ok"] = check["max_abs_diff"] <= FP32_TOLERANCE
-        result["files"]["onnx"] = {"path": str(onnx_path), "bytes": onnx_bytes(onnx_path)}
-        result["checks"]["onnx"] = check
-        result["settings"]["opset"] = graph["opset"]
-        if not check["ok"] and failure is None:
-            failure = (
-                f"ONNX fp32 differs from PyTorch by {check['max_abs_diff']:.3g} "
-                f"(> {FP32_TOLERANCE}); see {out_dir / 'export.json'}"
+
+def _export_onnx_forms(model, out_dir: Path, formats, seq_len, opset, refs, batches, classification, result):
+    """``model.onnx`` (checked within ``FP32_TOLERANCE``) and, when asked, ``model.int8.onnx`` (reported); the fp32
+    failure message, or None."""
+    onnx_path = out_dir / "model.onnx"
+    graph = export_onnx(model, onnx_path, seq_len=seq_len, opset=opset, field="run_dir")
+    check = _compare_onnx(onnx_session(onnx_path), refs, batches, classification)
+    check["tolerance"] = FP32_TOLERANCE
+    check["ok"] = check["max_abs_diff"] <= FP32_TOLERANCE
+    result["files"]["onnx"] = {"path": str(onnx_path), "bytes": onnx_bytes(onnx_path)}
+    result["checks"]["onnx"] = check
+    result["settings"]["opset"] = graph["opset"]
+    if "int8" in formats:
+        int8_path = out_dir / "model.int8.onnx"
+        quantize_onnx_int8(onnx_path, int8_path)
+        result["checks"]["int8"] = _compare_onnx(onnx_session(int8_path), refs, batches, classification)
+        result["files"]["int8"] = {"path": str(int8_path), "bytes": onnx_bytes(int8_path)}
+        if result["files"]["onnx"]["bytes"]:
+            result["files"]["int8"]["size_ratio_vs_fp32"] = (
+                result["files"]["int8"]["bytes"] / result["files"]["onnx"]["bytes"]
             )
-        if "int8" in formats:
-            int8_path = out_dir / "model.int8.onnx"
-            quantize_onnx_int8(onnx_path, int8_path)
-            check8 = _compare_onnx(onnx_session(int8_path), refs, batches, classification)
-            result["files"]["int8"] = {"path": str(int8_path), "bytes": onnx_bytes(int8_path)}
-            result["checks"]["int8"] = check8
-            if result["files"]["onnx"]["bytes"]:
-                result["files"]["int8"]["size_ratio_vs_fp32"] = (
-                    result["files"]["int8"]["bytes"] / result["files"]["onnx"]["bytes"]
-                )
-
-    if eval_set is not None:
-        result["task_metrics"] = _evaluate_all(model, check_tok, eval_set, result)
-
-    atomic_write_json(out_dir / "export.json", result)
-    if failure:
-        raise ExportCheckError(failure)
-    return result
+    if check["ok"]:
+        return None
+    return f"ONNX fp32 differs from PyTorch by {check['max_abs_diff']:.3g} (> {FP32_TOLERANCE}); see {out_dir / 'export.json'}"
 
 
 def _compare_state(model: nn.Module, reloaded: nn.Module) -> dict:
@@ -852,15 +578,8 @@ __all__ = [
     "FP32_TOLERANCE",
     "FORMATS",
     "ONNX_FAMILIES",
-    "check_model_dir",
     "evaluate_onnx",
     "export_onnx",
     "export_student",
-    "load_model_dir",
-    "load_tokenizer",
-    "model_input_names",
-    "onnx_session",
-    "parameter_counts",
     "quantize_onnx_int8",
-    "read_model_config",
 ]

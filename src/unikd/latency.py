@@ -24,21 +24,21 @@ import torch
 from torch import nn
 
 from unikd.errors import ConfigError
-from unikd.export import (
+from unikd.export import check_onnx_family, export_student
+from unikd.model_dir import (
     check_model_dir,
-    check_onnx_family,
-    export_student,
     load_model_dir,
-    load_tokenizer,
     max_positions,
     model_input_names,
     onnx_bytes,
     onnx_session,
     parameter_counts,
     read_model_config,
+    tokenizer_or_none,
     weights_bytes,
 )
 from unikd.io import atomic_path, atomic_write_json
+from unikd.student import human_count
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "int8")
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
@@ -165,7 +165,7 @@ def _resolve(name: str, path: str, scratch: Path, field: str) -> tuple[Path, dic
     if looks_local:
         return check_model_dir(p, field), {}
     # a hub id: materialize it once so sizes on disk and ONNX export work on a local directory
-    target = scratch / _safe(name) / "hf"
+    target = scratch / _dir_name(name) / "hf"
     if not (target / "config.json").is_file():
         try:
             config = read_model_config(s, field)
@@ -177,13 +177,13 @@ def _resolve(name: str, path: str, scratch: Path, field: str) -> tuple[Path, dic
                 "check the path, or the network for hub ids",
             ) from exc
         model.save_pretrained(str(target))
-        tokenizer = load_tokenizer(s)
+        tokenizer = tokenizer_or_none(s)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(target))
     return check_model_dir(target, field), {}
 
 
-def _safe(name: str) -> str:
+def _dir_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
@@ -221,85 +221,105 @@ def bench_latency(
     else:
         scratch = Path(work_dir).expanduser()
         scratch.mkdir(parents=True, exist_ok=True)
-
     old_threads = torch.get_num_threads()
     rows: list[dict] = []
     try:
-        # resolve and validate every model before timing anything
-        plan = []
-        for name, path in models.items():
-            field = f"models[{name!r}]"
-            hf_dir, existing = _resolve(name, path, scratch, field)
-            config = read_model_config(hf_dir, field)
-            limit = max_positions(config)
-            if limit is not None and seq_len > limit:
-                raise ConfigError(
-                    "seq_len", f"seq_len={seq_len} exceeds {name!r}'s {limit} positions", f"use seq_len <= {limit}"
-                )
-            if any(b in ONNX_FILES for b in backends):
-                check_onnx_family(config, field)
-            plan.append((name, field, hf_dir, existing, config))
-
+        plan = _plan(models, seq_len, backends, scratch)  # every model resolved and checked before timing any
         if threads:
             torch.set_num_threads(threads)
         for name, field, hf_dir, existing, config in plan:
             model, _ = load_model_dir(hf_dir, field, config)
-            counts = parameter_counts(model)
-            input_names = model_input_names(model)
             common = {
                 "model": name,
                 "seq_len": seq_len,
                 "threads": threads,
                 "warmup": warmup,
                 "repeats": repeats,
-                "parameters": counts["total"],
-                "non_embedding_parameters": counts["non_embedding"],
-                "flops_per_sequence": flops_per_sequence(model, seq_len),
+                **_counts(model, seq_len),
             }
-            onnx_paths = dict(existing)
-            missing = [b for b in backends if b in ONNX_FILES and b not in onnx_paths]
-            if missing:
-                out = scratch / _safe(name)
-                formats = ("onnx", "int8") if "int8" in missing else ("onnx",)
-                export_student(hf_dir, out, formats=formats, seq_len=min(seq_len, 128))
-                for b in missing:
-                    onnx_paths[b] = out / ONNX_FILES[b]
-
+            onnx_paths = _onnx_forms(name, hf_dir, existing, backends, seq_len, scratch)
             for backend in backends:
-                if backend == "torch":
-                    run = _torch_runner(model)
-                    size, path = weights_bytes(hf_dir), hf_dir
-                else:
-                    path = onnx_paths[backend]
-                    run = _onnx_runner(onnx_session(path, threads))
-                    size = onnx_bytes(path)
-                for bs in sizes:
-                    feeds = _inputs(config, input_names, bs, seq_len)
-                    try:
-                        run(feeds)  # also a check that the model runs on these inputs at all
-                    except Exception as exc:
-                        raise ConfigError(
-                            field,
-                            f"{name!r} ({type(model).__name__}) does not run on "
-                            f"{input_names} in {backend}: {type(exc).__name__}: {exc}",
-                            "time encoder-only or decoder-only models",
-                        ) from exc
-                    times = _time_ms(lambda run=run, feeds=feeds: run(feeds), warmup, repeats)
-                    rows.append(
-                        {
-                            **common,
-                            "backend": backend,
-                            "batch_size": bs,
-                            **_stats(times, bs),
-                            "size_bytes": int(size),
-                            "path": str(path),
-                        }
-                    )
+                rows += _time_backend(model, name, field, hf_dir, config, backend, onnx_paths, sizes, common)
             del model
     finally:
         torch.set_num_threads(old_threads)
         if tmp is not None:
             tmp.cleanup()
+    return rows
+
+
+def _plan(models: dict[str, str], seq_len: int, backends, scratch: Path) -> list[tuple]:
+    """(name, field, HF directory, existing ONNX files, config) of every model, each checked: its positions hold
+    ``seq_len``, its family exports to ONNX when an ONNX backend is timed."""
+    plan = []
+    for name, path in models.items():
+        field = f"models[{name!r}]"
+        hf_dir, existing = _resolve(name, path, scratch, field)
+        config = read_model_config(hf_dir, field)
+        limit = max_positions(config)
+        if limit is not None and seq_len > limit:
+            raise ConfigError(
+                "seq_len", f"seq_len={seq_len} exceeds {name!r}'s {limit} positions", f"use seq_len <= {limit}"
+            )
+        if any(b in ONNX_FILES for b in backends):
+            check_onnx_family(config, field)
+        plan.append((name, field, hf_dir, existing, config))
+    return plan
+
+
+def _counts(model: nn.Module, seq_len: int) -> dict:
+    counts = parameter_counts(model)
+    return {
+        "parameters": counts["total"],
+        "non_embedding_parameters": counts["non_embedding"],
+        "flops_per_sequence": flops_per_sequence(model, seq_len),
+    }
+
+
+def _onnx_forms(name: str, hf_dir: Path, existing: dict, backends, seq_len: int, scratch: Path) -> dict:
+    """backend -> ONNX file: the ones found beside the model, the missing ones exported into ``scratch``."""
+    onnx_paths = dict(existing)
+    missing = [b for b in backends if b in ONNX_FILES and b not in onnx_paths]
+    if missing:
+        out = scratch / _dir_name(name)
+        formats = ("onnx", "int8") if "int8" in missing else ("onnx",)
+        export_student(hf_dir, out, formats=formats, seq_len=min(seq_len, 128))
+        for b in missing:
+            onnx_paths[b] = out / ONNX_FILES[b]
+    return onnx_paths
+
+
+def _time_backend(model, name, field, hf_dir, config, backend, onnx_paths, sizes, common) -> list[dict]:
+    """One row per batch size of ``model`` timed in ``backend``; a model that does not run is named."""
+    input_names = model_input_names(model)
+    if backend == "torch":
+        run, size, path = _torch_runner(model), weights_bytes(hf_dir), hf_dir
+    else:
+        path = onnx_paths[backend]
+        run, size = _onnx_runner(onnx_session(path, common["threads"])), onnx_bytes(path)
+    rows = []
+    for bs in sizes:
+        feeds = _inputs(config, input_names, bs, common["seq_len"])
+        try:
+            run(feeds)  # also a check that the model runs on these inputs at all
+        except Exception as exc:
+            raise ConfigError(
+                field,
+                f"{name!r} ({type(model).__name__}) does not run on "
+                f"{input_names} in {backend}: {type(exc).__name__}: {exc}",
+                "time encoder-only or decoder-only models",
+            ) from exc
+        times = _time_ms(lambda run=run, feeds=feeds: run(feeds), common["warmup"], common["repeats"])
+        rows.append(
+            {
+                **common,
+                "backend": backend,
+                "batch_size": bs,
+                **_stats(times, bs),
+                "size_bytes": int(size),
+                "path": str(path),
+            }
+        )
     return rows
 
 
@@ -346,13 +366,6 @@ def _onnx_runner(session):
 # ---------------------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------------------
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def format_latency_table(rows: Sequence[dict]) -> str:
     """A Markdown table (also readable as plain text), one line per row, in the given order."""
     header = [
@@ -379,8 +392,8 @@ def format_latency_table(rows: Sequence[dict]) -> str:
                 f"{r['p50_ms']:.2f}",
                 f"{r['p95_ms']:.2f}",
                 f"{r['sequences_per_s']:.1f}",
-                _human(r["parameters"]),
-                _human(r["non_embedding_parameters"]),
+                human_count(r["parameters"]),
+                human_count(r["non_embedding_parameters"]),
                 f"{r['size_bytes'] / 1e6:.2f}",
                 f"{r['flops_per_sequence'] / 1e9:.3f}",
             ]

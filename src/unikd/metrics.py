@@ -127,9 +127,6 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
         (accuracy, F1), correlations in -1..1. An undefined correlation (constant predictions or
         labels) is reported as 0.0, as scikit-learn does for the Matthews correlation.
     """
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
     info, _ = _resolve(task, "metrics.task")
     preds = _to_numpy(predictions, "predictions")
     gold = _to_numpy(labels, "labels")
@@ -145,27 +142,37 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
         )
     if len(gold) == 0:
         raise ConfigError("metrics.labels", "no examples to score", "evaluate on a non-empty split")
+    return _glue_regression(preds, gold) if info.is_regression else _glue_classification(info, preds, gold)
 
-    if info.is_regression:
-        if preds.ndim == 2 and preds.shape[1] == 1:
-            preds = preds[:, 0]
-        if preds.ndim != 1:
-            raise ConfigError(
-                "metrics.predictions",
-                f"STS-B predictions must be [N] or [N, 1], got {list(preds.shape)}",
-                "pass the regression head's output",
-            )
-        preds = preds.astype(np.float64)
-        gold = gold.astype(np.float64)
-        if np.all(gold == -1):
-            raise ConfigError(
-                "metrics.labels",
-                "all labels are -1 (the unlabelled test split)",
-                "score the validation split; GLUE test labels are not public",
-            )
-        pearson = _correlation(pearsonr, preds, gold)
-        spearman = _correlation(spearmanr, preds, gold)
-        return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
+
+def _glue_regression(preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """STS-B: Pearson, Spearman and their mean."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if preds.ndim == 2 and preds.shape[1] == 1:
+        preds = preds[:, 0]
+    if preds.ndim != 1:
+        raise ConfigError(
+            "metrics.predictions",
+            f"STS-B predictions must be [N] or [N, 1], got {list(preds.shape)}",
+            "pass the regression head's output",
+        )
+    preds = preds.astype(np.float64)
+    gold = gold.astype(np.float64)
+    if np.all(gold == -1):
+        raise ConfigError(
+            "metrics.labels",
+            "all labels are -1 (the unlabelled test split)",
+            "score the validation split; GLUE test labels are not public",
+        )
+    pearson = _correlation(pearsonr, preds, gold)
+    spearman = _correlation(spearmanr, preds, gold)
+    return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
+
+
+def _glue_classification(info, preds: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """CoLA: MCC; MRPC and QQP: accuracy, F1 and their mean; the others: accuracy."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     ids = _class_ids(info, preds)
     if np.issubdtype(gold.dtype, np.floating) and not np.all(gold == np.round(gold)):
@@ -183,7 +190,6 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
             f"labels must be in 0..{info.num_labels - 1}, got max {gold.max()}",
             "pass class ids as in unikd.data.load_glue",
         )
-
     if info.name == "cola":
         mcc = float(matthews_corrcoef(gold, ids))
         return {"matthews_correlation": mcc, "score": mcc}

@@ -23,6 +23,7 @@ from unikd.families import get_adapter
 from unikd.matching import uniform
 
 SHAPE_FIELD = "student.shape"
+INIT_FIELD = "student.init"
 
 
 class StudentShape(BaseModel):
@@ -231,7 +232,12 @@ def count_parameters(config_or_model, architecture: str | None = None) -> ParamC
     config = model.config if model is not None else config_or_model
     if model is not None:
         architecture = type(model).__name__
-    adapter = get_adapter(config)
+        try:
+            adapter = get_adapter(config)
+        except ConfigError:  # a family unikd does not distil (an exported T5): its parameters, counted directly
+            return _count_directly(model)
+    else:
+        adapter = get_adapter(config)
     try:
         embedding, non_embedding = adapter.parameter_count(config, architecture)
     except KeyError:
@@ -415,11 +421,12 @@ def budget_configs(
     return sorted(rows.values(), key=lambda r: (abs(r.deviation), r.num_layers, r.hidden_size, r.num_heads))
 
 
-def _human(n: int) -> str:
+def human_count(n: float) -> str:
+    """A parameter (or FLOP) count for a table: 22.71M, 1.10B, 512."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
-    return str(n)
+    return f"{n:.0f}"
 
 
 def format_budget_table(rows: list[BudgetRow], limit: int | None = None) -> str:
@@ -435,8 +442,8 @@ def format_budget_table(rows: list[BudgetRow], limit: int | None = None) -> str:
             "-" if r.num_kv_heads is None else str(r.num_kv_heads),
             str(r.head_dim),
             str(r.ffn_size),
-            _human(r.params.embedding),
-            _human(r.params.non_embedding),
+            human_count(r.params.embedding),
+            human_count(r.params.non_embedding),
             f"{r.params.total:,}",
             f"{100 * r.deviation:+.1f}%",
         ]
@@ -446,7 +453,7 @@ def format_budget_table(rows: list[BudgetRow], limit: int | None = None) -> str:
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     lines = [
         f"budget: {rows[0].budget:,}{' non-embedding' if rows[0].count == 'non_embedding' else ''} parameters "
-        f"({_human(rows[0].budget)})",
+        f"({human_count(rows[0].budget)})",
         fmt.format(*header),
         "  ".join("-" * w for w in widths),
     ]

@@ -297,24 +297,9 @@ def augment_dataset(
     neighbours); ``mlm``: a masked LM for single-piece words (None: neighbours for every word), ``mlm_name`` its
     path (part of the cache key). Cached like tokenization (``cache_dir``): the key is the input rows, the
     tokenizer, the settings and the models' identities."""
-    from datasets.fingerprint import Hasher
+    from unikd.data.tokenize import _map_cached
 
-    from unikd.data.tokenize import _map_cached, _tokenizer_fingerprint
-
-    check_mask_token(tokenizer, cfg)
-    if cfg.method == "tinybert" and embedding_matrix is None:
-        raise ConfigError(
-            FIELD,
-            "tinybert augmentation needs the teacher's input embeddings",
-            "pass embedding_matrix (the trainer passes the teacher's)",
-        )
-    sides = [c for c in ("text_a", "text_b") if c in ds.column_names]
-    if not sides:
-        raise ConfigError(
-            FIELD,
-            f"the rows have no text column (columns: {ds.column_names})",
-            "augment a task's rows (text_a / text_b)",
-        )
+    sides = _check_inputs(ds, tokenizer, cfg, embedding_matrix)
     cands = Candidates.build(tokenizer, embedding_matrix, cfg.candidates, mlm) if cfg.method == "tinybert" else None
     if cands is not None and mlm is None:
         log("data.augment: no masked LM, so every replacement comes from the teacher's input-embedding neighbours")
@@ -338,10 +323,54 @@ def augment_dataset(
                 out["copy"].append(j)
         return out
 
+    return _map_cached(
+        ds,
+        fn,
+        fingerprint=_fingerprint(ds, tokenizer, cfg, embedding_matrix, mlm, mlm_name),
+        cache_dir=cache_dir,
+        remove_columns=columns,
+        desc="Augment rows",
+        num_proc=cfg.num_proc,
+    )
+
+
+def _check_inputs(ds, tokenizer, cfg: AugmentConfig, embedding_matrix) -> list[str]:
+    """What augmentation needs before it starts: a mask token (tang, or a masked LM), the teacher's embeddings
+    (tinybert), text columns and an ``idx`` per row (each row's copies are seeded by it). Returns the text
+    columns."""
+    check_mask_token(tokenizer, cfg)
+    if cfg.method == "tinybert" and embedding_matrix is None:
+        raise ConfigError(
+            FIELD,
+            "tinybert augmentation needs the teacher's input embeddings",
+            "pass embedding_matrix (the trainer passes the teacher's)",
+        )
+    sides = [c for c in ("text_a", "text_b") if c in ds.column_names]
+    if not sides:
+        raise ConfigError(
+            FIELD,
+            f"the rows have no text column (columns: {ds.column_names})",
+            "augment a task's rows (text_a / text_b)",
+        )
+    if "idx" not in ds.column_names:  # every row needs its own seed, whatever the batch it lands in
+        raise ConfigError(
+            FIELD,
+            "the rows have no idx column to seed each row's copies",
+            "augment rows from unikd.data loaders (they carry idx)",
+        )
+    return sides
+
+
+def _fingerprint(ds, tokenizer, cfg: AugmentConfig, embedding_matrix, mlm, mlm_name) -> str:
+    """The cache key of a set of copies: the input rows, the tokenizer, the settings and the models' identities."""
+    from datasets.fingerprint import Hasher
+
+    from unikd.data.tokenize import _tokenizer_fingerprint
+
     embed_key = None
     if embedding_matrix is not None:  # the model's identity: its embeddings' bytes (~0.1 s for 30k x 384)
         embed_key = hashlib.sha256(embedding_matrix.detach().float().cpu().numpy().tobytes()).hexdigest()
-    fingerprint = Hasher.hash(
+    return Hasher.hash(
         [
             _AUGMENT_VERSION,
             ds._fingerprint,
@@ -351,21 +380,6 @@ def augment_dataset(
             mlm_name,
             mlm is not None,
         ]
-    )
-    if "idx" not in columns:  # every row needs its own seed, whatever the batch it lands in
-        raise ConfigError(
-            FIELD,
-            "the rows have no idx column to seed each row's copies",
-            "augment rows from unikd.data loaders (they carry idx)",
-        )
-    return _map_cached(
-        ds,
-        fn,
-        fingerprint=fingerprint,
-        cache_dir=cache_dir,
-        remove_columns=columns,
-        desc="Augment rows",
-        num_proc=cfg.num_proc,
     )
 
 

@@ -12,7 +12,7 @@ from unikd.io import atomic_path
 from unikd.study.aggregate import GLUE, marginal
 
 
-def _safe(name: str) -> str:
+def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "axis"
 
 
@@ -154,7 +154,7 @@ def plots(rows, per_task, per_variant, tasks, axis_names, out) -> list[tuple[str
         )
         plots.append(("score vs latency", "score_vs_latency.png"))
     for axis in axis_names:
-        name = f"axis_{_safe(axis)}.png"
+        name = f"axis_{_file_stem(axis)}.png"
         _bars(rows, axis, tasks, out(name), f"{axis}: score per value (mean ± std over seeds)")
         plots.append((f"axis {axis}", name))
     return plots

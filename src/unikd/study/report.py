@@ -30,6 +30,7 @@ from pathlib import Path
 from unikd.compat import schedule_check_study
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_text
+from unikd.student import human_count
 from unikd.study.aggregate import (
     GLUE,
     all_glue,
@@ -56,12 +57,7 @@ def _fmt_score(mean, std, n=None) -> str:
 
 
 def _fmt_params(p) -> str:
-    if p is None:
-        return "-"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(p) >= scale:
-            return f"{p / scale:.2f}{unit}"
-    return str(int(p))
+    return "-" if p is None else human_count(p)
 
 
 def _fmt_ms(m, s=None) -> str:
