@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 from typer.testing import CliRunner
 
 import unikd.models as M

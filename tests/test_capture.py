@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 import transformers as T
-from conftest import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
+from helpers import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 from unikd.capture import CaptureRequest, FeatureCapture, Features
 from unikd.errors import ConfigError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert, tiny_task_options
+from helpers import save_tiny_model, tiny_bert, tiny_task_options
 from safetensors.torch import load_file
 
 from unikd.config import load_config, step_dicts

@@ -74,7 +74,7 @@ def test_validate_pkg_example_ok():
 
 def test_bench_latency_on_a_run_dir_writes_table_json_and_plot(tmp_path, minilm_path):
     """A run directory is timed through its student/ and its dev score lands on the score-vs-latency plot."""
-    from conftest import save_tiny_model, tiny_bert
+    from helpers import save_tiny_model, tiny_bert
 
     run_dir = tmp_path / "run"
     save_tiny_model(tiny_bert(1, 32, 4, positions=512), run_dir / "student", minilm_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 from unikd.errors import ConfigError
 from unikd.train import checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
@@ -63,7 +63,7 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     teacher = save_tiny_model(tiny_bert(2, 32, 4, **no_dropout), tmp / "teacher", minilm_path)
     mlm = save_tiny_model(tiny_bert(2, 32, 4, cls=BertForMaskedLM, **no_dropout), tmp / "mlm", minilm_path)
-    text = TESTS / "data" / "tiny_corpus.txt"
+    text = TESTS / "fixtures" / "tiny_corpus.txt"
     store = f"train.teacher_cache_dir={tmp / 'store'}"  # filled by ddp-store, read by ddp
     ddp = _task(tmp / "ddp", teacher, glue_dir, 4, "train.teacher_cache=true", store)
     resumed = _task(tmp / "ddp-resumed", teacher, glue_dir, 4, "train.save_every=3")

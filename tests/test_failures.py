@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 

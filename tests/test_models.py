@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 from unikd.capture import CaptureRequest, FeatureCapture
 from unikd.models import quantize_int8

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
-from conftest import tiny_bert, tiny_gpt2, tiny_llama
+from helpers import tiny_bert, tiny_gpt2, tiny_llama
 from pydantic import ValidationError
 
 from unikd import losses as L

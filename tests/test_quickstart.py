@@ -4,7 +4,7 @@ and reuse of finished runs."""
 import json
 
 import pytest
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 from typer.testing import CliRunner
 
 from unikd.config import read_run_config

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 from typer.testing import CliRunner
 
 from unikd.cli import app

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model, tiny_bert
+from helpers import save_tiny_model, tiny_bert
 
 #: the directory's Python: importing it (transformers copies it to HF_MODULES_CACHE first) writes MARKER_PATH
 EVIL = """

@@ -43,7 +43,7 @@ AXIS = "plan.terms.0.temperature"
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> Path:
-    from conftest import save_tiny_model, tiny_bert
+    from helpers import save_tiny_model, tiny_bert
     from transformers import BertModel
 
     return save_tiny_model(
@@ -835,8 +835,9 @@ def test_the_documented_cpu_studies_load_validate_and_share_their_runs(minilm_pa
     # students and runs) are theirs, so a finished glue3 run is never trained twice
     glue3 = hashes["cpu-transfer-glue3"]
     # + no-KD, logits KD (= best-practice), TinyBERT two-step, MiniLMv2 and the pseudo-label twins, 3 seeds x 3 tasks
-    assert len(glue3 & hashes["cpu-transfer-classic-glue3"]) == 3 + 5 * 9
-    assert len(glue3 & hashes["cpu-transfer-matching-glue3"]) == 3 + 3 * 9  # + no-KD, hidden uniform, pseudo-labels
+    # (+ the augmentation-only twin of the augmented variants, 3 seeds x 3 tasks)
+    assert len(glue3 & hashes["cpu-transfer-classic-glue3"]) == 3 + 5 * 9 + 9
+    assert len(glue3 & hashes["cpu-transfer-matching-glue3"]) == 3 + 3 * 9 + 9  # + no-KD, hidden uniform, pseudo-labels
     assert len(glue3 & hashes["cpu-transfer-initialization-glue3"]) == 3 + 2 * 9  # + no-KD, logits KD (uniform)
     assert len(glue3 & hashes["cpu-transfer-width-depth-glue3"]) == 3  # sliced students: the teachers only
     # SST-2 at issue 13's protocol: a full-data teacher (not the students' 2,000 rows), two no-KD students a seed
@@ -1365,3 +1366,61 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     other = dict(study, name="other", seeds=[3], schedule_check=None)
     run_study(other, runner=CountingFake(scheduled_runner), echo=lambda s: None)
     assert "## Schedule check" not in Path(make_report(out)["report.md"]).read_text()
+
+
+def tuned_runner(cfg: RunConfig) -> dict:
+    """fake_runner whose no-KD score peaks at lr 2e-3 and 8 steps on held-out rows (and on dev)."""
+    result = fake_runner(cfg)
+    if cfg.stage == "finetune" and cfg.teacher.path and "teachers" not in cfg.output_dir:
+        score = 0.9 - 100 * abs(cfg.optim.lr - 2e-3) - 0.01 * abs((cfg.train.max_steps or 0) - 8)
+        result |= {"steps": cfg.train.max_steps, "final": {"accuracy": score, "score": score}}
+        (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def test_a_baseline_search_tunes_the_no_kd_student_on_held_out_rows_and_the_report_pairs_with_it(
+    tiny_teacher, mini_glue, tmp_path
+):
+    """baseline_search: the no-KD twin at every grid point on one seed, scored on held-out training rows; each seed
+    then gets a 'no-KD tuned' student at the best point beside its untuned twin, and the report pairs each KD
+    variant with both. A finished search is not trained again."""
+    from unikd.study.report import make_report
+
+    out = tmp_path / "tuned"
+    study = _study(
+        tiny_teacher,
+        mini_glue,
+        out,
+        seeds=[1, 2],
+        latency={"enabled": False},
+        baseline_search={"grid": {"optim.lr": [1e-3, 2e-3], "train.max_steps": [5, 8]}, "holdout": 10},
+    )
+    runner = CountingFake(tuned_runner)
+    summary = run_study(study, runner=runner, echo=lambda s: None)
+    searched = [c for c in runner.calls if c.data.holdout]
+    assert len(searched) == 4 and {c.seed for c in searched} == {1} and {c.stage for c in searched} == {"finetune"}
+    assert {(c.optim.lr, c.train.max_steps) for c in searched} == {(1e-3, 5), (1e-3, 8), (2e-3, 5), (2e-3, 8)}
+    record = json.loads((out / "baseline_search.json").read_text())
+    assert record["twins"][0]["chosen"] == {"optim.lr": 2e-3, "train.max_steps": 8} and record["holdout"] == 10
+    rows = {r["run_id"]: r for r in read_rows(out)}
+    tuned = [r for r in rows.values() if r["label"] == "no-KD tuned"]
+    assert len(tuned) == 2 and {r["seed"] for r in tuned} == {1, 2}
+    assert all(r["config"]["optim"]["lr"] == 2e-3 and r["config"]["train"]["max_steps"] == 8 for r in tuned)
+    assert all(r["config"]["data"].get("holdout") is None for r in tuned)  # the tuned students train on every row
+    assert summary["status"] == {"done": 1 + 2 * (1 + 1 + 2)}  # teacher; per seed no-KD, tuned, two KD variants
+    paths = make_report(out)
+    paired = list(csv.DictReader(open(paths["paired_tuned_no_kd.csv"])))
+    assert {p["baseline"] for p in paired} == {"no-KD tuned"} and {p["n"] for p in paired} == {"2"}
+    assert "## Paired differences to tuned no-KD" in (out / "report.md").read_text()
+    again = CountingFake(tuned_runner)
+    run_study(study, runner=again, echo=lambda s: None)
+    assert again.calls == []  # the search and the study are found by hash
+
+
+def test_a_baseline_search_grid_names_its_field(tiny_teacher, mini_glue, tmp_path):
+    study = _study(
+        tiny_teacher, mini_glue, tmp_path / "s", baseline_search={"grid": {"optim.lrr": [1e-3]}, "holdout": 5}
+    )
+    with pytest.raises(ConfigError) as err:
+        load_study(study)
+    assert "baseline_search.grid.optim.lrr" in str(err.value)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model, tiny_bert, tiny_task_options
+from helpers import save_tiny_model, tiny_bert, tiny_task_options
 
 from unikd.config import load_config
 from unikd.errors import ConfigError

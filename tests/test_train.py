@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from conftest import save_tiny_model, tiny_bert
+from helpers import FIXTURES, save_tiny_model, tiny_bert
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM, BertModel
 
 from unikd.config import load_config
@@ -201,7 +201,7 @@ def test_general_stage_mlm(tmp_path, minilm_path):
     teacher = save_tiny_model(
         tiny_bert(2, 32, 4, positions=128, cls=BertForMaskedLM), tmp_path / "mlm-teacher", minilm_path
     )
-    text = Path(__file__).resolve().parent / "data" / "tiny_corpus.txt"
+    text = FIXTURES / "tiny_corpus.txt"
     result = run(
         load_config(
             None,
@@ -295,11 +295,11 @@ def test_attention_capture_inline_equals_recompute_and_int8_teacher(tmp_path, gl
     assert 0 < diff < 0.05
 
 
-LEGACY = Path(__file__).parent / "data" / "legacy_run"
+LEGACY = FIXTURES / "legacy_run"
 
 
 def test_a_run_written_by_the_flat_term_unikd_resumes_to_the_same_student(tmp_path, glue_dir):
-    """tests/data/legacy_run: a task-KD run (logits + projected hidden + embedding terms) stopped after its
+    """tests/fixtures/legacy_run: a task-KD run (logits + projected hidden + embedding terms) stopped after its
     step-3 checkpoint by unikd a9d8991 (one flat term model, projections keyed '<term index>_<layer>'; see its
     make.py), and the student that code made when it resumed the run. Today's code reads the old config.yaml,
     renames the projections as it loads the checkpoint, and ends on the same weights and metrics."""

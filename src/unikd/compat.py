@@ -96,8 +96,16 @@ HASHED_WATCH_FIELDS_V3 = (
 )
 
 
+#: fields of a ``data.transfer`` entry added after hash version 3, left out of the payload at these values
+TRANSFER_ADDED_AFTER_HASH_V3: dict[str, Any] = {"source_labels": False}
+
+
 def drop_added_after_v3(payload: dict) -> None:
     """Remove, in place, every ``ADDED_AFTER_HASH_V3`` field of a config dump that holds its listed value."""
+    for entry in (payload.get("data") or {}).get("transfer") or []:
+        for name, default in TRANSFER_ADDED_AFTER_HASH_V3.items():
+            if isinstance(entry, dict) and entry.get(name, default) == default:
+                entry.pop(name, None)
     for path, default in ADDED_AFTER_HASH_V3.items():
         *parents, leaf = path.split(".")
         node = payload

@@ -281,12 +281,15 @@ class RunConfig(_Strict):
             )
         if self.stage == "general" and not self.data.text:
             raise ValueError("data.text is required for stage 'general' (text files, a directory, or hub:<name>)")
-        if self.data.transfer and self.stage != "task":
+        teacher_labelled = [s for s in self.data.transfer if not getattr(s, "source_labels", False)]
+        if teacher_labelled and self.stage != "task":
             raise ValueError(
                 f"data.transfer: a transfer set needs a teacher to label it, so it is for stage 'task' "
                 f"(not {self.stage!r}); for a no-KD baseline on the same rows use stage task with plan.terms=[] "
-                "and plan.pseudo_labels=true"
+                "and plan.pseudo_labels=true (augmented copies with source_labels: true need no teacher)"
             )
+        if self.data.transfer and self.stage == "general":
+            raise ValueError("data.transfer: the general stage trains on raw text; drop data.transfer")
         if self.data.holdout and self.stage == "general":
             raise ValueError(
                 "data.holdout: the general stage has no labelled rows to hold out; drop data.holdout (it is for the "

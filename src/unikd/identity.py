@@ -225,6 +225,38 @@ def pseudo_label_twin(twin: Mapping, transfer: list, teacher_store: str | None =
     return p_data
 
 
+def augmentation_only_twin(twin: Mapping, transfer: list) -> dict | None:
+    """The augmentation-only twin of a variant with augmented rows: its no-KD twin trained on the same augmented
+    copies with their source row's gold label (``source_labels``), no teacher: what more rows alone give, apart
+    from what the teacher gives. None when the variant has no augment source."""
+    copies = [
+        dict(s, source_labels=True)
+        for s in transfer
+        if (s.get("kind") if isinstance(s, Mapping) else None) == "augment"
+    ]
+    if not copies:
+        return None
+    a_data = copy.deepcopy(dict(twin))
+    a_data.setdefault("data", {})["transfer"] = copies
+    return a_data
+
+
+def augment_signature(config: Mapping | None) -> str:
+    """The augment sources of a config dump, without ``source_labels``: a KD variant and its augmentation-only twin
+    share it."""
+    transfer = ((config or {}).get("data") or {}).get("transfer") or []
+    kept = [{k: v for k, v in s.items() if k != "source_labels"} for s in transfer if s.get("kind") == "augment"]
+    return canonical(kept)
+
+
+def is_augmentation_only(config) -> bool:
+    """Whether a config (a ``RunConfig`` or its dump) is an augmentation-only control: a fine-tune on augmented
+    copies that keep their gold labels."""
+    dump = config.model_dump(mode="json") if hasattr(config, "model_dump") else (config or {})
+    transfer = (dump.get("data") or {}).get("transfer") or []
+    return dump.get("stage") == "finetune" and bool(transfer) and all(s.get("source_labels") for s in transfer)
+
+
 def is_pseudo_labels(config) -> bool:
     """Whether a config (a ``RunConfig`` or its dump) trains on the teacher's argmax instead of a KD loss."""
     if hasattr(config, "model_dump"):
@@ -233,10 +265,13 @@ def is_pseudo_labels(config) -> bool:
 
 
 # ---- pairing --------------------------------------------------------------------------------------------------
-def pairing_key(config: Mapping | None) -> str:
-    """A run's result fields without those paired on separately (seed, the step budget): a KD run shares it with
-    the no-KD and pseudo-label twins of its student and data, whatever the KD fields, speed or watching."""
-    dump = dict(config or {})
+def pairing_key(config: Mapping | None, ignore=()) -> str:
+    """A run's result fields without those paired on separately (seed, the step budget) and ``ignore`` (dotted
+    paths: a baseline search's fields): a KD run shares it with the no-KD and pseudo-label twins of its student and
+    data, whatever the KD fields, speed or watching."""
+    dump = copy.deepcopy(dict(config or {}))
+    for path in ignore:
+        _pop_path(dump, path)
     return canonical(_drop(dump, lambda p: field_class(p, RESULT) == RESULT and p not in PAIRED_SEPARATELY))
 
 

@@ -291,7 +291,8 @@ def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int
             **data_key,
             # other precisions give other logits (absent for fp32: older caches stay valid)
             **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
-            **({"transfer": [s.model_dump(mode="json") for s in cfg.data.transfer]} if cfg.data.transfer else {}),
+            # without fields added since at their defaults (unikd.compat): caches written before stay valid
+            **({"transfer": _transfer_key(cfg.data.transfer)} if cfg.data.transfer else {}),
         },
     )
     _share_among_processes(accelerator, cache, num_classes)
@@ -300,6 +301,17 @@ def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int
         columns = [c for c in ("input_ids", "token_type_ids") if c in train_ds.column_names]
         cache.share(shared, [row_key(dict(zip(columns, row))) for row in zip(*(train_ds[c] for c in columns))])
     return cache, train_ds.add_column("idx", list(range(len(train_ds))))
+
+
+def _transfer_key(sources) -> list[dict]:
+    from unikd.compat import TRANSFER_ADDED_AFTER_HASH_V3
+
+    dumps = [s.model_dump(mode="json") for s in sources]
+    for d in dumps:
+        for name, default in TRANSFER_ADDED_AFTER_HASH_V3.items():
+            if d.get(name, default) == default:
+                d.pop(name, None)
+    return dumps
 
 
 def _share_among_processes(accelerator, cache: TeacherLogitCache, num_classes: int) -> None:

@@ -375,7 +375,7 @@ def _fingerprint(ds, tokenizer, cfg: AugmentConfig, embedding_matrix, mlm, mlm_n
             _AUGMENT_VERSION,
             ds._fingerprint,
             _tokenizer_fingerprint(tokenizer),
-            cfg.model_dump(exclude={"num_proc"}),
+            cfg.model_dump(exclude={"num_proc", "source_labels"}),
             embed_key,
             mlm_name,
             mlm is not None,

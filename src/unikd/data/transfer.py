@@ -16,7 +16,8 @@ augment            augmented copies of the labelled rows (``unikd.data.augment``
 =================  ==========================================================================================
 
 Labelled rows get the hard-label and KD terms; transfer rows only the KD terms (a ``labelled`` column, 1 / 0,
-tells them apart in each batch).
+tells them apart in each batch). Augmented copies with ``source_labels: true`` are labelled rows: they keep their
+source row's gold label (the augmentation-only control, which needs no teacher).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class Augmented(_Source, AugmentConfig):
     """Augmented copies of the labelled rows (the fields of unikd.data.augment.AugmentConfig)."""
 
     kind: Literal["augment"] = Field(description="Augmented copies of the labelled rows (TinyBERT / Tang et al.).")
+    source_labels: bool = Field(
+        False,
+        description="The copies keep their source row's gold label and train as labelled rows (the hard loss "
+        "reaches them; no teacher needed: the augmentation-only control a study adds beside each augmented KD "
+        "variant). Default: the teacher labels them, as any transfer row.",
+    )
 
 
 TransferSource = Annotated[Union[RestOfTrain, TextFiles, Augmented], Field(discriminator="kind")]
@@ -156,8 +163,21 @@ def transfer_rows(
                 "drop it, or give it rows (a smaller train_limit leaves more for rest_of_train)",
             )
         n = max(1, round(source.weight * len(labelled)))
-        parts.append(_draw(rows.select_columns(columns), n, seed + 7919 * (i + 1)))
+        parts.append(_labelled_as(source, _draw(rows, n, seed + 7919 * (i + 1)), columns, labelled.features["label"]))
     return datasets.concatenate_datasets(parts)
+
+
+def _labelled_as(source, rows: datasets.Dataset, columns: list[str], label_feature) -> datasets.Dataset:
+    """The source's rows as the trainer takes them: the texts, a ``label`` and a ``labelled`` flag. Copies with
+    ``source_labels`` keep their gold label (``labelled`` 1: the hard loss reaches them); every other transfer row
+    gets a placeholder label the hard loss never reads (``labelled`` 0: only the KD terms)."""
+    if getattr(source, "source_labels", False):
+        rows = rows.select_columns([*columns, "label"])
+        return rows.add_column("labelled", [1] * len(rows))
+    rows = rows.select_columns(columns)
+    placeholder = [0.0 if label_feature.dtype.startswith("float") else 0] * len(rows)
+    rows = rows.add_column("label", placeholder).cast_column("label", label_feature)
+    return rows.add_column("labelled", [0] * len(rows))
 
 
 __all__ = ["Augmented", "RestOfTrain", "TextFiles", "TransferSource", "transfer_rows"]

@@ -56,7 +56,8 @@ from unikd.study.db import (
     StudyDB,
     read_rows,
 )
-from unikd.study.expand import PlannedRun, auto_label, check_study_shapes, config_hash, expand_study, load_study
+from unikd.study.expand import PlannedRun, auto_label, config_hash, expand_study, load_study
+from unikd.study.shapes import check_study_shapes
 from unikd.study.execute import ERROR_TAIL as ERROR_TAIL
 from unikd.study.execute import Runner as Runner
 from unikd.study.execute import execute_run

@@ -10,7 +10,7 @@ import statistics
 from collections import OrderedDict
 
 from unikd.errors import ConfigError
-from unikd.identity import is_pseudo_labels, pairing_key, total_steps
+from unikd.identity import augment_signature, is_augmentation_only, is_pseudo_labels, pairing_key, total_steps
 from unikd.stats import mean_std, paired_stats
 
 KIND_ORDER = {"teacher": 0, "no-KD": 1, "kd": 2}
@@ -190,11 +190,33 @@ def paired_to_baseline(rows: list[dict]) -> list[dict]:
     """Per KD variant and task, its score minus the no-KD run's of the same task, seed, step budget (the runs'
     ``identity.total_steps``) and config otherwise (``identity.pairing_key``), over the seeds that have both:
     {"task", "label", "baseline" (the no-KD label(s) or None), "steps", **paired_stats}."""
-    return _paired_to(rows, lambda r: r["kind"] == "no-KD", lambda r: r["kind"] == "kd", _same_run_key)
+    return _paired_to(
+        rows, lambda r: r["kind"] == "no-KD" and not is_augmentation_only(r.get("config")), _is_kd, _same_run_key
+    )
+
+
+def _is_kd(r: dict) -> bool:
+    return r["kind"] == "kd"
 
 
 def _transfer(row: dict) -> str:
-    return json.dumps(((row.get("config") or {}).get("data") or {}).get("transfer") or [], sort_keys=True)
+    """A row's transfer sources, without the fields unikd added since at their defaults (rows of older runs)."""
+    sources = ((row.get("config") or {}).get("data") or {}).get("transfer") or []
+    return json.dumps(
+        [{k: v for k, v in s.items() if not (k == "source_labels" and v is False)} for s in sources], sort_keys=True
+    )
+
+
+def paired_to_augmentation_only(rows: list[dict]) -> list[dict]:
+    """Per KD variant with augmented rows and task, its score minus the augmentation-only run's (the same copies
+    with their source rows' gold labels, no teacher; same task, seed, step budget and student): what the teacher
+    adds beyond more rows. {"task", "label", "baseline", "steps", **paired_stats}."""
+    return _paired_to(
+        rows,
+        lambda r: r["kind"] == "no-KD" and is_augmentation_only(r.get("config")),
+        lambda r: _is_kd(r) and not is_pseudo_labels(r.get("config")) and augment_signature(r.get("config")) != "[]",
+        lambda r: (*_same_run_key(r), augment_signature(r.get("config"))),
+    )
 
 
 def paired_to_pseudo_labels(rows: list[dict]) -> list[dict]:
@@ -212,6 +234,17 @@ def paired_to_pseudo_labels(rows: list[dict]) -> list[dict]:
         lambda r: r["kind"] == "kd" and not pseudo(r) and _transfer(r) != "[]",
         lambda r: (*_same_run_key(r), _transfer(r)),
     )
+
+
+def paired_to_tuned_baseline(rows: list[dict], searched: list[str]) -> list[dict]:
+    """Per KD variant and task, its score minus the tuned no-KD student's of the same task, seed and config otherwise
+    (the ``searched`` fields and the step budget may differ: the search chose them; ``unikd.study.tuning``): what KD
+    gains over a baseline tuned as hard as it. {"task", "label", "baseline", "steps", **paired_stats}."""
+
+    def tuned(r: dict) -> bool:
+        return r["kind"] == "no-KD" and ("tuned" in r["label"]) and not is_augmentation_only(r.get("config"))
+
+    return _paired_to(rows, tuned, _is_kd, lambda r: (r["task"], r["seed"], pairing_key(r["config"], ignore=searched)))
 
 
 def compare_variants(rows: list[dict], a: str, b: str) -> list[dict]:

@@ -19,7 +19,15 @@ from pydantic import ValidationError
 
 from unikd.config import RunConfig, format_validation_error, deep_merge, load_preset
 from unikd.errors import ConfigError
-from unikd.identity import canonical, config_hash, flatten_fields, no_kd_twin, pseudo_label_twin
+from unikd.identity import (
+    augmentation_only_twin,
+    canonical,
+    config_hash,
+    flatten_fields,
+    hash_payload,
+    no_kd_twin,
+    pseudo_label_twin,
+)
 from unikd.study.file import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
 
@@ -108,7 +116,7 @@ def _variants(study: StudyConfig) -> list[_Variant]:
     return out
 
 
-def _set_path(data: dict, path: str, value: Any, field: str) -> None:
+def set_path(data: dict, path: str, value: Any, field: str) -> None:
     parts = path.split(".")
     node: Any = data
     for j, part in enumerate(parts[:-1]):
@@ -165,6 +173,43 @@ def _run_config(data: dict, field: str) -> RunConfig:
         ) from exc
 
 
+#: the label of the no-KD students a study's baseline_search tuned (unikd.study.tuning)
+TUNED_LABEL = "no-KD tuned"
+
+
+def search_key(cfg: RunConfig, fields) -> str:
+    """A no-KD twin's identity without its seed and the searched ``fields`` (dotted paths)."""
+    payload = hash_payload(cfg)
+    payload.pop("seed", None)
+    for path in fields:
+        *parents, leaf = path.split(".")
+        node = payload
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return canonical(payload)
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """The grid's points in order (the first field varies slowest), each {field: value}."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def point_label(point: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={auto_label(v)}" for k, v in point.items())
+
+
+def with_point(cfg: RunConfig, point: dict, **updates) -> RunConfig:
+    """``cfg`` with the grid point's fields set (and ``updates`` of top-level fields, e.g. the seed)."""
+    data = copy.deepcopy(cfg.model_dump(mode="json"))
+    for path, value in point.items():
+        set_path(data, path, value, f"baseline_search.grid.{path}")
+    data.update(updates)
+    return RunConfig.model_validate(data)
+
+
 def _slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
     return s[:limit].rstrip("-") or "run"
@@ -197,6 +242,7 @@ class _TaskPlan:
     root: Path
     axis_names: list[str]
     max_steps: dict | None
+    tuned: dict | None = None  # {(task, search key): the best grid point} of a baseline search
 
     @property
     def root_s(self) -> str:
@@ -221,11 +267,15 @@ class _TaskPlan:
 
 
 def expand_study(
-    study: StudyConfig, output_dir: str | os.PathLike | None = None, max_steps: dict | None = None
+    study: StudyConfig,
+    output_dir: str | os.PathLike | None = None,
+    max_steps: dict | None = None,
+    tuned: dict | None = None,
 ) -> list[PlannedRun]:
     """Every run of the study: the teachers first (one per task), then per task the no-KD baselines
     (deduplicated) and the KD runs, each per seed. Validates each config; paths are absolute. ``max_steps``
-    {(task, variant label): steps} (a schedule check's choice) sets those variants' train.max_steps."""
+    {(task, variant label): steps} (a schedule check's choice) sets those variants' train.max_steps; ``tuned``
+    {(task, search key): grid point} (a baseline search's choice) adds a tuned no-KD student beside each twin."""
     root = Path(output_dir or study.output_dir).expanduser().resolve()
     variants = _variants(study)
     axis_names = list(variants[0].axes) if variants else []
@@ -236,7 +286,8 @@ def expand_study(
         task, data_fields = task_entry(entry, f"tasks[{i}]")
         teacher = _plan_teacher(study, task, data_fields, teacher_path, root, axis_names)
         teachers.append(teacher)
-        others += _plan_students(_TaskPlan(study, task, data_fields, teacher, root, axis_names, max_steps), variants)
+        tp = _TaskPlan(study, task, data_fields, teacher, root, axis_names, max_steps, tuned)
+        others += _plan_students(tp, variants)
     return teachers + others
 
 
@@ -285,33 +336,76 @@ def _plan_teacher(study: StudyConfig, task: str, data_fields: dict, teacher_path
 
 def _plan_students(tp: _TaskPlan, variants: list[_Variant]) -> list[PlannedRun]:
     """The task's no-KD baselines (one per distinct twin) and KD runs, per seed, with the pseudo-label twins of the
-    transfer variants; baselines first."""
+    transfer variants and the augmentation-only twins of the augmented ones; baselines first."""
     baselines: dict[str, PlannedRun] = {}
     baseline_axes: dict[str, list[dict]] = {}
     kd_runs: list[PlannedRun] = []
     seen_kd: set[str] = set()
+    default_won: set[str] = set()  # twins whose own settings the baseline search chose: they are the tuned ones
     for seed in tp.study.seeds:
         pseudo: dict[str, PlannedRun] = {}  # the pseudo-label baseline of the seed's transfer variants
-        first_user: dict[str, str] = {}  # its hash -> the label of the first variant it is the baseline of
+        augmented: dict[str, PlannedRun] = {}  # the augmentation-only control of the seed's augmented variants
+        tuned: dict[str, PlannedRun] = {}  # the tuned no-KD student of each twin (a baseline search's choice)
+        first_user: dict[str, str] = {}  # a twin's hash -> the label of the first variant it is the baseline of
         for v in variants:
             data = _variant_data(tp, v, seed)
             cfg = _run_config(data, v.where)  # the KD run (its chain sets its baseline's step budget)
             twin_data, transfer = no_kd_twin(data, cfg)
             baseline = _baseline(tp, twin_data, v, seed, baselines)
             baseline_axes.setdefault(baseline.config_hash, []).append(v.axes)
+            tuned_twin = _tuned_twin(tp, baseline, default_won)
+            if tuned_twin is not None:
+                tuned.setdefault(tuned_twin.config_hash, tuned_twin)
+                first_user.setdefault(tuned_twin.config_hash, v.label)
             if transfer and not (data.get("plan") or {}).get("pseudo_labels"):
                 twin = _pseudo_twin(tp, twin_data, transfer, v, baseline)
                 pseudo.setdefault(twin.config_hash, twin)
                 first_user.setdefault(twin.config_hash, v.label)
+                control = _augment_twin(tp, twin_data, transfer, v)
+                if control is not None:
+                    augmented.setdefault(control.config_hash, control)
+                    first_user.setdefault(control.config_hash, v.label)
             h = config_hash(cfg, tp.root_s, tp.teacher.config_hash)
             if h in seen_kd:
                 continue
             seen_kd.add(h)
             run_id = f"{_slug(tp.task)}-{_slug(v.label)}-s{seed}-{h[:8]}"
             kd_runs.append(tp.planned("kd", v.label, seed, dict(v.axes), cfg, h, run_id, baseline_id=baseline.run_id))
+        kd_runs.extend(_new_twins(tuned, first_user, seen_kd, tp.root))
         kd_runs.extend(_new_twins(pseudo, first_user, seen_kd, tp.root))
+        kd_runs.extend(_new_twins(augmented, first_user, seen_kd, tp.root))
     _label_baselines(list(baselines.values()), baseline_axes, tp.axis_names)
+    for b in baselines.values():
+        if b.config_hash in default_won:
+            b.label += " (tuned: its own settings won)"
     return list(baselines.values()) + kd_runs
+
+
+def _tuned_twin(tp: _TaskPlan, baseline: PlannedRun, default_won: set[str]) -> PlannedRun | None:
+    """The no-KD student at the point a baseline search chose for ``baseline`` (None without a search, or when the
+    chosen point is the twin's own settings: ``default_won``)."""
+    if not tp.tuned:
+        return None
+    point = tp.tuned.get((tp.task, search_key(baseline.config, tp.study.baseline_search.grid)))
+    if point is None:
+        return None
+    cfg = with_point(baseline.config, point)
+    h = config_hash(cfg, tp.root_s, tp.teacher.config_hash)
+    if h == baseline.config_hash:
+        default_won.add(h)
+        return None
+    return PlannedRun(
+        run_id="",
+        kind="no-KD",
+        task=tp.task,
+        seed=cfg.seed,
+        label=TUNED_LABEL,
+        axes={a: TUNED_LABEL for a in tp.axis_names},
+        config=cfg,
+        config_hash=h,
+        teacher_id=tp.teacher.run_id,
+        study=tp.study.name,
+    )
 
 
 def _variant_data(tp: _TaskPlan, v: _Variant, seed: int) -> dict:
@@ -326,7 +420,7 @@ def _variant_data(tp: _TaskPlan, v: _Variant, seed: int) -> dict:
         data = deep_merge(_preset(str(preset), f"{v.where}.preset"), data)
     for key, value in v.assignments:
         if key != PRESET_AXIS:
-            _set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
+            set_path(data, key, value, f"{v.where}.{key}" if v.where.startswith("runs") else v.where)
     data["stage"] = "task"
     data["data"] = deep_merge(data.get("data") or {}, copy.deepcopy(tp.data_fields))
     data.setdefault("teacher", {})["path"] = str(tp.teacher.output_dir / "student")
@@ -377,6 +471,28 @@ def _pseudo_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant, ba
         config_hash=p_hash,
         teacher_id=tp.teacher.run_id,
         baseline_id=baseline.run_id,
+        study=tp.study.name,
+    )
+
+
+def _augment_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant) -> PlannedRun | None:
+    """The augmentation-only twin of a variant with augmented rows (``identity.augmentation_only_twin``): the
+    same copies with their source rows' gold labels, no teacher. Variants that share the copies share it."""
+    a_data = augmentation_only_twin(twin_data, transfer)
+    if a_data is None:
+        return None
+    a_cfg = _run_config(a_data, f"{v.where} (augmentation-only baseline)")
+    a_hash = config_hash(a_cfg, tp.root_s, tp.teacher.config_hash)
+    return PlannedRun(
+        run_id="",
+        kind="no-KD",
+        task=tp.task,
+        seed=a_cfg.seed,
+        label="augmentation-only",
+        axes={a: "augmentation-only" for a in tp.axis_names},
+        config=a_cfg,
+        config_hash=a_hash,
+        teacher_id=tp.teacher.run_id,
         study=tp.study.name,
     )
 
@@ -432,53 +548,6 @@ def _label_by_config(baselines: list[PlannedRun]) -> None:
             parts = ", ".join(f"{k}={'null' if f.get(k) is None else f.get(k)}" for k in differ)
             b.label = b.label[:-1] + f", {parts})" if b.label.endswith(")") else f"{b.label} ({parts})"
             b.axes = {a: (b.label if v == "no-KD" else v) for a, v in b.axes.items()}
-
-
-def check_study_shapes(
-    study: StudyConfig, teacher_config=None, *, runs: list[PlannedRun] | None = None, checkpoints: bool = True
-) -> int:
-    """Validate every KD/no-KD run's student shape, initialization and plan against the teacher's config
-    (default: the config of teacher_finetune.teacher.path), without loading weights. Returns the number
-    of distinct (student, plan) combinations checked. Raises ``ConfigError`` naming the run. ``runs``: the
-    study's ``expand_study`` when the caller has it already (default: expanded here). ``checkpoints``: read the
-    config of each ``student.init.pretrained`` checkpoint (it must exist; its shape is the one the plan is checked
-    on); False checks those runs on ``student.shape`` (a study file whose students another command makes)."""
-    from unikd.models import model_config, resolve_model_path
-    from unikd.families import model_spec
-    from unikd.initialization import check_student_init, pretrained_config
-    from unikd.plan import DistillationPlan
-    from unikd.student import resolve_shape, student_config
-
-    if runs is None:
-        runs = expand_study(study)
-    if teacher_config is None:
-        path = (study.teacher_finetune.get("teacher") or {}).get("path") or study.base["teacher"]["path"]
-        field = "teacher_finetune.teacher.path"
-        teacher_config = model_config(resolve_model_path(path, field), field)
-    checked = 0
-    seen: set[str] = set()
-    for run in runs:
-        if run.kind == "teacher":
-            continue
-        cfg = run.config
-        key = canonical([run.kind, cfg.student.model_dump(mode="json"), cfg.plan.model_dump(mode="json")])
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            init, shape = cfg.student.init, cfg.student.shape
-            read_checkpoint = init.strategy == "pretrained" and checkpoints
-            if init.strategy == "pretrained" and not checkpoints:
-                resolve_shape(teacher_config, shape)  # another command makes the checkpoint: only the shape fields
-            else:  # build_student's checks without weights: a missing or misfit checkpoint fails before the teachers
-                check_student_init(teacher_config, shape, init)
-            if run.kind == "kd":
-                s_config = pretrained_config(init) if read_checkpoint else student_config(teacher_config, shape)
-                DistillationPlan(cfg.plan, model_spec(teacher_config), model_spec(s_config))
-        except ConfigError as exc:
-            raise ConfigError(f"{run.run_id}: {exc.field}", exc.problem, exc.fix) from None
-        checked += 1
-    return checked
 
 
 def load_study(source: str | os.PathLike | Mapping | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import copy
 import os
 import re
@@ -73,6 +74,31 @@ class ScheduleCheck(BaseModel):
         return sorted(steps)
 
 
+class BaselineSearch(BaseModel):
+    """The no-KD baselines tuned as hard as KD (issue 35): before the study, each distinct no-KD student of each task
+    trains at every point of ``grid`` on one seed, scored on ``holdout`` held-out training rows (``data.holdout``;
+    dev is never looked at); the study then adds, per seed, a ``no-KD (tuned)`` student at the best point (ties: the
+    earlier point), and the report pairs every KD variant with it as well as with its untuned twin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: dict[str, list[Any]] = Field(
+        min_length=1,
+        description="field.path -> values, e.g. {optim.lr: [5.0e-5, 1.0e-4, 2.0e-4], train.max_steps: [300, 600]}: "
+        "the product is searched.",
+    )
+    holdout: int = Field(ge=1, description="Labelled training rows held out to score the search (data.holdout).")
+    seed: int | None = Field(None, description="The search's seed (default: the study's first).")
+
+    @field_validator("grid")
+    @classmethod
+    def _values(cls, grid: dict) -> dict:
+        for key, values in grid.items():
+            if not values or len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+                raise ValueError(f"grid.{key}: give distinct values, e.g. [5.0e-5, 1.0e-4]")
+        return grid
+
+
 class StudyConfig(BaseModel):
     """A sweep of distillation runs over one or more axes, several tasks and seeds."""
 
@@ -114,6 +140,9 @@ class StudyConfig(BaseModel):
     latency: LatencySettings = Field(default_factory=LatencySettings, description="Latency measurement.")
     schedule_check: ScheduleCheck | None = Field(
         None, description="Choose train.max_steps per variant by a check on held-out training rows first."
+    )
+    baseline_search: BaselineSearch | None = Field(
+        None, description="Tune the no-KD baselines on held-out training rows first; the study adds the tuned ones."
     )
 
     @field_validator("name")
@@ -279,6 +308,9 @@ def _check_study(study: StudyConfig) -> None:
         _check_runs(study, presets)
     elif study.mode == "list" and study.axes:
         _check_zipped_axes(study)
+    if study.baseline_search is not None:
+        for key in study.baseline_search.grid:
+            check_field_path(key, f"baseline_search.grid.{key}")
 
 
 def task_entry(entry: str | dict, field: str) -> tuple[str, dict]:

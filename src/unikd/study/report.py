@@ -40,10 +40,13 @@ from unikd.study.aggregate import (
     compare_variants,
     marginal,
     paired_to_baseline,
+    paired_to_augmentation_only,
     paired_to_pseudo_labels,
+    paired_to_tuned_baseline,
 )
 from unikd.study.plots import plots
 from unikd.study.schedule import SCHEDULE_FILE, SCHEDULE_HOLDOUT_ADVISED, holdout_noise
+from unikd.study.tuning import SEARCH_FILE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,6 +185,12 @@ def _paired_section(paired: list[dict], against: str = "no-KD") -> list[str]:
         "pseudo-labels": "Each KD variant with transfer data minus the pseudo-label run on the same rows (the same "
         "task, seed, step budget, student and transfer data, the teacher's argmax as the label and no KD loss): "
         "what the KD loss adds beyond more labelled data ('-' where there is none). ",
+        "tuned no-KD": "Each KD variant minus the no-KD student a baseline search tuned on held-out training rows "
+        "(the same task, seed, student and data; the searched settings are its own): what KD gains over a baseline "
+        "tuned as hard as it ('-' where there is none). ",
+        "augmentation-only": "Each KD variant with augmented rows minus the augmentation-only run on the same copies "
+        "(the same task, seed, step budget and student; the copies keep their source rows' gold labels, no teacher): "
+        "what the teacher adds beyond more rows ('-' where there is none). ",
     }[against]
     return [
         f"## Paired differences to {against}",
@@ -228,6 +237,19 @@ def _unfinished_sections(rows) -> list[str]:
             "",
         ]
     return md
+
+
+def _any_pair(paired: list[dict]) -> list[dict]:
+    """A pairing's records, or none when not one variant found its baseline (a study run before the control)."""
+    return paired if any(p["n"] for p in paired) else []
+
+
+def _paired_to_tuned(study_dir: Path, rows: list[dict]) -> list[dict]:
+    """The pairing to the tuned no-KD students, when the study directory holds a baseline search."""
+    path = study_dir / SEARCH_FILE
+    if not path.is_file():
+        return []
+    return paired_to_tuned_baseline(rows, list(json.loads(path.read_text())["grid"]))
 
 
 def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
@@ -301,6 +323,12 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
     paired_pseudo = paired_to_pseudo_labels(rows)
     if paired_pseudo:
         _write_csv(out("paired_pseudo_labels.csv"), paired_pseudo)
+    paired_tuned = _any_pair(_paired_to_tuned(study_dir, rows))
+    if paired_tuned:
+        _write_csv(out("paired_tuned_no_kd.csv"), paired_tuned)
+    paired_augment = _any_pair(paired_to_augmentation_only(rows))
+    if paired_augment:
+        _write_csv(out("paired_augmentation_only.csv"), paired_augment)
     figures = plots(rows, per_task, per_variant, tasks, axis_names, out) if done else []
     counts: dict[str, int] = {}
     for r in rows:
@@ -317,6 +345,8 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
         md += _summary_section(per_variant, tasks) + _per_task_section(per_task, tasks, metrics)
         md += _per_axis_section(rows, tasks, axis_names) + _paired_section(paired)
         md += _paired_section(paired_pseudo, "pseudo-labels")
+        md += _paired_section(paired_tuned, "tuned no-KD")
+        md += _paired_section(paired_augment, "augmentation-only")
         md += [comparison] if comparison else []
     else:
         md += ["No finished runs yet.", ""]

@@ -20,10 +20,12 @@ from unikd.errors import ConfigError
 from unikd.io import atomic_write_text
 from unikd.study.db import DB_NAME, StudyDB
 from unikd.study import execute
-from unikd.identity import is_pseudo_labels, same_run
-from unikd.study.expand import PlannedRun, check_study_shapes, expand_study
+from unikd.identity import is_augmentation_only, is_pseudo_labels, same_run
+from unikd.study.expand import PlannedRun, expand_study
+from unikd.study.shapes import check_study_shapes
 from unikd.study.execute import Runner, latency_fields, error_tail, execute_run, make_pool, submit
 from unikd.study.schedule import schedule_check
+from unikd.study.tuning import baseline_search
 from unikd.study.file import LatencySettings, StudyConfig, read_study
 
 
@@ -103,19 +105,50 @@ def run_study(
     if max_hours is not None and not max_hours >= 0:  # NaN too
         raise ConfigError("--max-hours", f"must be hours >= 0, got {max_hours}", "e.g. --max-hours 7.5")
     _check_shapes_first(study, planned, echo)
+    started = time.perf_counter()
+    how = dict(workers=workers, runner=runner, echo=echo, retry_failed=retry_failed)
+    chosen = None
     if study.schedule_check is not None and print_commands:
         echo("schedule_check: the commands below train at the study's own steps; run the study to check them first")
     elif study.schedule_check is not None:
-        started = time.perf_counter()
         chosen, check_summary = schedule_check(study, root, run_study, workers, runner, echo, max_hours, retry_failed)
         # --max-hours stopped the check (the next call goes on with it), or a run failed: no budget is chosen
         if check_summary["pending"] or check_summary["status"].get("failed"):
             return check_summary
         planned = expand_study(study, root, max_steps=chosen)
-        if max_hours is not None:  # one clock for the check and the study
-            max_hours = max(0.0, max_hours - (time.perf_counter() - started) / 3600)
+    if study.baseline_search is not None and print_commands:
+        echo("baseline_search: the commands below leave the tuned no-KD students out; run the study to search first")
+    elif study.baseline_search is not None:
+        tuned, search_summary = baseline_search(
+            study, root, planned, run_planned, **how, max_hours=_left(max_hours, started)
+        )
+        if search_summary["pending"] or search_summary["status"].get("failed"):
+            return search_summary
+        planned = expand_study(study, root, max_steps=chosen, tuned=tuned)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+    return run_planned(study, planned, root, **how, max_hours=_left(max_hours, started), print_commands=print_commands)
+
+
+def _left(max_hours: float | None, started: float) -> float | None:
+    """What is left of ``max_hours`` since ``started``: one clock for the checks and the study."""
+    return None if max_hours is None else max(0.0, max_hours - (time.perf_counter() - started) / 3600)
+
+
+def run_planned(
+    study: StudyConfig,
+    planned: list[PlannedRun],
+    root: Path,
+    *,
+    workers: int = 1,
+    runner: Runner | None = None,
+    echo,
+    retry_failed: bool = False,
+    max_hours: float | None = None,
+    print_commands: bool = False,
+) -> dict:
+    """The database part of ``run_study``: record ``planned`` as the rows of ``study.name`` (finished ones found by
+    hash) and run or print the pending ones; returns the summary."""
     summary: dict[str, Any] = {
         "study": study.name,
         "output_dir": str(root),
@@ -194,7 +227,7 @@ def _run_pending(
     # The pseudo-label baselines after every variant and its no-KD pair: a --max-hours stop then leaves the
     # primary comparison complete over all seeds (a width-depth study: 36 of its 54 runs) rather than every
     # comparison on the first seeds only.
-    rest = sorted((r for r in todo if r.kind != "teacher"), key=lambda r: is_pseudo_labels(r.config))
+    rest = sorted((r for r in todo if r.kind != "teacher"), key=lambda r: _is_control(r.config))
     echo(
         f"study {study.name!r}: {len(planned)} runs, {len(summary['skipped'])} finished or failed "
         f"before (skipped), {len(todo)} to run -> {root}"
@@ -221,6 +254,11 @@ def _run_pending(
             f"{len(pending)} left pending"
         )
     _refresh_model_cards(db, planned)
+
+
+def _is_control(cfg: RunConfig) -> bool:
+    """A pseudo-label or augmentation-only twin: run after every variant and its no-KD pair."""
+    return is_pseudo_labels(cfg) or is_augmentation_only(cfg)
 
 
 def _refresh_model_cards(db: StudyDB, planned: list[PlannedRun]) -> None:

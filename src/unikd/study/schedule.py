@@ -58,7 +58,7 @@ def schedule_check(study: StudyConfig, root: Path, run_study, workers, runner, e
             update={"name": name, "seeds": [seed], "base": base, "teacher_finetune": teacher, "schedule_check": None}
         )
         if i == 0:
-            _check_holdout_first(expand_study(sub, root), check.holdout, echo)
+            check_holdout_first(expand_study(sub, root), check.holdout, echo)
         echo(f"schedule check: {steps} steps, seed {seed}, scored on {check.holdout} held-out training rows")
         left = None if max_hours is None else max(0.0, max_hours - (time.perf_counter() - started) / 3600)
         summary = run_study(
@@ -111,9 +111,10 @@ def schedule_check(study: StudyConfig, root: Path, run_study, workers, runner, e
     return chosen, summary
 
 
-def _check_holdout_first(planned: list[PlannedRun], holdout: int, echo) -> None:
-    """``schedule_check.holdout`` comes out of each task's labelled training rows: refuse a holdout that leaves none
-    to train on before the teachers train for nothing (the runs would each fail on ``data.holdout``)."""
+def check_holdout_first(planned: list[PlannedRun], holdout: int, echo, field: str = "schedule_check.holdout") -> None:
+    """``<field>`` (a schedule check's or a baseline search's holdout) comes out of each task's labelled training
+    rows: refuse a holdout that leaves none to train on before the teachers train for nothing (the runs would each
+    fail on ``data.holdout``)."""
     from unikd.data.labelled import load_task_data
 
     seen: set[str] = set()
@@ -128,13 +129,12 @@ def _check_holdout_first(planned: list[PlannedRun], holdout: int, echo) -> None:
         except ConfigError:  # a missing data_dir, an unreadable file: before anything trains, as the runs would
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a hub dataset while offline: the runs will say more
-            echo(f"note: schedule_check.holdout not checked before running ({type(exc).__name__}: {exc})")
+            echo(f"note: {field} not checked before running ({type(exc).__name__}: {exc})")
             return
         if holdout >= rows:
             raise ConfigError(
-                "schedule_check.holdout",
+                field,
                 f"holds out {holdout} of the {rows} labelled training rows of {run.task} (data.train_limit="
                 f"{data.train_limit}), leaving none for the check's runs to train on",
-                f"use schedule_check.holdout below {rows}, e.g. {max(1, rows // 5)} (20%); the check's runs "
-                "train on the rest",
+                f"use {field} below {rows}, e.g. {max(1, rows // 5)} (20%); the check's runs train on the rest",
             )

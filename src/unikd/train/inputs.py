@@ -86,11 +86,12 @@ def _labelled_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     return Inputs(tokenize(task.train), tokenize(task.validation), collate, task.spec, task)
 
 
-def with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, task_data):
+def with_transfer(cfg: RunConfig, train_ds, embeddings, tokenizer, spec, task_data):
     """The labelled rows (``labelled`` = 1) followed by the epoch's transfer rows (``labelled`` = 0, a placeholder
     label the hard loss never reads), tokenized alike; the labelled rows alone without ``data.transfer``.
     ``task_data``: ``load_task_data``'s raw rows (GLUE or the user's own source): its train is the labelled rows,
-    its validation the held-out ones under ``data.holdout``."""
+    its validation the held-out ones under ``data.holdout``. ``embeddings``: the input embeddings of the model the
+    run was built from (the teacher; a fine-tune's own source model), which augmentation's word neighbours read."""
     import datasets
 
     from unikd.data.transfer import transfer_rows
@@ -115,15 +116,14 @@ def with_transfer(cfg: RunConfig, train_ds, teacher, tokenizer, spec, task_data)
         task=spec.name,
         is_pair=spec.is_pair,
         tokenizer=tokenizer,
-        embeddings=teacher.get_input_embeddings().weight,
+        embeddings=embeddings,
         seed=cfg.seed,
         cache_dir=cache_dir(),
     )
-    placeholder = [0.0 if spec.task_type == "regression" else 0] * len(rows)
-    rows = rows.add_column("label", placeholder).cast_column("label", labelled.features["label"])
-    transfer = D.tokenize_pairs(rows, tokenizer, data.max_length, cache_dir=cache_dir())
+    flags = rows["labelled"]  # tokenization keeps the model's columns only
+    transfer = D.tokenize_pairs(rows.remove_columns("labelled"), tokenizer, data.max_length, cache_dir=cache_dir())
     return datasets.concatenate_datasets(
-        [train_ds.add_column("labelled", [1] * len(train_ds)), transfer.add_column("labelled", [0] * len(transfer))]
+        [train_ds.add_column("labelled", [1] * len(train_ds)), transfer.add_column("labelled", flags)]
     )
 
 

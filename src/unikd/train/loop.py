@@ -93,10 +93,10 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     # Data first (a missing file fails before any weights load), then the models.
     tokenizer = _tokenizer(teacher_path, teacher_config)
     data = inputs.load_inputs(cfg, tokenizer, get_adapter(teacher_config).is_decoder)
-    teacher, student = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, data)
+    teacher, student, embeddings = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, data)
     # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
     labelled_labels = data.train["labels"] if data.task is not None else None
-    train_ds = inputs.with_transfer(cfg, data.train, teacher, tokenizer, data.task, data.rows)
+    train_ds = inputs.with_transfer(cfg, data.train, embeddings, tokenizer, data.task, data.rows)
     cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
     if plan is not None and accelerator.num_processes > 1 and not plan.is_dynamic:
         distributed.freeze_unreached(cfg, accelerator, plan, teacher, student, _probe(train_ds, data.collate))
@@ -198,8 +198,9 @@ def _tokenizer(teacher_path: str, teacher_config):
 
 
 def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind: str, tokenizer, data):
-    """The teacher (frozen, never wrapped; None for fine-tuning) and the student built from it. For labelled data
-    both heads are the task's (its kind, labels and label names; the student copies the teacher's config)."""
+    """The teacher (frozen, never wrapped; None for fine-tuning), the student built from it and its input embeddings
+    (what augmentation's word neighbours read; a fine-tune's too). For labelled data both heads are the task's (its
+    kind, labels and label names; the student copies the teacher's config)."""
     labels: dict = {}
     task = data.task
     if task is not None:
@@ -215,12 +216,13 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.stage != "general":  # the task's label names in every config a run saves (pipeline() shows them)
         name_labels(teacher.config, cfg.data.task)
         name_labels(student.config, cfg.data.task)
+    embeddings = teacher.get_input_embeddings().weight
     if cfg.stage == "finetune":
-        return None, student
+        return None, student, embeddings.detach().clone() if cfg.data.transfer else None
     teacher.eval().requires_grad_(False).to(accelerator.device)
     if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
         quantize_int8(teacher)
-    return teacher, student
+    return teacher, student, teacher.get_input_embeddings().weight
 
 
 def _probe(train_ds, collate):
