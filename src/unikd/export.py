@@ -17,9 +17,9 @@ directory's facts from ``unikd.model_dir``.
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,31 +34,31 @@ from torch import nn
 
 from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
-from unikd.onnx_export import (
-    OnnxWrapper,
-    dummy_inputs,
-    DEFAULT_OPSET,
-    FP32_TOLERANCE,
-    ONNX_FAMILIES,
-    output_name_of,
-    check_onnx_family,
-    export_onnx,
-    quantize_onnx_int8,
-)
 from unikd.model_dir import (
-    is_within,
-    onnx_external_files,
     check_model_dir,
     file_bytes,
+    is_within,
     load_model_dir,
     max_positions,
     model_input_names,
     onnx_bytes,
+    onnx_external_files,
     onnx_session,
     parameter_counts,
     read_model_config,
     tokenizer_or_none,
     weights_bytes,
+)
+from unikd.onnx_export import (
+    DEFAULT_OPSET,
+    FP32_TOLERANCE,
+    ONNX_FAMILIES,
+    OnnxWrapper,
+    check_onnx_family,
+    dummy_inputs,
+    export_onnx,
+    output_name_of,
+    quantize_onnx_int8,
 )
 
 FORMATS: tuple[str, ...] = ("hf", "onnx", "int8")

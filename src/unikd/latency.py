@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from unikd.errors import ConfigError
-from unikd.export import check_onnx_family, export_student
+from unikd.export import export_student
+from unikd.io import atomic_path, atomic_write_json
 from unikd.model_dir import (
     check_model_dir,
     load_model_dir,
@@ -37,7 +38,7 @@ from unikd.model_dir import (
     tokenizer_or_none,
     weights_bytes,
 )
-from unikd.io import atomic_path, atomic_write_json
+from unikd.onnx_export import check_onnx_family
 from unikd.student import human_count
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "int8")
