@@ -15,13 +15,11 @@ from unikd.initialization import (
     INITIALIZERS,
     InitConfig,
     check_init,
-    importance_indices,
-    importance_scores,
     select_layers,
-    slice_indices,
 )
 from unikd.initialization import build_student
 from unikd.student import StudentShape, count_parameters, student_config
+from unikd.weight_copy import importance_indices, importance_scores, slice_indices
 
 T.logging.set_verbosity_error()
 

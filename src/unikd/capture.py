@@ -19,6 +19,9 @@ Attention maps come one of two ways (``attention=`` below), and nothing asks for
 - ``auto`` (default): inline on CPU, recompute elsewhere; recompute where the model's implementation is
   neither SDPA nor eager.
 
+The wrapper itself is ``unikd.inline_attention`` (the one room that touches transformers' attention
+dispatch); this module holds the request, the hooks and the returned features.
+
 Memory: hooks write into per-call buffers that are emptied when the call returns; the returned
 ``Features`` owns every tensor, so nothing accumulates over steps. Teacher forwards run under
 ``torch.inference_mode()`` and only the captured tensors are copied out to normal tensors.

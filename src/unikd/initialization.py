@@ -12,6 +12,8 @@
 Which axis of which weight is "hidden", "heads", "kv_heads", "ffn" is family knowledge and lives in
 the adapters (``block_param_dims`` / ``outer_param_dims`` in ``unikd/families/``). Every check that
 can fail (layer selection, widths, paths) runs in ``check_init`` before any weight is touched.
+Which rows and columns a ``slice`` / ``importance`` student keeps, and the copy itself, are
+``unikd.weight_copy``; this module picks the blocks, checks a request and builds the student.
 
 Layer selection (``cfg.layers``, teacher T blocks -> student S blocks, indices 0-based):
 
@@ -38,8 +40,6 @@ from unikd.families import get_adapter
 from unikd.models import NO_REMOTE_CODE, auto_class_for, model_config, resolve_model_path
 from unikd.student import INIT_FIELD, SHAPE_FIELD, StudentShape, resolve_shape, student_config
 from unikd.weight_copy import (
-    ImportanceScores,
-    KeepIndices,
     copy_weights,
     importance_indices,
     importance_scores,
@@ -401,20 +401,13 @@ def _check_shape_matches(config, shape: StudentShape, field: str = SHAPE_FIELD) 
 
 __all__ = [
     "INITIALIZERS",
-    "ImportanceScores",
     "InitConfig",
-    "KeepIndices",
     "build_student",
     "check_init",
     "check_student_init",
-    "copy_weights",
-    "importance_indices",
-    "importance_scores",
     "load_donor",
     "pretrained_config",
-    "random_calibration_batch",
     "register_initializer",
     "resolve_checkpoint",
     "select_layers",
-    "slice_indices",
 ]
