@@ -6,7 +6,7 @@ directories, or hub datasets, with a text column.
 ``datasets``' json/csv/parquet builders and give their text column, never their braces or header. Plain ``.txt``
 keeps unikd's own paragraph reader: ``load_dataset("text", sample_by="paragraph")`` splits on empty lines only
 (a line holding spaces does not end its paragraph) and keeps the line breaks inside a paragraph, so it does not
-give the same rows (tests/test_datasets.py shows the difference).
+give the same rows (tests/data/test_labelled.py shows the difference).
 """
 
 from __future__ import annotations

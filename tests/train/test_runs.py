@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from helpers import FIXTURES, save_tiny_model, tiny_bert
+from helpers import FIXTURES, SHARED, save_tiny_model, tiny_bert
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM, BertModel
 
 from unikd.config import load_config
@@ -500,7 +500,7 @@ def test_own_csv_with_string_labels_trains_exactly_as_sst2(tmp_path, glue_dir, m
 
 
 def _conll_subset(tmp: Path, name: str, sentences: int) -> str:
-    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner" / "conll2003" / name
+    src = SHARED / "ner" / "conll2003" / name
     if not src.is_file():
         pytest.skip("shared CoNLL-2003 not found")
     blocks = src.read_text().split("\n\n")[:sentences]

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import SHARED
 import torch
 
 from unikd.config import DataConfig
@@ -17,7 +18,7 @@ from unikd.data.labelled import TaskSpec, detect_scheme
 from unikd.errors import ConfigError
 from unikd.metrics import compute_task_metrics
 
-CONLL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner" / "conll2003"
+CONLL = SHARED / "ner" / "conll2003"
 
 
 def _glue_rows(glue_dir: Path, split: str, n: int) -> tuple[list[str], list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_tiny_model, tiny_bert
+from helpers import FIXTURES, ROOT, TESTS, save_tiny_model, tiny_bert
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
@@ -23,8 +23,8 @@ from unikd.config import load_config
 from unikd.errors import ConfigError
 from unikd.train import run
 
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
+HERE = Path(__file__).resolve().parent
+SRC = ROOT / "src"
 TOTAL_STEPS = 8  # 32 rows, 2 epochs, global batch 8 (one process x 8, or two x 4)
 
 
@@ -63,7 +63,7 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     teacher = save_tiny_model(tiny_bert(2, 32, 4, **no_dropout), tmp / "teacher", minilm_path)
     mlm = save_tiny_model(tiny_bert(2, 32, 4, cls=BertForMaskedLM, **no_dropout), tmp / "mlm", minilm_path)
-    text = TESTS / "fixtures" / "tiny_corpus.txt"
+    text = FIXTURES / "tiny_corpus.txt"
     store = f"train.teacher_cache_dir={tmp / 'store'}"  # filled by ddp-store, read by ddp
     ddp = _task(tmp / "ddp", teacher, glue_dir, 4, "train.teacher_cache=true", store)
     resumed = _task(tmp / "ddp-resumed", teacher, glue_dir, 4, "train.save_every=3")
@@ -113,11 +113,11 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
         UNIKD_CACHE=str(tmp / "cache"),
-        PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS), str(HERE), os.environ.get("PYTHONPATH", "")]),
     )
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
-        [*launch, str(TESTS / "distributed_driver.py"), str(tmp / "jobs.json")],
+        [*launch, str(HERE / "distributed_driver.py"), str(tmp / "jobs.json")],
         env=env,
         capture_output=True,
         text=True,
