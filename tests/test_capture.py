@@ -320,7 +320,7 @@ def test_request_merge():
 
 
 def test_features_scaling_property():
-    f = Features(None, {}, {}, {}, {}, None, torch.ones(1, 2), False, {0: 0.5, 1: 0.5}, None)
+    f = Features(attention_mask=torch.ones(1, 2), scalings={0: 0.5, 1: 0.5})
     assert f.scaling == 0.5
 
 

@@ -113,24 +113,25 @@ class CaptureRequest:
 # ---------------------------------------------------------------------------------------------------
 # features
 # ---------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class Features:
-    """The tensors one forward pass recorded (see ``docs/design.md``).
+    """The tensors one forward pass recorded (see ``docs/design.md``), built by keyword; what a pass did not record
+    is left at its empty default.
 
     ``q``/``k``/``v`` are [B, H, L, d] (K/V with the KV head count; Q/K after RoPE), ``hidden[i]`` and
     ``embeddings`` [B, L, D], ``logits`` [B, C] or [B, L, V], ``attention_mask`` [B, L] (1 = real token).
     """
 
-    embeddings: Tensor | None
-    hidden: dict[int, Tensor]
-    q: dict[int, Tensor]
-    k: dict[int, Tensor]
-    v: dict[int, Tensor]
-    logits: Tensor | None
     attention_mask: Tensor
-    causal: bool
-    scalings: dict[int, float]
-    output: Any
+    causal: bool = False
+    embeddings: Tensor | None = None
+    hidden: dict[int, Tensor] = field(default_factory=dict)
+    q: dict[int, Tensor] = field(default_factory=dict)
+    k: dict[int, Tensor] = field(default_factory=dict)
+    v: dict[int, Tensor] = field(default_factory=dict)
+    logits: Tensor | None = None
+    scalings: dict[int, float] = field(default_factory=dict)
+    output: Any = None
     #: layer -> causal sliding window (Mistral / windowed Qwen2 layers); absent = full attention
     sliding_windows: dict[int, int] = field(default_factory=dict)
     #: inline capture: layer -> the unmasked scaled Q·Kᵀ [B, H, L, L] and the softmax the forward computed

@@ -233,16 +233,8 @@ class DistillationPlan(nn.Module):
             if layer not in jobs:
                 return False
             view = Features(
-                embeddings=None,
-                hidden={},
-                q={},
-                k={},
-                v={},
-                logits=None,
                 attention_mask=attention_mask,
                 causal=causal,
-                scalings={},
-                output=None,
                 sliding_windows={layer: sliding_windows[layer]} if layer in sliding_windows else {},
                 inline_scores={layer: scores},
                 inline_probs={layer: probs},

@@ -168,18 +168,7 @@ class TeacherLogitCache:
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(batch["input_ids"])
-        return Features(
-            embeddings=None,
-            hidden={},
-            q={},
-            k={},
-            v={},
-            logits=logits,
-            attention_mask=mask,
-            causal=False,
-            scalings={},
-            output=None,
-        )
+        return Features(logits=logits, attention_mask=mask)
 
     def share(self, shared: SharedTeacherOutputs, row_keys: list[bytes]) -> None:
         """Read rows from, and add the rows stored here to, ``shared``; ``row_keys[i]`` is row i's content key."""

@@ -629,18 +629,7 @@ def test_regression_logits_distill_values_not_a_constant_softmax():
     mask = torch.ones(3, 4, dtype=torch.long)
 
     def feats(logits):
-        return Features(
-            embeddings=None,
-            hidden={},
-            q={},
-            k={},
-            v={},
-            logits=logits,
-            attention_mask=mask,
-            causal=False,
-            scalings={},
-            output=None,
-        )
+        return Features(logits=logits, attention_mask=mask)
 
     s, t = torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[1.5], [2.0], [3.5]])
     _, logs = plan(feats(t), feats(s))

@@ -134,3 +134,29 @@ def test_saved_models_and_checkpoints_follow_the_umask(tmp_path, minilm_path, ac
     assert any(p.name.endswith(".safetensors") for p in files[2:])
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
     assert (tmp_path / "s").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("fails", ["save_state", "os.replace"])
+def test_disk_full_while_checkpointing(tmp_path, monkeypatch, accelerator_and_model, fails):
+    accelerator, _ = accelerator_and_model
+    checkpoint.save_checkpoint(accelerator, tmp_path, 2, {"best": {}}, keep=2)  # the last good checkpoint
+    # weights (512*512 + 512) * 4 B, AdamW's two moments the same again each, and two 4-byte step counters
+    assert checkpoint.state_bytes(accelerator) == 3 * (512 * 512 + 512) * 4 + 2 * 4 == 3151880
+
+    def no_space(*args, **kwargs):
+        if fails == "save_state":
+            (tmp_path / "checkpoints" / ".tmp-step-3").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "checkpoints" / ".tmp-step-3" / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fails == "save_state":
+        monkeypatch.setattr(accelerator, "save_state", no_space)
+    else:
+        monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(ConfigError) as err:
+        checkpoint.save_checkpoint(accelerator, tmp_path, 3, {"best": {}}, keep=2)
+    assert err.value.field == "output_dir" and err.value.fix and "--resume" in err.value.fix
+    for words in ("disk filled up", "step-3", "about 3.0 MiB", "MiB are free"):
+        assert words in err.value.problem
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]

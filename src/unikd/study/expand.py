@@ -248,6 +248,23 @@ class _TaskPlan:
     def root_s(self) -> str:
         return str(self.root)
 
+    def twin(self, kind: str, label: str, cfg: RunConfig, **ids) -> PlannedRun:
+        """A twin of a variant (pseudo-label, augmentation-only, tuned no-KD), labelled alike on every axis; its
+        ``run_id`` and directory are set by ``_new_twins``."""
+        return PlannedRun(
+            run_id="",
+            kind=kind,
+            task=self.task,
+            seed=cfg.seed,
+            label=label,
+            axes={a: label for a in self.axis_names},
+            config=cfg,
+            config_hash=config_hash(cfg, self.root_s, self.teacher.config_hash),
+            teacher_id=self.teacher.run_id,
+            study=self.study.name,
+            **ids,
+        )
+
     def planned(self, kind: str, label: str, seed: int, axes: dict, cfg: RunConfig, h: str, run_id: str, **ids):
         """A PlannedRun of this task whose config writes into ``runs/<run_id>``."""
         cfg = cfg.model_copy(update={"output_dir": str(self.root / "runs" / run_id)})
@@ -394,18 +411,7 @@ def _tuned_twin(tp: _TaskPlan, baseline: PlannedRun, default_won: set[str]) -> P
     if h == baseline.config_hash:
         default_won.add(h)
         return None
-    return PlannedRun(
-        run_id="",
-        kind="no-KD",
-        task=tp.task,
-        seed=cfg.seed,
-        label=TUNED_LABEL,
-        axes={a: TUNED_LABEL for a in tp.axis_names},
-        config=cfg,
-        config_hash=h,
-        teacher_id=tp.teacher.run_id,
-        study=tp.study.name,
-    )
+    return tp.twin("no-KD", TUNED_LABEL, cfg)
 
 
 def _variant_data(tp: _TaskPlan, v: _Variant, seed: int) -> dict:
@@ -459,20 +465,7 @@ def _pseudo_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant, ba
     p_cfg = _run_config(
         pseudo_label_twin(twin_data, transfer, _teacher_store(tp)), f"{v.where} (pseudo-label baseline)"
     )
-    p_hash = config_hash(p_cfg, tp.root_s, tp.teacher.config_hash)
-    return PlannedRun(
-        run_id="",
-        kind="kd",
-        task=tp.task,
-        seed=p_cfg.seed,
-        label="pseudo-labels",
-        axes={a: "pseudo-labels" for a in tp.axis_names},
-        config=p_cfg,
-        config_hash=p_hash,
-        teacher_id=tp.teacher.run_id,
-        baseline_id=baseline.run_id,
-        study=tp.study.name,
-    )
+    return tp.twin("kd", "pseudo-labels", p_cfg, baseline_id=baseline.run_id)
 
 
 def _augment_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant) -> PlannedRun | None:
@@ -482,19 +475,7 @@ def _augment_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant) -
     if a_data is None:
         return None
     a_cfg = _run_config(a_data, f"{v.where} (augmentation-only baseline)")
-    a_hash = config_hash(a_cfg, tp.root_s, tp.teacher.config_hash)
-    return PlannedRun(
-        run_id="",
-        kind="no-KD",
-        task=tp.task,
-        seed=a_cfg.seed,
-        label="augmentation-only",
-        axes={a: "augmentation-only" for a in tp.axis_names},
-        config=a_cfg,
-        config_hash=a_hash,
-        teacher_id=tp.teacher.run_id,
-        study=tp.study.name,
-    )
+    return tp.twin("no-KD", "augmentation-only", a_cfg)
 
 
 def _new_twins(
