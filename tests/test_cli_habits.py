@@ -65,7 +65,7 @@ def test_report_to_takes_one_name_or_a_list_and_refuses_unknown():
 
 
 def test_a_tracker_not_installed_is_refused_before_training(tmp_path):
-    from unikd.train.loop import _trackers
+    from unikd.train.validate import check_trackers as _trackers
 
     missing = next((m for m in ("clearml", "aim", "dvclive") if importlib.util.find_spec(m) is None), None)
     if missing is None:

@@ -31,17 +31,22 @@ from unikd.errors import ConfigError
 from unikd.io import atomic_write_json
 
 
-def run_chain(cfg, run_step: Callable[..., dict], **kw) -> dict:
-    """Train every step in order with ``run_step`` (``unikd.train.run``, whose ``resume`` returns a finished step's
-    metrics at once); the last step's metrics.json gains ``chain``."""
+def check_one_process() -> None:
+    """Chains run in one process: each step ends its Accelerator, which tears down the process group the next step
+    would need."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # each step ends its Accelerator, which tears down the process group the next step would need
         raise ConfigError(
             "then",
             "chained steps run in one process in this version",
             "run each step as its own run (student.init.strategy=pretrained on the previous student), "
             "or run the chain without torchrun/accelerate launch",
         )
+
+
+def run_chain(cfg, run_step: Callable[..., dict], **kw) -> dict:
+    """Train every step in order with ``run_step`` (``unikd.train.run``, whose ``resume`` returns a finished step's
+    metrics at once); the last step's metrics.json gains ``chain``."""
+    check_one_process()
     steps = step_dicts(cfg)
     results = []
     for step in steps:

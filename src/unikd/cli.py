@@ -53,7 +53,10 @@ def _fail(exc: Exception) -> None:
     """Print the error and exit with its code (README "Exit codes": 2 config, 3 data, 4 non-finite training)."""
     from unikd.errors import exit_code
 
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    line, details = exc.headline() if isinstance(exc, ConfigError) else (str(exc), "")
+    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+    if details:  # the one-line error first, then what a library said at length
+        typer.echo("\n".join("  " + d for d in details.splitlines()), err=True)
     raise typer.Exit(exit_code(exc))
 
 

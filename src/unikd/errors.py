@@ -22,6 +22,15 @@ class ConfigError(ValueError):
             message += f". Fix: {fix}"
         super().__init__(message)
 
+    def headline(self) -> tuple[str, str]:
+        """The error in one line (``<field>: <problem's first line>. Fix: <fix>``) and the rest of a problem that
+        spans several lines (a YAML excerpt, torch's loading text), '' when it has none."""
+        first, _, rest = self.problem.strip().partition("\n")
+        line = f"{self.field}: {first.rstrip(':').rstrip()}" + (" (details below)" if rest.strip() else "")
+        if self.fix:
+            line += f". Fix: {self.fix}"
+        return line, rest.strip()
+
 
 class DataError(ConfigError):
     """An input-data problem (a dataset file, a split, a corpus): the CLI exits with code 3 for it."""

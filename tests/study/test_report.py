@@ -174,3 +174,51 @@ def test_compare_names_the_available_labels_for_an_unknown_one(paired_study):
     result = CliRunner().invoke(app, ["report", str(paired_study), "--compare", "kd", "kd short"])
     assert result.exit_code == 2
     assert "'teacher', 'no-KD', 'no-KD (kd long)', 'kd', 'kd long', 'kd more rows', 'kd one seed'" in result.output
+
+
+def test_teacher_headroom_and_the_gap_closed_per_task_capped_and_pooled():
+    from unikd.study.report import _teacher_section
+
+    def teacher(task, score, trivial):
+        return {
+            "task": task,
+            "kind": "teacher",
+            "status": "done",
+            "score": score,
+            "metrics": {"trivial_baseline": {"score": trivial}},
+        }
+
+    rows = [teacher("a", 0.80, 0.50), teacher("b", 0.62, 0.60)]
+    per_task = [
+        {"task": "a", "label": "no-KD", "score_mean": 0.70},
+        {"task": "b", "label": "no-KD", "score_mean": 0.58},
+    ]
+    paired = [
+        {"task": "a", "label": "kd", "baseline": "no-KD", "diff_mean": 0.05},  # 0.05 of a 0.10 gap: 50%
+        {"task": "b", "label": "kd", "baseline": "no-KD", "diff_mean": 0.06},  # 0.06 of a 0.04 gap: 150%, capped
+    ]
+    md = "\n".join(_teacher_section(rows, per_task, paired))
+    assert "| a | 80.00 | 50.00 | +30.00 |" in md
+    assert "| b | 62.00 | 60.00 | +2.00 (weak teacher: KD may not pay) |" in md
+    # pooled: (0.05 + 0.06) / (0.10 + 0.04) = 78.6%, uncapped
+    assert "| kd | 50% | 100% | 79% |" in md
+    assert _teacher_section([], per_task, paired) == []
+
+
+def test_a_teacher_at_the_trivial_baseline_is_a_warning_in_the_summary():
+    from types import SimpleNamespace
+
+    from unikd.study.runner import _flag_weak_teacher
+
+    said, summary = [], {}
+    run = SimpleNamespace(kind="teacher", run_id="t-1", task="rte")
+    _flag_weak_teacher(run, {"score": 0.53, "metrics": {"trivial_baseline": {"score": 0.527}}}, summary, said.append)
+    assert len(summary["warnings"]) == 1 and "t-1 (rte) scores 0.5300" in summary["warnings"][0]
+    assert said == ["WARNING: " + summary["warnings"][0]]
+    summary2 = {}
+    _flag_weak_teacher(run, {"score": 0.80, "metrics": {"trivial_baseline": {"score": 0.527}}}, summary2, said.append)
+    student = SimpleNamespace(kind="student", run_id="s-1", task="rte")
+    _flag_weak_teacher(
+        student, {"score": 0.50, "metrics": {"trivial_baseline": {"score": 0.527}}}, summary2, said.append
+    )
+    assert summary2 == {} and len(said) == 1

@@ -65,6 +65,7 @@ from unikd.data.tasks import (
     TASK_ALIASES,
     TaskInfo,
     TsvLayout,
+    check_glue_files,
     load_glue,
     resolve_split,
     resolve_task,
@@ -74,6 +75,7 @@ from unikd.data.tokenize import chunk_for_lm, tokenize_pairs, tokenize_words
 
 __all__ = [
     "TsvLayout",
+    "check_glue_files",
     "TaskInfo",
     "GLUE_TASKS",
     "TASK_ALIASES",

@@ -297,6 +297,12 @@ def _pick_splits(splits: dict, field: str):
 def _column(ds, role: str, given: str | None, defaults: tuple[str, ...], split: str, required: bool = True):
     cols = ds.column_names
     if given is not None:
+        if given not in cols and role in ("label", "tags") and split != "train":
+            raise ConfigError(
+                f"data.columns.{role}",
+                f"the {split} split has no {role} column {given!r} (its columns: {cols}), so its rows cannot be scored",
+                f"add the {role}s to the {split} file under {given!r}, or score on data.holdout rows of train instead",
+            )
         if given not in cols:
             raise ConfigError(
                 f"data.columns.{role}",
@@ -305,6 +311,14 @@ def _column(ds, role: str, given: str | None, defaults: tuple[str, ...], split: 
             )
         return given
     found = next((c for c in defaults if c in cols), None)
+    if found is None and required and role in ("label", "tags") and split != "train":
+        # a split to score without its labels: pointing the label at another column would score nonsense
+        raise ConfigError(
+            f"data.columns.{role}",
+            f"the {split} split has no {role} column (its columns: {cols}), so its rows cannot be scored",
+            f"add the {role}s to the {split} file under the column name train uses, or score on "
+            "data.holdout rows of train instead",
+        )
     if found is None and required:
         raise ConfigError(
             f"data.columns.{role}",

@@ -396,6 +396,20 @@ def load_glue(
     return ds
 
 
+def check_glue_files(task: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Before a run reads anything: the local GLUE files of ``task``'s train and dev splits exist (``data_dir``,
+    else ``$GLUE_DIR``); nothing to check when the hub is the source. Raises the ``ConfigError`` ``load_glue``
+    would raise, naming ``data.data_dir``."""
+    info, _ = _resolve(task)
+    source = "argument data_dir"
+    if data_dir is None and os.environ.get("GLUE_DIR"):
+        data_dir, source = os.environ["GLUE_DIR"], "environment variable GLUE_DIR"
+    if data_dir is None:
+        return
+    for split in ("train", info.dev_splits[0]):
+        _glue_file(info, resolve_split(task, split), Path(data_dir).expanduser(), source)
+
+
 _DIR_FIX = (
     "set data.data_dir (or the GLUE_DIR environment variable) to the GLUE folder that holds one "
     "folder per task (e.g. <dir>/SST-2/train.tsv), or unset both to download nyu-mll/glue from the "

@@ -146,6 +146,65 @@ def _per_task_section(per_task, tasks, metrics) -> list[str]:
     return md
 
 
+#: a teacher this few points (score units) above the trivial baseline is weak: KD may not pay (docs/guideline.md)
+WEAK_TEACHER_HEADROOM = 0.03
+
+
+def _teacher_section(rows: list[dict], per_task: list[dict], paired: list[dict]) -> list[str]:
+    """Each task's teacher against the trivial baseline (its headroom; under WEAK_TEACHER_HEADROOM: flagged weak),
+    and how much of the teacher-student gap each KD variant closes: per task (the mean paired gain over its no-KD
+    twin, over the gap from that twin to the teacher, capped at 100%) and pooled over the tasks (the gains' sum
+    over the gaps' sum, uncapped)."""
+    teachers = {r["task"]: r for r in rows if r["kind"] == "teacher" and r["status"] == "done"}
+    if not teachers:
+        return []
+    body = []
+    for task, t in teachers.items():
+        trivial = ((t.get("metrics") or {}).get("trivial_baseline") or {}).get("score")
+        head = None if trivial is None or t["score"] is None else t["score"] - trivial
+        flag = "" if head is None or head >= WEAK_TEACHER_HEADROOM else " (weak teacher: KD may not pay)"
+        body.append(
+            [
+                task,
+                f"{100 * t['score']:.2f}",
+                "-" if trivial is None else f"{100 * trivial:.2f}",
+                "-" if head is None else f"{100 * head:+.2f}{flag}",
+            ]
+        )
+    md = [
+        "## Teachers and the gap closed",
+        "",
+        _md_table(["task", "teacher", "trivial baseline", "headroom"], body),
+        "",
+    ]
+    means = {(r["task"], r["label"]): r["score_mean"] for r in per_task}
+    gaps: dict[str, dict[str, tuple[float, float]]] = {}
+    for p in paired:
+        t = teachers.get(p["task"])
+        base = means.get((p["task"], p["baseline"])) if p["baseline"] and " / " not in p["baseline"] else None
+        if t is None or base is None or p["diff_mean"] is None or t["score"] is None or t["score"] <= base:
+            continue
+        gaps.setdefault(p["label"], {})[p["task"]] = (p["diff_mean"], t["score"] - base)
+    if not gaps:
+        return md
+    tasks = list(teachers)
+    rows_md = []
+    for label, by_task in gaps.items():
+        cells = [(f"{100 * min(1.0, by_task[t][0] / by_task[t][1]):.0f}%" if t in by_task else "-") for t in tasks]
+        pooled = sum(g for g, _ in by_task.values()) / sum(gap for _, gap in by_task.values())
+        rows_md.append(
+            [label, *cells, f"{100 * pooled:.0f}%" + ("" if len(by_task) == len(tasks) else " (tasks with a pair)")]
+        )
+    md += [
+        "Gap closed: the mean paired gain over the no-KD twin, over the gap from that twin to the teacher; per task "
+        "capped at 100% (a student above a weak teacher closes all of it, not more), pooled over the tasks uncapped.",
+        "",
+        _md_table(["variant", *tasks, "pooled"], rows_md),
+        "",
+    ]
+    return md
+
+
 def _per_axis_section(rows, tasks, axis_names) -> list[str]:
     if len(axis_names) <= 1:
         return []
@@ -343,6 +402,7 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
     ]
     if per_variant:
         md += _summary_section(per_variant, tasks) + _per_task_section(per_task, tasks, metrics)
+        md += _teacher_section(rows, per_task, paired)
         md += _per_axis_section(rows, tasks, axis_names) + _paired_section(paired)
         md += _paired_section(paired_pseudo, "pseudo-labels")
         md += _paired_section(paired_tuned, "tuned no-KD")

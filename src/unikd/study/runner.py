@@ -444,6 +444,7 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
     if outcome["status"] == "done":
         summary["done"].append(run.run_id)
         _check_refit(run, outcome, summary, echo)
+        _flag_weak_teacher(run, outcome, summary, echo)
         score = outcome.get("score")
         lat = outcome.get("latency_ms")
         echo(
@@ -462,6 +463,24 @@ def _store(db: StudyDB, run: PlannedRun, outcome: dict, echo, summary: dict) -> 
                 len(summary["done"]), len(summary["failed"]), progress["total"], elapsed, summary.get("_trained", 0)
             )
         )
+
+
+def _flag_weak_teacher(run: PlannedRun, outcome: dict, summary: dict, echo) -> None:
+    """A fine-tuned teacher no better than the trivial baseline on dev: its KD runs will each be refused (unless
+    teacher.allow_weak); say so once, in the summary's warnings, when the teacher finishes."""
+    from unikd.guards import TEACHER_MARGIN
+
+    trivial = ((outcome.get("metrics") or {}).get("trivial_baseline") or {}).get("score")
+    score = outcome.get("score")
+    if run.kind != "teacher" or trivial is None or score is None or score > trivial + TEACHER_MARGIN:
+        return
+    message = (
+        f"teacher {run.run_id} ({run.task}) scores {score:.4f} on dev, not above the trivial baseline "
+        f"({trivial:.4f}) by {TEACHER_MARGIN}: its students' KD runs will be refused unless teacher.allow_weak; "
+        "fine-tune it on more rows or steps (teacher_finetune)"
+    )
+    summary.setdefault("warnings", []).append(message)
+    echo("WARNING: " + message)
 
 
 def _check_refit(run: PlannedRun, outcome: dict, summary: dict, echo) -> None:

@@ -33,7 +33,7 @@ from unikd.teacher_cache import open_for_run, teacher_pass
 from unikd.train import checkpoint, distributed, inputs
 from unikd.train.evaluation import check_teacher, evaluate_and_keep_best, is_eval_step
 from unikd.train.outputs import save_results
-from unikd.train.validate import check_head, validate_run
+from unikd.train.validate import check_head, check_trackers, validate_run
 
 
 # ---- the run's state -------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def _accelerator(cfg: RunConfig, plan: DistillationPlan | None) -> Accelerator:
         cpu=cfg.train.cpu,
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=cfg.train.precision,
-        log_with=_trackers(cfg) or None,
+        log_with=check_trackers(cfg) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # random matching leaves some projections unused in a step; DDP must not wait for their grads
@@ -168,25 +168,6 @@ def _accelerator(cfg: RunConfig, plan: DistillationPlan | None) -> Accelerator:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "config.yaml", dump_config(cfg))
     return accelerator
-
-
-_TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",)}
-_TRACKER_EXTRAS = {"comet_ml": "comet"}
-
-
-def _trackers(cfg: RunConfig) -> list[str]:
-    """``train.report_to``, each checked to be installed (Accelerate would drop a missing one with a warning)."""
-    import importlib.util
-
-    for name in cfg.train.report_to:
-        if not any(importlib.util.find_spec(m) for m in _TRACKER_MODULES.get(name, (name,))):
-            raise ConfigError(
-                "train.report_to",
-                f"the tracker {name!r} is not installed",
-                f"pip install 'unikd[{_TRACKER_EXTRAS.get(name, name)}]' (or pip install {name}), "
-                "or drop it from train.report_to",
-            )
-    return list(cfg.train.report_to)
 
 
 def _tokenizer(teacher_path: str, teacher_config):
@@ -420,8 +401,10 @@ def run(
     A config with chained steps (``then``) trains them in order (``unikd.chain``).
     """
     if cfg.then:
-        from unikd.chain import run_chain
+        from unikd.chain import check_one_process, run_chain
 
+        check_one_process()
+        validate_run(cfg)  # every step, before step 1 trains
         return run_chain(cfg, run, resume=resume, stop_after=stop_after, resume_with_changes=resume_with_changes)
     state = setup(cfg, resume, resume_with_changes)
     if isinstance(state, dict):

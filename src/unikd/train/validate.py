@@ -23,12 +23,36 @@ _TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification")
 
 
 def validate_run(cfg: RunConfig):
-    """Resolve paths and validate the plan against model shapes, from configs only (no weights yet).
-    Returns (teacher path, teacher config, the head kind to load, the plan or None for a fine-tune)."""
+    """Resolve paths and validate the plan against model shapes, from configs only (no weights yet), and what the
+    data and the trackers need; a chained run (``then``) has every step checked so, before step 1 trains (a step's
+    error names ``then[i].<field>``). Returns, for the run's own (first) step: (teacher path, teacher config, the
+    head kind to load, the plan or None for a fine-tune)."""
+    checked = _validate_step(cfg)
+    if cfg.then:
+        _validate_later_steps(cfg, checked[1])
+    return checked
+
+
+def _validate_later_steps(cfg: RunConfig, teacher_config) -> None:
+    """Each chained step's plan against the teacher and the student step 1 makes (a later step starts from the
+    previous step's student: its shape is step 1's), its precision, data limits and trackers."""
+    from unikd.config import step_dicts
+
+    first = cfg.student
+    for i, step in enumerate(step_dicts(cfg)[1:]):
+        step_cfg = RunConfig.model_validate(step).model_copy(update={"student": first})
+        try:
+            _validate_step(step_cfg, teacher_config)
+        except ConfigError as exc:
+            raise ConfigError(f"then[{i}].{exc.field}", exc.problem, exc.fix) from exc
+
+
+def _validate_step(cfg: RunConfig, teacher_config=None):
     teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
     if cfg.stage in ("task", "finetune") and cfg.data.task:
         D.resolve_task(cfg.data.task)
-    teacher_config = model_config(teacher_path, "teacher.path")
+        D.check_glue_files(cfg.data.task, cfg.data.data_dir)
+    teacher_config = teacher_config or model_config(teacher_path, "teacher.path")
     kind = model_kind_for(cfg.stage, teacher_config)
     check_head(cfg, teacher_config)
     plan = None
@@ -46,7 +70,52 @@ def validate_run(cfg: RunConfig):
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
             )
     _check_inputs(cfg, teacher_config, plan)
+    _check_lengths(cfg, teacher_config)
+    check_trackers(cfg)
     return teacher_path, teacher_config, kind, plan
+
+
+def _check_lengths(cfg: RunConfig, teacher_config) -> None:
+    """Sequences no longer than the teacher's positions (the student has the same): past them the position
+    embeddings run out mid-run."""
+    limit = getattr(teacher_config, "max_position_embeddings", None) or getattr(teacher_config, "n_positions", None)
+    field, length = (
+        ("data.block_size", cfg.data.block_size) if cfg.stage == "general" else ("data.max_length", cfg.data.max_length)
+    )
+    if not isinstance(limit, int) or length <= limit:
+        return
+    if field == "data.max_length" and "max_length" not in cfg.data.model_fields_set:
+        # the default 128 on a teacher with fewer positions (tiny test models): rows are truncated to max_length
+        # and left unpadded, so only a row longer than the positions would fail; said, not refused
+        warn(
+            f"data.max_length is the default {length} but the teacher has {limit} positions: a row longer than "
+            f"that fails mid-run; set data.max_length={limit} or less"
+        )
+        return
+    raise ConfigError(
+        field,
+        f"{length} tokens is more than the teacher's {limit} positions ({cfg.teacher.path!r})",
+        f"use {field}={limit} or less",
+    )
+
+
+_TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",)}
+_TRACKER_EXTRAS = {"comet_ml": "comet"}
+
+
+def check_trackers(cfg: RunConfig) -> list[str]:
+    """``train.report_to``, each checked to be installed (Accelerate would drop a missing one with a warning)."""
+    import importlib.util
+
+    for name in cfg.train.report_to:
+        if not any(importlib.util.find_spec(m) for m in _TRACKER_MODULES.get(name, (name,))):
+            raise ConfigError(
+                "train.report_to",
+                f"the tracker {name!r} is not installed",
+                f"pip install 'unikd[{_TRACKER_EXTRAS.get(name, name)}]' (or pip install {name}), "
+                "or drop it from train.report_to",
+            )
+    return list(cfg.train.report_to)
 
 
 def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
@@ -111,6 +180,7 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
             "add a term (e.g. plan.terms=[{knowledge: logits, loss: kl}]) or set plan.hard_label_weight=1",
         )
     check_student_init(teacher_config, cfg.student.shape, cfg.student.init)
+    _warn_settings_that_do_nothing(cfg)
     if cfg.stage == "task" and cfg.student.init.strategy == "random":
         # A warning, not an error: a random student is a legitimate study arm (the initialization study runs it).
         warn(
@@ -119,6 +189,30 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
             'the transfer protocol"); use student.init.strategy=teacher-layers (or a general-stage student via '
             "student.init.strategy=pretrained) unless a random student is what you study"
         )
+
+
+#: below this T², T² x a divergence underflows fp32 (its smallest normal is 1.2e-38; a KL is rarely above 1e3)
+_T2_FLOOR = 1e-30
+
+
+def _warn_settings_that_do_nothing(cfg: RunConfig) -> None:
+    """Warnings, not errors, for settings a run accepts but that change nothing: a teacher precision in a fine-tune
+    (no teacher runs), a temperature whose T² scaling zeroes its term."""
+    if cfg.stage == "finetune" and cfg.teacher.precision != "fp32":
+        warn(
+            f"teacher.precision={cfg.teacher.precision}: a fine-tune runs no teacher (teacher.path is the model the "
+            "student is built from), so it changes nothing; drop it"
+        )
+    if cfg.stage == "finetune":
+        return
+    for i, term in enumerate(cfg.plan.terms):
+        temps = [t for t in (getattr(term, "temperature", None), getattr(term, "temperature_end", None)) if t]
+        if getattr(term, "t2_scaling", False) and temps and min(temps) ** 2 < _T2_FLOOR:
+            warn(
+                f"plan.terms[{i}].temperature: T = {min(temps):g} with t2_scaling multiplies the term by T^2 = "
+                f"{min(temps) ** 2:.1e}, which is 0 in fp32: the term trains nothing; use a temperature near 1-8, "
+                "or t2_scaling: false"
+            )
 
 
 def data_args(cfg: RunConfig) -> str:
