@@ -38,7 +38,8 @@ def _non_embedding(teacher_cfg, cfg) -> int:
     return count_parameters(student_config(teacher_cfg, cfg.student.shape)).non_embedding
 
 
-def test_the_written_config_validates_and_is_tinybert_two_step_with_augmentation(minilm, tmp_path):
+def test_the_written_config_validates_and_is_tinybert_two_step_with_augmentation(minilm, tmp_path, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)  # the rows are not counted: the steps stay epochs
     made = make_recipe(MINILM, "1/4", task="sst2")
     path = write_recipe(made, tmp_path / "recipe.yaml")
     cfg = load_config(path)
@@ -101,7 +102,7 @@ def test_every_printed_reason_points_to_a_guideline_section(minilm, tmp_path):
     links = re.findall(r"docs/guideline\.md#([\w-]+)", result.output)
     anchors = _anchors(ROOT / "docs" / "guideline.md")
     assert len(links) >= 8 and set(links) <= anchors, set(links) - anchors
-    assert len(links) == len(result.output.splitlines()) - 1  # one pointer per reason line, then "wrote ..."
+    assert len(links) == len(result.output.splitlines()) - 2  # one pointer per reason line, then the two "wrote"
     assert load_config(out).student.shape.hidden_size < 384
 
 
@@ -231,3 +232,82 @@ def test_the_teachers_eval_metric_goes_into_the_recipe(tmp_path, minilm, minilm_
     assert made.config.eval.metric == "mcc" and made.data["eval"] == {"metric": "mcc"}
     assert any(r.choice == "eval.metric" and "mcc" in r.why for r in made.reasons)
     assert make_recipe(MINILM, "1/4", task="sst2", plan="one-step").config.eval.metric is None  # no fine-tune run
+
+
+def _csv_files(tmp_path: Path, n: int) -> str:
+    rows = "".join(f"row number {i} is {'good' if i % 3 else 'bad'},{'pos' if i % 3 else 'neg'}\n" for i in range(n))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + rows)
+    return f"train={tmp_path / 'train.csv'},validation={tmp_path / 'dev.csv'}"
+
+
+def test_steps_are_counted_from_the_rows_and_the_no_kd_twin_trains_as_many(tmp_path, minilm):
+    import yaml
+
+    files = _csv_files(tmp_path, 700)
+    made = make_recipe(MINILM, "1/4", data_files=files)
+    # 0.5 epochs over the 700 rows and their 4 copies drawn at weight 4 (5 x 700 rows), batch 32: 54.7 -> 55
+    assert made.config.train.max_steps == 55 and made.config.then[0]["train"] == {"max_steps": 55}
+    assert any(
+        r.choice == "train.max_steps" and "55 + 55" in r.why and "700 training rows" in r.why for r in made.reasons
+    )
+    path = write_recipe(made, tmp_path / "my.yaml")
+    twin = load_config(tmp_path / "my.no-kd.yaml")
+    assert path == tmp_path / "my.yaml" and twin.stage == "finetune" and not twin.then and not twin.data.transfer
+    assert twin.train.max_steps == 110 and twin.student == made.config.student and twin.optim == made.config.optim
+    assert twin.output_dir == made.config.output_dir + "-no-kd"
+    assert yaml.safe_load((tmp_path / "my.no-kd.yaml").read_text())["data"]["files"] == made.config.data.files
+    one = make_recipe(MINILM, "1/4", data_files=files, plan="one-step")
+    assert one.config.train.max_steps == round(3 * 700 / 32) and one.twin()["train"]["max_steps"] == 66
+
+
+def test_uncounted_rows_leave_epochs_and_the_twin_gets_the_chains_updates(tmp_path, minilm, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    made = make_recipe(MINILM, "1/4", task="sst2")
+    # two steps of 0.5 epochs, each drawing the labelled rows and 4 x as many copies: 5 epochs of labelled rows
+    assert made.twin()["train"] == {"epochs": 5.0, "batch_size": 32}
+    assert any(r.choice == "train.max_steps" and "not counted" in r.why for r in made.reasons)
+    with pytest.raises(ConfigError) as err:
+        make_recipe(MINILM, "1/4", task="sst2", data_dir=str(tmp_path / "no-glue"))
+    assert err.value.field == "--data-dir"
+    with pytest.raises(ConfigError) as err:
+        make_recipe(MINILM, "1/4", data_files=_csv_files(tmp_path, 10), data_dir=str(tmp_path))
+    assert err.value.field == "--data-dir"
+
+
+def test_a_glue_folder_is_counted(glue_dir, minilm):
+    made = make_recipe(MINILM, "1/4", task="rte", data_dir=str(glue_dir))
+    rows = sum(1 for _ in open(glue_dir / "RTE" / "train.tsv")) - 1
+    assert made.config.train.max_steps == round(0.5 * rows * 5 / 32) and made.config.data.data_dir == str(glue_dir)
+
+
+def _fine_tuned_teacher(tmp_path: Path, minilm_path, score: float, trivial: float) -> str:
+    import json
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / f"teacher-{score}"
+    shutil.copytree(minilm_path, run_dir / "student")
+    ft = load_config(None, ["stage=finetune", f"teacher.path={MINILM}", "data.task=sst2"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(ft.model_dump(mode="json")))
+    metrics = {"final": {"score": score}, "trivial_baseline": {"score": trivial}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return str(run_dir / "student")
+
+
+def test_a_weak_teacher_gets_the_one_step_plan_or_labels_in_step_2(tmp_path, minilm, minilm_path):
+    weak = _fine_tuned_teacher(tmp_path, minilm_path, 0.719, 0.691)  # +2.8 points: the issue's own case
+    strong = _fine_tuned_teacher(tmp_path, minilm_path, 0.829, 0.504)
+    auto = make_recipe(weak, "1/4", task="sst2")
+    assert not auto.config.then and [t.knowledge for t in auto.config.plan.terms] == ["logits"]
+    assert auto.config.plan.hard_label_weight == 1.0
+    (reason,) = [r for r in auto.reasons if r.choice == "teacher"]
+    assert "+2.80 points above the trivial baseline" in reason.why and "KD may not pay" in reason.why
+    two = make_recipe(weak, "1/4", task="sst2", plan="two-step")
+    assert two.config.then[0]["plan"]["hard_label_weight"] == 1.0 and two.config.plan.hard_label_weight == 0
+    fine = make_recipe(strong, "1/4", task="sst2")
+    assert fine.config.then and fine.config.then[0]["plan"] == load_preset("tinybert")["then"][0]["plan"]
+    assert [r.why for r in fine.reasons if r.choice == "teacher"] == [
+        "the teacher is +32.50 points above the trivial baseline on its fine-tune's dev set (weak below 3)"
+    ]

@@ -163,11 +163,20 @@ def augment(
     config: Path = typer.Argument(..., help="YAML run config with data.transfer augment sources."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
     rows: int = typer.Option(3, help="Labelled rows to augment and print."),
-    out: Optional[Path] = typer.Option(None, help="Write the copies of those rows as JSON lines."),
+    out: Optional[Path] = typer.Option(None, help="Write the copies of those rows as JSON lines (the rates: JSON)."),
+    flip_rate: bool = typer.Option(
+        False,
+        "--flip-rate",
+        help="Measure how often the copies change label as the fine-tuned teacher reads them, on --rows drawn rows.",
+    ),
 ):
-    """Materialize a config's augmentation (data.transfer kind: augment) on its first labelled rows and print them."""
-    from unikd.augment_cli import augment_sample
+    """Materialize a config's augmentation (data.transfer kind: augment) on its first labelled rows and print them;
+    with --flip-rate, the teacher's label-flip rate of the copies instead."""
+    from unikd.augment_cli import augment_sample, flip_rate_text
 
+    if flip_rate:
+        typer.echo(flip_rate_text(config, overrides or [], rows=rows, out=out))
+        return
     text = augment_sample(config, overrides or [], rows=rows, out=out)
     typer.echo(text)
 
@@ -179,6 +188,9 @@ def recipe(
         ..., help="Student size: a fraction of the teacher's non-embedding parameters, e.g. 1/4."
     ),
     task: Optional[str] = typer.Option(None, help="GLUE task (data.task), e.g. sst2."),
+    data_dir: Optional[str] = typer.Option(
+        None, "--data-dir", help="The GLUE folder of --task (data.data_dir; else $GLUE_DIR): its rows are counted."
+    ),
     data_files: Optional[str] = typer.Option(
         None, "--data-files", help="Your labelled files (data.files): train=PATH,validation=PATH."
     ),
@@ -199,8 +211,9 @@ def recipe(
         "one-step: logits KD + labels; auto: two-step for sentence classification/regression, else one-step.",
     ),
 ):
-    """Write a run config for a teacher and a budget by docs/guideline.md, with one line of why per choice."""
-    from unikd.recipe import make_recipe, write_recipe
+    """Write a run config for a teacher and a budget by docs/guideline.md, with one line of why per choice, and its
+    no-KD twin beside it (OUT with .no-kd before the suffix)."""
+    from unikd.recipe import make_recipe, twin_path, write_recipe
 
     made = make_recipe(
         teacher,
@@ -213,11 +226,13 @@ def recipe(
         max_length=max_length,
         output_dir=output_dir,
         plan=plan,
+        data_dir=data_dir,
     )
     write_recipe(made, out)
     for reason in made.reasons:
         typer.echo(reason.line())
     typer.echo(f"wrote {out}: unikd distill {out}")
+    typer.echo(f"wrote {twin_path(out)}, its no-KD twin: unikd distill {twin_path(out)} (the KD run pays above it)")
 
 
 @command("config-schema")

@@ -23,6 +23,9 @@ from unikd.knowledge.base import linear_schedule
 #: The teacher's dev score must exceed the trivial baseline's by this much (score units: 0.01 = 1 point of
 #: accuracy/F1/correlation). Below that a teacher is no better than predicting a constant, within dev noise.
 TEACHER_MARGIN = 0.01
+#: a teacher less than this (score units) above the trivial baseline is weak: a student of it may not beat its
+#: no-KD twin (docs/guideline.md#weak-teachers); the study report flags it and `unikd recipe` plans for it
+WEAK_TEACHER_HEADROOM = 0.03
 
 
 class FiniteWatch:

@@ -22,6 +22,8 @@ the teacher's and the student's shapes (configs only: no weight is loaded) befor
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,9 @@ import yaml
 from unikd.config import DataConfig, RunConfig, load_config, load_preset, step_dicts
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
+from unikd.guards import WEAK_TEACHER_HEADROOM
 from unikd.initialization import InitConfig, check_student_init
+from unikd.identity import no_kd_twin
 from unikd.io import atomic_write_text
 from unikd.models import auto_class_for, model_config, resolve_model_path
 from unikd.student import BudgetRow, budget_configs, count_parameters, read_budget, student_config
@@ -75,6 +79,19 @@ class Recipe:
     teacher_non_embedding: int
     latency_ms: float | None
     reasons: list[Reason]
+
+    def twin(self) -> dict:
+        """The no-KD twin of the config: the same student, initialization, labelled data, optimizer and number of
+        updates, trained on the labels alone (``identity.no_kd_twin``, what every study pairs a KD run with). Where
+        the steps are epochs (the rows could not be counted), the twin's epochs give it as many updates as the
+        chain's: each KD epoch also draws ``weight`` x the labelled rows of augmented copies."""
+        twin, transfer = no_kd_twin(self.data, self.config)
+        if not twin["train"].get("max_steps"):
+            steps = [self.data["train"], *(step["train"] for step in self.data.get("then", []))]
+            draws = 1 + sum(t.get("weight", 1) for t in transfer)
+            twin["train"]["epochs"] = sum(t["epochs"] for t in steps) * draws
+        twin["output_dir"] = f"{self.data['output_dir']}-no-kd"
+        return twin
 
     def yaml(self) -> str:
         """The config as YAML, headed by the reasons as comments."""
@@ -176,9 +193,12 @@ def _pick_by_latency(
     )
 
 
-def _labelled_data(task: str | None, data_files: str | None, max_length: int) -> dict:
-    """The config's ``data`` section: a known GLUE task or the existing files, and the sequence length."""
+def _labelled_data(task: str | None, data_files: str | None, max_length: int, data_dir: str | None = None) -> dict:
+    """The config's ``data`` section: a known GLUE task (in ``data_dir``, when given) or the existing files, and
+    the sequence length."""
     if task is None:
+        if data_dir is not None:
+            raise ConfigError("--data-dir", "is the folder of a GLUE --task, not of --data-files", "drop --data-dir")
         return {"files": parse_data_files(data_files), "max_length": max_length}
     from unikd.data import resolve_task
 
@@ -186,7 +206,7 @@ def _labelled_data(task: str | None, data_files: str | None, max_length: int) ->
         resolve_task(task)
     except ConfigError as exc:
         raise ConfigError("--task", exc.problem, exc.fix) from None
-    return {"task": task, "max_length": max_length}
+    return {"task": task, **({"data_dir": data_dir} if data_dir else {}), "max_length": max_length}
 
 
 def make_recipe(
@@ -201,15 +221,22 @@ def make_recipe(
     max_length: int = 128,
     output_dir: str | None = None,
     plan: str = "auto",
+    data_dir: str | None = None,
 ) -> Recipe:
     """The run config the guideline gives for ``teacher`` (hub id, directory or ``pkg:<name>``) at ``budget`` (a
     fraction of its non-embedding parameters) on ``task`` (GLUE) or ``data_files`` (``train=PATH,validation=PATH``),
-    with ``plan`` (the module's table). Bad input is a ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
+    with ``plan`` (the module's table); ``data_dir``: the GLUE folder (else ``$GLUE_DIR``). The training rows are
+    counted where they can be read, and each step's updates written as ``train.max_steps`` from them, so the no-KD
+    twin (``Recipe.twin``) trains as many. A teacher fine-tuned by unikd less than ``WEAK_TEACHER_HEADROOM`` above
+    its trivial baseline gets the weak-teacher plan (docs/guideline.md#weak-teachers). Bad input is a
+    ``ConfigError`` naming the option (``--budget``, ``--teacher``, ``--task``, ...)."""
     fraction = budget_fraction(budget)
     _check_options(task, data_files, latency_ms, latency_estimate, device, max_length, plan)
-    data = _labelled_data(task, data_files, max_length)
-    task_type = _task_type(data)
+    data = _labelled_data(task, data_files, max_length, data_dir)
+    task_type, train_rows, uncounted = _read_data(data)
     sentence_level = task_type in ("classification", "regression")
+    metric, headroom = _teacher_run(teacher)
+    weak = headroom is not None and headroom < WEAK_TEACHER_HEADROOM
     if plan == "two-step" and not sentence_level:
         raise ConfigError(
             "--plan",
@@ -217,7 +244,7 @@ def make_recipe(
             "sentence classification and regression in this version)",
             "use --plan one-step (or auto)",
         )
-    two_step = plan == "two-step" or (plan == "auto" and sentence_level)
+    two_step = plan == "two-step" or (plan == "auto" and sentence_level and not weak)
 
     teacher_cfg = model_config(resolve_model_path(teacher, "--teacher"), "--teacher")
     spec = get_adapter(teacher_cfg, field="--teacher").spec(teacher_cfg)
@@ -249,8 +276,7 @@ def make_recipe(
         },
         "data": data,
     }
-    _add_plan(doc, two_step, row, spec, data)
-    metric = _teacher_metric(teacher)
+    _add_plan(doc, two_step, row, spec, data, train_rows, weak)
     if metric:
         doc["eval"] = {"metric": metric}
     doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
@@ -259,6 +285,9 @@ def make_recipe(
     _check_plans(cfg, teacher_cfg)
 
     reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
+    reasons.append(_steps_reason(cfg, train_rows, uncounted))
+    if headroom is not None:
+        reasons.append(_teacher_reason(cfg, headroom, weak, plan))
     if metric:
         reasons.append(
             Reason(
@@ -296,9 +325,24 @@ def _check_options(task, data_files, latency_ms, latency_estimate, device, max_l
         raise ConfigError("--plan", f"unknown plan {plan!r}", f"use one of {', '.join(PLANS)}")
 
 
-def _add_plan(doc: dict, two_step: bool, row, spec, data: dict) -> None:
+#: the batch size of the study runs the recipe rests on
+_BATCH = 32
+#: the one-step plan's epochs over the labelled rows, as in the study
+_ONE_STEP_EPOCHS = 3
+
+
+def _schedule(epochs: float, train_rows: int | None, draws: float = 1.0) -> dict:
+    """One step's length: ``epochs`` over the labelled rows and the copies drawn with them (``draws`` x the rows
+    per epoch) as optimizer steps when the rows are known (what the no-KD twin can be given), else as epochs."""
+    if train_rows is None:
+        return {"epochs": epochs}
+    return {"max_steps": max(1, round(epochs * train_rows * draws / _BATCH))}
+
+
+def _add_plan(doc: dict, two_step: bool, row, spec, data: dict, train_rows: int | None, weak: bool) -> None:
     """The objective and its schedule: TinyBERT's two chained steps on augmented copies, or the best-practice
-    one-step plan (logits KD + labels)."""
+    one-step plan (logits KD + labels); with a weak teacher the two steps keep the labels in step 2."""
+    doc["optim"] = {"lr": _LR}
     if two_step:
         tinybert = load_preset("tinybert")
         terms = [dict(t) for t in tinybert["plan"]["terms"]]
@@ -306,38 +350,57 @@ def _add_plan(doc: dict, two_step: bool, row, spec, data: dict) -> None:
             terms = [dict(t, head_reduction="mean") if t["knowledge"] == "attention" else t for t in terms]
         doc["data"] = dict(data, transfer=[dict(_AUGMENT)])
         doc["plan"] = dict(tinybert["plan"], terms=terms)
-        doc["optim"] = {"lr": _LR}
-        doc["train"] = {"epochs": _STEP_EPOCHS, "batch_size": 32}
-        doc["then"] = [dict(tinybert["then"][0], train={"epochs": _STEP_EPOCHS})]
+        step = _schedule(_STEP_EPOCHS, train_rows, 1 + _AUGMENT["weight"])
+        doc["train"] = {**step, "batch_size": _BATCH}
+        second = dict(tinybert["then"][0], train=dict(step))
+        if weak:
+            second["plan"] = dict(second["plan"], hard_label_weight=1.0)
+        doc["then"] = [second]
     else:
         doc["plan"] = load_preset("best-practice")["plan"]
-        doc["optim"] = {"lr": _LR}
-        doc["train"] = {"epochs": 3, "batch_size": 32}
+        doc["train"] = {**_schedule(_ONE_STEP_EPOCHS, train_rows), "batch_size": _BATCH}
 
 
-def _teacher_metric(teacher: str) -> str | None:
-    """The ``eval.metric`` of the unikd fine-tune that wrote ``teacher`` (a run's ``student/`` directory), if any."""
+def _teacher_run(teacher: str) -> tuple[str | None, float | None]:
+    """For a teacher written by a unikd fine-tune (a run's ``student/`` directory): the ``eval.metric`` it was
+    scored by, and its headroom, its final dev score minus the trivial baseline's in that metric; (None, None)
+    for any other teacher."""
     from unikd.config import read_run_config
 
     run_dir = Path(teacher).expanduser().parent
     if Path(teacher).name != "student" or not (run_dir / "config.yaml").is_file():
-        return None
+        return None, None
     try:
-        return read_run_config(run_dir).eval.metric
+        metric = read_run_config(run_dir).eval.metric
     except ConfigError:
-        return None
-
-
-def _task_type(data: dict) -> str:
-    """The labelled data's task type: GLUE's from its name, the files' from their labels (they are read)."""
-    from unikd.data import glue_spec, load_task_data
-
-    if data.get("task"):
-        return glue_spec(data["task"]).task_type
+        return None, None
     try:
-        return load_task_data(DataConfig.model_validate(data)).spec.task_type
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        headroom = metrics["final"]["score"] - metrics["trivial_baseline"]["score"]
+    except (OSError, ValueError, KeyError, TypeError):
+        headroom = None
+    return metric, headroom
+
+
+def _read_data(data: dict) -> tuple[str, int | None, str]:
+    """The labelled data's task type, its training rows (None where they are not read here) and, then, why not.
+    A GLUE task is read from ``data_dir`` or ``$GLUE_DIR`` when one is set (a missing task folder is an error
+    there, as at run time); from the hub it is not downloaded here."""
+    from unikd.data import check_glue_files, glue_spec, load_task_data
+
+    task = data.get("task")
+    if task:
+        if not (data.get("data_dir") or os.environ.get("GLUE_DIR")):
+            return glue_spec(task).task_type, None, "the GLUE task is read from the hub when the run starts"
+        try:
+            check_glue_files(task, data.get("data_dir"))
+        except ConfigError as exc:
+            raise ConfigError("--data-dir", exc.problem, exc.fix) from None
+    try:
+        read = load_task_data(DataConfig.model_validate(data))
     except ConfigError as exc:
-        raise ConfigError("--data-files", f"{exc.field}: {exc.problem}", exc.fix) from None
+        raise ConfigError("--data-dir" if task else "--data-files", f"{exc.field}: {exc.problem}", exc.fix) from None
+    return read.spec.task_type, len(read.train), ""
 
 
 def _check_plans(cfg: RunConfig, teacher_cfg) -> None:
@@ -420,16 +483,52 @@ def _reasons(
             "optim, train",
             f"lr {cfg.optim.lr:g}, batch {cfg.train.batch_size}, "
             + (
-                f"{cfg.train.epochs:g} epochs per step over the labelled rows and their copies (2.5 passes over "
+                f"{_STEP_EPOCHS:g} epochs per step over the labelled rows and their copies (2.5 passes over "
                 "the labelled rows each; the four-task study's 300 + 300 steps on MRPC were 0.52 epochs each)"
                 if cfg.then
-                else f"{cfg.train.epochs:g} epochs, as in the study"
+                else f"{_ONE_STEP_EPOCHS:g} epochs, as in the study"
             )
             + "; too few steps left students at the majority class",
             "schedule",
         ),
     ]
     return reasons
+
+
+def _steps_reason(cfg: RunConfig, train_rows: int | None, uncounted: str) -> Reason:
+    """How the steps were written: counted from the rows (each step's train.max_steps), or left as epochs."""
+    steps = [RunConfig.model_validate(step).train.max_steps for step in step_dicts(cfg)]
+    if train_rows is None:
+        why = (
+            f"written as epochs: the training rows were not counted ({uncounted}; give --data-dir or set GLUE_DIR "
+            "to count them); the no-KD twin written beside it trains the same number of updates in epochs"
+        )
+    else:
+        why = (
+            f"{' + '.join(str(n) for n in steps)} optimizer steps, counted from the {train_rows:,} training rows, so "
+            f"the no-KD twin written beside it trains the same {sum(steps)} updates on the labels alone"
+        )
+    return Reason("train.max_steps", why, "schedule")
+
+
+def _teacher_reason(cfg: RunConfig, headroom: float, weak: bool, plan: str) -> Reason:
+    """The teacher's headroom over the trivial baseline on its fine-tune's dev set, and what it changed."""
+    head = f"the teacher is {100 * headroom:+.2f} points above the trivial baseline on its fine-tune's dev set"
+    if not weak:
+        return Reason("teacher", head + f" (weak below {100 * WEAK_TEACHER_HEADROOM:g})", "weak-teachers")
+    changed = (
+        "step 2 keeps the labels (then.0.plan.hard_label_weight 1: its soft targets carry little)"
+        if cfg.then
+        else "the one-step plan (logits KD + the labels) instead of the two steps, whose step 2 drops the labels"
+        + (" (--plan one-step)" if plan == "one-step" else "")
+    )
+    return Reason(
+        "teacher",
+        f"{head}, under {100 * WEAK_TEACHER_HEADROOM:g}: a weak teacher, and KD may not pay (on a task no study "
+        f"chose, such a teacher's two-step student lost to its no-KD twin on both seeds); {changed}; train the "
+        "no-KD twin written beside this config and keep whichever scores higher, or fine-tune a stronger teacher",
+        "weak-teachers",
+    )
 
 
 def _one_step_reasons(cfg: RunConfig) -> list[Reason]:
@@ -509,10 +608,31 @@ def _data_reason(cfg: RunConfig) -> Reason:
     return Reason("data", source + why, "transfer-data-and-augmentation")
 
 
+def twin_path(path: str | Path) -> Path:
+    """Where the no-KD twin of the recipe at ``path`` is written: ``recipe.yaml`` -> ``recipe.no-kd.yaml``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.no-kd{path.suffix or '.yaml'}")
+
+
 def write_recipe(recipe: Recipe, path: str | Path) -> Path:
-    """Write ``recipe.yaml()`` to ``path`` atomically."""
+    """Write ``recipe.yaml()`` to ``path`` and its no-KD twin to ``twin_path(path)``, atomically."""
     atomic_write_text(path, recipe.yaml())
+    atomic_write_text(
+        twin_path(path),
+        f"# the no-KD twin of {Path(path).name} (written by `unikd recipe`): the same student, data, optimizer and\n"
+        "# updates on the labels alone; the KD run pays where it scores above this one\n"
+        + yaml.safe_dump(recipe.twin(), sort_keys=False),
+    )
     return Path(path)
 
 
-__all__ = ["GUIDELINE", "Reason", "Recipe", "budget_fraction", "make_recipe", "parse_data_files", "write_recipe"]
+__all__ = [
+    "GUIDELINE",
+    "Reason",
+    "Recipe",
+    "budget_fraction",
+    "make_recipe",
+    "parse_data_files",
+    "twin_path",
+    "write_recipe",
+]

@@ -200,3 +200,54 @@ def test_cli_augment_prints_the_copies_of_the_first_rows(glue_dir, minilm_path, 
     assert result.output.count("    -> ") == len(records)
     bad = CliRunner().invoke(app, ["augment", str(cfg), "data.transfer=[]"])
     assert bad.exit_code == 3 and "data.transfer: has no augment source" in bad.output  # a data error
+
+
+def test_flip_rate_is_the_teachers_disagreement_between_copies_and_their_source(glue_dir, minilm_path, tmp_path):
+    import json
+
+    from helpers import save_tiny_model, tiny_bert
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+    from unikd.config import load_config
+    from unikd.data import load_task_data
+    from transformers import AutoTokenizer
+
+    from unikd.models import load_model
+
+    # large initial weights: the teacher's class varies with the input
+    teacher = save_tiny_model(
+        tiny_bert(2, 32, 4, positions=128, seed=3, initializer_range=0.5), tmp_path / "teacher", minilm_path
+    )
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(
+        f"stage: task\nteacher: {{path: {teacher}}}\ndata: {{task: sst2, data_dir: {glue_dir}, max_length: 64, "
+        "train_limit: 80, transfer: [{kind: augment, copies: 3, weight: 3}]}\n"
+    )
+    out = tmp_path / "rates.json"
+    result = CliRunner().invoke(app, ["augment", str(cfg_path), "--flip-rate", "--rows", "30", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rates = json.loads(out.read_text())
+    (got,) = rates["sources"].values()
+    # the same rows, copies and teacher, one row at a time, unpadded
+    cfg = load_config(cfg_path)
+    rows = load_task_data(cfg.data, seed=cfg.seed).train.shuffle(seed=cfg.seed).select(range(30))
+    model = load_model(str(teacher), "sequence-classification").eval()
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    copies = augment_dataset(rows, tok, cfg.data.transfer[0], embedding_matrix=model.get_input_embeddings().weight)
+
+    def label(text):
+        with torch.inference_mode():
+            return int(model(**tok(text, truncation=True, max_length=64, return_tensors="pt")).logits.argmax())
+
+    source = {r["idx"]: (label(r["text_a"]), r["label"]) for r in rows}
+    on_copies = [(label(c["text_a"]), *source[c["idx"]]) for c in copies]
+    assert got["copies"] == len(copies) > 30
+    assert got["flip_rate"] == pytest.approx(
+        sum(c != s for c, s, _ in on_copies) / len(on_copies), abs=1.5 / len(copies)
+    )
+    assert got["copies_at_gold"] == pytest.approx(
+        sum(c == g for c, _, g in on_copies) / len(on_copies), abs=1.5 / len(copies)
+    )
+    assert rates["teacher_on_sources"] == pytest.approx(sum(p == g for p, g in source.values()) / 30, abs=1.5 / 30)
+    assert 0 < got["flip_rate"] < 1 and f"{100 * got['flip_rate']:.1f}% of the copies" in result.output

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from unikd.compat import schedule_check_study
 from unikd.errors import ConfigError
+from unikd.guards import WEAK_TEACHER_HEADROOM
 from unikd.io import atomic_write_text
 from unikd.student import human_count
 from unikd.study.aggregate import (
@@ -144,10 +145,6 @@ def _per_task_section(per_task, tasks, metrics) -> list[str]:
         ]
         md += [f"### {task}", "", _md_table(header, body), ""]
     return md
-
-
-#: a teacher this few points (score units) above the trivial baseline is weak: KD may not pay (docs/guideline.md)
-WEAK_TEACHER_HEADROOM = 0.03
 
 
 def _teacher_section(rows: list[dict], per_task: list[dict], paired: list[dict]) -> list[str]:
