@@ -245,3 +245,29 @@ def test_latency_batch_sizes_are_checked_by_field(tiny_teacher, mini_glue, tmp_p
         with pytest.raises(ConfigError) as err:
             load_study(_study(tiny_teacher, mini_glue, tmp_path / "s", latency={"batch_sizes": sizes}))
         assert "latency.batch_sizes" in str(err.value) and problem in str(err.value)
+
+
+def test_the_held_out_qnli_study_runs_the_recipe_as_unikd_recipe_writes_it(glue_dir, tmp_path, minilm_path):
+    """docs/studies/cpu-heldout-qnli.yaml's first variant is the config `unikd recipe --budget 1/4 --task qnli`
+    writes for the packaged teacher on the split docs/studies/qnli_split.py makes: shape, init, plan, transfer rows
+    and the steps counted from the 4,319 training pairs."""
+    import importlib.util
+
+    from unikd.recipe import make_recipe
+
+    if not (glue_dir / "QNLI" / "dev.tsv").is_file():
+        pytest.skip("QNLI's dev file is not in the GLUE folder")
+    spec = importlib.util.spec_from_file_location("qnli_split", ROOT / "docs" / "studies" / "qnli_split.py")
+    qnli_split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qnli_split)
+    assert qnli_split.split(glue_dir, tmp_path) == {"train": 4319, "dev": 1144}
+    made = make_recipe(str(minilm_path), "1/4", task="qnli", data_dir=str(tmp_path)).data
+    study = yaml.safe_load((ROOT / "docs" / "studies" / "cpu-heldout-qnli.yaml").read_text())
+    base, recipe_run = study["base"], study["runs"][0]
+    assert recipe_run["label"] == "recipe as written (two-step + augmentation)"
+    assert made["student"] == base["student"] and made["optim"] == base["optim"]
+    assert made["plan"]["terms"] == recipe_run["plan.terms"] and made["data"]["transfer"] == recipe_run["data.transfer"]
+    assert made["train"]["max_steps"] == recipe_run["train.max_steps"] == 337
+    assert made["then"] == recipe_run["then"] and made["train"]["batch_size"] == base["train"]["batch_size"]
+    one = make_recipe(str(minilm_path), "1/4", task="qnli", data_dir=str(tmp_path), plan="one-step").data
+    assert one["train"]["max_steps"] == study["runs"][2]["train.max_steps"] == 405
