@@ -56,6 +56,9 @@ def test_a_baseline_search_tunes_the_no_kd_student_on_held_out_rows_and_the_repo
     again = CountingFake(tuned_runner)
     run_study(study, runner=again, echo=lambda s: None)
     assert again.calls == []  # the search and the study are found by hash
+    record = json.loads((out / "baseline_search.json").read_text())
+    assert record["twins"][0]["chosen"] == {"optim.lr": 2e-3, "train.max_steps": 8}  # chosen again, not lost
+    assert len([r for r in read_rows(out) if r["label"] == "no-KD tuned"]) == 2
 
 
 def test_a_baseline_search_grid_names_its_field(tiny_teacher, mini_glue, tmp_path):

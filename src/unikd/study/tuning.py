@@ -75,7 +75,10 @@ def _choose(study: StudyConfig, root: Path, by_twin: dict, seed: int) -> dict:
     """The best point per twin by its held-out score (ties: the earlier point); writes baseline_search.json."""
     search = study.baseline_search
     with StudyDB(root / DB_NAME) as db:
-        scores = {row["run_id"]: row["score"] for row in db.rows(study=f"{study.name} / baseline search")}
+        # by run id, current or not: a later expansion of the same directory (the study itself) un-marks them
+        scores = {
+            row["run_id"]: row["score"] for row in db.rows(study=f"{study.name} / baseline search", current_only=False)
+        }
     chosen, record = {}, []
     for key, tried in by_twin.items():
         scored = [(point, scores.get(run.run_id)) for point, run in tried]
