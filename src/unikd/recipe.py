@@ -16,6 +16,12 @@ Each choice carries one line of why, pointing at the guideline section it rests 
                 classification and multi-label data take no transfer rows in this version)
 ==============  ==================================================================================================
 
+Each step's length is written as ``train.max_steps``, counted from the training rows where they can be read here
+(``--data-files``, or a GLUE task in ``--data-dir``/``$GLUE_DIR``), and ``write_recipe`` writes the no-KD twin
+beside the config (``recipe.no-kd.yaml``: the same student, data, optimizer and updates, labels only). A teacher
+from a unikd fine-tune less than ``guards.WEAK_TEACHER_HEADROOM`` above its trivial baseline gets the weak-teacher
+plan (``auto``: ``one-step``; ``two-step``: the labels kept in step 2; docs/guideline.md#weak-teachers).
+
 The config is validated with ``config.load_config``, ``check_student_init`` and every term's shape check against
 the teacher's and the student's shapes (configs only: no weight is loaded) before it is written.
 """
