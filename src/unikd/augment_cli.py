@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from unikd.config import load_config
@@ -113,8 +114,6 @@ def flip_rate(config: Path, overrides: list[str], *, rows: int = 500) -> dict:
         on_copies = _teacher_outputs(teacher, tokenizer, copies, cfg.data.max_length)
         src = [by_idx[int(i)] for i in copies["idx"]]
         if regression:
-            import statistics
-
             change = [abs(float(c) - float(on_sources[k])) for c, k in zip(on_copies, src)]
             entry = {"mean_abs_change": sum(change) / len(change), "label_std": statistics.pstdev(gold)}
         else:
