@@ -543,7 +543,7 @@ def test_bf16_inputs_computed_in_float32(case):
 # ---- registry --------------------------------------------------------------------------------
 def test_registry_contents():
     assert {g: set(v) for g, v in L.LOSSES.items()} == {
-        "logits": {"soft_ce", "kl", "mse"},
+        "logits": {"soft_ce", "kl", "mse", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"},
         "hidden": {"mse", "cosine", "pkd", "gram", "fsp", "nst", "mmd"},
         "attention": {"mse", "kl", "ce"},
         "relation": {"kl"},

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unikd import divergences as D
 from unikd.errors import ConfigError
 
 __all__ = [
@@ -518,6 +519,8 @@ class LossSpec:
                         go through a masked softmax first, maps summed over heads are refused, and a
                         one-output regression head is matched by MSE instead
     temperature         takes ``temperature=`` and ``t2_scaling=`` (soft targets on logits)
+    parameter           the name of its one shape parameter, passed by keyword (``beta``: JSD,
+                        ``alpha``: skew KL); None: it has none
     ==================  ===========================================================================
     """
 
@@ -526,6 +529,7 @@ class LossSpec:
     needs_block_input: bool = False
     distribution: bool = False
     temperature: bool = False
+    parameter: str | None = None
 
 
 #: group -> loss name -> spec. Groups: ``logits``, ``hidden`` (embeddings and hidden states), ``attention``,
@@ -533,7 +537,7 @@ class LossSpec:
 REGISTRY: dict[str, dict[str, LossSpec]] = {"logits": {}, "hidden": {}, "attention": {}, "relation": {}}
 
 
-def register_loss(group: str, name: str, fn: Callable[..., Tensor], **needs: bool) -> LossSpec:
+def register_loss(group: str, name: str, fn: Callable[..., Tensor], **needs: Any) -> LossSpec:
     """Register ``fn`` as loss ``name`` of ``group``; ``needs`` are the :class:`LossSpec` flags."""
     spec = LossSpec(fn, **needs)
     REGISTRY.setdefault(group, {})[name] = spec
@@ -543,6 +547,12 @@ def register_loss(group: str, name: str, fn: Callable[..., Tensor], **needs: boo
 register_loss("logits", "soft_ce", soft_cross_entropy, distribution=True, temperature=True)
 register_loss("logits", "kl", kl_div, distribution=True, temperature=True)
 register_loss("logits", "mse", logits_mse)
+# the token-level divergences of generative KD (unikd.divergences: direction and endpoints in its table)
+register_loss("logits", "reverse_kl", D.reverse_kl, distribution=True, temperature=True)
+register_loss("logits", "jsd", D.jsd, distribution=True, temperature=True, parameter="beta")
+register_loss("logits", "tvd", D.tvd, distribution=True, temperature=True)
+register_loss("logits", "skew_kl", D.skew_kl, distribution=True, temperature=True, parameter="alpha")
+register_loss("logits", "skew_reverse_kl", D.skew_reverse_kl, distribution=True, temperature=True, parameter="alpha")
 register_loss("hidden", "mse", hidden_mse)
 register_loss("hidden", "cosine", cosine)
 register_loss("hidden", "pkd", pkd)

@@ -472,8 +472,13 @@ def test_decoder_plan_values_are_causal(decoder_pair):
         )
         / 2,
     )
-    # token-level logits KL over the positions with a label
-    _close(logs["logits_kl"], ref_logits_kl(sf.logits, tf.logits, 2.0, rows=batch["labels"] != -100))
+    # token-level logits KL over the positions whose next token has a label (position i predicts token i + 1)
+    has_label = batch["labels"] != -100
+    next_has_label = torch.cat([has_label[:, 1:], torch.zeros_like(has_label[:, :1])], dim=1)
+    _close(logs["logits_kl"], ref_logits_kl(sf.logits, tf.logits, 2.0, rows=next_has_label))
+    assert not torch.allclose(
+        ref_logits_kl(sf.logits, tf.logits, 2.0, rows=has_label), logs["logits_kl"]
+    )  # the shift matters on this batch
     loss.backward()
     assert all(p.grad is not None for p in plan.projections.parameters())
     student.zero_grad(set_to_none=True)

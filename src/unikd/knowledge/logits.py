@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from unikd import losses as L
@@ -15,16 +16,52 @@ from unikd.knowledge.base import Pairs, StepContext, Term, linear_schedule
 
 
 class LogitsTerm(Term):
-    """Soft targets on the output logits: KL / soft cross-entropy at a temperature, or MSE."""
+    """Soft targets on the output logits: a divergence at a temperature (forward/reverse KL, soft cross-entropy,
+    generalized JSD, TVD, skew KL; ``unikd.divergences``' table says which direction each is), or MSE.
+
+    Token-level logits of a decoder are scored where the next token has a label: the distribution at position i
+    predicts token i + 1, so position i counts when ``labels[i + 1] != -100`` (the response tokens of causal-LM
+    task data; every real token but the last of a general-stage block), the positions the LM loss scores."""
 
     group: ClassVar[str] = "logits"
     default_loss: ClassVar[str] = "kl"
 
     knowledge: Literal["logits"] = Field(description="What is transferred: the output logits.")
-    loss: str | None = Field(None, description="kl (default), soft_ce or mse.")
+    loss: str | None = Field(
+        None,
+        description="kl (default: forward KL(teacher || student)), reverse_kl (KL(student || teacher)), soft_ce, "
+        "jsd (with beta), tvd, skew_kl / skew_reverse_kl (with alpha), or mse.",
+    )
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of kl / soft_ce.")
     temperature_end: float | None = Field(None, gt=0, description="Temperature at the last step (linear).")
     t2_scaling: bool = Field(True, description="Multiply soft CE/KL by T² (Hinton et al.).")
+    beta: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="loss jsd: the generalized JSD's beta (default 0.5), TRL's GKD convention: beta = 0 is forward "
+        "KL(teacher || student), beta = 1 reverse KL(student || teacher); the mixture is beta*teacher + "
+        "(1-beta)*student.",
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="loss skew_kl / skew_reverse_kl: the skew (default 0.1, DistiLLM): skew_kl = KL(teacher || "
+        "alpha*teacher + (1-alpha)*student), skew_reverse_kl = KL(student || alpha*student + (1-alpha)*teacher).",
+    )
+
+    @model_validator(mode="after")
+    def _parameter_fits_loss(self):
+        wanted = L.REGISTRY["logits"][self.loss].parameter if self.loss in L.REGISTRY["logits"] else None
+        for name in ("beta", "alpha"):
+            if getattr(self, name) is not None and wanted != name:
+                users = sorted(n for n, spec in L.REGISTRY["logits"].items() if spec.parameter == name)
+                raise ValueError(
+                    f"{name}: the {self.loss} loss has no {name} (it is for {', '.join(users)}); drop {name} or "
+                    f"set loss to {users[0]}"
+                )
+        return self
 
     def validate_shapes(
         self, teacher: ModelSpec, student: ModelSpec, field: str, *, token_level_logits: bool = False
@@ -51,8 +88,7 @@ class LogitsTerm(Term):
             )
         mask = None
         if s.dim() == 3:  # token level: the positions with a label (else the real tokens)
-            labels = ctx.labels
-            mask = (labels != -100).long() if labels is not None and labels.dim() == 2 else ctx.student.attention_mask
+            mask = scored_positions(ctx.labels, ctx.student.attention_mask, causal=ctx.student.causal)
         spec = self.spec
         if spec.distribution and s.shape[-1] == 1:
             # A regression head (STS-B) has one output: a softmax over it is constant, so the
@@ -64,5 +100,29 @@ class LogitsTerm(Term):
                 # multi-hot labels [B, C]: C independent labels, so a softmax over them would be the wrong target
                 cross_entropy = spec.fn is L.soft_cross_entropy
                 return L.bernoulli_kd(s, t, temperature, t2_scaling=self.t2_scaling, cross_entropy=cross_entropy)
-            return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling)
+            extra = {spec.parameter: self.parameter_value} if spec.parameter else {}
+            return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling, **extra)
         return spec.fn(s, t, mask=mask)
+
+    @property
+    def parameter_value(self) -> float:
+        """The value of the loss's shape parameter (beta / alpha), its default where unset."""
+        name = self.spec.parameter
+        value = getattr(self, name)
+        return _PARAMETER_DEFAULTS[name] if value is None else value
+
+
+#: the shape parameters' defaults: GKD's JSD(0.5), DistiLLM's skew 0.1
+_PARAMETER_DEFAULTS = {"beta": 0.5, "alpha": 0.1}
+
+
+def scored_positions(labels: Tensor | None, attention_mask: Tensor, *, causal: bool) -> Tensor:
+    """[B, L] 1 where a token-level distribution is scored. Labels [B, L] (-100 = no label): an encoder's position i
+    counts where ``labels[i]`` has one (MLM, NER); a decoder's where ``labels[i + 1]`` has one (position i predicts
+    the next token; the last position predicts nothing labelled). Without labels: the real tokens."""
+    if labels is None or labels.dim() != 2:
+        return attention_mask
+    has_label = (labels != -100).long()
+    if not causal:
+        return has_label
+    return torch.cat([has_label[:, 1:], torch.zeros_like(has_label[:, :1])], dim=1)
