@@ -186,3 +186,44 @@ def tiny_task_options(teacher: Path | str, glue_dir: Path | str, fields: dict | 
     }
     options.update(fields or {})
     return [f"{name}={value}" for name, value in options.items()]
+
+
+#: a ChatML-style template (SmolLM2's and Qwen2's shape) for the word-level test tokenizer
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant {% endif %}"
+)
+#: the words of the tiny causal-LM task (numbers, letters and a few words): small enough for a tiny decoder
+CAUSAL_WORDS = [str(i) for i in range(20)] + list("abcdefghij") + ["user", "assistant", "system", "plus", "is", "?"]
+
+
+def word_tokenizer(path: Path | None = None, chat_template: bool = True):
+    """A word-level fast tokenizer over ``CAUSAL_WORDS`` (specials: <pad> 0, <unk> 1, <s> 2, </s> 3 = EOS), with
+    the ``CHAT_TEMPLATE`` unless ``chat_template`` is False; saved to ``path`` when given."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *CAUSAL_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    if path is not None:
+        tok.save_pretrained(path)
+    return tok
+
+
+def addition_rows(n: int, seed: int) -> list[dict]:
+    """Prompt/response rows of a learnable toy task ('3 plus 4 is ?' -> '7 a'): a decoder that learns it has a much
+    lower response perplexity than its unigram baseline."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randrange(10), rng.randrange(10)
+        rows.append({"prompt": f"{a} plus {b} is ?", "response": f"{a + b} {'abcdefghij'[a]}"})
+    return rows

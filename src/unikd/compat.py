@@ -71,7 +71,21 @@ ADDED_AFTER_HASH_V3: dict[str, Any] = {
     "data.dataset_config": None,
     "data.revision": None,
     "data.files": {},
-    "data.columns": {"text": None, "text_pair": None, "label": None, "tokens": None, "tags": None},
+    "data.columns": {
+        "text": None,
+        "text_pair": None,
+        "label": None,
+        "tokens": None,
+        "tags": None,
+        "prompt": None,
+        "response": None,
+        "messages": None,
+    },
+    "data.render": "auto",
+    "data.prompt_separator": "\n",
+    "data.chat_template": None,
+    "data.train_on_prompt": False,
+    "teacher.gguf_file": None,
     "data.label_names": None,
     "data.task_type": None,
     "data.tag_scheme": "auto",
@@ -98,6 +112,8 @@ HASHED_WATCH_FIELDS_V3 = (
 
 #: fields of a ``data.transfer`` entry added after hash version 3, left out of the payload at these values
 TRANSFER_ADDED_AFTER_HASH_V3: dict[str, Any] = {"source_labels": False}
+#: fields of a ``plan.terms`` entry added since hash version 3 (the divergences' shape parameters)
+TERM_ADDED_AFTER_HASH_V3: dict[str, Any] = {"beta": None, "alpha": None}
 
 
 def drop_added_after_v3(payload: dict) -> None:
@@ -106,6 +122,12 @@ def drop_added_after_v3(payload: dict) -> None:
         for name, default in TRANSFER_ADDED_AFTER_HASH_V3.items():
             if isinstance(entry, dict) and entry.get(name, default) == default:
                 entry.pop(name, None)
+    steps = [payload, *(s for s in payload.get("then") or [] if isinstance(s, dict))]
+    for step in steps:
+        for term in (step.get("plan") or {}).get("terms") or []:
+            for name, default in TERM_ADDED_AFTER_HASH_V3.items():
+                if isinstance(term, dict) and name in term and term[name] == default:
+                    term.pop(name)
     for path, default in ADDED_AFTER_HASH_V3.items():
         *parents, leaf = path.split(".")
         node = payload

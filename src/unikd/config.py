@@ -40,6 +40,11 @@ class TeacherConfig(_Strict):
         "CPU only, dynamic int8 quantization of the frozen teacher's linear layers (a faster teacher forward on "
         "CPU; soft targets carry the quantization error: docs/performance.md measures both).",
     )
+    gguf_file: str | None = Field(
+        None,
+        description="A GGUF file inside teacher.path (transformers de-quantizes it to fp32; needs pip install gguf). "
+        "A teacher.path that is itself a .gguf file sets this.",
+    )
     allow_weak: bool = Field(
         False,
         description="task stage: distill even from a teacher whose dev score is not above the trivial baseline "
@@ -62,6 +67,15 @@ class ColumnMap(_Strict):
     label: str | None = Field(None, description="The label column (default: label, labels).")
     tokens: str | None = Field(None, description="token classification: the words column (default: tokens).")
     tags: str | None = Field(None, description="token classification: the tags column (default: ner_tags, tags).")
+    prompt: str | None = Field(
+        None, description="causal-lm: the prompt column (default: prompt, question, instruction)."
+    )
+    response: str | None = Field(
+        None, description="causal-lm: the response column (default: response, completion, answer, output)."
+    )
+    messages: str | None = Field(
+        None, description="causal-lm: the conversation column, a list of {role, content} (default: messages)."
+    )
 
 
 class DataConfig(_Strict):
@@ -86,8 +100,30 @@ class DataConfig(_Strict):
     label_names: list[str] | None = Field(
         None, description="Class (or tag) names by id; default: from the dataset, else sorted from train."
     )
-    task_type: Literal["classification", "multilabel", "regression", "token-classification"] | None = Field(
-        None, description="Default: inferred from the labels (ints/strings, lists, floats, tag sequences)."
+    task_type: Literal["classification", "multilabel", "regression", "token-classification", "causal-lm"] | None = (
+        Field(
+            None,
+            description="Default: inferred from the columns: prompt/response (or TRL's prompt/completion), messages, "
+            "or text alone is causal-lm (a decoder's generative task data); else from the labels (ints/strings, "
+            "lists, floats, tag sequences).",
+        )
+    )
+    render: Literal["auto", "plain", "chat"] = Field(
+        "auto",
+        description="causal-lm: how rows become text. plain: prompt + data.prompt_separator + response + EOS; chat: "
+        "the tokenizer's chat template (a user turn, then the assistant's). auto: chat for messages, else plain.",
+    )
+    prompt_separator: str = Field(
+        "\n", description="causal-lm, plain rendering: the text between a prompt and its response."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="causal-lm: a Jinja chat template for a tokenizer that has none (or to replace its own).",
+    )
+    train_on_prompt: bool = Field(
+        False,
+        description="causal-lm: the loss (and every token-level KD term) covers the prompt tokens too; default: the "
+        "response tokens only.",
     )
     tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
         "auto", description="token classification: the tags' scheme (auto: BIOES if S-/E- tags occur, else IOB2)."

@@ -38,6 +38,7 @@ FIELDS: dict[str, str] = {
     "teacher.path": RESULT,  # the twin is built from the same model (a fine-tuned teacher's layers)
     "teacher.precision": KD,  # the teacher's forward; a fine-tune runs no teacher
     "teacher.allow_weak": WATCH,  # decides whether a run may start, never its result
+    "teacher.gguf_file": RESULT,  # which weights teacher.path holds
     "student": RESULT,
     "data": RESULT,
     "data.transfer": KD,  # rows only a teacher can label

@@ -41,6 +41,7 @@ DEFAULT_METRIC = {
     "multilabel": "sample_f1",
     "regression": "pearson",
     "token-classification": "f1",
+    "causal-lm": "perplexity",
 }
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "premise")
 PAIR_COLUMNS = ("text_pair",)
@@ -75,6 +76,8 @@ class TaskSpec:
     @property
     def model_kind(self) -> str:
         """The head the models need (a key of ``unikd.models.AUTO_CLASSES``)."""
+        if self.task_type == "causal-lm":
+            return "causal-lm"
         return "token-classification" if self.is_token else "sequence-classification"
 
     @property
@@ -140,9 +143,7 @@ def _load_task_data(data: Any, seed: int) -> TaskData:
         dev_split = tasks.resolve_task(data.task).dev_splits[0]
         dev = tasks.load_glue(data.task, dev_split, data.data_dir, limit=data.eval_limit, skip_malformed=skip)
         return TaskData(spec, train, dev)
-    field = "data.dataset" if data.dataset else "data.files"
-    splits = _load_dataset(data) if data.dataset else _load_files(data.files)
-    train_raw, dev_raw, dev_name = _pick_splits(splits, field)
+    train_raw, dev_raw, dev_name = read_splits(data)
     token = _is_token_task(data, train_raw)
     encode = _encode_tokens if token else _encode_sequences
     spec, train, dev = encode(data, train_raw, dev_raw, dev_name)
@@ -151,6 +152,13 @@ def _load_task_data(data: Any, seed: int) -> TaskData:
     if data.eval_limit is not None:
         dev = dev.select(range(min(data.eval_limit, len(dev))))
     return TaskData(spec, train, dev)
+
+
+def read_splits(data: Any):
+    """(train, dev, the dev split's name) of a ``data.dataset`` or ``data.files`` source, as read (no encoding)."""
+    field = "data.dataset" if data.dataset else "data.files"
+    splits = _load_dataset(data) if data.dataset else _load_files(data.files)
+    return _pick_splits(splits, field)
 
 
 def check_metric(spec: TaskSpec, metric: str | None) -> None:
@@ -176,6 +184,8 @@ def metric_names(task_type: str, num_labels: int) -> tuple[str, ...]:
         return ("pearson", "spearman")
     if task_type == "multilabel":
         return ("sample_f1", "micro_f1", "macro_f1", "exact_match")
+    if task_type == "causal-lm":
+        return ("perplexity", "loss")
     return ("precision", "recall", "f1", "accuracy")
 
 

@@ -10,6 +10,7 @@ from unikd.data import DEFAULT_METRIC
 from unikd.guards import check_teacher as refuse_weak_teacher
 from unikd.guards import stored_teacher_score, trivial_baseline
 from unikd.metrics import compute_task_metrics
+from unikd.train.causal_eval import response_nll, unigram_baseline
 from unikd.train.outputs import save_model
 
 
@@ -38,11 +39,21 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
     (``guards.stored_teacher_score``), else measured with one pass over dev."""
     if cfg.stage == "general" or eval_loader is None:
         return {}
-    baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
+    causal = task.task_type == "causal-lm"
+    if causal:
+        vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+        vocab = vocab or 1 + max(
+            max((i for i in row if i >= 0), default=0) for row in [*train_labels, *eval_ds["labels"]]
+        )
+        baseline = unigram_baseline(train_labels, eval_ds["labels"], vocab, cfg.eval.metric)
+    else:
+        baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
     if cfg.stage != "task":
         return {"trivial_baseline": baseline}
-    teacher_dev = stored_teacher_score(teacher_path, cfg, task)
-    if teacher_dev is None:
+    teacher_dev = None if causal else stored_teacher_score(teacher_path, cfg, task)
+    if causal:
+        teacher_dev = {**response_nll(teacher, eval_loader, accelerator, cfg.eval.metric), "source": "evaluated"}
+    elif teacher_dev is None:
         preds, labels = predict(teacher, eval_loader, accelerator, cfg.data.max_length)
         teacher_dev = {
             **compute_task_metrics(task, preds.numpy(), labels.numpy(), cfg.eval.metric),
@@ -64,7 +75,8 @@ def is_eval_step(state) -> bool:
 
 @torch.no_grad()
 def evaluate(state) -> dict[str, float]:
-    """Task metrics on the dev set (task/finetune), or the held-out LM/KD loss (general)."""
+    """Task metrics on the dev set (task/finetune; causal-LM data: the response perplexity), or the held-out LM/KD
+    loss (general)."""
     model, accelerator, general = state.student, state.accelerator, state.cfg.stage == "general"
     model.eval()
     if general:
@@ -74,6 +86,10 @@ def evaluate(state) -> dict[str, float]:
         ]
         model.train()
         return {"eval_loss": float(torch.cat(losses).mean())}
+    if state.task.task_type == "causal-lm":
+        metrics = response_nll(model, state.eval_loader, accelerator, state.cfg.eval.metric)
+        model.train()
+        return metrics
     preds, labels = predict(model, state.eval_loader, accelerator, state.cfg.data.max_length)
     model.train()
     return compute_task_metrics(state.task, preds.numpy(), labels.numpy(), state.cfg.eval.metric)

@@ -38,7 +38,47 @@ def load_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
     """The run's datasets, checked before any weights load (a missing file, an empty split)."""
     if cfg.stage == "general":
         return _text_inputs(cfg, tokenizer, is_decoder)
+    if is_causal_data(cfg):
+        return _causal_inputs(cfg, tokenizer, is_decoder)
     return _labelled_inputs(cfg, tokenizer)
+
+
+def is_causal_data(cfg: RunConfig) -> bool:
+    """A task/finetune run on causal-LM data (``data.task_type: causal-lm``, or the source's columns say so)."""
+    from unikd.data.causal import is_causal_lm
+    from unikd.data.labelled import read_splits
+
+    data = cfg.data
+    if data.task_type is not None or data.task:
+        return data.task_type == "causal-lm"
+    return is_causal_lm(data, read_splits(data)[0].column_names)
+
+
+def _causal_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
+    """Task and finetune stages on prompt/response, conversation or text rows (``unikd.data.causal``)."""
+    from unikd.data.causal import causal_collator, load_causal_task
+
+    if not is_decoder:
+        raise ConfigError(
+            "teacher.path",
+            f"causal-lm data trains a decoder, and {cfg.teacher.path!r} is an encoder",
+            "use a decoder teacher (GPT-2, Llama, Qwen2, Mistral, ...), or labelled data for an encoder",
+        )
+    for field, value, fix in (
+        ("data.transfer", cfg.data.transfer, "drop data.transfer (transfer sets are for sentence classification)"),
+        ("data.task", cfg.data.task, "drop data.task: a GLUE task is labelled data"),
+    ):
+        if value:
+            raise ConfigError(field, "is not for causal-lm data", fix)
+    if cfg.train.teacher_cache:
+        raise ConfigError(
+            "train.teacher_cache",
+            "the logits cache stores sequence-level logits; a causal-LM run's are [tokens, vocabulary]",
+            "drop train.teacher_cache (a top-k token cache is not in this version)",
+        )
+    D.check_metric(D.TaskSpec("causal-lm", "causal-lm"), cfg.eval.metric)
+    task = load_causal_task(cfg.data, tokenizer, cfg.seed)
+    return Inputs(task.train.rows, task.validation.rows, causal_collator(tokenizer), task.spec, task)
 
 
 def _text_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:

@@ -188,7 +188,8 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
         kind = task.model_kind
         check_head(cfg, teacher_config, task)
         problem = "multi_label_classification" if task.task_type == "multilabel" else None
-        labels = dict(num_labels=task.num_labels, label_names=task.label_names, problem_type=problem)
+        if task.task_type != "causal-lm":  # a decoder keeps its LM head as it is
+            labels = dict(num_labels=task.num_labels, label_names=task.label_names, problem_type=problem)
     teacher = load_model(teacher_path, kind, field="teacher.path", **labels)
     if get_adapter(teacher_config).is_decoder and teacher.config.pad_token_id is None:
         teacher.config.pad_token_id = tokenizer.pad_token_id

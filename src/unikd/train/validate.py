@@ -20,6 +20,8 @@ from unikd.student import student_config
 from unikd.teacher_cache import TeacherLogitCache
 
 _TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+#: a decoder's LM head: the task head of causal-LM data (GPT-2 names it LMHeadModel)
+_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
 
 
 def validate_run(cfg: RunConfig):
@@ -59,7 +61,10 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
     if cfg.stage != "finetune":
         s_config = student_config(teacher_config, cfg.student.shape)
         plan = DistillationPlan(
-            cfg.plan, model_spec(teacher_config), model_spec(s_config), token_level_logits=cfg.stage == "general"
+            cfg.plan,
+            model_spec(teacher_config),
+            model_spec(s_config),
+            token_level_logits=cfg.stage == "general" or cfg.data.task_type == "causal-lm",
         )
         if kind == "base" and (cfg.plan.hard_label_weight > 0 or any(t.knowledge == "logits" for t in cfg.plan.terms)):
             raise ConfigError(
@@ -124,9 +129,12 @@ def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
     if cfg.stage != "task":
         return
     archs = teacher_config.architectures or []
-    want = (
-        _TASK_HEADS if task is None else ("ForTokenClassification" if task.is_token else "ForSequenceClassification",)
-    )
+    if task is None:
+        want = _TASK_HEADS + _CAUSAL_HEADS
+    elif task.task_type == "causal-lm":
+        want = _CAUSAL_HEADS
+    else:
+        want = ("ForTokenClassification" if task.is_token else "ForSequenceClassification",)
     if not any(a.endswith(want) for a in archs):
         if task is None:
             raise ConfigError(
@@ -140,7 +148,7 @@ def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
             f"{cfg.teacher.path!r} has a {archs} head but the data is a {task.task_type} task (needs *{want[0]})",
             f"fine-tune a teacher on this data first: unikd finetune teacher.path=<base model> {data_args(cfg)}",
         )
-    if task is not None and teacher_config.num_labels != task.num_labels:
+    if task is not None and task.task_type != "causal-lm" and teacher_config.num_labels != task.num_labels:
         raise ConfigError(
             "teacher.path",
             f"the teacher has {teacher_config.num_labels} labels but the data has {task.num_labels}",
