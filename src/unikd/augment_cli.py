@@ -21,7 +21,7 @@ def augment_sample(config: Path, overrides: list[str], *, rows: int = 3, out: Pa
     sources = [(i, s) for i, s in enumerate(cfg.data.transfer) if isinstance(s, Augmented)]
     if not sources:
         raise ConfigError("data.transfer", "has no augment source", "add {kind: augment} to data.transfer")
-    path = resolve_model_path(cfg.teacher.path, "teacher.path")
+    path = resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file)
     tokenizer = load_tokenizer(path)
     teacher = load_model(path, model_kind_for(cfg.stage, model_config(path)), field="teacher.path")
     labelled = load_glue(cfg.data.task, "train", cfg.data.data_dir, limit=cfg.data.train_limit, seed=cfg.seed)
@@ -89,7 +89,7 @@ def flip_rate(config: Path, overrides: list[str], *, rows: int = 500) -> dict:
         raise ConfigError(
             "stage", f"is {cfg.stage!r}: the flip rate reads a fine-tuned teacher", "use a task-stage config"
         )
-    path = resolve_model_path(cfg.teacher.path, "teacher.path")
+    path = resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file)
     tokenizer = load_tokenizer(path)
     teacher = load_model(path, model_kind_for(cfg.stage, model_config(path)), field="teacher.path")
     task = load_task_data(cfg.data, seed=cfg.seed)

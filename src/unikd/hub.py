@@ -187,7 +187,7 @@ def refresh_model_card(
     text = model_card(
         cfg,
         json.loads(metrics.read_text()),
-        teacher_path=resolve_model_path(cfg.teacher.path, "teacher.path"),
+        teacher_path=resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file),
         student_config=AutoConfig.from_pretrained(run_dir / "student", **NO_REMOTE_CODE),
         command=_command_in(card.read_text()),
         baseline=baseline,

@@ -141,8 +141,11 @@ def _pkg_model_dir(name: str, field: str, path: str) -> Path:
         ) from exc
 
 
-def resolve_model_path(path: str, field: str = "teacher.path") -> str:
+def resolve_model_path(path: str, field: str = "teacher.path", gguf_file: str | None = None) -> str:
     """Turn 'pkg:<name>' into the model directory it ships; check local paths exist.
+
+    A ``.gguf`` file (``path`` itself, or ``gguf_file`` inside the directory ``path``) becomes the Hugging Face
+    directory ``unikd.gguf`` converts it to once.
 
     ``pkg:<name>`` is looked up, in this order, as a ``unikd.models`` entry point of an installed distribution,
     a known packaged model (``KNOWN_PACKAGES``), or a package installed in site-packages (its
@@ -152,6 +155,11 @@ def resolve_model_path(path: str, field: str = "teacher.path") -> str:
 
     Anything else that is not an existing directory is treated as a hub id.
     """
+    from unikd.gguf import gguf_model_dir, gguf_source
+
+    gguf = gguf_source(path, gguf_file)
+    if gguf is not None:
+        return gguf_model_dir(gguf, field)
     if path.startswith("pkg:"):
         model_dir = _pkg_model_dir(path[4:].strip(), field, path)
         if not (model_dir / "config.json").is_file():

@@ -104,7 +104,7 @@ def _metrics(state) -> dict:
 def _hf_outputs(state, result: dict) -> None:
     """What the HF ecosystem reads beside the weights: a sentence-transformers teacher's modules, the model card."""
     cfg, student_dir = state.cfg, state.output_dir / "student"
-    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path")
+    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file)
     config = state.accelerator.unwrap_model(state.student).config
     copy_sentence_transformers_modules(teacher_path, student_dir, config.hidden_size)
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -50,7 +50,9 @@ def _validate_later_steps(cfg: RunConfig, teacher_config) -> None:
 
 
 def _validate_step(cfg: RunConfig, teacher_config=None):
-    teacher_path = resolve_model_path(cfg.teacher.path, "teacher.path") if cfg.teacher.path else None
+    teacher_path = (
+        resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file) if cfg.teacher.path else None
+    )
     if cfg.stage in ("task", "finetune") and cfg.data.task:
         D.resolve_task(cfg.data.task)
         D.check_glue_files(cfg.data.task, cfg.data.data_dir)

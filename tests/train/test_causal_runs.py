@@ -1,0 +1,150 @@
+"""Decoder task runs on causal-LM data end to end: a teacher fine-tuned on prompt/response rows, students distilled
+from it with the token-level divergences, scores recomputed independently, bad input refused before training, and
+a GGUF teacher converted to the same model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import SHARED, addition_rows, save_tiny_model, tiny_bert, tiny_llama, word_tokenizer
+
+from unikd.config import load_config
+from unikd.errors import ConfigError
+from unikd.train import run
+
+
+def _files(root: Path) -> list[str]:
+    return [
+        f"data.files.train={root / 'train.jsonl'}",
+        f"data.files.validation={root / 'validation.jsonl'}",
+        "data.max_length=16",
+        "train.progress=false",
+        "train.batch_size=32",
+    ]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A 2-layer Llama fine-tuned on 300 addition rows (6 epochs), scored on 60 dev rows."""
+    root = tmp_path_factory.mktemp("causal")
+    tok = word_tokenizer(root / "base")
+    model = tiny_llama(
+        layers=2, hidden=64, heads=4, vocab=len(tok), positions=32, bos_token_id=2, eos_token_id=3, pad_token_id=0
+    )
+    model.save_pretrained(root / "base")
+    for split, n, seed in (("train", 300, 1), ("validation", 60, 2)):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in addition_rows(n, seed)))
+    overrides = ["stage=finetune", f"teacher.path={root / 'base'}", f"output_dir={root / 'teacher'}"]
+    metrics = run(load_config(None, [*overrides, "train.epochs=6", "optim.lr=3e-3", *_files(root)]))
+    return root, metrics
+
+
+def _independent_perplexity(model_dir: Path, rows: list[dict]) -> float:
+    """Response perplexity from HF's own loss, one row at a time: Σ (mean NLL of the row × its scored tokens) / Σ
+    tokens, the prompt + "\\n" + response + EOS rendering written out here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    nll, tokens = 0.0, 0
+    for row in rows:
+        prompt = tok(row["prompt"] + "\n")["input_ids"]
+        response = tok(row["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([prompt + response])
+        labels = torch.tensor([[-100] * len(prompt) + response])
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        nll += float(loss) * len(response)
+        tokens += len(response)
+    return math.exp(nll / tokens)
+
+
+def test_finetuned_decoder_is_scored_by_response_perplexity(teacher_run):
+    root, metrics = teacher_run
+    final, baseline = metrics["final"], metrics["trivial_baseline"]
+    dev = [json.loads(line) for line in (root / "validation.jsonl").read_text().splitlines()]
+    assert final["tokens"] == 3 * len(dev)  # "<sum> <letter>" + EOS per row
+    assert final["score"] == -final["perplexity"]
+    assert final["perplexity"] == pytest.approx(_independent_perplexity(root / "teacher" / "student", dev), rel=1e-4)
+    # the unigram baseline knows the token frequencies only: the teacher learned the task far beyond it
+    assert baseline["perplexity"] > 5 and final["perplexity"] < 0.3 * baseline["perplexity"]
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        "{knowledge: logits, loss: kl}",
+        "{knowledge: logits, loss: jsd, beta: 0.5}",
+        "{knowledge: logits, loss: reverse_kl}",
+    ],
+)
+def test_students_distil_the_decoder_with_each_divergence(teacher_run, term, tmp_path):
+    root, teacher_metrics = teacher_run
+    overrides = [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"output_dir={tmp_path / 'kd'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        f"plan.terms=[{term}, {{knowledge: hidden, loss: mse, matching: last}}]",
+        "plan.hard_label_weight=0",
+        "train.epochs=3",
+        "optim.lr=3e-3",
+    ]
+    metrics = run(load_config(None, [*overrides, *_files(root)]))
+    # the teacher measured on the same dev rows before step 1 is the fine-tune's own final score
+    assert metrics["teacher_dev"]["perplexity"] == pytest.approx(teacher_metrics["final"]["perplexity"], rel=1e-5)
+    assert metrics["final"]["perplexity"] < 0.5 * metrics["trivial_baseline"]["perplexity"]
+    dev = [json.loads(line) for line in (root / "validation.jsonl").read_text().splitlines()]
+    assert metrics["final"]["perplexity"] == pytest.approx(
+        _independent_perplexity(tmp_path / "kd" / "student", dev), rel=1e-4
+    )
+
+
+def test_bad_causal_input_is_refused_before_training(teacher_run, tmp_path):
+    root, _ = teacher_run
+    base = ["stage=task", f"output_dir={tmp_path / 'x'}", *_files(root)]
+    encoder = save_tiny_model(
+        tiny_bert(layers=1, cls=__import__("transformers").BertForSequenceClassification), tmp_path / "bert"
+    )
+    word_tokenizer(encoder)
+    with pytest.raises(ConfigError) as info:
+        run(load_config(None, [*base, f"teacher.path={encoder}"]))
+    assert info.value.field == "teacher.path"
+    with pytest.raises(ConfigError) as info:
+        run(load_config(None, [*base, f"teacher.path={root / 'teacher' / 'student'}", "train.teacher_cache=true"]))
+    assert info.value.field == "train.teacher_cache"
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+GGUF = SHARED / "models" / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.skipif(not GGUF.is_file(), reason="the SmolLM2 GGUF is not in ../shared/data/models")
+def test_a_gguf_teacher_becomes_the_same_model_directory(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from unikd.models import load_tokenizer, model_config, resolve_model_path
+
+    monkeypatch.setenv("UNIKD_CACHE", str(tmp_path))
+    converted = resolve_model_path(str(GGUF), "teacher.path")
+    assert resolve_model_path(str(GGUF.parent), "teacher.path", gguf_file=GGUF.name) == converted  # cached
+    assert model_config(converted).num_hidden_layers == 30 and load_tokenizer(converted).chat_template
+    ids = load_tokenizer(converted)("Once upon a time", return_tensors="pt")["input_ids"]
+    original = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name).eval()
+    copy = AutoModelForCausalLM.from_pretrained(converted).eval()
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, copy(ids).logits)
+
+
+def test_a_missing_gguf_file_is_a_config_error(tmp_path):
+    from unikd.models import resolve_model_path
+
+    with pytest.raises(ConfigError) as info:
+        resolve_model_path(str(tmp_path / "model.gguf"), "teacher.path")
+    assert info.value.field == "teacher.path" and "does not exist" in str(info.value)
