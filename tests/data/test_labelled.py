@@ -219,7 +219,7 @@ def test_token_logits_kd_ignores_unlabelled_positions():
     s2[~keep], t2[~keep] = 50.0, -50.0
 
     def ctx(a, b):
-        feats = lambda x: SimpleNamespace(logits=x, attention_mask=torch.ones(2, 5, dtype=torch.long))
+        feats = lambda x: SimpleNamespace(logits=x, attention_mask=torch.ones(2, 5, dtype=torch.long), causal=False)
         return SimpleNamespace(
             student=feats(a), teacher=feats(b), labels=labels, step=0, total_steps=1, field="plan.terms[0]"
         )
