@@ -92,6 +92,7 @@ ADDED_AFTER_HASH_V3: dict[str, Any] = {
     "data.label_all_tokens": False,
     "data.name": None,
     "data.text_column": "text",
+    "eval.generation": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "rows": 0, "show": 5, "batch_size": 16},
     "eval": {"metric": None},
     "plan.pseudo_labels": False,
     "train.group_by_length": False,

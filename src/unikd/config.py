@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unikd.data.transfer import TransferSource
 from unikd.errors import ConfigError
+from unikd.generation import GenerationEvalConfig
 from unikd.initialization import InitConfig
 from unikd.knowledge import STORED, TERM_CLASSES, owners_of
 from unikd.overrides import apply_overrides
@@ -187,7 +188,12 @@ class EvalConfig(_Strict):
         None,
         description="The metric that is the run's score and picks the best checkpoint (accuracy, f1, macro_f1, "
         "micro_f1, mcc, pearson, spearman, sample_f1, entity f1 ...). Default: GLUE's score for GLUE tasks, else "
-        "accuracy / pearson / sample_f1 / f1 (entity level) by task type.",
+        "accuracy / pearson / sample_f1 / f1 (entity level) by task type; causal-lm: perplexity (or loss).",
+    )
+    generation: GenerationEvalConfig = Field(
+        default_factory=GenerationEvalConfig,
+        description="causal-lm: after training, the student's samples on dev prompts, scored by the teacher (NLL "
+        "per token) and by ROUGE-L against the references (unikd.generation).",
     )
 
 

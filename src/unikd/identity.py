@@ -62,6 +62,7 @@ FIELDS: dict[str, str] = {
     "train.keep_checkpoints": WATCH,
     "train.eval_batch_size": WATCH,
     "eval": RESULT,  # the metric is the run's score and picks its best checkpoint
+    "eval.generation.batch_size": SPEED,  # prompts generated together: the same greedy samples
     "output_dir": WATCH,
     "seed": RESULT,
 }

@@ -148,3 +148,53 @@ def test_a_missing_gguf_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         resolve_model_path(str(tmp_path / "model.gguf"), "teacher.path")
     assert info.value.field == "teacher.path" and "does not exist" in str(info.value)
+
+
+def test_generation_scores_the_students_samples_with_the_teacher_and_rouge(teacher_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = teacher_run
+    overrides = [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"output_dir={tmp_path / 'kd'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "plan.terms=[{knowledge: logits, loss: kl}]",
+        "plan.hard_label_weight=0",
+        "train.epochs=3",
+        "optim.lr=3e-3",
+        "eval.generation.rows=20",
+        "eval.generation.max_new_tokens=4",
+        "eval.generation.batch_size=8",
+        "eval.generation.show=20",
+    ]
+    generation = run(load_config(None, [*overrides, *_files(root)]))["generation"]
+    assert generation["rows"] == 20 and len(generation["samples"]) == 20 and generation["tokens_per_s"] > 0
+    saved = json.loads((tmp_path / "kd" / "metrics.json").read_text())["generation"]
+    assert saved["teacher_nll"] == generation["teacher_nll"]
+    # recomputed here: each sample re-tokenized after its prompt and scored by the teacher with HF's own loss;
+    # ROUGE-L by rouge-score called directly
+    from rouge_score import rouge_scorer
+
+    tok = AutoTokenizer.from_pretrained(root / "teacher" / "student")
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher" / "student").eval()
+    dev = [json.loads(line) for line in (root / "validation.jsonl").read_text().splitlines()][:20]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    nll, tokens, rouge = 0.0, 0, []
+    for row, shown in zip(dev, generation["samples"]):
+        assert shown["prompt"].split() == row["prompt"].split()
+        assert shown["reference"].split() == row["response"].split()
+        rouge.append(scorer.score(row["response"], shown["sample"])["rougeL"].fmeasure)
+        prompt = tok(row["prompt"] + "\n")["input_ids"]
+        sample = tok(shown["sample"], add_special_tokens=False)["input_ids"]
+        if len(sample) < 4:  # stopped by its EOS (max_new_tokens=4 otherwise)
+            sample.append(tok.eos_token_id)
+        with torch.no_grad():
+            loss = teacher(
+                input_ids=torch.tensor([prompt + sample]), labels=torch.tensor([[-100] * len(prompt) + sample])
+            ).loss
+        nll, tokens = nll + float(loss) * len(sample), tokens + len(sample)
+    assert tokens == generation["generated_tokens"]
+    assert generation["teacher_nll"] == pytest.approx(nll / tokens, rel=1e-4)
+    assert generation["rouge_l"] == pytest.approx(100 * sum(rouge) / len(rouge), rel=1e-6)

@@ -54,6 +54,8 @@ class State:
     total_steps: int
     steps_per_epoch: int
     task: Any = None  # the labelled data's unikd.data.TaskSpec (None for the general stage)
+    teacher: Any = None  # the frozen teacher (None for a fine-tune): generation evaluation scores samples with it
+    task_data: Any = None  # load_inputs' raw rows (causal-LM data: the tokenized dev rows generation prompts with)
     step: int = 0
     best: dict = field(default_factory=lambda: {"score": None, "step": None})
     history: list = field(default_factory=list)
@@ -129,6 +131,8 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         total_steps=steps.total,
         steps_per_epoch=steps.per_epoch,
         task=data.task,
+        teacher=teacher,
+        task_data=data.rows,
         watch=FiniteWatch(plan.config if plan is not None else None),
         outcome=outcome,
         started=started,

@@ -62,6 +62,17 @@ def save_results(state) -> dict:
     # the student alone (projections live in checkpoints and projections.pt only), config, metrics
     save_model(accelerator, state.student, state.tokenizer, state.output_dir / "student")
     result = _metrics(state)
+    if accelerator.is_main_process and _generates(state):
+        from unikd.generation import evaluate_generation
+
+        result["generation"] = evaluate_generation(
+            accelerator.unwrap_model(state.student),
+            state.teacher,
+            state.tokenizer,
+            state.task_data.validation.rows,
+            state.cfg.eval.generation,
+            seed=state.cfg.seed,
+        )
     if accelerator.is_main_process:
         try:
             if state.plan is not None:
@@ -78,6 +89,11 @@ def save_results(state) -> dict:
             ) from exc
         _hf_outputs(state, result)
     return result
+
+
+def _generates(state) -> bool:
+    """A causal-LM run that asks for samples (``eval.generation.rows`` > 0)."""
+    return state.task is not None and state.task.task_type == "causal-lm" and state.cfg.eval.generation.rows > 0
 
 
 def _metrics(state) -> dict:
