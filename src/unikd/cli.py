@@ -182,6 +182,20 @@ def augment(
 
 
 @command()
+def generate(
+    config: Optional[Path] = typer.Argument(None, help="YAML run config (causal-LM data and its teacher)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides."),
+    out: Path = typer.Option(..., "--out", help="The JSONL file to write (an existing one is completed, not redone)."),
+    batch_size: int = typer.Option(16, help="Prompts generated together."),
+):
+    """Write the teacher's response to every training prompt (plan.sampling) for sequence-level KD
+    (plan.policy=sequence_kd plan.generations=FILE); a killed run resumes where it stopped."""
+    from unikd.generate_cli import generate_file
+
+    typer.echo(generate_file(config, overrides or [], out, batch_size))
+
+
+@command()
 def recipe(
     teacher: str = typer.Option(..., help="Teacher: hub id, directory or pkg:<package>."),
     budget: str = typer.Option(
@@ -298,58 +312,12 @@ def export(
     accuracy is reported next to fp32's.
     """
     from unikd.export import export_student
+    from unikd.export_eval import run_eval_set
 
     model_dir = run_dir / "student" if (run_dir / "student").is_dir() else run_dir
-    eval_set = _run_eval_set(run_dir, dev_rows)
+    eval_set = run_eval_set(run_dir, dev_rows)
     result = export_student(model_dir, out or run_dir / "export", formats=tuple(formats.split(",")), eval_set=eval_set)
     typer.echo(json.dumps(result, indent=2, default=str))
-
-
-def _run_eval_set(run_dir: Path, limit: Optional[int]):
-    """The dev set of the run's task as an export EvalSet, or None for a bare model dir / general run."""
-    if not (run_dir / "config.yaml").is_file():
-        return None
-    from unikd.config import read_run_config
-    from unikd.data import load_glue, resolve_task
-    from unikd.export import EvalSet
-    from unikd.metrics import compute_metrics
-
-    cfg = read_run_config(run_dir)
-    if cfg.stage == "general":
-        return None
-    if not cfg.data.task:
-        return _own_data_eval_set(cfg, limit)
-    task = resolve_task(cfg.data.task)
-    dev = load_glue(
-        cfg.data.task, task.dev_splits[0], cfg.data.data_dir, limit=limit, skip_malformed=cfg.data.skip_malformed
-    )
-    return EvalSet(
-        texts_a=dev["text_a"],
-        texts_b=dev["text_b"] if task.is_pair else None,
-        labels=dev["label"],
-        metric_fn=lambda preds, labels: compute_metrics(cfg.data.task, preds, labels),
-        max_length=cfg.data.max_length,
-    )
-
-
-def _own_data_eval_set(cfg, limit: Optional[int]):
-    """The dev set of a run on its own data (single-label classification and regression; export scores whole
-    sequences, so token-classification and multi-label runs are exported without a dev score)."""
-    from unikd.data import load_task_data
-    from unikd.export import EvalSet
-    from unikd.metrics import compute_task_metrics
-
-    task = load_task_data(cfg.data.model_copy(update={"train_limit": 1, "eval_limit": limit}), seed=cfg.seed)
-    if task.spec.task_type not in ("classification", "regression"):
-        return None
-    dev = task.validation
-    return EvalSet(
-        texts_a=dev["text_a"],
-        texts_b=dev["text_b"] if task.spec.is_pair else None,
-        labels=dev["label"],
-        metric_fn=lambda preds, labels: compute_task_metrics(task.spec, preds, labels, cfg.eval.metric),
-        max_length=cfg.data.max_length,
-    )
 
 
 @command()

@@ -95,6 +95,10 @@ ADDED_AFTER_HASH_V3: dict[str, Any] = {
     "eval.generation": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "rows": 0, "show": 5, "batch_size": 16},
     "eval": {"metric": None},
     "plan.pseudo_labels": False,
+    "plan.policy": "off_policy",
+    "plan.on_policy_lambda": 0.5,
+    "plan.generations": None,
+    "plan.sampling": {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0},
     "train.group_by_length": False,
     "then": [],
 }

@@ -10,6 +10,8 @@ draw::
 
 What one ``step`` does, in order:
 
+0. on-policy KD (``policy``, causal-LM data): at its share of the steps the batch's responses become the student's
+   own samples (``unikd.generation.OnPolicy``), scored by the teacher, with no hard-label loss;
 1. random matching: draw this step's pairs once (from ``(plan.seed, step)``) and point both captures at
    the layers they name;
 2. the teacher's features: from ``teacher_cache`` (logits-only plans, after the first epoch) or a capture
@@ -61,7 +63,7 @@ def hard_label_loss(
 
 
 #: batch columns that describe rows for the loop (teacher-cache row ids, labelled/transfer flags), never model inputs
-ROW_COLUMNS = ("idx", "labelled")
+ROW_COLUMNS = ("idx", "labelled", "prompt_length")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -83,6 +85,7 @@ class Distiller:
         teacher_cache=None,
         wrapped_student: Callable | None = None,
         wrapped_plan: Callable | None = None,
+        policy=None,
     ):
         self.plan = plan
         self.wrapped_plan = wrapped_plan or plan
@@ -90,6 +93,7 @@ class Distiller:
         self.wrapped_student = wrapped_student or student
         self.teacher_dtype = teacher_dtype
         self.cache = teacher_cache
+        self.policy = policy  # unikd.generation.OnPolicy: some steps' responses are the student's own samples
         self.teacher_capture = self.student_capture = None
         if plan is not None:
             teacher_req, student_req = plan.requests(0)
@@ -145,6 +149,9 @@ class Distiller:
         0 = a transfer row: no hard-label loss, or the teacher's label with ``plan.pseudo_labels``); neither is
         passed to the models."""
         idx, labelled = batch.get("idx"), batch.get("labelled")
+        on_policy = self.policy is not None and self.policy.due(step)
+        if on_policy:  # the student's samples replace the responses: nothing to cache, no labels to learn
+            batch, idx = self.policy.batch(self.student, batch, step), None
         batch = model_inputs(batch)
         if self.plan is None:
             loss = self.wrapped_student(**batch).loss
@@ -152,7 +159,7 @@ class Distiller:
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)
         student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
-        hard = getattr(student.output, "loss", None)
+        hard = None if on_policy else getattr(student.output, "loss", None)
         if labelled is not None and hard is not None:
             hard = hard_label_loss(
                 student.logits, batch["labels"], labelled, teacher.logits, pseudo_labels=self.plan.config.pseudo_labels

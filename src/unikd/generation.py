@@ -149,3 +149,41 @@ def evaluate_generation(student, teacher, tokenizer, rows, settings: GenerationE
         for p, ref, text in list(zip(prompts, refs, texts))[: settings.show]
     ]
     return out
+
+
+class OnPolicy:
+    """GKD's on-policy batches: at a share ``lam`` of the steps (drawn from ``(seed, step)``, so a resumed run
+    draws the same), the batch's responses are replaced by the student's own samples of its prompts, and the
+    teacher scores those tokens. ``seconds`` and ``batches`` count the generation, apart from training time."""
+
+    def __init__(self, lam: float, settings: SamplingConfig, tokenizer, seed: int):
+        self.lam, self.settings, self.tokenizer, self.seed = lam, settings, tokenizer, seed
+        self.seconds, self.batches = 0.0, 0
+
+    def due(self, step: int) -> bool:
+        import random
+
+        return self.lam > 0 and random.Random(f"on-policy-{self.seed}-{step}").random() < self.lam
+
+    def batch(self, student, batch: dict, step: int) -> dict:
+        """``batch`` (right-padded, with ``prompt_length``) with each row's response replaced by the student's
+        sample: prompt + sample, the sample's tokens the labels (-100 elsewhere), padded again on the right."""
+        started = time.perf_counter()
+        lengths = batch["prompt_length"].tolist()
+        prompts = [row[:n] for row, n in zip(batch["input_ids"].tolist(), lengths)]
+        samples = generate(student, prompts, self.tokenizer, self.settings, seed=self.seed * 1_000_003 + step)
+        rows = [p + s for p, s in zip(prompts, samples)]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, n) in enumerate(zip(rows, lengths)):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, n : len(row)] = torch.tensor(row[n:])
+            mask[i, : len(row)] = 1
+        device = batch["input_ids"].device
+        out = {**batch, "input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        self.seconds += time.perf_counter() - started
+        self.batches += 1
+        return out

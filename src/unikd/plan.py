@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,7 @@ from unikd.knowledge import (
     TermSpec,
     linear_schedule,
 )
+from unikd.generation import SamplingConfig
 from unikd.knowledge.base import Pairs
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -58,6 +60,25 @@ class PlanConfig(BaseModel):
         description="task stage: train transfer rows (data.transfer) on the teacher's predictions as hard labels "
         "(argmax; regression: its value) - with plan.terms=[] the pseudo-labelling baseline that separates a KD "
         "gain from a more-data gain.",
+    )
+    policy: Literal["off_policy", "sequence_kd", "on_policy"] = Field(
+        "off_policy",
+        description="causal-lm data: whose responses the batches hold. off_policy: the dataset's; sequence_kd: the "
+        "teacher's generations in their place (made once, reused by content: unikd generate); on_policy: at a share "
+        "plan.on_policy_lambda of the steps the student's own samples of the prompts (GKD); the teacher scores "
+        "whichever tokens the batch holds.",
+    )
+    on_policy_lambda: float = Field(
+        0.5, ge=0, le=1, description="on_policy: the share of steps whose responses the student samples (GKD's λ)."
+    )
+    generations: str | None = Field(
+        None,
+        description="sequence_kd: the teacher's generations written by unikd generate (default: made by the run "
+        "itself under $UNIKD_CACHE/generations, keyed by teacher, tokenizer, prompts and sampling).",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0),
+        description="on_policy / sequence_kd: how the student's samples (or the teacher's generations) are drawn.",
     )
 
 

@@ -248,7 +248,8 @@ def tokenize_causal(ds, tokenizer, data: Any, max_length: int, split: str) -> Ca
 
 def causal_collator(tokenizer):
     """``transformers.DataCollatorForSeq2Seq`` without a model: pads input_ids/attention_mask with the pad token and
-    labels with -100 (right padding), per batch; ``prompt_length`` stays out of the batch, ``idx`` rides along."""
+    labels with -100 (right padding), per batch; ``idx`` and ``prompt_length`` (what on-policy batches prompt
+    with) ride along as row columns."""
     import torch
     from transformers import DataCollatorForSeq2Seq
 
@@ -259,8 +260,9 @@ def causal_collator(tokenizer):
     def collate(rows: list[dict]) -> dict:
         model_rows = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows]
         batch = dict(pad(model_rows))
-        if all("idx" in r for r in rows):
-            batch["idx"] = torch.tensor([r["idx"] for r in rows])
+        for column in ("idx", "prompt_length"):  # row columns: never model inputs (distiller.ROW_COLUMNS)
+            if all(column in r for r in rows):
+                batch[column] = torch.tensor([r[column] for r in rows])
         return batch
 
     return collate

@@ -36,9 +36,17 @@ class Inputs:
 
 def load_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
     """The run's datasets, checked before any weights load (a missing file, an empty split)."""
+    causal = cfg.stage != "general" and is_causal_data(cfg)
+    if cfg.plan.policy != "off_policy" and not (causal and cfg.stage == "task"):
+        raise ConfigError(
+            "plan.policy",
+            f"{cfg.plan.policy} draws responses for prompts, so it needs a task-stage run on causal-LM data "
+            f"(this is a {cfg.stage} run{'' if causal else ' on data without prompts'})",
+            "use plan.policy=off_policy, or prompt/response data (data.task_type: causal-lm) with stage=task",
+        )
     if cfg.stage == "general":
         return _text_inputs(cfg, tokenizer, is_decoder)
-    if is_causal_data(cfg):
+    if causal:
         return _causal_inputs(cfg, tokenizer, is_decoder)
     return _labelled_inputs(cfg, tokenizer)
 

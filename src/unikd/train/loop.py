@@ -98,8 +98,9 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     teacher, student, embeddings = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, data)
     # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
     labelled_labels = data.train["labels"] if data.task is not None else None
-    train_ds = inputs.with_transfer(cfg, data.train, embeddings, tokenizer, data.task, data.rows)
-    cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
+    train_ds, cache, generated = _train_rows(
+        cfg, accelerator, data, teacher, teacher_path, tokenizer, embeddings, student
+    )
     if plan is not None and accelerator.num_processes > 1 and not plan.is_dynamic:
         distributed.freeze_unreached(cfg, accelerator, plan, teacher, student, _probe(train_ds, data.collate))
     train_loader, eval_loader = inputs.loaders(cfg, train_ds, data.eval, data.collate)
@@ -115,15 +116,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         tokenizer=tokenizer,
         student=student,
         plan=plan,
-        distiller=Distiller(
-            plan,
-            teacher,
-            student,
-            attention=cfg.train.attention_capture,
-            teacher_dtype=distributed.TEACHER_DTYPES[cfg.teacher.precision],
-            teacher_cache=cache,
-            wrapped_plan=wrapped_plan,
-        ),
+        distiller=_distiller(cfg, plan, teacher, student, cache, wrapped_plan, tokenizer),
         optimizer=optimizer,
         scheduler=steps.scheduler,
         train_loader=train_loader,
@@ -137,6 +130,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
         outcome=outcome,
         started=started,
     )
+    outcome.update(generated)  # the teacher's generations (sequence-level KD): their rows, seconds, tokens/s
     if cache is not None:
         outcome["teacher_pass"] = teacher_pass(cfg, accelerator, state.distiller, train_ds, data.collate)
     _start(state, resume, changes)
@@ -209,6 +203,49 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
         quantize_int8(teacher)
     return teacher, student, teacher.get_input_embeddings().weight
+
+
+def _train_rows(cfg: RunConfig, accelerator, data, teacher, teacher_path: str, tokenizer, embeddings, student):
+    """The rows the loop trains on: the labelled ones, the transfer rows after them, the teacher's generations in
+    place of the responses (sequence-level KD); with the logits cache opened over them and the generation record."""
+    train_ds = inputs.with_transfer(cfg, data.train, embeddings, tokenizer, data.task, data.rows)
+    train_ds, generated = _teacher_responses(cfg, teacher, teacher_path, tokenizer, train_ds)
+    cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
+    return train_ds, cache, generated
+
+
+def _teacher_responses(cfg: RunConfig, teacher, teacher_path: str, tokenizer, train_ds):
+    """``plan.policy: sequence_kd``: the training rows on the teacher's generations (``unikd.sequence_kd``) and the
+    generation's record for metrics.json; else the rows as they are."""
+    if cfg.stage != "task" or cfg.plan.policy != "sequence_kd":
+        return train_ds, {}
+    from unikd.sequence_kd import teacher_responses
+
+    rows, record = teacher_responses(cfg, teacher, teacher_path, tokenizer, train_ds)
+    return rows, {"teacher_generations": record}
+
+
+def _distiller(cfg: RunConfig, plan, teacher, student, cache, wrapped_plan, tokenizer) -> Distiller:
+    """The KD step's owner: the plan, both captures, the logits cache and (on-policy KD) the student's sampling."""
+    return Distiller(
+        plan,
+        teacher,
+        student,
+        attention=cfg.train.attention_capture,
+        teacher_dtype=distributed.TEACHER_DTYPES[cfg.teacher.precision],
+        teacher_cache=cache,
+        wrapped_plan=wrapped_plan,
+        policy=_policy(cfg, tokenizer),
+    )
+
+
+def _policy(cfg: RunConfig, tokenizer):
+    """GKD's on-policy batches (``plan.policy: on_policy``), else None."""
+    if cfg.stage != "task" or cfg.plan.policy != "on_policy":
+        return None
+    from unikd.generation import OnPolicy
+
+    return OnPolicy(cfg.plan.on_policy_lambda, cfg.plan.sampling, tokenizer, cfg.seed)
 
 
 def _probe(train_ds, collate):

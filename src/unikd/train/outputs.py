@@ -91,6 +91,15 @@ def save_results(state) -> dict:
     return result
 
 
+def _policy_seconds(state) -> dict:
+    """On-policy runs: how many steps sampled their responses from the student, and the seconds that cost (within
+    wall_s, reported apart)."""
+    policy = state.distiller.policy
+    if policy is None:
+        return {}
+    return {"on_policy": {"batches": policy.batches, "generation_s": policy.seconds}}
+
+
 def _generates(state) -> bool:
     """A causal-LM run that asks for samples (``eval.generation.rows`` > 0)."""
     return state.task is not None and state.task.task_type == "causal-lm" and state.cfg.eval.generation.rows > 0
@@ -113,6 +122,7 @@ def _metrics(state) -> dict:
         "parameters_non_embedding": params.non_embedding,
         "wall_s": state.wall_s(),  # summed over resumed attempts: the study reads it for runs trained elsewhere
         **state.outcome,
+        **_policy_seconds(state),
         "history": state.history,
     }
 
