@@ -15,6 +15,8 @@ def generate_file(config: Path | None, overrides: list[str], out: Path, batch_si
     from unikd.data.causal import load_causal_task
     from unikd.sequence_kd import generations_key, prompts_of, write_generations
 
+    if config is not None and "=" in str(config) and not config.is_file():
+        overrides, config = [str(config), *overrides], None  # `unikd generate key=value ... --out F` without a file
     cfg = load_config(config, overrides)
     if not cfg.teacher.path:
         raise ConfigError("teacher.path", "is required: the teacher writes the generations", "set teacher.path")
