@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig, BertConfig, GPT2Config
+from transformers import AutoConfig, BertConfig, GPT2Config, LlamaConfig
 
 from unikd.config import list_presets, load_config, load_preset
 from unikd.families import model_spec
@@ -19,7 +19,22 @@ HUB_CONFIGS = {
 }
 
 
+#: the shape of SmolLM2-135M-Instruct, the GGUF teacher of ../shared/data/models (examples/smollm2-*.yaml)
+SMOLLM2 = LlamaConfig(
+    architectures=["LlamaForCausalLM"],
+    vocab_size=49152,
+    hidden_size=576,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    intermediate_size=1536,
+    tie_word_embeddings=True,
+)
+
+
 def _teacher_config(path: str, minilm_path: Path):
+    if path.endswith(".gguf"):
+        return SMOLLM2
     if path in HUB_CONFIGS:  # hub ids: the real configs' shapes are transformers' defaults
         return HUB_CONFIGS[path]
     config = AutoConfig.from_pretrained(minilm_path)
@@ -38,7 +53,10 @@ def test_example_loads_and_plan_validates(path, minilm_path):
     teacher = _teacher_config(cfg.teacher.path, minilm_path)
     student = student_config(teacher, cfg.student.shape)
     plan = DistillationPlan(
-        cfg.plan, model_spec(teacher), model_spec(student), token_level_logits=cfg.stage == "general"
+        cfg.plan,
+        model_spec(teacher),
+        model_spec(student),
+        token_level_logits=cfg.stage == "general" or teacher.architectures == ["LlamaForCausalLM"],
     )
     assert len(plan.config.terms) == len(cfg.plan.terms) >= 1
     if cfg.stage != "general":
