@@ -227,6 +227,22 @@ def pseudo_label_twin(twin: Mapping, transfer: list, teacher_store: str | None =
     return p_data
 
 
+def sequence_kd_twin(twin: Mapping, cfg) -> dict:
+    """The pseudo-label twin of a sequence-level KD run (``cfg``: its validated config): its no-KD twin trained on
+    the same teacher generations (the same ``plan.sampling``, the same file) with next-token cross-entropy and no
+    soft targets, which separates what the teacher's tokens give from what its distributions give."""
+    p_data = copy.deepcopy(dict(twin))
+    p_data["stage"] = "task"
+    p_data["plan"] = {
+        "terms": [],
+        "hard_label_weight": 1.0,
+        "policy": "sequence_kd",
+        "sampling": cfg.plan.sampling.model_dump(mode="json"),
+        "generations": cfg.plan.generations,
+    }
+    return p_data
+
+
 def augmentation_only_twin(twin: Mapping, transfer: list) -> dict | None:
     """The augmentation-only twin of a variant with augmented rows: its no-KD twin trained on the same augmented
     copies with their source row's gold label (``source_labels``), no teacher: what more rows alone give, apart
@@ -260,10 +276,12 @@ def is_augmentation_only(config) -> bool:
 
 
 def is_pseudo_labels(config) -> bool:
-    """Whether a config (a ``RunConfig`` or its dump) trains on the teacher's argmax instead of a KD loss."""
-    if hasattr(config, "model_dump"):
-        return config.stage == "task" and bool(config.plan.pseudo_labels)
-    return (config or {}).get("stage") == "task" and bool(((config or {}).get("plan") or {}).get("pseudo_labels"))
+    """Whether a config (a ``RunConfig`` or its dump) trains on the teacher's argmax (or, sequence-level, on its
+    generations) instead of a KD loss."""
+    dump = config.model_dump(mode="json") if hasattr(config, "model_dump") else (config or {})
+    plan = dump.get("plan") or {}
+    sequence = plan.get("policy") == "sequence_kd" and not plan.get("terms")
+    return dump.get("stage") == "task" and (bool(plan.get("pseudo_labels")) or sequence)
 
 
 # ---- pairing --------------------------------------------------------------------------------------------------

@@ -235,3 +235,44 @@ def test_a_study_over_a_named_data_spec(tiny_teacher, mini_glue, tmp_path):
     assert "My reviews" in md
     # not a GLUE study: the average column and the note say what they are
     assert "| variant | kind | My reviews | avg |" in md and "GLUE" not in md
+
+
+def test_a_sequence_kd_variant_gets_its_pseudo_label_twin_on_the_teachers_generations(tmp_path):
+    """Causal-LM data: the no-KD twin fine-tunes on the dataset's responses; the sequence-KD variant's pseudo-label
+    twin trains on the same teacher generations (the same sampling) with cross-entropy alone."""
+    from helpers import save_tiny_model, tiny_llama, word_tokenizer
+
+    base = save_tiny_model(tiny_llama(layers=2, hidden=32, vocab=40, positions=32), tmp_path / "base")
+    word_tokenizer(base)
+    files = {}
+    for split in ("train", "validation"):
+        files[split] = str(tmp_path / f"{split}.jsonl")
+        Path(files[split]).write_text('{"prompt": "1 plus 1 is ?", "response": "2 b"}\n')
+    study = {
+        "name": "generative",
+        "tasks": [{"name": "add", "files": files, "max_length": 16}],
+        "seeds": [1, 2],
+        "output_dir": str(tmp_path / "s"),
+        "teacher_finetune": {"teacher": {"path": str(base)}},
+        "base": {"student": {"shape": {"num_layers": 1}}, "train": {"max_steps": 5}},
+        "mode": "list",
+        "runs": [
+            {"label": "forward KL", "plan.terms": [{"knowledge": "logits"}]},
+            {
+                "label": "sequence KD",
+                "plan.policy": "sequence_kd",
+                "plan.sampling.temperature": 0.0,
+                "plan.terms": [{"knowledge": "logits"}],
+            },
+        ],
+    }
+    runs = expand_study(StudyConfig.model_validate(study))
+    for seed in (1, 2):
+        mine = {r.label: r for r in runs if r.seed == seed or r.kind == "teacher"}
+        baseline, twin = mine["no-KD"].config, mine["pseudo-labels"].config
+        assert baseline.stage == "finetune" and baseline.plan.policy == "off_policy"
+        assert mine["forward KL"].baseline_id == mine["sequence KD"].baseline_id == mine["no-KD"].run_id
+        assert twin.stage == "task" and twin.plan.terms == [] and twin.plan.hard_label_weight == 1.0
+        assert twin.plan.policy == "sequence_kd" and twin.plan.sampling == mine["sequence KD"].config.plan.sampling
+        assert twin.student == mine["sequence KD"].config.student and twin.train.max_steps == 5
+    assert sum(r.label == "pseudo-labels" for r in runs) == 2  # one per seed; the off-policy variant has none

@@ -27,6 +27,7 @@ from unikd.identity import (
     hash_payload,
     no_kd_twin,
     pseudo_label_twin,
+    sequence_kd_twin,
 )
 from unikd.study.file import PRESET_AXIS, RUNS_AXIS, StudyConfig, read_study, task_entry
 
@@ -382,6 +383,10 @@ def _plan_students(tp: _TaskPlan, variants: list[_Variant]) -> list[PlannedRun]:
                 if control is not None:
                     augmented.setdefault(control.config_hash, control)
                     first_user.setdefault(control.config_hash, v.label)
+            if cfg.plan.policy == "sequence_kd" and cfg.plan.terms:
+                twin = _sequence_twin(tp, twin_data, cfg, v, baseline)
+                pseudo.setdefault(twin.config_hash, twin)
+                first_user.setdefault(twin.config_hash, v.label)
             h = config_hash(cfg, tp.root_s, tp.teacher.config_hash)
             if h in seen_kd:
                 continue
@@ -465,6 +470,13 @@ def _pseudo_twin(tp: _TaskPlan, twin_data: dict, transfer: list, v: _Variant, ba
     p_cfg = _run_config(
         pseudo_label_twin(twin_data, transfer, _teacher_store(tp)), f"{v.where} (pseudo-label baseline)"
     )
+    return tp.twin("kd", "pseudo-labels", p_cfg, baseline_id=baseline.run_id)
+
+
+def _sequence_twin(tp: _TaskPlan, twin_data: dict, cfg, v: _Variant, baseline: PlannedRun) -> PlannedRun:
+    """The pseudo-label twin of a sequence-level KD variant (``identity.sequence_kd_twin``): the student on the
+    teacher's generations without soft targets."""
+    p_cfg = _run_config(sequence_kd_twin(twin_data, cfg), f"{v.where} (pseudo-label baseline)")
     return tp.twin("kd", "pseudo-labels", p_cfg, baseline_id=baseline.run_id)
 
 
