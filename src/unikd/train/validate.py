@@ -66,7 +66,7 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
             cfg.plan,
             model_spec(teacher_config),
             model_spec(s_config),
-            token_level_logits=cfg.stage == "general" or cfg.data.task_type == "causal-lm",
+            token_level_logits=cfg.stage == "general" or _causal(cfg),
         )
         if kind == "base" and (cfg.plan.hard_label_weight > 0 or any(t.knowledge == "logits" for t in cfg.plan.terms)):
             raise ConfigError(
@@ -80,6 +80,13 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
     _check_lengths(cfg, teacher_config)
     check_trackers(cfg)
     return teacher_path, teacher_config, kind, plan
+
+
+def _causal(cfg: RunConfig) -> bool:
+    """A task run on causal-LM data (its logits are token level: the vocabularies must agree)."""
+    from unikd.train.inputs import is_causal_data
+
+    return cfg.stage == "task" and is_causal_data(cfg)
 
 
 def _check_lengths(cfg: RunConfig, teacher_config) -> None:
