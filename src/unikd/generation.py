@@ -9,7 +9,7 @@ entry                    definition
 =======================  =========================================================================================
 ``teacher_nll``          mean NLL per generated token under the teacher, Σ over samples / Σ tokens (GKD and
                          MiniLLM report it: how likely the teacher finds what the student writes; lower is better);
-                         absent for a fine-tune (no teacher runs)
+                         a fine-tune (the no-KD twin) is scored by the model its student was built from
 ``rouge_l``              mean ROUGE-L F1 of each sample against its reference response (Google's ``rouge-score``,
                          with stemming), ×100
 ``generated_tokens``     tokens generated over all samples (EOS included where it came)

@@ -173,3 +173,21 @@ def test_generation_scores_the_students_samples_with_the_teacher_and_rouge(teach
     assert tokens == generation["generated_tokens"]
     assert generation["teacher_nll"] == pytest.approx(nll / tokens, rel=1e-4)
     assert generation["rouge_l"] == pytest.approx(100 * sum(rouge) / len(rouge), rel=1e-6)
+
+
+def test_the_no_kd_twin_is_scored_by_the_same_teacher(teacher_run, tmp_path):
+    """A fine-tune (the no-KD twin) runs no teacher; its samples are scored by the model it was built from, the
+    KD run's teacher, so the twins' teacher NLLs compare."""
+    root, _ = teacher_run
+    overrides = [
+        "stage=finetune",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"output_dir={tmp_path / 'twin'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "train.epochs=1",
+        "eval.generation.rows=8",
+        "eval.generation.max_new_tokens=4",
+    ]
+    generation = run(load_config(None, [*overrides, *_files(root)]))["generation"]
+    assert generation["rows"] == 8 and generation["teacher_nll"] > 0

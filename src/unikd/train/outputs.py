@@ -67,7 +67,7 @@ def save_results(state) -> dict:
 
         result["generation"] = evaluate_generation(
             accelerator.unwrap_model(state.student),
-            state.teacher,
+            _sample_scorer(state),
             state.tokenizer,
             state.task_data.validation.rows,
             state.cfg.eval.generation,
@@ -98,6 +98,18 @@ def _policy_seconds(state) -> dict:
     if policy is None:
         return {}
     return {"on_policy": {"batches": policy.batches, "generation_s": policy.seconds}}
+
+
+def _sample_scorer(state):
+    """The model that scores the student's samples: the run's teacher; a fine-tune (the no-KD twin) has none
+    running, so the model its student was built from (teacher.path, the KD run's teacher) is loaded for it."""
+    if state.teacher is not None:
+        return state.teacher
+    from unikd.models import load_model
+
+    cfg = state.cfg
+    path = resolve_model_path(cfg.teacher.path, "teacher.path", cfg.teacher.gguf_file)
+    return load_model(path, "causal-lm", field="teacher.path").eval().to(state.accelerator.device)
 
 
 def _generates(state) -> bool:
