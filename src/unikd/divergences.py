@@ -126,31 +126,24 @@ def tvd(s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = No
     return _mean(0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1), s, temperature, t2_scaling)
 
 
-def skew_kl(
-    s: Tensor,
-    t: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    t2_scaling: bool = True,
-    alpha: float = 0.1,
-) -> Tensor:
-    """Skew KL (DistiLLM): KL(p ‖ α p + (1 − α) q); α = 0 is forward KL. s, t: [B, L, V]; mask: [B, L]."""
+def _skewed(s: Tensor, t: Tensor, temperature, mask, t2_scaling, alpha: float, reverse: bool) -> Tensor:
+    """KL(a ‖ α a + (1 − α) b) with (a, b) = (p, q), or (q, p) when ``reverse``."""
     _check_unit(alpha, "alpha", closed=False)
     log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    log_m = log_q if alpha == 0.0 else _log_mix(log_p, log_q, alpha)
-    return _mean(_kl_rows(log_p, log_m), s, temperature, t2_scaling)
+    log_a, log_b = (log_q, log_p) if reverse else (log_p, log_q)
+    log_m = log_b if alpha == 0.0 else _log_mix(log_a, log_b, alpha)
+    return _mean(_kl_rows(log_a, log_m), s, temperature, t2_scaling)
+
+
+def skew_kl(
+    s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True, alpha=0.1
+) -> Tensor:
+    """Skew KL (DistiLLM): KL(p ‖ α p + (1 − α) q); α = 0 is forward KL. s, t: [B, L, V]; mask: [B, L]."""
+    return _skewed(s, t, temperature, mask, t2_scaling, alpha, reverse=False)
 
 
 def skew_reverse_kl(
-    s: Tensor,
-    t: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    t2_scaling: bool = True,
-    alpha: float = 0.1,
+    s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True, alpha=0.1
 ) -> Tensor:
     """Skew reverse KL (DistiLLM): KL(q ‖ α q + (1 − α) p); α = 0 is reverse KL. s, t: [B, L, V]; mask: [B, L]."""
-    _check_unit(alpha, "alpha", closed=False)
-    log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    log_m = log_p if alpha == 0.0 else _log_mix(log_q, log_p, alpha)
-    return _mean(_kl_rows(log_q, log_m), s, temperature, t2_scaling)
+    return _skewed(s, t, temperature, mask, t2_scaling, alpha, reverse=True)
