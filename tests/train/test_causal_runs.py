@@ -191,3 +191,19 @@ def test_the_no_kd_twin_is_scored_by_the_same_teacher(teacher_run, tmp_path):
     ]
     generation = run(load_config(None, [*overrides, *_files(root)]))["generation"]
     assert generation["rows"] == 8 and generation["teacher_nll"] > 0
+
+
+def test_length_grouped_batches_train_a_causal_run(teacher_run, tmp_path):
+    root, _ = teacher_run
+    overrides = [
+        "stage=finetune",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"output_dir={tmp_path / 'grouped'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "train.epochs=1",
+        "train.group_by_length=true",
+    ]
+    metrics = run(load_config(None, [*overrides, *_files(root)]))
+    assert metrics["steps"] == 10  # 300 rows in batches of 32
+    assert metrics["final"]["perplexity"] < metrics["trivial_baseline"]["perplexity"]
