@@ -141,7 +141,7 @@ def finetune(
 
 @command()
 def validate(
-    config: Path = typer.Argument(..., help="YAML run config."),
+    config: Optional[Path] = typer.Argument(None, help="YAML run config (or none: key=value overrides alone)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
 ):
     """Validate a config (fields, paths, the plan against the model shapes; your own labelled data: its columns,
@@ -149,13 +149,23 @@ def validate(
     from unikd.config import load_config
     from unikd.train import validate_run
 
-    cfg = load_config(config, overrides or [])
-    validate_run(cfg)
+    overrides = overrides or []
+    if config is not None and "=" in str(config) and not config.is_file():
+        overrides, config = [str(config), *overrides], None  # `unikd validate key=value ...` without a file
+    cfg = load_config(config, overrides)
+    teacher_path = validate_run(cfg)[0]
     if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
         from unikd.data import check_metric, load_task_data
+        from unikd.train.inputs import is_causal_data
 
-        check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
-    typer.echo(f"ok: {config}")
+        if is_causal_data(cfg):  # its columns, rendering and truncation, with the teacher's tokenizer
+            from unikd.data.causal import load_causal_task
+            from unikd.models import load_tokenizer
+
+            load_causal_task(cfg.data, load_tokenizer(teacher_path), cfg.seed)
+        else:
+            check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
+    typer.echo(f"ok: {config or 'the overrides'}")
 
 
 @command()

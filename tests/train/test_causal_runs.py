@@ -207,3 +207,23 @@ def test_length_grouped_batches_train_a_causal_run(teacher_run, tmp_path):
     metrics = run(load_config(None, [*overrides, *_files(root)]))
     assert metrics["steps"] == 10  # 300 rows in batches of 32
     assert metrics["final"]["perplexity"] < metrics["trivial_baseline"]["perplexity"]
+
+
+def test_unikd_validate_reads_causal_data_with_the_teachers_tokenizer(teacher_run, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from unikd.cli import app
+
+    root, _ = teacher_run
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "teacher" / "student", bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (bare / name).unlink(missing_ok=True)
+    word_tokenizer(bare, chat_template=False)
+    args = ["validate", "stage=task", f"teacher.path={bare}", f"output_dir={tmp_path / 'v'}", *_files(root)]
+    result = CliRunner().invoke(app, [*args, "data.render=chat"])
+    assert "data.chat_template" in result.output and "Traceback" not in result.output, result.output
+    assert result.exit_code == 3  # a data field (README "Exit codes")
+    assert CliRunner().invoke(app, args).exit_code == 0
