@@ -146,7 +146,7 @@ def test_collator_pads_inputs_and_labels(tok):
     rows = [{"prompt": "1 plus 1 is ?", "response": "2 b"}, {"prompt": "1 is ?", "response": "1"}]
     split = tokenize_causal(_ds(rows), tok, DataConfig(), 32, "train")
     batch = causal_collator(tok)([split.rows[0], split.rows[1]])
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "idx"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "idx", "prompt_length"}
     short = len(split.rows[1]["input_ids"])
     assert batch["attention_mask"][1].tolist() == [1] * short + [0] * (batch["input_ids"].shape[1] - short)
     assert (batch["labels"][1, short:] == -100).all()
