@@ -28,7 +28,7 @@ def generate_file(config: Path | None, overrides: list[str], out: Path, batch_si
     prompts = prompts_of(task.train.rows, "data")
     key = generations_key(path, tokenizer, prompts, cfg.plan.sampling, cfg.seed)
     teacher = load_model(path, "causal-lm", field="teacher.path").eval()
-    record = write_generations(
+    record, _ = write_generations(
         Path(out),
         teacher,
         tokenizer,

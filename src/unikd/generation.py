@@ -48,13 +48,16 @@ class GenerationEvalConfig(SamplingConfig):
     batch_size: int = Field(16, ge=1, description="Prompts generated together.")
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
+def padded(rows: list[list[int]], pad_id: int, device, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded to the longest with ``pad_id``, on the left (prompts to generate
+    from: every continuation starts at the same position) or on the right (training batches)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -62,7 +65,7 @@ def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.T
 def generate(model, prompts: list[list[int]], tokenizer, settings: SamplingConfig, seed: int = 0) -> list[list[int]]:
     """The continuation token ids of each prompt (without the prompt; cut after the first EOS)."""
     device = next(model.parameters()).device
-    ids, mask = _left_padded(prompts, tokenizer.pad_token_id, device)
+    ids, mask = padded(prompts, tokenizer.pad_token_id, device, left=True)
     sample = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sample else {}
     if sample:
@@ -173,17 +176,12 @@ class OnPolicy:
         prompts = [row[:n] for row, n in zip(batch["input_ids"].tolist(), lengths)]
         samples = generate(student, prompts, self.tokenizer, self.settings, seed=self.seed * 1_000_003 + step)
         rows = [p + s for p, s in zip(prompts, samples)]
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, n) in enumerate(zip(rows, lengths)):
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, n : len(row)] = torch.tensor(row[n:])
-            mask[i, : len(row)] = 1
         device = batch["input_ids"].device
-        out = {**batch, "input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        ids, mask = padded(rows, self.tokenizer.pad_token_id, device, left=False)
+        labels = ids.masked_fill(mask == 0, -100)
+        for i, n in enumerate(lengths):
+            labels[i, :n] = -100  # the prompt is not scored
+        out = {**batch, "input_ids": ids, "attention_mask": mask, "labels": labels}
         self.seconds += time.perf_counter() - started
         self.batches += 1
         return out

@@ -93,8 +93,8 @@ def _plain_copy(model):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-    tied = set(getattr(plain, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - set(tied if isinstance(tied, set) else tied):
+    tied = set(getattr(plain, "_tied_weights_keys", None) or [])  # a list or a dict of names: its keys either way
+    if unexpected or set(missing) - tied:
         raise RuntimeError(f"GGUF copy: missing {missing}, unexpected {unexpected}")
     plain.tie_weights()
     return plain.eval()

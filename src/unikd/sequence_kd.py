@@ -87,15 +87,16 @@ def write_generations(
     batch_size: int = 16,
     field: str = "plan.generations",
     log=print,
-) -> dict:
-    """Generate the missing rows of ``path`` (all of them for a new file); returns rows, generated now, seconds and
-    tokens/s of this call."""
+) -> tuple[dict, dict[int, list[int]]]:
+    """Generate the missing rows of ``path`` (all of them for a new file); returns (the record of this call: rows,
+    generated now, seconds, tokens/s; every row's generation by row id, the file's whole content)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         header = {"unikd_generations": FORMAT, "key": key, "teacher": teacher_path, "sampling": sampling.model_dump()}
         path.write_text(json.dumps(header) + "\n")
     done = _read(path, key, field)
     todo = [i for i in range(len(prompts)) if i not in done]
+    had = len(done)
     started, tokens = time.perf_counter(), 0
     with open(path, "a") as f:
         for n in range(0, len(todo), batch_size):
@@ -103,17 +104,19 @@ def write_generations(
             outs = generate(teacher, [prompts[i] for i in rows], tokenizer, sampling, seed=seed * 1_000_003 + rows[0])
             f.write("".join(json.dumps({"idx": i, "response_ids": o}) + "\n" for i, o in zip(rows, outs)))
             f.flush()
+            done.update(zip(rows, outs))
             tokens += sum(len(o) for o in outs)
             if log and (n // batch_size) % 10 == 0:
-                log(f"unikd generate: {len(done) + n + len(rows)} of {len(prompts)} prompts")
+                log(f"unikd generate: {had + n + len(rows)} of {len(prompts)} prompts")
     seconds = time.perf_counter() - started
-    return {
+    record = {
         "rows": len(prompts),
         "generated_now": len(todo),
         "seconds": seconds,
         "tokens_per_s": tokens / max(seconds, 1e-9),
         "path": str(path),
     }
+    return record, done
 
 
 def with_generations(train_rows, generations: dict[int, list[int]], max_length: int, train_on_prompt: bool):
@@ -158,10 +161,7 @@ def teacher_responses(cfg, teacher, teacher_path: str, tokenizer, train_rows, lo
             f"{str(path)!r} does not exist",
             f"write it first: unikd generate <this config> --out {path}, or drop plan.generations",
         )
-    record = write_generations(
+    record, generations = write_generations(
         path, teacher, tokenizer, prompts, cfg.plan.sampling, key=key, teacher_path=teacher_path, seed=cfg.seed, log=log
     )
-    rows = with_generations(
-        train_rows, _read(path, key, "plan.generations"), cfg.data.max_length, cfg.data.train_on_prompt
-    )
-    return rows, record
+    return with_generations(train_rows, generations, cfg.data.max_length, cfg.data.train_on_prompt), record

@@ -215,7 +215,7 @@ def tokenize_causal(ds, tokenizer, data: Any, max_length: int, split: str) -> Ca
     for row, i in rows:
         if row == "no-assistant":
             raise DataError(
-                f"data.columns.{'messages'}",
+                "data.columns.messages",
                 f"row {i} of the {split} split is a conversation without an assistant turn: nothing to learn from",
                 "give every conversation at least one {role: assistant} message, or drop those rows",
             )

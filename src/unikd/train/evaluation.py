@@ -50,10 +50,11 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
         baseline = trivial_baseline(task, train_labels, eval_ds["labels"], cfg.eval.metric)
     if cfg.stage != "task":
         return {"trivial_baseline": baseline}
-    teacher_dev = None if causal else stored_teacher_score(teacher_path, cfg, task)
     if causal:
         teacher_dev = {**response_nll(teacher, eval_loader, accelerator, cfg.eval.metric), "source": "evaluated"}
-    elif teacher_dev is None:
+    else:
+        teacher_dev = stored_teacher_score(teacher_path, cfg, task)
+    if teacher_dev is None:
         preds, labels = predict(teacher, eval_loader, accelerator, cfg.data.max_length)
         teacher_dev = {
             **compute_task_metrics(task, preds.numpy(), labels.numpy(), cfg.eval.metric),
