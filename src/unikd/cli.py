@@ -148,23 +148,13 @@ def validate(
     labels and metric) without training."""
     from unikd.config import load_config
     from unikd.train import validate_run
+    from unikd.train.validate import validate_data
 
     overrides = overrides or []
     if config is not None and "=" in str(config) and not config.is_file():
         overrides, config = [str(config), *overrides], None  # `unikd validate key=value ...` without a file
     cfg = load_config(config, overrides)
-    teacher_path = validate_run(cfg)[0]
-    if cfg.stage != "general" and not cfg.data.task:  # GLUE is checked when a run reads it (it may need the hub)
-        from unikd.data import check_metric, load_task_data
-        from unikd.train.inputs import is_causal_data
-
-        if is_causal_data(cfg):  # its columns, rendering and truncation, with the teacher's tokenizer
-            from unikd.data.causal import load_causal_task
-            from unikd.models import load_tokenizer
-
-            load_causal_task(cfg.data, load_tokenizer(teacher_path), cfg.seed)
-        else:
-            check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
+    validate_data(cfg, validate_run(cfg)[0])
     typer.echo(f"ok: {config or 'the overrides'}")
 
 
@@ -307,6 +297,27 @@ def student_params(
     )
 
 
+@command("new", on=student_app)
+def student_new(
+    tokenizer: str = typer.Option(..., help="Tokenizer: hub id or directory (its full vocabulary is the model's)."),
+    out: Path = typer.Option(..., help="The model directory to write (new or empty)."),
+    family: str = typer.Option("llama", help="llama or gpt2."),
+    layers: int = typer.Option(4),
+    hidden_size: int = typer.Option(256),
+    heads: int = typer.Option(4),
+    kv_heads: Optional[int] = typer.Option(None, help="llama: grouped KV heads (default: --heads)."),
+    seed: int = typer.Option(0),
+):
+    """A randomly initialized decoder to train from scratch (stage finetune), for a user without a pre-trained one."""
+    from unikd.scratch import new_model
+
+    made = new_model(tokenizer, out, family=family, layers=layers, hidden_size=hidden_size, heads=heads,
+                     kv_heads=kv_heads, seed=seed)  # fmt: skip
+    typer.echo(
+        f"{made['path']}: {made['family']}, {made['parameters'] / 1e6:.2f}M parameters, vocab {made['vocab_size']}"
+    )
+
+
 @command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory (its student/) or a model directory."),
@@ -416,9 +427,20 @@ def quickstart(
         help="The students' seeds, comma-separated (one teacher): with several, each row is the mean over them and "
         "the KD student's paired differences to the baselines get a 95% interval, e.g. --seeds 1,2,3.",
     ),
+    generative: bool = typer.Option(
+        False, "--generative", help="The decoder quickstart: SmolLM2 -> a 4-layer student on GSM8K, and its twin."
+    ),
+    data_dir: Path = typer.Option(Path("../shared/data"), help="--generative: holds the GGUF teacher and GSM8K."),
+    steps: int = typer.Option(100, help="--generative: each student's optimizer steps (batch 4)."),
 ):
     """The README's main job: teacher fine-tune -> KD student (few labels, much text) -> no-KD student, on SST-2."""
     from unikd.quickstart import parse_seeds, run_quickstart
+
+    if generative:
+        from unikd.quickstart_generative import run_generative_quickstart
+
+        run_generative_quickstart(out / "generative", data_dir=data_dir, steps=steps, seeds=parse_seeds(seeds))
+        return
 
     run_quickstart(
         out,

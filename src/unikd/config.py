@@ -188,7 +188,9 @@ class EvalConfig(_Strict):
         None,
         description="The metric that is the run's score and picks the best checkpoint (accuracy, f1, macro_f1, "
         "micro_f1, mcc, pearson, spearman, sample_f1, entity f1 ...). Default: GLUE's score for GLUE tasks, else "
-        "accuracy / pearson / sample_f1 / f1 (entity level) by task type; causal-lm: perplexity (or loss).",
+        "accuracy / pearson / sample_f1 / f1 (entity level) by task type; causal-lm: perplexity (or loss; or "
+        "teacher_nll / rouge_l of the samples eval.generation draws after training: the final score only, the best "
+        "checkpoint stays on perplexity).",
     )
     generation: GenerationEvalConfig = Field(
         default_factory=GenerationEvalConfig,

@@ -52,7 +52,7 @@ def _common(out: Path, name: str, rows: int) -> list[str]:
     ]
 
 
-def _run_once(config: RunConfig | list[str]) -> Path:
+def run_once(config: RunConfig | list[str]) -> Path:
     """Train ``config`` (or the config of these overrides) unless the output directory holds a finished run of it
     (compared as configs, so a run an older unikd wrote, before a field with a default existed, still counts)."""
     cfg = config if isinstance(config, RunConfig) else load_config(None, config)
@@ -116,7 +116,7 @@ def run_quickstart(
     models)."""
     seeds = _check_args(method, seeds)
     out = Path(out)
-    teacher_dir = _run_once(
+    teacher_dir = run_once(
         _common(out, f"teacher-{teacher_rows}rows-{epochs:g}ep", teacher_rows)
         + [
             f"train.epochs={epochs}",
@@ -135,7 +135,7 @@ def run_quickstart(
             None, _common(out, f"{folder}/{students[0].folder}", labels) + students[0].overrides + [f"seed={seed}"]
         )
         for student, cfg in zip(students, _twins(kd, out / folder, students)):
-            student.dirs.append(_run_once(cfg))
+            student.dirs.append(run_once(cfg))
     rows = _rows(out, teacher_dir, f"{teacher_rows} labels", students, latency_repeats)
     paired = _paired(rows)
     summary = {"seeds": seeds, "rows": rows, "paired": paired}

@@ -193,6 +193,31 @@ def test_the_no_kd_twin_is_scored_by_the_same_teacher(teacher_run, tmp_path):
     assert generation["rows"] == 8 and generation["teacher_nll"] > 0
 
 
+@pytest.mark.parametrize(("metric", "sign"), [("teacher_nll", -1.0), ("rouge_l", 1.0)])
+def test_eval_metric_can_rank_by_the_samples_and_the_best_checkpoint_stays_on_perplexity(
+    teacher_run, tmp_path, metric, sign
+):
+    root, _ = teacher_run
+    overrides = [
+        "stage=finetune",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"output_dir={tmp_path / 'twin'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "train.epochs=1",
+        f"eval.metric={metric}",
+        "eval.generation.rows=8",
+        "eval.generation.max_new_tokens=4",
+    ]
+    metrics = run(load_config(None, [*overrides, *_files(root)]))
+    assert metrics["final"]["score"] == sign * metrics["generation"][metric] and metrics["final"][metric] > 0
+    assert metrics["best"]["score"] == -metrics["best"]["perplexity"]  # chosen during training, before any sample
+    assert json.loads((tmp_path / "twin" / "metrics.json").read_text())["final"] == metrics["final"]
+    with pytest.raises(ConfigError) as exc:
+        run(load_config(None, [*overrides, *_files(root), "eval.generation.rows=0", f"output_dir={tmp_path / 'x'}"]))
+    assert exc.value.field == "eval.metric" and "eval.generation.rows" in exc.value.fix
+
+
 def test_length_grouped_batches_train_a_causal_run(teacher_run, tmp_path):
     root, _ = teacher_run
     overrides = [

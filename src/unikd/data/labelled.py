@@ -184,8 +184,8 @@ def metric_names(task_type: str, num_labels: int) -> tuple[str, ...]:
         return ("pearson", "spearman")
     if task_type == "multilabel":
         return ("sample_f1", "micro_f1", "macro_f1", "exact_match")
-    if task_type == "causal-lm":
-        return ("perplexity", "loss")
+    if task_type == "causal-lm":  # the last two: read off the samples (train.causal_eval.GENERATION_METRICS)
+        return ("perplexity", "loss", "teacher_nll", "rouge_l")
     return ("precision", "recall", "f1", "accuracy")
 
 

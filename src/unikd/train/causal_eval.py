@@ -10,6 +10,11 @@ metric                 definition
 ``tokens``             how many dev tokens were scored
 ``score``              −perplexity (−loss with ``eval.metric: loss``): a run's score is higher-is-better everywhere
 =====================  ==========================================================================================
+
+``eval.metric: teacher_nll`` or ``rouge_l`` (``GENERATION_METRICS``) make the final score one of the samples'
+scores (``unikd.generation``: −teacher NLL per token, or ROUGE-L), set once after training when the samples are
+drawn (``outputs.save_results``); every evaluation during training, the best checkpoint and the teacher and
+baseline checks stay on perplexity (sampling at every evaluation would cost more than the training).
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ from __future__ import annotations
 import math
 
 import torch
+
+#: eval.metric values read off the samples after training -> +1 higher is better, -1 lower is better
+GENERATION_METRICS = {"teacher_nll": -1.0, "rouge_l": 1.0}
+
+
+def dev_metric(metric: str | None) -> str:
+    """The metric of the evaluations on dev tokens: perplexity for a metric read off the samples."""
+    return "perplexity" if metric is None or metric in GENERATION_METRICS else metric
 
 
 @torch.no_grad()
@@ -41,7 +54,7 @@ def metrics_from_sums(nll_sum: float, tokens: int, metric: str | None = None) ->
     """loss, perplexity, tokens and score (−perplexity, or −loss with ``eval.metric: loss``)."""
     loss = nll_sum / max(tokens, 1)
     out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
-    return {**out, "score": -out[metric or "perplexity"]}
+    return {**out, "score": -out[dev_metric(metric)]}
 
 
 def unigram_baseline(train_labels, dev_labels, vocab_size: int, metric: str | None = None) -> dict:

@@ -85,6 +85,12 @@ def _causal_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
             "drop train.teacher_cache (a top-k token cache is not in this version)",
         )
     D.check_metric(D.TaskSpec("causal-lm", "causal-lm"), cfg.eval.metric)
+    if cfg.eval.metric in ("teacher_nll", "rouge_l") and cfg.eval.generation.rows == 0:
+        raise ConfigError(
+            "eval.metric",
+            f"{cfg.eval.metric} is read off the student's samples, and eval.generation.rows is 0",
+            "set eval.generation.rows (e.g. 32), or rank by perplexity",
+        )
     task = load_causal_task(cfg.data, tokenizer, cfg.seed)
     return Inputs(task.train.rows, task.validation.rows, causal_collator(tokenizer), task.spec, task)
 

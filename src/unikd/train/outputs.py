@@ -73,6 +73,7 @@ def save_results(state) -> dict:
             state.cfg.eval.generation,
             seed=state.cfg.seed,
         )
+        _score_by_samples(result, state.cfg.eval.metric)
     if accelerator.is_main_process:
         try:
             if state.plan is not None:
@@ -89,6 +90,15 @@ def save_results(state) -> dict:
             ) from exc
         _hf_outputs(state, result)
     return result
+
+
+def _score_by_samples(result: dict, metric: str | None) -> None:
+    """``eval.metric: teacher_nll | rouge_l``: the final score is the samples' (``train.causal_eval``'s table)."""
+    from unikd.train.causal_eval import GENERATION_METRICS
+
+    if metric in GENERATION_METRICS:
+        value = result["generation"][metric]
+        result["final"] = {**result["final"], metric: value, "score": GENERATION_METRICS[metric] * value}
 
 
 def _policy_seconds(state) -> dict:

@@ -35,6 +35,24 @@ def validate_run(cfg: RunConfig):
     return checked
 
 
+def validate_data(cfg: RunConfig, teacher_path: str) -> None:
+    """``unikd validate``'s data check of a task/finetune run on the user's own data: causal-LM rows rendered and
+    truncated with the teacher's tokenizer, labelled rows read with their columns, labels and metric (GLUE is
+    checked when a run reads it: it may need the hub)."""
+    if cfg.stage == "general" or cfg.data.task:
+        return
+    from unikd.data import check_metric, load_task_data
+    from unikd.train.inputs import is_causal_data
+
+    if is_causal_data(cfg):
+        from unikd.data.causal import load_causal_task
+        from unikd.models import load_tokenizer
+
+        load_causal_task(cfg.data, load_tokenizer(teacher_path), cfg.seed)
+    else:
+        check_metric(load_task_data(cfg.data, seed=cfg.seed).spec, cfg.eval.metric)
+
+
 def _validate_later_steps(cfg: RunConfig, teacher_config) -> None:
     """Each chained step's plan against the teacher and the student step 1 makes (a later step starts from the
     previous step's student: its shape is step 1's), its precision, data limits and trackers."""
