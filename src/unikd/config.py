@@ -247,6 +247,13 @@ class TrainConfig(_Strict):
         "each row once (a study sets <output_dir>/teacher_outputs). Rows read from it were computed in other "
         "batches: they agree to fp32 rounding.",
     )
+    logits_chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token-level logits terms computed over chunks of this many scored tokens, each chunk's gradient "
+        "taken at once (unikd.chunked): the divergence's [tokens, vocabulary] fp32 intermediates are never held for "
+        "the whole batch (the same loss and gradients). For large vocabularies, e.g. 1024; default: unchunked.",
+    )
     attention_capture: Literal["auto", "inline", "recompute"] = Field(
         "auto",
         description="How attention-map terms get their maps. inline: the matched layers compute "

@@ -88,13 +88,66 @@ def _check_unit(value: float, name: str, closed: bool = True) -> None:
         raise ConfigError(name, f"must lie in {interval}, got {value}", f"use a {name} in {interval}, e.g. 0.5")
 
 
+# ---- per-row forms: [N, V] log q (student), log p (teacher) -> [N]; the losses below and unikd.chunked use them --
+def kl_rows(log_q: Tensor, log_p: Tensor, _: float | None = None) -> Tensor:
+    """Forward KL(p ‖ q) per row (``losses.kl_div``'s per-token value)."""
+    return _kl_rows(log_p, log_q)
+
+
+def soft_ce_rows(log_q: Tensor, log_p: Tensor, _: float | None = None) -> Tensor:
+    """Soft cross-entropy −Σ p log q per row (``losses.soft_cross_entropy``'s per-token value)."""
+    return -(log_p.exp() * log_q).sum(-1)
+
+
+def reverse_kl_rows(log_q: Tensor, log_p: Tensor, _: float | None = None) -> Tensor:
+    """Reverse KL(q ‖ p) per row."""
+    return _kl_rows(log_q, log_p)
+
+
+def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float = 0.5) -> Tensor:
+    """Generalized JSD per row, the endpoints exact (β = 0: KL(p ‖ q), β = 1: KL(q ‖ p))."""
+    if beta == 0.0:
+        return _kl_rows(log_p, log_q)
+    if beta == 1.0:
+        return _kl_rows(log_q, log_p)
+    log_m = _log_mix(log_p, log_q, beta)
+    return beta * _kl_rows(log_p, log_m) + (1.0 - beta) * _kl_rows(log_q, log_m)
+
+
+def tvd_rows(log_q: Tensor, log_p: Tensor, _: float | None = None) -> Tensor:
+    """½ Σ |p − q| per row."""
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def skew_kl_rows(log_q: Tensor, log_p: Tensor, alpha: float = 0.1) -> Tensor:
+    """KL(p ‖ α p + (1 − α) q) per row."""
+    return _kl_rows(log_p, log_q if alpha == 0.0 else _log_mix(log_p, log_q, alpha))
+
+
+def skew_reverse_kl_rows(log_q: Tensor, log_p: Tensor, alpha: float = 0.1) -> Tensor:
+    """KL(q ‖ α q + (1 − α) p) per row."""
+    return _kl_rows(log_q, log_p if alpha == 0.0 else _log_mix(log_q, log_p, alpha))
+
+
+#: logits loss name -> its per-row form (each takes the loss's shape parameter, beta / alpha, or ignores it)
+ROWS = {
+    "kl": kl_rows,
+    "soft_ce": soft_ce_rows,
+    "reverse_kl": reverse_kl_rows,
+    "jsd": jsd_rows,
+    "tvd": tvd_rows,
+    "skew_kl": skew_kl_rows,
+    "skew_reverse_kl": skew_reverse_kl_rows,
+}
+
+
 def reverse_kl(
     s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True
 ) -> Tensor:
     """Reverse KL(q ‖ p) = Σ q (log q − log p), q the student's distribution. s, t: [B, L, V] or [B, C];
     mask: [B, L] (1 = scored) or None. Returns a scalar."""
     log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    return _mean(_kl_rows(log_q, log_p), s, temperature, t2_scaling)
+    return _mean(reverse_kl_rows(log_q, log_p), s, temperature, t2_scaling)
 
 
 def jsd(
@@ -110,29 +163,21 @@ def jsd(
     mask: [B, L]. Returns a scalar."""
     _check_unit(beta, "beta")
     log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    if beta == 0.0:
-        rows = _kl_rows(log_p, log_q)
-    elif beta == 1.0:
-        rows = _kl_rows(log_q, log_p)
-    else:
-        log_m = _log_mix(log_p, log_q, beta)
-        rows = beta * _kl_rows(log_p, log_m) + (1.0 - beta) * _kl_rows(log_q, log_m)
-    return _mean(rows, s, temperature, t2_scaling)
+    return _mean(jsd_rows(log_q, log_p, beta), s, temperature, t2_scaling)
 
 
 def tvd(s: Tensor, t: Tensor, temperature: float = 1.0, mask: Tensor | None = None, t2_scaling: bool = True) -> Tensor:
     """Total variation distance ½ Σ |p − q|. s, t: [B, L, V]; mask: [B, L]. Returns a scalar in [0, 1] (×T²)."""
     log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    return _mean(0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1), s, temperature, t2_scaling)
+    return _mean(tvd_rows(log_q, log_p), s, temperature, t2_scaling)
 
 
 def _skewed(s: Tensor, t: Tensor, temperature, mask, t2_scaling, alpha: float, reverse: bool) -> Tensor:
     """KL(a ‖ α a + (1 − α) b) with (a, b) = (p, q), or (q, p) when ``reverse``."""
     _check_unit(alpha, "alpha", closed=False)
     log_q, log_p = _scored_log_probs(s, t, temperature, mask)
-    log_a, log_b = (log_q, log_p) if reverse else (log_p, log_q)
-    log_m = log_b if alpha == 0.0 else _log_mix(log_a, log_b, alpha)
-    return _mean(_kl_rows(log_a, log_m), s, temperature, t2_scaling)
+    rows = skew_reverse_kl_rows(log_q, log_p, alpha) if reverse else skew_kl_rows(log_q, log_p, alpha)
+    return _mean(rows, s, temperature, t2_scaling)
 
 
 def skew_kl(

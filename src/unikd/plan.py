@@ -103,9 +103,11 @@ class DistillationPlan(nn.Module):
         *,
         token_level_logits: bool = False,
         field: str = "plan",
+        logits_chunk: int | None = None,
     ):
         super().__init__()
         self.config = config
+        self.logits_chunk = logits_chunk  # token-level divergences over chunks of this many rows (unikd.chunked)
         self.teacher = teacher
         self.student = student
         self.token_level_logits = token_level_logits
@@ -314,6 +316,7 @@ class DistillationPlan(nn.Module):
             field="",
             project=self._projector(0) if self.config.terms else None,
             attention=book,
+            logits_chunk=self.logits_chunk,
         )
         total = torch.zeros((), device=student.attention_mask.device)
         logs: dict[str, torch.Tensor] = {}

@@ -69,6 +69,7 @@ class StepContext:
     field: str  # "plan.terms[i]": errors found at run time name it
     project: Callable[[str, Tensor], Tensor]  # (the term's projection key, student tensor) -> projected
     attention: AttentionBook
+    logits_chunk: int | None = None  # train.logits_chunk_tokens: token-level divergences chunked (unikd.chunked)
     _valid: Tensor | None = None
 
     @property

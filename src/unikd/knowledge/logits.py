@@ -10,6 +10,8 @@ from torch import Tensor
 
 from unikd import losses as L
 from unikd.capture import CaptureRequest
+from unikd.chunked import chunked_divergence
+from unikd.divergences import ROWS
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
 from unikd.knowledge.base import Pairs, StepContext, Term, linear_schedule
@@ -101,6 +103,17 @@ class LogitsTerm(Term):
                 cross_entropy = spec.fn is L.soft_cross_entropy
                 return L.bernoulli_kd(s, t, temperature, t2_scaling=self.t2_scaling, cross_entropy=cross_entropy)
             extra = {spec.parameter: self.parameter_value} if spec.parameter else {}
+            if ctx.logits_chunk and mask is not None and self.loss in ROWS:
+                keep = mask.to(s.device).bool()
+                return chunked_divergence(
+                    s[keep],
+                    t[keep],
+                    self.loss,
+                    temperature=temperature,
+                    chunk=ctx.logits_chunk,
+                    t2_scaling=self.t2_scaling,
+                    parameter=extra.get(spec.parameter) if spec.parameter else None,
+                )
             return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling, **extra)
         return spec.fn(s, t, mask=mask)
 

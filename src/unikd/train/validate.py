@@ -85,6 +85,7 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
             model_spec(teacher_config),
             model_spec(s_config),
             token_level_logits=cfg.stage == "general" or _causal(cfg),
+            logits_chunk=cfg.train.logits_chunk_tokens,
         )
         if kind == "base" and (cfg.plan.hard_label_weight > 0 or any(t.knowledge == "logits" for t in cfg.plan.terms)):
             raise ConfigError(
