@@ -13,6 +13,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# after the offline settings: it imports unikd (and transformers)
+from train.causal_fixtures import teacher_run  # noqa: F401 - the fine-tuned toy decoder, for tests outside train/
+
 
 def find_glue_dir() -> Path | None:
     if os.environ.get("GLUE_DIR") and Path(os.environ["GLUE_DIR"]).is_dir():

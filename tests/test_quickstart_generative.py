@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-from train.causal_fixtures import teacher_run  # noqa: F401 - the fine-tuned toy decoder (a module fixture)
 
 from unikd.config import read_run_config
 from unikd.errors import ConfigError
@@ -26,7 +25,7 @@ def _gsm8k_layout(root: Path, source: Path) -> Path:
     return root / "data"
 
 
-def test_the_generative_quickstart_trains_both_students_and_reads_its_table_from_them(teacher_run, tmp_path, capsys):  # noqa: F811
+def test_the_generative_quickstart_trains_both_students_and_reads_its_table_from_them(teacher_run, tmp_path, capsys):
     root, _ = teacher_run
     data = _gsm8k_layout(tmp_path, root)
     teacher = str(root / "teacher" / "student")

@@ -104,10 +104,12 @@ class DistillationPlan(nn.Module):
         token_level_logits: bool = False,
         field: str = "plan",
         logits_chunk: int | None = None,
+        shared_vocab: int | None = None,
     ):
         super().__init__()
         self.config = config
         self.logits_chunk = logits_chunk  # token-level divergences over chunks of this many rows (unikd.chunked)
+        self.shared_vocab = shared_vocab  # padded embeddings over one tokenizer: logits cropped to it (unikd.vocab)
         self.teacher = teacher
         self.student = student
         self.token_level_logits = token_level_logits
@@ -140,7 +142,9 @@ class DistillationPlan(nn.Module):
                 f"{term.name!r} is reserved for the logged {term.name} loss",
                 "choose another name, e.g. '<knowledge>_<loss>'",
             )
-        term.validate_shapes(self.teacher, self.student, self._f(i), token_level_logits=self.token_level_logits)
+        term.validate_shapes(
+            self.teacher, self.student, self._f(i), token_level_logits=self.token_level_logits and not self.shared_vocab
+        )
         pairs = term.pairs(self.teacher, self.student, torch.Generator().manual_seed(0), self._f(i))
         if term.layered and not term.is_dynamic:
             self._static_pairs[i] = pairs
@@ -317,6 +321,7 @@ class DistillationPlan(nn.Module):
             project=self._projector(0) if self.config.terms else None,
             attention=book,
             logits_chunk=self.logits_chunk,
+            shared_vocab=self.shared_vocab,
         )
         total = torch.zeros((), device=student.attention_mask.device)
         logs: dict[str, torch.Tensor] = {}

@@ -70,6 +70,7 @@ class StepContext:
     project: Callable[[str, Tensor], Tensor]  # (the term's projection key, student tensor) -> projected
     attention: AttentionBook
     logits_chunk: int | None = None  # train.logits_chunk_tokens: token-level divergences chunked (unikd.chunked)
+    shared_vocab: int | None = None  # logits cropped to the tokenizer both embeddings pad past (unikd.vocab)
     _valid: Tensor | None = None
 
     @property

@@ -82,6 +82,8 @@ class LogitsTerm(Term):
 
     def compute(self, ctx: StepContext, pairs: Pairs) -> Tensor:
         s, t = ctx.student.logits, ctx.teacher.logits
+        if ctx.shared_vocab and s.dim() == 3:  # rows past the shared tokenizer are padding on either side
+            s, t = s[..., : ctx.shared_vocab], t[..., : ctx.shared_vocab]
         if s.shape[-1] != t.shape[-1]:
             raise ConfigError(
                 f"{ctx.field}.knowledge",

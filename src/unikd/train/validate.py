@@ -80,12 +80,14 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
     plan = None
     if cfg.stage != "finetune":
         s_config = student_config(teacher_config, cfg.student.shape)
+        token_level = cfg.stage == "general" or _causal(cfg)
         plan = DistillationPlan(
             cfg.plan,
             model_spec(teacher_config),
             model_spec(s_config),
-            token_level_logits=cfg.stage == "general" or _causal(cfg),
+            token_level_logits=token_level,
             logits_chunk=cfg.train.logits_chunk_tokens,
+            shared_vocab=_shared_vocab(cfg, teacher_path, teacher_config) if token_level else None,
         )
         if kind == "base" and (cfg.plan.hard_label_weight > 0 or any(t.knowledge == "logits" for t in cfg.plan.terms)):
             raise ConfigError(
@@ -99,6 +101,20 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
     _check_lengths(cfg, teacher_config)
     check_trackers(cfg)
     return teacher_path, teacher_config, kind, plan
+
+
+def _shared_vocab(cfg: RunConfig, teacher_path, teacher_config) -> int | None:
+    """A pre-trained student whose embedding rows differ from the teacher's: the vocabulary both logits are
+    cropped to (``unikd.vocab``), or the error that refuses different tokenizers."""
+    init = cfg.student.init
+    if init.strategy != "pretrained" or not any(t.knowledge == "logits" for t in cfg.plan.terms):
+        return None
+    from unikd.initialization import pretrained_config, resolve_checkpoint
+    from unikd.vocab import shared_vocabulary
+
+    student_rows = pretrained_config(init).vocab_size
+    path = resolve_checkpoint(init.pretrained, "student.init.pretrained")
+    return shared_vocabulary(teacher_path, teacher_config.vocab_size, path, student_rows)
 
 
 def _causal(cfg: RunConfig) -> bool:
