@@ -130,6 +130,9 @@ class Features:
     k: dict[int, Tensor] = field(default_factory=dict)
     v: dict[int, Tensor] = field(default_factory=dict)
     logits: Tensor | None = None
+    #: a token top-k cache's teacher (``unikd.token_cache``): (ids [N, k], log p [N, k], log tail [N]) over the
+    #: batch's scored positions, in place of ``logits``
+    topk: tuple[Tensor, Tensor, Tensor] | None = None
     scalings: dict[int, float] = field(default_factory=dict)
     output: Any = None
     #: layer -> causal sliding window (Mistral / windowed Qwen2 layers); absent = full attention

@@ -120,7 +120,7 @@ class Distiller:
         if features is None:
             features = self.teacher_capture(batch, teacher=True, autocast_dtype=self.teacher_dtype)
             if cache is not None:
-                cache.store(idx, features)
+                cache.store(idx, features, batch)
         return features
 
     def capture_student(

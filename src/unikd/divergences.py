@@ -192,3 +192,44 @@ def skew_reverse_kl(
 ) -> Tensor:
     """Skew reverse KL (DistiLLM): KL(q ‖ α q + (1 − α) p); α = 0 is reverse KL. s, t: [B, L, V]; mask: [B, L]."""
     return _skewed(s, t, temperature, mask, t2_scaling, alpha, reverse=True)
+
+
+def scored_positions(labels: Tensor | None, attention_mask: Tensor, *, causal: bool) -> Tensor:
+    """[B, L] 1 where a token-level distribution is scored. Labels [B, L] (-100 = no label): an encoder's position i
+    counts where ``labels[i]`` has one (MLM, NER); a decoder's where ``labels[i + 1]`` has one (position i predicts
+    the next token; the last position predicts nothing labelled). Without labels: the real tokens."""
+    if labels is None or labels.dim() != 2:
+        return attention_mask
+    has_label = (labels != -100).long()
+    if not causal:
+        return has_label
+    return torch.cat([has_label[:, 1:], torch.zeros_like(has_label[:, :1])], dim=1)
+
+
+#: a bucket's log mass is clamped here (a tail of 1e-30 or less is no tail; exact 0 would give 0 * -inf)
+LOG_FLOOR = -69.0
+
+
+def topk_divergence(
+    s: torch.Tensor,
+    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    name: str,
+    *,
+    temperature: float,
+    t2_scaling: bool = True,
+    parameter: float | None = None,
+) -> torch.Tensor:
+    """The divergence ``name`` between the student's logits ``s`` [N, V] at the scored positions and the cached
+    teacher (ids [N, k], log p [N, k], log tail [N]) over the k + 1 buckets (see the module docstring). A scalar."""
+    if name not in ROWS:
+        raise ConfigError("plan.terms", f"the {name} loss cannot read a top-k cache", f"use one of {', '.join(ROWS)}")
+    ids, log_p_top, log_p_tail = topk
+    if s.shape[0] == 0:
+        return s.sum() * 0.0
+    log_q = F.log_softmax(s.float() / temperature, dim=-1)
+    log_q_top = log_q.gather(-1, ids)
+    log_q_tail = torch.log(-torch.expm1(torch.logsumexp(log_q_top, dim=-1).clamp(max=-1e-7))).clamp(min=LOG_FLOOR)
+    log_q_b = torch.cat([log_q_top, log_q_tail[:, None]], dim=-1)
+    log_p_b = torch.cat([log_p_top, log_p_tail[:, None]], dim=-1)
+    value = ROWS[name](log_q_b, log_p_b, parameter).mean()
+    return value * temperature**2 if t2_scaling else value

@@ -117,8 +117,8 @@ class TeacherLogitCache:
         if mode == "w+":
             atomic_write_json(self.directory / "meta.json", {"key": self.key, "num_classes": num_classes})
 
-    def store(self, idx: torch.Tensor, features: Features) -> None:
-        """Record the teacher logits [B, C] of rows ``idx`` [B]."""
+    def store(self, idx: torch.Tensor, features: Features, batch: dict | None = None) -> None:
+        """Record the teacher logits [B, C] of rows ``idx`` [B] (``batch``: unused, the token cache reads it)."""
         logits = features.logits.detach().float()
         if logits.dim() != 2:
             raise ConfigError(
@@ -365,4 +365,9 @@ def teacher_pass(cfg, accelerator, distiller, train_ds, collate) -> dict:
     if reused:
         accelerator.print(f"teacher pass: {reused} rows from {cfg.train.teacher_cache_dir}")
     out = {"rows": len(todo), "seconds": round(seconds, 3), "rows_per_s": round(rate, 1) if rate else None}
+    if hasattr(distiller.cache, "bytes_per_token"):  # the token cache: what a scored token costs on disk
+        cache = distiller.cache
+        tokens = int(sum(cache.offsets[r + 1] - cache.offsets[r] for r in todo))
+        out |= {"tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if todo and seconds > 0 else None}
+        out |= {"k": cache.k, "bytes_per_token": cache.bytes_per_token, "directory": str(cache.directory)}
     return {**out, "reused": reused} if cfg.train.teacher_cache_dir else out

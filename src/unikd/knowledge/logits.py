@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from unikd import losses as L
 from unikd.capture import CaptureRequest
 from unikd.chunked import chunked_divergence
-from unikd.divergences import ROWS
+from unikd.divergences import ROWS, scored_positions, topk_divergence
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
 from unikd.knowledge.base import Pairs, StepContext, Term, linear_schedule
@@ -81,6 +80,8 @@ class LogitsTerm(Term):
         pass  # logits are part of every model output
 
     def compute(self, ctx: StepContext, pairs: Pairs) -> Tensor:
+        if ctx.teacher.topk is not None:  # a token top-k cache's teacher (unikd.token_cache)
+            return self._from_topk(ctx)
         s, t = ctx.student.logits, ctx.teacher.logits
         if ctx.shared_vocab and s.dim() == 3:  # rows past the shared tokenizer are padding on either side
             s, t = s[..., : ctx.shared_vocab], t[..., : ctx.shared_vocab]
@@ -119,6 +120,21 @@ class LogitsTerm(Term):
             return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling, **extra)
         return spec.fn(s, t, mask=mask)
 
+    def _from_topk(self, ctx: StepContext) -> Tensor:
+        s = ctx.student.logits
+        if ctx.shared_vocab:
+            s = s[..., : ctx.shared_vocab]
+        mask = scored_positions(ctx.labels, ctx.student.attention_mask, causal=True).bool()
+        spec = self.spec
+        return topk_divergence(
+            s[mask],
+            ctx.teacher.topk,
+            self.loss,
+            temperature=self.temperature,
+            t2_scaling=self.t2_scaling,
+            parameter=self.parameter_value if spec.parameter else None,
+        )
+
     @property
     def parameter_value(self) -> float:
         """The value of the loss's shape parameter (beta / alpha), its default where unset."""
@@ -129,15 +145,3 @@ class LogitsTerm(Term):
 
 #: the shape parameters' defaults: GKD's JSD(0.5), DistiLLM's skew 0.1
 _PARAMETER_DEFAULTS = {"beta": 0.5, "alpha": 0.1}
-
-
-def scored_positions(labels: Tensor | None, attention_mask: Tensor, *, causal: bool) -> Tensor:
-    """[B, L] 1 where a token-level distribution is scored. Labels [B, L] (-100 = no label): an encoder's position i
-    counts where ``labels[i]`` has one (MLM, NER); a decoder's where ``labels[i + 1]`` has one (position i predicts
-    the next token; the last position predicts nothing labelled). Without labels: the real tokens."""
-    if labels is None or labels.dim() != 2:
-        return attention_mask
-    has_label = (labels != -100).long()
-    if not causal:
-        return has_label
-    return torch.cat([has_label[:, 1:], torch.zeros_like(has_label[:, :1])], dim=1)

@@ -78,12 +78,10 @@ def _causal_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
     ):
         if value:
             raise ConfigError(field, "is not for causal-lm data", fix)
-    if cfg.train.teacher_cache:
-        raise ConfigError(
-            "train.teacher_cache",
-            "the logits cache stores sequence-level logits; a causal-LM run's are [tokens, vocabulary]",
-            "drop train.teacher_cache (a top-k token cache is not in this version)",
-        )
+    if cfg.train.teacher_cache and cfg.stage == "task":  # the top-k token cache (unikd.token_cache)
+        from unikd.token_cache import check_token_cache
+
+        check_token_cache(cfg)
     D.check_metric(D.TaskSpec("causal-lm", "causal-lm"), cfg.eval.metric)
     if cfg.eval.metric in ("teacher_nll", "rouge_l") and cfg.eval.generation.rows == 0:
         raise ConfigError(

@@ -210,7 +210,13 @@ def _train_rows(cfg: RunConfig, accelerator, data, teacher, teacher_path: str, t
     place of the responses (sequence-level KD); with the logits cache opened over them and the generation record."""
     train_ds = inputs.with_transfer(cfg, data.train, embeddings, tokenizer, data.task, data.rows)
     train_ds, generated = _teacher_responses(cfg, teacher, teacher_path, tokenizer, train_ds)
-    cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
+    if cfg.train.teacher_cache and cfg.stage == "task" and getattr(data.task, "task_type", None) == "causal-lm":
+        from unikd.token_cache import open_token_cache
+
+        vocab = teacher.config.vocab_size
+        cache, train_ds = open_token_cache(cfg, accelerator, teacher_path, train_ds, tokenizer, vocab)
+    else:
+        cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
     return train_ds, cache, generated
 
 
