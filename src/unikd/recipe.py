@@ -43,6 +43,7 @@ from unikd.initialization import InitConfig, check_student_init
 from unikd.identity import no_kd_twin
 from unikd.io import atomic_write_text
 from unikd.models import auto_class_for, model_config, resolve_model_path
+from unikd.recipe_causal import add_causal_plan, causal_reasons, causal_rows
 from unikd.recipe_reasons import (
     _BAND,
     _OVER,
@@ -222,7 +223,8 @@ def make_recipe(
     fraction = budget_fraction(budget)
     _check_options(task, data_files, latency_ms, latency_estimate, device, max_length, plan)
     data = _labelled_data(task, data_files, max_length, data_dir)
-    task_type, train_rows, uncounted = _read_data(data)
+    causal, causal_train_rows = causal_rows(data) if not task else (False, None)
+    task_type, train_rows, uncounted = ("causal-lm", causal_train_rows, "") if causal else _read_data(data)
     metric, headroom = _teacher_run(teacher)
     weak = headroom is not None and headroom < WEAK_TEACHER_HEADROOM
     two_step = _two_step(plan, task_type, weak)
@@ -257,7 +259,10 @@ def make_recipe(
         },
         "data": data,
     }
-    _add_plan(doc, two_step, row, spec, data, train_rows, weak)
+    if causal:  # unikd.recipe_causal: a decoder on prompt/response data
+        add_causal_plan(doc, train_rows)
+    else:
+        _add_plan(doc, two_step, row, spec, data, train_rows, weak)
     if metric:
         doc["eval"] = {"metric": metric}
     doc["output_dir"] = output_dir or f"runs/recipe-{name}-{row.num_layers}x{row.hidden_size}"
@@ -266,6 +271,8 @@ def make_recipe(
     _check_plans(cfg, teacher_cfg)
 
     reasons = _reasons(cfg, row, group, teacher_non_emb, fraction, latency_ms, measured, slower, latency_estimate)
+    if causal:
+        reasons = causal_reasons(cfg, reasons[0], train_rows) + [r for r in reasons if r.choice == "latency"]
     reasons.append(_steps_reason(cfg, train_rows, uncounted))
     if headroom is not None:
         reasons.append(_teacher_reason(cfg, headroom, weak, plan))
