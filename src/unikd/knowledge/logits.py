@@ -80,10 +80,12 @@ class LogitsTerm(Term):
         pass  # logits are part of every model output
 
     def compute(self, ctx: StepContext, pairs: Pairs) -> Tensor:
-        if ctx.teacher.topk is not None:  # a token top-k cache's teacher (unikd.token_cache)
+        # getattr: a context built by hand (a user's loop, older callers) may lack the fields added for decoders
+        if getattr(ctx.teacher, "topk", None) is not None:  # a token top-k cache's teacher (unikd.token_cache)
             return self._from_topk(ctx)
         s, t = ctx.student.logits, ctx.teacher.logits
-        if ctx.shared_vocab and s.dim() == 3:  # rows past the shared tokenizer are padding on either side
+        # rows past a shared tokenizer are padding on either side
+        if getattr(ctx, "shared_vocab", None) and s.dim() == 3:
             s, t = s[..., : ctx.shared_vocab], t[..., : ctx.shared_vocab]
         if s.shape[-1] != t.shape[-1]:
             raise ConfigError(
@@ -106,7 +108,7 @@ class LogitsTerm(Term):
                 cross_entropy = spec.fn is L.soft_cross_entropy
                 return L.bernoulli_kd(s, t, temperature, t2_scaling=self.t2_scaling, cross_entropy=cross_entropy)
             extra = {spec.parameter: self.parameter_value} if spec.parameter else {}
-            if ctx.logits_chunk and mask is not None and self.loss in ROWS:
+            if getattr(ctx, "logits_chunk", None) and mask is not None and self.loss in ROWS:
                 keep = mask.to(s.device).bool()
                 return chunked_divergence(
                     s[keep],
