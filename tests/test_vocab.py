@@ -27,6 +27,19 @@ def _padded_student(path, rows: int, tokenizer=None):
     return path
 
 
+def _kd(root, student, out) -> list[str]:
+    """Logits KD from the toy teacher into the pre-trained ``student``."""
+    return [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        "student.init.strategy=pretrained",
+        f"student.init.pretrained={student}",
+        "plan.terms=[{knowledge: logits, loss: kl}]",
+        f"output_dir={out}",
+        *causal_files(root),
+    ]
+
+
 def test_the_logits_term_compares_the_shared_vocabulary_only():
     shape = dict(model_type="llama", num_layers=1, hidden_size=8, num_heads=2, num_kv_heads=2, head_dim=4)
     spec, t_spec = (
@@ -55,16 +68,7 @@ def test_a_padded_pretrained_student_is_distilled_over_the_tokenizer(teacher_run
     root, _ = teacher_run
     student = _padded_student(tmp_path / "padded", rows=48)  # the teacher: 40 rows = its 40-token tokenizer
     assert shared_vocabulary(str(root / "teacher" / "student"), 40, str(student), 48) == 40
-    overrides = [
-        "stage=task",
-        f"teacher.path={root / 'teacher' / 'student'}",
-        "student.init.strategy=pretrained",
-        f"student.init.pretrained={student}",
-        "plan.terms=[{knowledge: logits, loss: kl}]",
-        "train.max_steps=6",
-        f"output_dir={tmp_path / 'kd'}",
-    ]
-    metrics = run(load_config(None, [*overrides, *causal_files(root)]))
+    metrics = run(load_config(None, [*_kd(root, student, tmp_path / "kd"), "train.max_steps=6"]))
     assert metrics["steps"] == 6 and metrics["final"]["perplexity"] > 1
     assert "compared over its 40 tokens" in capsys.readouterr().err
 
@@ -74,16 +78,8 @@ def test_a_student_with_another_tokenizer_is_refused_naming_both(teacher_run, tm
     other = word_tokenizer()
     other.add_tokens(["extra", "words"])  # a different vocabulary (42 tokens)
     student = _padded_student(tmp_path / "other", rows=48, tokenizer=other)
-    overrides = [
-        "stage=task",
-        f"teacher.path={root / 'teacher' / 'student'}",
-        "student.init.strategy=pretrained",
-        f"student.init.pretrained={student}",
-        "plan.terms=[{knowledge: logits, loss: kl}]",
-        f"output_dir={tmp_path / 'kd'}",
-    ]
     with pytest.raises(ConfigError) as exc:
-        run(load_config(None, [*overrides, *causal_files(root)]))
+        run(load_config(None, _kd(root, student, tmp_path / "kd")))
     assert exc.value.field == "student.init.pretrained"
     assert "teacher 40 tokens / 40 embedding rows, student 42 tokens / 48 rows" in exc.value.problem
     assert not (tmp_path / "kd" / "student").exists()

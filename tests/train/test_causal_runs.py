@@ -172,20 +172,25 @@ def test_generation_scores_the_students_samples_with_the_teacher_and_rouge(teach
     assert generation["rouge_l"] == pytest.approx(100 * sum(rouge) / len(rouge), rel=1e-6)
 
 
-def test_the_no_kd_twin_is_scored_by_the_same_teacher(teacher_run, tmp_path):
-    """A fine-tune (the no-KD twin) runs no teacher; its samples are scored by the model it was built from, the
-    KD run's teacher, so the twins' teacher NLLs compare."""
-    root, _ = teacher_run
-    overrides = [
+def _sampled_twin(root, out) -> list[str]:
+    """A one-epoch fine-tune of a 1-layer student of the toy teacher that samples 8 dev prompts after training."""
+    return [
         "stage=finetune",
         f"teacher.path={root / 'teacher' / 'student'}",
-        f"output_dir={tmp_path / 'twin'}",
+        f"output_dir={out}",
         "student.shape.num_layers=1",
         "student.init.strategy=teacher-layers",
         "train.epochs=1",
         "eval.generation.rows=8",
         "eval.generation.max_new_tokens=4",
     ]
+
+
+def test_the_no_kd_twin_is_scored_by_the_same_teacher(teacher_run, tmp_path):
+    """A fine-tune (the no-KD twin) runs no teacher; its samples are scored by the model it was built from, the
+    KD run's teacher, so the twins' teacher NLLs compare."""
+    root, _ = teacher_run
+    overrides = _sampled_twin(root, tmp_path / "twin")
     generation = run(load_config(None, [*overrides, *_files(root)]))["generation"]
     assert generation["rows"] == 8 and generation["teacher_nll"] > 0
 
@@ -195,17 +200,7 @@ def test_eval_metric_can_rank_by_the_samples_and_the_best_checkpoint_stays_on_pe
     teacher_run, tmp_path, metric, sign
 ):
     root, _ = teacher_run
-    overrides = [
-        "stage=finetune",
-        f"teacher.path={root / 'teacher' / 'student'}",
-        f"output_dir={tmp_path / 'twin'}",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
-        "train.epochs=1",
-        f"eval.metric={metric}",
-        "eval.generation.rows=8",
-        "eval.generation.max_new_tokens=4",
-    ]
+    overrides = [*_sampled_twin(root, tmp_path / "twin"), f"eval.metric={metric}"]
     metrics = run(load_config(None, [*overrides, *_files(root)]))
     assert metrics["final"]["score"] == sign * metrics["generation"][metric] and metrics["final"][metric] > 0
     assert metrics["best"]["score"] == -metrics["best"]["perplexity"]  # chosen during training, before any sample
