@@ -55,8 +55,34 @@ def _task(out: Path, teacher: Path, glue_dir: Path, batch: int, *extra: str) -> 
     ]
 
 
+#: the decoder job's memory settings: the top-k token cache at k = the toy vocabulary, and chunks of 5 tokens
+CACHED_AND_CHUNKED = ("train.teacher_cache=true", "train.teacher_cache_topk=40", "train.logits_chunk_tokens=5")
+
+
+def _causal(root: Path, out: Path, batch: int, *extra: str) -> list[str]:
+    """Token-level KD from the toy decoder (tests/train/causal_fixtures.py) on its prompt/response rows."""
+    return [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        f"data.files.train={root / 'train.jsonl'}",
+        f"data.files.validation={root / 'validation.jsonl'}",
+        "data.train_limit=64",
+        "data.max_length=16",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        "plan.terms=[{knowledge: logits, loss: jsd, beta: 0.5}]",
+        "optim.lr=3e-3",
+        f"train.batch_size={batch}",
+        "train.epochs=2",
+        "train.progress=false",
+        "seed=3",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
+def runs(tmp_path_factory, glue_dir, minilm_path, teacher_run) -> dict:
     """Every 2-process job in one launch, and the single-process reference; their output dirs and the launch log."""
     tmp = tmp_path_factory.mktemp("ddp")
     # No dropout: one process and two then draw no different random numbers, so only float rounding differs.
@@ -67,7 +93,10 @@ def runs(tmp_path_factory, glue_dir, minilm_path) -> dict:
     store = f"train.teacher_cache_dir={tmp / 'store'}"  # filled by ddp-store, read by ddp
     ddp = _task(tmp / "ddp", teacher, glue_dir, 4, "train.teacher_cache=true", store)
     resumed = _task(tmp / "ddp-resumed", teacher, glue_dir, 4, "train.save_every=3")
+    causal_root = teacher_run[0]
     jobs = [
+        {"overrides": _causal(causal_root, tmp / "causal-ddp", 4, *CACHED_AND_CHUNKED)},
+        {"overrides": _causal(causal_root, tmp / "causal-ddp-plain", 4)},
         {"overrides": resumed, "stop_after": 3},
         {"overrides": resumed, "resume": True},
         {
@@ -238,3 +267,15 @@ def test_several_processes_without_a_process_group_are_refused(tmp_path, glue_di
     ):
         run(load_config(None, _task(tmp_path / "out", teacher, glue_dir, 4)))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
+def test_two_processes_fill_one_token_cache_and_train_the_uncached_run(runs):
+    """The top-k token cache filled by both processes' teacher passes (each its share of the rows) and the chunked
+    divergence read from it: the run equals the 2-process run on full logits, up to the cache's fp16 log p (each
+    process averages over its own scored tokens, so a 1-process run of the same global batch weighs them otherwise)."""
+    ddp, plain = _metrics(runs["tmp"] / "causal-ddp"), _metrics(runs["tmp"] / "causal-ddp-plain")
+    (cache,) = (runs["tmp"] / "causal-ddp" / "teacher_cache").glob("token-topk-*")
+    assert np.load(cache / "filled.npy").all() and ddp["teacher_pass"]["rows"] == 64
+    assert ddp["steps"] == plain["steps"] == 16  # 64 rows, 2 epochs, 2 processes x 4 rows a step
+    assert ddp["final"]["perplexity"] == pytest.approx(plain["final"]["perplexity"], rel=2e-3)
