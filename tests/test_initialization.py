@@ -340,4 +340,4 @@ def test_initializers_validate_when_called_directly():
     assert check_init(teacher.config, narrow, InitConfig(strategy="slice")) == [0, 1, 2, 3]
     with pytest.raises(ConfigError):
         check_init(teacher.config, narrow, InitConfig(strategy="teacher-layers"))
-    assert set(INITIALIZERS) == {"random", "teacher-layers", "slice", "importance", "pretrained"}
+    assert set(INITIALIZERS) == {"random", "teacher-layers", "slice", "importance", "prune", "pretrained"}

@@ -7,6 +7,11 @@
   KV head for GQA) and leading FFN neurons of the selected teacher blocks.
 - ``importance``: like ``slice`` but keeps the channels, heads and neurons with the largest activations
   on a calibration batch (Minitron-style width pruning); kept indices stay in their original order.
+- ``prune``: Minitron's pruning of the teacher into the student's shape, depth and width from one calibration
+  pass: the blocks of largest block importance (``layers: block-importance``, prune's default: 1 - cos between
+  a block's input and output, ShortGPT's Block Influence), and in them the most active heads (whole KV groups under GQA), FFN
+  neurons and embedding channels, as ``importance``. It needs real calibration rows (``calibration_texts`` of
+  the training data; none is an error, not random tokens).
 - ``pretrained``: load ``cfg.pretrained`` (hub id or local directory) with the teacher's task head.
 
 Which axis of which weight is "hidden", "heads", "kv_heads", "ffn" is family knowledge and lives in
@@ -23,6 +28,8 @@ Layer selection (``cfg.layers``, teacher T blocks -> student S blocks, indices 0
 - ``every-other``: DistilBERT's choice generalized. With stride k = T // S (2 when halving), the lower
   ceil(S/2) student blocks take teacher blocks 0, k, 2k, ... and the upper floor(S/2) take
   ..., T-1-k, T-1, so the first and the last teacher blocks are kept (12 -> 6: 0, 2, 4, 7, 9, 11);
+- ``block-importance`` (strategies ``importance`` and ``prune``; prune's default): the S blocks whose output
+  differs most from their input on the calibration rows (``unikd.weight_copy.importance_scores``);
 - a list of S teacher block indices (repeats allowed).
 """
 
@@ -31,7 +38,7 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from unikd import matching
@@ -40,6 +47,8 @@ from unikd.families import get_adapter
 from unikd.models import NO_REMOTE_CODE, auto_class_for, model_config, resolve_model_path
 from unikd.student import INIT_FIELD, SHAPE_FIELD, StudentShape, resolve_shape, student_config
 from unikd.weight_copy import (
+    KeepIndices,
+    block_importance_layers,
     copy_weights,
     importance_indices,
     importance_scores,
@@ -49,8 +58,8 @@ from unikd.weight_copy import (
 )
 
 
-Strategy = Literal["random", "teacher-layers", "slice", "importance", "pretrained"]
-LayerRule = Literal["uniform", "first", "last", "every-other"]
+Strategy = Literal["random", "teacher-layers", "slice", "importance", "prune", "pretrained"]
+LayerRule = Literal["uniform", "first", "last", "every-other", "block-importance"]
 
 
 class InitConfig(BaseModel):
@@ -63,13 +72,15 @@ class InitConfig(BaseModel):
         description="random: the family's own init; teacher-layers: copy embeddings and "
         "selected teacher blocks (equal widths); slice: a narrower student keeps the teacher's leading "
         "channels/heads/neurons; importance: keeps the most active ones on a calibration batch (Minitron); "
-        "pretrained: load the checkpoint in 'pretrained'.",
+        "prune: importance with layers=block-importance by default (1 - cos(block input, output); Minitron's "
+        "depth pruning); pretrained: load the checkpoint in 'pretrained'.",
     )
     layers: LayerRule | list[int] = Field(
         "uniform",
         description="Which teacher block initializes each student block: uniform (12->4: "
         "2,5,8,11), first, last, every-other (DistilBERT, 12->6: 0,2,4,7,9,11), or a list of teacher "
-        "block indices, one per student block.",
+        "block indices, one per student block; block-importance (strategies importance and prune, prune's "
+        "default): the blocks that change their input most on the calibration rows.",
     )
     pretrained: str | None = Field(
         None,
@@ -84,9 +95,16 @@ class InitConfig(BaseModel):
     calibration_texts: int = Field(
         64,
         ge=1,
-        description="strategy importance: number of calibration texts (rows of the calibration "
-        "batch) whose activations rank channels, heads and neurons.",
+        description="strategies importance and prune: number of training rows (the calibration batch) whose "
+        "activations rank channels, heads, neurons and (block-importance) blocks.",
     )
+
+    @model_validator(mode="after")
+    def _prune_ranks_blocks(self) -> "InitConfig":
+        # prune's layers default to block importance; written out, so a saved config reloads to the same choice
+        if self.strategy == "prune" and "layers" not in self.model_fields_set:
+            self.layers = "block-importance"
+        return self
 
 
 Initializer = Callable[..., nn.Module]
@@ -134,6 +152,8 @@ def select_layers(
                 f"use indices in 0..{T - 1}",
             )
         return layers
+    if rule == "block-importance":  # ranked on calibration rows by the initializer; the depth check is all here
+        return [t for t, _ in matching.MATCHINGS["uniform"](T, S)]
     if rule in ("uniform", "first", "last"):  # the layer-matching strategies of the same name
         return [t for t, _ in matching.MATCHINGS[rule](T, S)]
     if rule == "every-other":
@@ -143,7 +163,7 @@ def select_layers(
     raise ConfigError(
         field,
         f"unknown layer selection {rule!r}",
-        "use uniform, first, last, every-other, or a list of teacher layer indices",
+        "use uniform, first, last, every-other, block-importance, or a list of teacher layer indices",
     )
 
 
@@ -169,6 +189,12 @@ def check_init(teacher_config, student, cfg: InitConfig, strategy: str | None = 
         )
     if strategy in ("random", "pretrained"):
         return None
+    if cfg.layers == "block-importance" and strategy not in ("importance", "prune"):
+        raise ConfigError(
+            f"{INIT_FIELD}.layers",
+            f"block-importance ranks blocks on calibration rows, which strategy {strategy!r} does not read",
+            "use student.init.strategy=prune (or importance), or a fixed rule such as uniform",
+        )
     t, s = shape_of(teacher_config), shape_of(student)
     layers = select_layers(t.num_layers, s.num_layers, cfg.layers)
     for attr, field, what in _WIDTHS:
@@ -180,7 +206,7 @@ def check_init(teacher_config, student, cfg: InitConfig, strategy: str | None = 
                 f"student's {what} ({sv}) must equal the teacher's ({tv})",
                 "use student.init.strategy=slice or importance for a narrower student, or random",
             )
-        if strategy in ("slice", "importance") and sv > tv:
+        if strategy in ("slice", "importance", "prune") and sv > tv:
             raise ConfigError(
                 f"{SHAPE_FIELD}.{field}",
                 f"{strategy} keeps a subset of the teacher's {what}, so "
@@ -216,6 +242,8 @@ def init_slice(student, teacher, cfg: InitConfig, calibration_batch=None):
 @register_initializer("importance")
 def init_importance(student, teacher, cfg: InitConfig, calibration_batch=None):
     """The most active hidden channels, heads and FFN neurons on ``calibration_batch`` (Minitron)."""
+    if cfg.layers == "block-importance":  # blocks ranked too: prune's pass, which needs real rows
+        return copy_weights(student, teacher, prune_indices(teacher, student.config, cfg, calibration_batch))
     layers = check_init(teacher.config, student.config, cfg, strategy="importance")
     if calibration_batch is None:
         warnings.warn(
@@ -226,6 +254,31 @@ def init_importance(student, teacher, cfg: InitConfig, calibration_batch=None):
         calibration_batch = random_calibration_batch(teacher.config, cfg.calibration_texts)
     scores = importance_scores(teacher, calibration_batch, limit=cfg.calibration_texts)
     return copy_weights(student, teacher, importance_indices(teacher.config, student.config, layers, scores))
+
+
+def prune_indices(teacher: nn.Module, student, cfg: InitConfig, calibration_batch) -> KeepIndices:
+    """What ``prune`` (or ``importance`` with ``layers: block-importance``) keeps of ``teacher`` for ``student`` (a
+    config, model or ``ResolvedShape``): one calibration pass ranks the blocks (unless ``cfg.layers`` is a fixed
+    rule), and in the kept blocks the heads, neurons and channels."""
+    if calibration_batch is None:
+        raise ConfigError(
+            f"{INIT_FIELD}.strategy",
+            f"{cfg.strategy} with layers {cfg.layers!r} ranks the teacher's blocks, heads and neurons on "
+            "calibration rows, and none were given",
+            "pass calibration_batch (tokenized training rows; unikd distill passes student.init.calibration_texts "
+            "rows of the training data), or use student.init.strategy=slice",
+        )
+    layers = check_init(teacher.config, student, cfg)
+    scores = importance_scores(teacher, calibration_batch, limit=cfg.calibration_texts)
+    if cfg.layers == "block-importance":
+        layers = block_importance_layers(scores, shape_of(student).num_layers)
+    return importance_indices(teacher.config, student, layers, scores)
+
+
+@register_initializer("prune")
+def init_prune(student, teacher, cfg: InitConfig, calibration_batch=None):
+    """The teacher pruned to the student's shape (``prune_indices``), its kept weights copied."""
+    return copy_weights(student, teacher, prune_indices(teacher, student.config, cfg, calibration_batch))
 
 
 @register_initializer("pretrained")
@@ -353,6 +406,11 @@ def build_student(
     resolved = resolve_shape(teacher_model.config, shape)
     donor = load_donor(teacher_model, init) if init.source else teacher_model
     layers = check_init(donor.config, resolved, init)
+    if init.layers == "block-importance":  # the kept blocks come from the calibration pass; the config follows them
+        keep = prune_indices(donor, resolved, init, calibration_batch)
+        s_config = student_config(teacher_model.config, shape, layers=keep.layers)
+        student = type(teacher_model)._from_config(s_config, dtype=teacher_model.dtype)
+        return copy_weights(student, donor, keep)
     s_config = student_config(teacher_model.config, shape, layers=layers)
     student = type(teacher_model)._from_config(s_config, dtype=teacher_model.dtype)
     return INITIALIZERS[init.strategy](student, donor, init, calibration_batch)
@@ -407,6 +465,7 @@ __all__ = [
     "check_student_init",
     "load_donor",
     "pretrained_config",
+    "prune_indices",
     "register_initializer",
     "resolve_checkpoint",
     "select_layers",

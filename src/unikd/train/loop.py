@@ -191,7 +191,9 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     teacher = load_model(teacher_path, kind, field="teacher.path", **labels)
     if get_adapter(teacher_config).is_decoder and teacher.config.pad_token_id is None:
         teacher.config.pad_token_id = tokenizer.pad_token_id
-    calib = data.collate([data.train[i] for i in range(min(16, len(data.train)))])  # for importance init
+    calib = None  # importance and prune rank on student.init.calibration_texts training rows
+    if cfg.student.init.strategy in ("importance", "prune"):
+        calib = data.collate([data.train[i] for i in range(min(cfg.student.init.calibration_texts, len(data.train)))])
     student = build_student(teacher, cfg.student.shape, cfg.student.init, calibration_batch=calib)
     if cfg.stage != "general":  # the task's label names in every config a run saves (pipeline() shows them)
         name_labels(teacher.config, cfg.data.task)
