@@ -153,6 +153,15 @@ def test_the_generative_rooms_never_import_a_run_a_study_or_the_cli():
     assert {m: t for m, t in bad.items() if t} == {}
 
 
+def test_the_task_form_rooms_never_import_a_run_a_study_or_the_cli():
+    graph = import_graph()
+    rooms = ("unikd.ensemble",)  # several teachers as one: a hook on the first teacher, loaded by the loop
+    assert all(r in graph for r in rooms)
+    forbidden = ("unikd.train", "unikd.study", "unikd.cli", "unikd.quickstart")
+    bad = {m: sorted(t for t in graph[m] if _in(t, forbidden)) for m in rooms}
+    assert {m: t for m, t in bad.items() if t} == {}
+
+
 def test_no_file_and_no_function_is_too_long_to_read():
     long_files, long_functions = {}, {}
     for path in sorted(SRC.rglob("*.py")):

@@ -29,6 +29,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class EnsembleMember(_Strict):
+    """One more teacher of an ensemble (``teacher.ensemble``)."""
+
+    path: str = Field(description="The teacher: a hub id, a local directory, 'pkg:<package>' or a .gguf file.")
+    weight: float = Field(1.0, ge=0, description="Its weight in the ensemble's mean of probabilities.")
+
+
 class TeacherConfig(_Strict):
     path: str | None = Field(
         None,
@@ -50,6 +57,18 @@ class TeacherConfig(_Strict):
         False,
         description="task stage: distill even from a teacher whose dev score is not above the trivial baseline "
         "(the train majority class; a constant for regression) by 0.01. By default such a run stops before training.",
+    )
+    ensemble: list[EnsembleMember] = Field(
+        default_factory=list,
+        description="task stage: more teachers, distilled with teacher.path as one (unikd.ensemble): the logits "
+        "terms, the teacher cache and the weak-teacher check read the weighted mean of their probabilities; "
+        "teacher.path alone feeds the intermediate terms. Same labels and tokenizer as teacher.path.",
+    )
+    weight: float = Field(1.0, ge=0, description="teacher.path's weight in the ensemble (with teacher.ensemble).")
+    ensemble_weighting: Literal["fixed", "confidence"] = Field(
+        "fixed",
+        description="fixed: the weights as given; confidence: each row's (each token's) weights times each "
+        "teacher's top probability there, renormalized (classification, token and causal-LM heads).",
     )
 
 

@@ -39,6 +39,9 @@ FIELDS: dict[str, str] = {
     "teacher.precision": KD,  # the teacher's forward; a fine-tune runs no teacher
     "teacher.allow_weak": WATCH,  # decides whether a run may start, never its result
     "teacher.gguf_file": RESULT,  # which weights teacher.path holds
+    "teacher.ensemble": KD,  # more teachers: only the soft targets change (the twin starts from teacher.path)
+    "teacher.weight": KD,
+    "teacher.ensemble_weighting": KD,
     "student": RESULT,
     "data": RESULT,
     "data.transfer": KD,  # rows only a teacher can label

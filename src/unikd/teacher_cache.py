@@ -239,8 +239,16 @@ class SharedTeacherOutputs:
     written atomically under a unique name, so runs side by side never collide and a killed run leaves no half
     shard. Rows in several shards (two runs at once) agree to fp32 rounding; the first read wins."""
 
-    def __init__(self, root: str | os.PathLike, teacher_path: str | os.PathLike, precision: str = "fp32"):
-        self.directory = Path(root) / f"{teacher_fingerprint(teacher_path)}-{precision}"
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        teacher_path: str | os.PathLike,
+        precision: str = "fp32",
+        ensemble: str | None = None,
+    ):
+        # an ensemble's outputs (unikd.ensemble.cache_key) live apart from its first teacher's
+        name = teacher_fingerprint(teacher_path) + (f"+{ensemble}" if ensemble else "")
+        self.directory = Path(root) / f"{name}-{precision}"
 
     def load(self) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
@@ -259,9 +267,9 @@ class SharedTeacherOutputs:
 
 
 # ---- a run's cache ------------------------------------------------------------------------------------
-def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int):
+def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int, ensemble: str | None = None):
     """(cache, rows) for a task run with ``train.teacher_cache`` (the plan was checked by ``check_plan``): the cache
-    keyed by what decides the teacher's logits of these rows, its files made by the main process and attached by the
+    keyed by what decides the teacher's logits of these rows (``ensemble``: ``unikd.ensemble.cache_key``), its files made by the main process and attached by the
     others, reading and filling ``train.teacher_cache_dir``; the rows gain the ``idx`` column the steps look rows up
     by. (None, rows) otherwise."""
     if not (cfg.train.teacher_cache and cfg.stage == "task"):
@@ -282,11 +290,12 @@ def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int
             **({"precision": cfg.teacher.precision} if cfg.teacher.precision != "fp32" else {}),
             # without fields added since at their defaults (unikd.compat): caches written before stay valid
             **({"transfer": _transfer_key(cfg.data.transfer)} if cfg.data.transfer else {}),
+            **({"ensemble": ensemble} if ensemble else {}),
         },
     )
     _share_among_processes(accelerator, cache, num_classes)
     if cfg.train.teacher_cache_dir:  # rows other runs labelled are read, this run's added, keyed by row content
-        shared = SharedTeacherOutputs(cfg.train.teacher_cache_dir, teacher_path, cfg.teacher.precision)
+        shared = SharedTeacherOutputs(cfg.train.teacher_cache_dir, teacher_path, cfg.teacher.precision, ensemble)
         columns = [c for c in ("input_ids", "token_type_ids") if c in train_ds.column_names]
         cache.share(shared, [row_key(dict(zip(columns, row))) for row in zip(*(train_ds[c] for c in columns))])
     return cache, train_ds.add_column("idx", list(range(len(train_ds))))

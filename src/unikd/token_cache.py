@@ -205,13 +205,16 @@ def check_token_cache(cfg) -> None:
         )
 
 
-def open_token_cache(cfg, accelerator, teacher_path: str, train_ds, tokenizer, vocab: int):
-    """(cache, rows with their ``idx``) for a causal-LM task run with ``train.teacher_cache``."""
+def open_token_cache(cfg, accelerator, teacher_path: str, train_ds, tokenizer, vocab: int, ensemble: str | None = None):
+    """(cache, rows with their ``idx``) for a causal-LM task run with ``train.teacher_cache`` (``ensemble``: the
+    ensemble's ``unikd.ensemble.cache_key``, None for one teacher)."""
     from unikd.teacher_cache import _share_among_processes, teacher_fingerprint
 
     k = cfg.train.teacher_cache_topk or DEFAULT_K
     temperature = next(t.temperature for t in cfg.plan.terms if t.knowledge == "logits")
     extra = {"teacher": teacher_fingerprint(teacher_path), "precision": cfg.teacher.precision, "k": k, "T": temperature}
+    if ensemble:  # an ensemble's top-k is its own (unikd.ensemble.cache_key)
+        extra["ensemble"] = ensemble
     root = Path(cfg.train.teacher_cache_dir or Path(cfg.output_dir) / "teacher_cache")
     directory = root / f"token-topk-{content_hash(train_ds, tokenizer, extra)}"
     cache = TokenTopkCache(directory, train_ds["labels"], k=k, temperature=temperature, key=extra)

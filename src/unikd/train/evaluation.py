@@ -53,7 +53,8 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
     if causal:
         teacher_dev = {**response_nll(teacher, eval_loader, accelerator, cfg.eval.metric), "source": "evaluated"}
     else:
-        teacher_dev = stored_teacher_score(teacher_path, cfg, task)
+        # an ensemble's score is its own, never its first teacher's stored one
+        teacher_dev = None if cfg.teacher.ensemble else stored_teacher_score(teacher_path, cfg, task)
     if teacher_dev is None:
         preds, labels = predict(teacher, eval_loader, accelerator, cfg.data.max_length)
         teacher_dev = {

@@ -195,6 +195,13 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.student.init.strategy in ("importance", "prune"):
         calib = data.collate([data.train[i] for i in range(min(cfg.student.init.calibration_texts, len(data.train)))])
     student = build_student(teacher, cfg.student.shape, cfg.student.init, calibration_batch=calib)
+    ensemble = None
+    if cfg.teacher.ensemble:  # more teachers: their mean replaces the first's logits (unikd.ensemble)
+        from unikd.ensemble import attach, check_ensemble
+
+        task_type = getattr(task, "task_type", None)
+        members = check_ensemble(cfg, teacher_path, teacher_config, task_type)
+        ensemble = attach(cfg, teacher, members, kind, task_type, **labels)
     if cfg.stage != "general":  # the task's label names in every config a run saves (pipeline() shows them)
         name_labels(teacher.config, cfg.data.task)
         name_labels(student.config, cfg.data.task)
@@ -202,8 +209,12 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
     if cfg.stage == "finetune":
         return None, student, embeddings.detach().clone() if cfg.data.transfer else None
     teacher.eval().requires_grad_(False).to(accelerator.device)
+    if ensemble is not None:
+        ensemble.to(accelerator.device)
     if cfg.teacher.precision == "int8":  # after the student took its initial weights from it
         quantize_int8(teacher)
+        for member in ensemble.members if ensemble is not None else []:
+            quantize_int8(member)
     return teacher, student, teacher.get_input_embeddings().weight
 
 
@@ -212,13 +223,18 @@ def _train_rows(cfg: RunConfig, accelerator, data, teacher, teacher_path: str, t
     place of the responses (sequence-level KD); with the logits cache opened over them and the generation record."""
     train_ds = inputs.with_transfer(cfg, data.train, embeddings, tokenizer, data.task, data.rows)
     train_ds, generated = _teacher_responses(cfg, teacher, teacher_path, tokenizer, train_ds)
+    ensemble = None
+    if cfg.teacher.ensemble and cfg.train.teacher_cache:  # an ensemble's outputs are cached apart (unikd.ensemble)
+        from unikd.ensemble import cache_key
+
+        ensemble = cache_key(cfg)
     if cfg.train.teacher_cache and cfg.stage == "task" and getattr(data.task, "task_type", None) == "causal-lm":
         from unikd.token_cache import open_token_cache
 
         vocab = teacher.config.vocab_size
-        cache, train_ds = open_token_cache(cfg, accelerator, teacher_path, train_ds, tokenizer, vocab)
+        cache, train_ds = open_token_cache(cfg, accelerator, teacher_path, train_ds, tokenizer, vocab, ensemble)
     else:
-        cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels)
+        cache, train_ds = open_for_run(cfg, accelerator, teacher_path, train_ds, student.config.num_labels, ensemble)
     return train_ds, cache, generated
 
 

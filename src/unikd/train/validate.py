@@ -97,6 +97,14 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
                 "drop the logits terms and set plan.hard_label_weight=0 (intermediate "
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
             )
+    if cfg.teacher.ensemble:  # more teachers: their labels, tokenizers and weights (unikd.ensemble)
+        from unikd.ensemble import check_ensemble
+
+        regression = getattr(teacher_config, "problem_type", None) == "regression" or (
+            not _causal(cfg) and getattr(teacher_config, "num_labels", 2) == 1
+        )
+        task_type = "causal-lm" if _causal(cfg) else ("regression" if regression else None)
+        check_ensemble(cfg, teacher_path, teacher_config, task_type)
     _check_inputs(cfg, teacher_config, plan)
     _check_lengths(cfg, teacher_config)
     check_trackers(cfg)
