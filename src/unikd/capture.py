@@ -16,8 +16,7 @@ Attention maps come one of two ways (``attention=`` below), and nothing asks for
   the very scores and probabilities the forward used to the capture; every other layer calls the
   wrapped implementation unchanged. Right where attention is not fused anyway (CPU training: attention
   dropout sends SDPA to its math path): it saves the second Q·Kᵀ product per matched layer and side.
-- ``auto`` (default): inline on CPU, recompute elsewhere; recompute where the model's implementation is
-  neither SDPA nor eager.
+- ``auto`` (default): inline on CPU, recompute elsewhere or where the implementation is neither SDPA nor eager.
 
 The wrapper itself is ``unikd.inline_attention`` (the one room that touches transformers' attention
 dispatch); this module holds the request, the hooks and the returned features.
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unikd.divergences import output_logits
 from unikd.errors import ConfigError
 from unikd.families import get_adapter
 
@@ -119,7 +119,7 @@ class Features:
     is left at its empty default.
 
     ``q``/``k``/``v`` are [B, H, L, d] (K/V with the KV head count; Q/K after RoPE), ``hidden[i]`` and
-    ``embeddings`` [B, L, D], ``logits`` [B, C] or [B, L, V], ``attention_mask`` [B, L] (1 = real token).
+    ``embeddings`` [B, L, D], ``logits`` [B, C], [B, L, V] or QA's [2B, L], ``attention_mask`` [B, L] (1 = real).
     """
 
     attention_mask: Tensor
@@ -508,7 +508,7 @@ class FeatureCapture:
         # Outside inference mode: reshape, split, rotate, and (teacher) copy out the kept tensors.
         try:
             with torch.no_grad() if teacher else contextlib.nullcontext():
-                features = self._collect(output, attention_mask, teacher)
+                features = self._collect(output, attention_mask, teacher, batch.get("context_mask"))
         finally:
             self._clear()
         return features
@@ -529,7 +529,7 @@ class FeatureCapture:
         """Block index -> causal sliding window, for the windowed layers only."""
         return {i: w for i, w in enumerate(self._windows) if w is not None}
 
-    def _collect(self, output, attention_mask: Tensor, teacher: bool) -> Features:
+    def _collect(self, output, attention_mask: Tensor, teacher: bool, context_mask: Tensor | None = None) -> Features:
         own = (lambda t: t.clone() if t is not None and t.is_inference() else t) if teacher else (lambda t: t)
 
         q, k, v = {}, {}, {}
@@ -550,7 +550,7 @@ class FeatureCapture:
                 # a functional op on inference tensors outside inference mode returns a normal tensor
                 q[i], k[i] = self.adapter.apply_rotary(q[i], k[i], kwargs)
 
-        logits = getattr(output, "logits", None)
+        logits = output_logits(output, context_mask)  # a QA head's: its span rows (unikd.divergences)
         if teacher and logits is not None and logits.is_inference():
             logits = logits.clone()
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unikd.data.transfer import TransferSource
+from unikd.data.qa import QAConfig
 from unikd.errors import ConfigError
 from unikd.generation import GenerationEvalConfig
 from unikd.initialization import InitConfig
@@ -120,14 +121,16 @@ class DataConfig(_Strict):
     label_names: list[str] | None = Field(
         None, description="Class (or tag) names by id; default: from the dataset, else sorted from train."
     )
-    task_type: Literal["classification", "multilabel", "regression", "token-classification", "causal-lm"] | None = (
-        Field(
-            None,
-            description="Default: inferred from the columns: prompt/response (or TRL's prompt/completion), messages, "
-            "or text alone is causal-lm (a decoder's generative task data); else from the labels (ints/strings, "
-            "lists, floats, tag sequences).",
-        )
+    task_type: (
+        Literal["classification", "multilabel", "regression", "token-classification", "causal-lm", "extractive-qa"]
+        | None
+    ) = Field(
+        None,
+        description="Default: inferred from the columns: prompt/response (or TRL's prompt/completion), messages, "
+        "or text alone is causal-lm (a decoder's generative task data); question, context and answers (or a SQuAD "
+        "JSON file) is extractive-qa; else from the labels (ints/strings, lists, floats, tag sequences).",
     )
+    qa: QAConfig = Field(default_factory=QAConfig, description="extractive-qa: columns, windows and answer spans.")
     render: Literal["auto", "plain", "chat"] = Field(
         "auto",
         description="causal-lm: how rows become text. plain: prompt + data.prompt_separator + response + EOS; chat: "

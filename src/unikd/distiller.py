@@ -153,8 +153,8 @@ class Distiller:
         if on_policy:  # the student's samples replace the responses: nothing to cache, no labels to learn
             batch, idx = self.policy.batch(self.student, batch, step), None
         batch = model_inputs(batch)
-        if self.plan is None:
-            loss = self.wrapped_student(**batch).loss
+        if self.plan is None:  # (an extractive-QA batch's context_mask is for the logits KD only)
+            loss = self.wrapped_student(**{k: v for k, v in batch.items() if k != "context_mask"}).loss
             return loss, {"hard": loss.detach(), "total": loss.detach()}
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)

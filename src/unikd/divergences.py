@@ -194,6 +194,30 @@ def skew_reverse_kl(
     return _skewed(s, t, temperature, mask, t2_scaling, alpha, reverse=True)
 
 
+#: the logit a position outside an extractive-QA window's context gets on both sides (softmax ~0, finite in fp16)
+MASKED_SPAN_LOGIT = -1.0e4
+
+
+def span_logits(start: Tensor, end: Tensor, context_mask: Tensor | None) -> Tensor:
+    """An extractive-QA head's start and end logits [B, L] as 2B rows of a distribution over positions (the B start
+    rows, then the B end rows), positions off the context (``context_mask`` 0: the question, padding) set to
+    ``MASKED_SPAN_LOGIT``: the logits KD compares where an answer can be, as a sequence-level distribution."""
+    rows = torch.cat([start, end], dim=0)
+    if rows.is_inference():
+        rows = rows.clone()
+    if context_mask is not None:
+        keep = torch.cat([context_mask, context_mask], dim=0).to(rows.device).bool()
+        rows = rows.masked_fill(~keep, MASKED_SPAN_LOGIT)
+    return rows
+
+
+def output_logits(output, context_mask: Tensor | None = None) -> Tensor | None:
+    """A model output's logits; an extractive-QA head's start and end logits as ``span_logits``' rows."""
+    if getattr(output, "logits", None) is None and getattr(output, "start_logits", None) is not None:
+        return span_logits(output.start_logits, output.end_logits, context_mask)
+    return getattr(output, "logits", None)
+
+
 def scored_positions(labels: Tensor | None, attention_mask: Tensor, *, causal: bool) -> Tensor:
     """[B, L] 1 where a token-level distribution is scored. Labels [B, L] (-100 = no label): an encoder's position i
     counts where ``labels[i]`` has one (MLM, NER); a decoder's where ``labels[i + 1]`` has one (position i predicts

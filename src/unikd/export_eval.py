@@ -41,7 +41,10 @@ def _own_data_eval_set(cfg, limit: int | None):
 
     from unikd.data.causal import is_causal_lm
     from unikd.data.labelled import read_splits
+    from unikd.data.qa import has_squad_files, is_extractive_qa
 
+    if has_squad_files(cfg.data) or is_extractive_qa(cfg.data, read_splits(cfg.data)[0].column_names):
+        return None  # extractive QA: each form checked against PyTorch; its EM/F1 are the run's metrics.json
     if is_causal_lm(cfg.data, read_splits(cfg.data)[0].column_names):
         return None  # generative: export checks each form against PyTorch and scores no dev set
     task = load_task_data(cfg.data.model_copy(update={"train_limit": 1, "eval_limit": limit}), seed=cfg.seed)

@@ -27,6 +27,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -39,6 +40,7 @@ AUTO_CLASSES = {
     "token-classification": AutoModelForTokenClassification,
     "masked-lm": AutoModelForMaskedLM,
     "causal-lm": AutoModelForCausalLM,
+    "question-answering": AutoModelForQuestionAnswering,
     "base": AutoModel,
 }
 

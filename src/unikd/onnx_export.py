@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 ONNX_FAMILIES: tuple[str, ...] = ("bert", "roberta", "electra", "distilbert", "gpt2", "llama", "qwen2", "mistral")
 #: max |ONNX fp32 - PyTorch| allowed on the check inputs; larger means the graph is wrong.
 FP32_TOLERANCE: float = 1e-4
+#: the ONNX output of an extractive-QA model: its start and end logits stacked, [B, L, 2] (``[..., 0]`` start)
+SPAN_OUTPUT = "span_logits"
 #: opset used when ``opset=None``.
 DEFAULT_OPSET: int = 17
 
@@ -45,6 +47,8 @@ class OnnxWrapper(nn.Module):
 
     def forward(self, *args):
         out = self.model(**dict(zip(self.input_names, args)), **self.extra)
+        if self.output_name == SPAN_OUTPUT:  # an extractive-QA head: start and end logits as one [B, L, 2] output
+            return torch.stack([out["start_logits"], out["end_logits"]], dim=-1)
         return out[self.output_name]
 
 
@@ -72,6 +76,8 @@ def output_name_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[s
         value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if isinstance(value, torch.Tensor):
             return name, value.dim()
+    if isinstance(getattr(out, "start_logits", None), torch.Tensor):
+        return SPAN_OUTPUT, 3
     raise ConfigError(
         "run_dir",
         f"{type(model).__name__} returns neither logits nor last_hidden_state",

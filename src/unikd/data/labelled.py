@@ -42,6 +42,7 @@ DEFAULT_METRIC = {
     "regression": "pearson",
     "token-classification": "f1",
     "causal-lm": "perplexity",
+    "extractive-qa": "f1",
 }
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "premise")
 PAIR_COLUMNS = ("text_pair",)
@@ -76,9 +77,8 @@ class TaskSpec:
     @property
     def model_kind(self) -> str:
         """The head the models need (a key of ``unikd.models.AUTO_CLASSES``)."""
-        if self.task_type == "causal-lm":
-            return "causal-lm"
-        return "token-classification" if self.is_token else "sequence-classification"
+        fixed = {"causal-lm": "causal-lm", "extractive-qa": "question-answering"}.get(self.task_type)
+        return fixed or ("token-classification" if self.is_token else "sequence-classification")
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -186,7 +186,8 @@ def metric_names(task_type: str, num_labels: int) -> tuple[str, ...]:
         return ("sample_f1", "micro_f1", "macro_f1", "exact_match")
     if task_type == "causal-lm":  # the last two: read off the samples (train.causal_eval.GENERATION_METRICS)
         return ("perplexity", "loss", "teacher_nll", "rouge_l")
-    return ("precision", "recall", "f1", "accuracy")
+    qa = task_type == "extractive-qa"  # SQuAD v1.1's (unikd.data.qa.squad_scores)
+    return ("f1", "exact_match") if qa else ("precision", "recall", "f1", "accuracy")
 
 
 # ---- reading the source -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from unikd.guards import check_teacher as refuse_weak_teacher
 from unikd.guards import stored_teacher_score, trivial_baseline
 from unikd.metrics import compute_task_metrics
 from unikd.train.causal_eval import response_nll, unigram_baseline
+from unikd.train.qa_eval import qa_baseline, qa_scores
 from unikd.train.outputs import save_model
 
 
@@ -31,7 +32,9 @@ def predict(model, loader, accelerator, max_length: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, train_labels, eval_ds, eval_loader) -> dict:
+def check_teacher(
+    cfg: RunConfig, accelerator, teacher, teacher_path, task, train_labels, eval_ds, eval_loader, qa_task=None
+) -> dict:
     """metrics.json's ``trivial_baseline`` (task and finetune runs) and ``teacher_dev`` (task runs); a task run's
     teacher no better than the baseline stops the run here (``guards.check_teacher``) unless teacher.allow_weak.
 
@@ -40,6 +43,8 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
     if cfg.stage == "general" or eval_loader is None:
         return {}
     causal = task.task_type == "causal-lm"
+    if task.task_type == "extractive-qa":  # no training labels to count: the empty answer is the baseline
+        return _check_qa_teacher(cfg, accelerator, teacher, eval_loader, qa_task)
     if causal:
         vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
         vocab = vocab or 1 + max(
@@ -68,6 +73,24 @@ def check_teacher(cfg: RunConfig, accelerator, teacher, teacher_path, task, trai
     return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
 
 
+def _check_qa_teacher(cfg: RunConfig, accelerator, teacher, eval_loader, qa_task) -> dict:
+    baseline = qa_baseline(cfg.eval.metric)
+    if cfg.stage != "task":
+        return {"trivial_baseline": baseline}
+    was_training = teacher.training
+    teacher.eval()
+    teacher_dev = {**qa_scores(teacher, eval_loader, accelerator, qa_task, cfg.eval.metric), "source": "evaluated"}
+    teacher.train(was_training)
+    refuse_weak_teacher(
+        teacher_dev,
+        baseline,
+        allow_weak=cfg.teacher.allow_weak,
+        teacher=cfg.teacher.path,
+        metric=cfg.eval.metric or "f1",
+    )
+    return {"teacher_dev": teacher_dev, "trivial_baseline": baseline}
+
+
 def is_eval_step(state) -> bool:
     every = state.cfg.train.eval_every
     return state.eval_loader is not None and (
@@ -90,6 +113,10 @@ def evaluate(state) -> dict[str, float]:
         return {"eval_loss": float(torch.cat(losses).mean())}
     if state.task.task_type == "causal-lm":
         metrics = response_nll(model, state.eval_loader, accelerator, state.cfg.eval.metric)
+        model.train()
+        return metrics
+    if state.task.task_type == "extractive-qa":
+        metrics = qa_scores(model, state.eval_loader, accelerator, state.task_data, state.cfg.eval.metric)
         model.train()
         return metrics
     preds, labels = predict(model, state.eval_loader, accelerator, state.cfg.data.max_length)

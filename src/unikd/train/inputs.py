@@ -46,6 +46,8 @@ def load_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:
         )
     if cfg.stage == "general":
         return _text_inputs(cfg, tokenizer, is_decoder)
+    if is_qa_data(cfg):
+        return _qa_inputs(cfg, tokenizer)
     if causal:
         return _causal_inputs(cfg, tokenizer, is_decoder)
     return _labelled_inputs(cfg, tokenizer)
@@ -56,10 +58,44 @@ def is_causal_data(cfg: RunConfig) -> bool:
     from unikd.data.causal import is_causal_lm
     from unikd.data.labelled import read_splits
 
+    from unikd.data.qa import has_squad_files
+
     data = cfg.data
     if data.task_type is not None or data.task:
         return data.task_type == "causal-lm"
+    if has_squad_files(data):
+        return False
     return is_causal_lm(data, read_splits(data)[0].column_names)
+
+
+def is_qa_data(cfg: RunConfig) -> bool:
+    """A task/finetune run on extractive-QA data (``data.task_type: extractive-qa``, SQuAD JSON, or the columns)."""
+    from unikd.data.labelled import read_splits
+    from unikd.data.qa import has_squad_files, is_extractive_qa
+
+    data = cfg.data
+    if cfg.stage == "general" or data.task:
+        return False
+    if data.task_type is not None:
+        return data.task_type == "extractive-qa"
+    return has_squad_files(data) or is_extractive_qa(data, read_splits(data)[0].column_names)
+
+
+def _qa_inputs(cfg: RunConfig, tokenizer) -> Inputs:
+    """Task and finetune stages on extractive-QA rows (``unikd.data.qa``): windows with their answer positions."""
+    from unikd.data.qa import load_qa_task, qa_collator
+
+    for field, value, fix in (
+        ("data.transfer", cfg.data.transfer, "drop data.transfer (transfer sets are for sentence classification)"),
+        ("train.teacher_cache", cfg.train.teacher_cache, "drop train.teacher_cache (not for extractive-qa yet)"),
+        ("plan.pseudo_labels", cfg.plan.pseudo_labels, "drop plan.pseudo_labels (a span has no class to take)"),
+        ("teacher.ensemble", cfg.teacher.ensemble, "distil one QA teacher (ensembles combine class logits)"),
+    ):
+        if value and not (field == "train.teacher_cache" and cfg.stage != "task"):
+            raise ConfigError(field, "is not supported on extractive-qa data", fix)
+    task = load_qa_task(cfg.data, tokenizer)
+    D.check_metric(task.spec, cfg.eval.metric)
+    return Inputs(task.train_features.rows, task.eval_features.rows, qa_collator(), task.spec, task)
 
 
 def _causal_inputs(cfg: RunConfig, tokenizer, is_decoder: bool) -> Inputs:

@@ -97,7 +97,7 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     data = inputs.load_inputs(cfg, tokenizer, get_adapter(teacher_config).is_decoder)
     teacher, student, embeddings = _models(cfg, accelerator, teacher_path, teacher_config, kind, tokenizer, data)
     # the trivial baseline's labels: the labelled rows', before transfer rows join with placeholder labels
-    labelled_labels = data.train["labels"] if data.task is not None else None
+    labelled_labels = data.train["labels"] if data.task is not None and "labels" in data.train.column_names else None
     train_ds, cache, generated = _train_rows(
         cfg, accelerator, data, teacher, teacher_path, tokenizer, embeddings, student
     )
@@ -109,7 +109,9 @@ def setup(cfg: RunConfig, resume: bool = False, resume_with_changes: bool = Fals
     student, optimizer, train_loader, eval_loader, wrapped_plan = _prepare(
         accelerator, student, optimizer, train_loader, eval_loader, steps, plan
     )
-    outcome = check_teacher(cfg, accelerator, teacher, teacher_path, data.task, labelled_labels, data.eval, eval_loader)
+    outcome = check_teacher(
+        cfg, accelerator, teacher, teacher_path, data.task, labelled_labels, data.eval, eval_loader, data.rows
+    )
     state = State(
         cfg=cfg,
         accelerator=accelerator,
@@ -186,7 +188,7 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
         kind = task.model_kind
         check_head(cfg, teacher_config, task)
         problem = "multi_label_classification" if task.task_type == "multilabel" else None
-        if task.task_type != "causal-lm":  # a decoder keeps its LM head as it is
+        if task.task_type not in ("causal-lm", "extractive-qa"):  # a decoder keeps its LM head, QA its span head
             labels = dict(num_labels=task.num_labels, label_names=task.label_names, problem_type=problem)
     teacher = load_model(teacher_path, kind, field="teacher.path", **labels)
     if get_adapter(teacher_config).is_decoder and teacher.config.pad_token_id is None:

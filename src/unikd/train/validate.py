@@ -19,7 +19,7 @@ from unikd.plan import DistillationPlan
 from unikd.student import student_config
 from unikd.teacher_cache import TeacherLogitCache
 
-_TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+_TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
 #: a decoder's LM head: the task head of causal-LM data (GPT-2 names it LMHeadModel)
 _CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
 
@@ -185,6 +185,8 @@ def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
         want = _TASK_HEADS + _CAUSAL_HEADS
     elif task.task_type == "causal-lm":
         want = _CAUSAL_HEADS
+    elif task.task_type == "extractive-qa":
+        want = ("ForQuestionAnswering",)
     else:
         want = ("ForTokenClassification" if task.is_token else "ForSequenceClassification",)
     if not any(a.endswith(want) for a in archs):
@@ -200,7 +202,11 @@ def check_head(cfg: RunConfig, teacher_config, task=None) -> None:
             f"{cfg.teacher.path!r} has a {archs} head but the data is a {task.task_type} task (needs *{want[0]})",
             f"fine-tune a teacher on this data first: unikd finetune teacher.path=<base model> {data_args(cfg)}",
         )
-    if task is not None and task.task_type != "causal-lm" and teacher_config.num_labels != task.num_labels:
+    if (
+        task is not None
+        and task.task_type not in ("causal-lm", "extractive-qa")
+        and teacher_config.num_labels != task.num_labels
+    ):
         raise ConfigError(
             "teacher.path",
             f"the teacher has {teacher_config.num_labels} labels but the data has {task.num_labels}",
