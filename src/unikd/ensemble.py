@@ -82,12 +82,19 @@ def weights_of(cfg) -> list[float]:
     return [cfg.teacher.weight] + [m.weight for m in cfg.teacher.ensemble]
 
 
+def member_paths(cfg) -> list[str]:
+    """Each member's resolved model directory (``pkg:`` and .gguf paths as ``teacher.path`` resolves them)."""
+    from unikd.models import resolve_model_path
+
+    return [resolve_model_path(m.path, f"{FIELD}[{i}].path") for i, m in enumerate(cfg.teacher.ensemble)]
+
+
 # ---- checks before any weights load -----------------------------------------------------------------------------
 def check_ensemble(cfg, teacher_path: str, teacher_config, task_type: str | None) -> list[str]:
     """The members' resolved paths, after every check of the module docstring (configs and tokenizers only)."""
     if not cfg.teacher.ensemble:
         return []
-    from unikd.models import load_tokenizer, model_config, resolve_model_path
+    from unikd.models import load_tokenizer, model_config
 
     if cfg.stage != "task":
         raise ConfigError(
@@ -112,10 +119,9 @@ def check_ensemble(cfg, teacher_path: str, teacher_config, task_type: str | None
             "use plan.policy off_policy or on_policy with an ensemble, or distil one teacher",
         )
     first_vocab = load_tokenizer(teacher_path, "teacher.path").get_vocab()
-    paths = []
-    for i, member in enumerate(cfg.teacher.ensemble):
+    paths = member_paths(cfg)
+    for i, (member, path) in enumerate(zip(cfg.teacher.ensemble, paths)):
         field = f"{FIELD}[{i}].path"
-        path = resolve_model_path(member.path, field)
         config = model_config(path, field)
         _same_labels(teacher_config, config, cfg.teacher.path, member.path, field, task_type)
         if load_tokenizer(path, field).get_vocab() != first_vocab:
@@ -125,7 +131,6 @@ def check_ensemble(cfg, teacher_path: str, teacher_config, task_type: str | None
                 "different tokens",
                 "ensemble teachers fine-tuned from models with one tokenizer",
             )
-        paths.append(path)
     return paths
 
 
@@ -158,11 +163,9 @@ def cache_key(cfg) -> str | None:
     weights, the weighting), for the teacher caches' keys; None without an ensemble (one teacher's keys unchanged)."""
     if not cfg.teacher.ensemble:
         return None
-    from unikd.models import resolve_model_path
     from unikd.teacher_cache import teacher_fingerprint
 
-    paths = [resolve_model_path(m.path, f"{FIELD}[{i}].path") for i, m in enumerate(cfg.teacher.ensemble)]
-    parts = [teacher_fingerprint(p) for p in paths]
+    parts = [teacher_fingerprint(p) for p in member_paths(cfg)]
     text = json.dumps([parts, weights_of(cfg), cfg.teacher.ensemble_weighting])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -219,4 +222,4 @@ def attach(cfg, first: nn.Module, member_paths: Sequence[str], kind: str, task_t
     return Ensemble(first, members, weights_of(cfg), head_for(task_type), cfg.teacher.ensemble_weighting)
 
 
-__all__ = ["Ensemble", "attach", "cache_key", "check_ensemble", "combine", "head_for", "weights_of"]
+__all__ = ["Ensemble", "attach", "cache_key", "check_ensemble", "combine", "member_paths", "head_for", "weights_of"]

@@ -9,8 +9,8 @@
   on a calibration batch (Minitron-style width pruning); kept indices stay in their original order.
 - ``prune``: Minitron's pruning of the teacher into the student's shape, depth and width from one calibration
   pass: the blocks of largest block importance (``layers: block-importance``, prune's default: 1 - cos between
-  a block's input and output, ShortGPT's Block Influence), and in them the most active heads (whole KV groups under GQA), FFN
-  neurons and embedding channels, as ``importance``. It needs real calibration rows (``calibration_texts`` of
+  a block's input and output, ShortGPT's Block Influence), and in them the most active heads (whole KV groups
+  under GQA), FFN neurons and embedding channels, as ``importance``. It needs real calibration rows (``calibration_texts`` of
   the training data; none is an error, not random tokens).
 - ``pretrained``: load ``cfg.pretrained`` (hub id or local directory) with the teacher's task head.
 

@@ -269,9 +269,9 @@ class SharedTeacherOutputs:
 # ---- a run's cache ------------------------------------------------------------------------------------
 def open_for_run(cfg, accelerator, teacher_path: str, train_ds, num_classes: int, ensemble: str | None = None):
     """(cache, rows) for a task run with ``train.teacher_cache`` (the plan was checked by ``check_plan``): the cache
-    keyed by what decides the teacher's logits of these rows (``ensemble``: ``unikd.ensemble.cache_key``), its files made by the main process and attached by the
-    others, reading and filling ``train.teacher_cache_dir``; the rows gain the ``idx`` column the steps look rows up
-    by. (None, rows) otherwise."""
+    keyed by what decides the teacher's logits of these rows (``ensemble``: ``unikd.ensemble.cache_key``), its files
+    made by the main process and attached by the others, reading and filling ``train.teacher_cache_dir``; the rows
+    gain the ``idx`` column the steps look rows up by. (None, rows) otherwise."""
     if not (cfg.train.teacher_cache and cfg.stage == "task"):
         return None, train_ds
     data_key = {} if cfg.data.task else {"data": cfg.data.model_dump(mode="json")}  # GLUE caches keep their key

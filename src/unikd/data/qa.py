@@ -15,7 +15,7 @@ windows                       question + context, truncating the context only, `
 labels                        ``start_positions`` / ``end_positions``: the answer's first and last token when the
                               whole answer lies in the window, else the CLS position (0) for both
 context mask                  ``context_mask``: 1 on the window's context tokens and on CLS, the positions the
-                              logits KD compares (``unikd.capture``: the rest is set to -1e4 on both sides)
+                              logits KD compares (``unikd.divergences.span_logits``: the rest is -1e4 on both sides)
 answers                       per question, the best span over all its windows: start <= end, at most
                               ``data.qa.max_answer_length`` tokens, among the ``data.qa.n_best`` best starts and ends
                               of each window, scored start logit + end logit; no valid span: the empty answer
@@ -40,8 +40,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from unikd.errors import ConfigError, warn
 
 TASK_TYPE = "extractive-qa"
-#: the logit a non-context position gets on both sides of the logits KD (a softmax gives it ~0; finite under fp16)
-MASKED_LOGIT = -1.0e4
 
 
 class QAConfig(BaseModel):
@@ -331,26 +329,6 @@ def squad_scores(predictions: list[str], examples, qa: QAConfig) -> dict[str, fl
     return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
 
 
-__all__ = [
-    "answer",
-    "MASKED_LOGIT",
-    "QAConfig",
-    "QAFeatures",
-    "QATask",
-    "TASK_TYPE",
-    "best_answers",
-    "check_answers",
-    "has_squad_files",
-    "is_extractive_qa",
-    "load_qa_task",
-    "qa_collator",
-    "read_qa_splits",
-    "read_squad_json",
-    "squad_scores",
-    "windows",
-]
-
-
 @dataclass
 class QATask:
     """What ``load_qa_task`` made: the spec, the questions of each split, their windows and ``data.qa``."""
@@ -380,3 +358,22 @@ def load_qa_task(data: Any, tokenizer) -> QATask:
     train_features = windows(train, tokenizer, qa, data.max_length, train=True)
     eval_features = windows(dev, tokenizer, qa, data.max_length, train=False)
     return QATask(spec, train, dev, train_features, eval_features, qa)
+
+
+__all__ = [
+    "answer",
+    "QAConfig",
+    "QAFeatures",
+    "QATask",
+    "TASK_TYPE",
+    "best_answers",
+    "check_answers",
+    "has_squad_files",
+    "is_extractive_qa",
+    "load_qa_task",
+    "qa_collator",
+    "read_qa_splits",
+    "read_squad_json",
+    "squad_scores",
+    "windows",
+]

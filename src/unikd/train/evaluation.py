@@ -77,10 +77,7 @@ def _check_qa_teacher(cfg: RunConfig, accelerator, teacher, eval_loader, qa_task
     baseline = qa_baseline(cfg.eval.metric)
     if cfg.stage != "task":
         return {"trivial_baseline": baseline}
-    was_training = teacher.training
-    teacher.eval()
     teacher_dev = {**qa_scores(teacher, eval_loader, accelerator, qa_task, cfg.eval.metric), "source": "evaluated"}
-    teacher.train(was_training)
     refuse_weak_teacher(
         teacher_dev,
         baseline,

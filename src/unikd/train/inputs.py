@@ -57,7 +57,6 @@ def is_causal_data(cfg: RunConfig) -> bool:
     """A task/finetune run on causal-LM data (``data.task_type: causal-lm``, or the source's columns say so)."""
     from unikd.data.causal import is_causal_lm
     from unikd.data.labelled import read_splits
-
     from unikd.data.qa import has_squad_files
 
     data = cfg.data
@@ -87,11 +86,15 @@ def _qa_inputs(cfg: RunConfig, tokenizer) -> Inputs:
 
     for field, value, fix in (
         ("data.transfer", cfg.data.transfer, "drop data.transfer (transfer sets are for sentence classification)"),
-        ("train.teacher_cache", cfg.train.teacher_cache, "drop train.teacher_cache (not for extractive-qa yet)"),
+        (
+            "train.teacher_cache",
+            cfg.train.teacher_cache and cfg.stage == "task",
+            "drop train.teacher_cache (not for extractive-qa yet)",
+        ),
         ("plan.pseudo_labels", cfg.plan.pseudo_labels, "drop plan.pseudo_labels (a span has no class to take)"),
         ("teacher.ensemble", cfg.teacher.ensemble, "distil one QA teacher (ensembles combine class logits)"),
     ):
-        if value and not (field == "train.teacher_cache" and cfg.stage != "task"):
+        if value:
             raise ConfigError(field, "is not supported on extractive-qa data", fix)
     task = load_qa_task(cfg.data, tokenizer)
     D.check_metric(task.spec, cfg.eval.metric)

@@ -198,12 +198,10 @@ def _models(cfg: RunConfig, accelerator, teacher_path: str, teacher_config, kind
         calib = data.collate([data.train[i] for i in range(min(cfg.student.init.calibration_texts, len(data.train)))])
     student = build_student(teacher, cfg.student.shape, cfg.student.init, calibration_batch=calib)
     ensemble = None
-    if cfg.teacher.ensemble:  # more teachers: their mean replaces the first's logits (unikd.ensemble)
-        from unikd.ensemble import attach, check_ensemble
+    if cfg.teacher.ensemble:  # more teachers (checked by validate_run): their mean replaces the first's logits
+        from unikd.ensemble import attach, member_paths
 
-        task_type = getattr(task, "task_type", None)
-        members = check_ensemble(cfg, teacher_path, teacher_config, task_type)
-        ensemble = attach(cfg, teacher, members, kind, task_type, **labels)
+        ensemble = attach(cfg, teacher, member_paths(cfg), kind, getattr(task, "task_type", None), **labels)
     if cfg.stage != "general":  # the task's label names in every config a run saves (pipeline() shows them)
         name_labels(teacher.config, cfg.data.task)
         name_labels(student.config, cfg.data.task)
