@@ -40,7 +40,10 @@ METHODS = {
     "unikd-kl": [{"knowledge": "logits", "loss": "kl"}],
     "unikd-jsd": [{"knowledge": "logits", "loss": "jsd", "beta": 0.5}],
     "unikd-kl+hidden": [{"knowledge": "logits", "loss": "kl"}, {"knowledge": "hidden", "matching": "uniform"}],
+    # train.fused_output_projection with train.logits_chunk_tokens = FUSED_CHUNK: the student's logits never made
+    "unikd-kl-fused": [{"knowledge": "logits", "loss": "kl"}],
 }
+FUSED_CHUNK = 256
 
 
 def smollm2_config(tiny: bool) -> LlamaConfig:
@@ -104,7 +107,9 @@ def build_methods(teacher, student_layers: int) -> dict:
         plan = DistillationPlan(
             PlanConfig(terms=terms, hard_label_weight=1.0), model_spec(teacher), model_spec(s), token_level_logits=True
         )
-        distiller = Distiller(plan, teacher, s)
+        fused = name.endswith("-fused")
+        plan.logits_chunk = FUSED_CHUNK if fused else None
+        distiller = Distiller(plan, teacher, s, fused_chunk=FUSED_CHUNK if fused else None)
         opt = torch.optim.AdamW(list(s.parameters()) + list(plan.parameters()), lr=LR)
 
         def step(batch, distiller=distiller, opt=opt):

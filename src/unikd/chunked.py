@@ -15,6 +15,8 @@ function                   holds for the backward pass
 ``fused_linear_divergence``  the gradients w.r.t. the student's last hidden states [N, d] and its output
                            projection [V, d] (+ bias): the student's [N, V] logits are never stored, and the
                            teacher's are made per chunk too when given as (hidden, weight, bias)
+``fused_linear_cross_entropy``  the same, for the next-token cross-entropy to the labels (the hard-label loss
+                           of a fused step, ``train.fused_output_projection``)
 =========================  ===================================================================================
 
 Values and gradients equal the unchunked losses of ``unikd.divergences`` / ``unikd.losses`` (the same per-row
@@ -150,3 +152,50 @@ def fused_linear_divergence(
         teacher = teacher.detach()
     scale = temperature**2 if t2_scaling else 1.0
     return _ChunkedDivergence.apply(hidden, weight, bias, teacher, rows_fn, parameter, chunk, temperature, scale)
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """hidden [N, d], weight [V, d], bias [V] | None, targets [N] (ids). The mean cross-entropy; the gradients are
+    taken per chunk in the forward, as in ``_ChunkedDivergence``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        n = hidden.shape[0]
+        grad_h = torch.zeros_like(hidden)
+        grad_w = torch.zeros_like(weight)
+        grad_b = torch.zeros_like(bias) if bias is not None else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            with torch.enable_grad():
+                h = hidden[rows].detach().requires_grad_(True)
+                w = weight.detach().requires_grad_(True)
+                b = bias.detach().requires_grad_(True) if bias is not None else None
+                logits = F.linear(h, w, b).float()
+                value = F.cross_entropy(logits, targets[rows], reduction="sum")
+                grads = torch.autograd.grad(value, [h, w] + ([b] if b is not None else []))
+            total += value.detach()
+            grad_h[rows] = grads[0]
+            grad_w += grads[1]
+            if b is not None:
+                grad_b += grads[2]
+        factor = 1.0 / max(n, 1)
+        ctx.save_for_backward(grad_h * factor, grad_w * factor, grad_b * factor if grad_b is not None else None)
+        return total * factor
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = [None if g is None else g * grad_out.to(g.dtype) for g in ctx.saved_tensors]
+        return (*grads, None, None)
+
+
+def fused_linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, *, chunk: int = 1024
+) -> Tensor:
+    """The mean cross-entropy of the logits ``hidden @ weight.T + bias`` (hidden [N, d], weight [V, d]) to
+    ``targets`` [N] (token ids), ``chunk`` rows at a time: the [N, V] logits are never stored whole (Liger-Kernel's
+    fused linear cross-entropy, in PyTorch). Equals ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``
+    in value and gradients. A scalar."""
+    if chunk < 1:
+        raise ConfigError("train.logits_chunk_tokens", f"must be >= 1, got {chunk}", "use e.g. 1024")
+    return _FusedCrossEntropy.apply(hidden, weight, bias, targets.long(), chunk)

@@ -276,6 +276,14 @@ class TrainConfig(_Strict):
         "taken at once (unikd.chunked): the divergence's [tokens, vocabulary] fp32 intermediates are never held for "
         "the whole batch (the same loss and gradients). For large vocabularies, e.g. 1024; default: unchunked.",
     )
+    fused_output_projection: bool = Field(
+        False,
+        description="With logits_chunk_tokens, a decoder's KD step: the student's output projection (lm_head) is "
+        "applied per chunk inside the token-level divergence and the next-token loss (unikd.chunked's fused "
+        "functions), so the student's [tokens, vocabulary] logits and their gradient are never stored (the same "
+        "losses and gradients). Every logits term needs a divergence loss (kl, reverse_kl, soft_ce, jsd, tvd, "
+        "skew_kl, skew_reverse_kl); not with the top-k teacher cache (train.teacher_cache_topk).",
+    )
     attention_capture: Literal["auto", "inline", "recompute"] = Field(
         "auto",
         description="How attention-map terms get their maps. inline: the matched layers compute "

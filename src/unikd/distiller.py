@@ -27,12 +27,14 @@ wrapped student) and ``wrapped_plan`` (the wrapped plan, when it has projections
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from unikd.capture import FeatureCapture, Features
+from unikd.chunked import fused_linear_cross_entropy
 from unikd.plan import DistillationPlan
 
 
@@ -62,6 +64,33 @@ def hard_label_loss(
     return (rows * weight).sum() / weight.sum().clamp_min(1)
 
 
+@contextlib.contextmanager
+def output_projection_skipped(model: nn.Module) -> Iterator[nn.Module]:
+    """For the forwards inside, ``model``'s output projection (``get_output_embeddings()``, the lm_head) returns its
+    input: the model's ``logits`` are its last hidden states [B, L, d] and the [B, L, V] logits are never made.
+    Yields the projection (its weight and bias are what the fused losses apply per chunk)."""
+    head = getattr(model, "module", model).get_output_embeddings()  # (a DDP-wrapped model: its module's)
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError("train.fused_output_projection: the student has no output projection (lm_head) to fuse")
+    head.forward = _passthrough  # the instance attribute shadows the class's forward
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _passthrough(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
+def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk: int) -> torch.Tensor:
+    """The causal LM's own loss (cross-entropy of position i's prediction to token i + 1, mean over the labelled
+    tokens, as HF's ``ForCausalLMLoss``) from the last hidden states [B, L, d] and the output projection, fused."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    return fused_linear_cross_entropy(hidden[:, :-1][keep], head.weight, head.bias, targets[keep], chunk=chunk)
+
+
 #: batch columns that describe rows for the loop (teacher-cache row ids, labelled/transfer flags), never model inputs
 ROW_COLUMNS = ("idx", "labelled", "prompt_length")
 
@@ -86,8 +115,12 @@ class Distiller:
         wrapped_student: Callable | None = None,
         wrapped_plan: Callable | None = None,
         policy=None,
+        fused_chunk: int | None = None,
     ):
         self.plan = plan
+        # train.fused_output_projection (decoders): the student's lm_head applied per chunk of this many tokens
+        # inside the losses (unikd.chunked), so its [tokens, V] logits are never stored
+        self.fused_chunk = fused_chunk
         self.wrapped_plan = wrapped_plan or plan
         self.student = student
         self.wrapped_student = wrapped_student or student
@@ -158,6 +191,8 @@ class Distiller:
             return loss, {"hard": loss.detach(), "total": loss.detach()}
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)
+        if self.fused_chunk:
+            return self._fused_step(batch, teacher, on_policy, step, total_steps, pairs)
         student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
         hard = None if on_policy else getattr(student.output, "loss", None)
         if labelled is not None and hard is not None:
@@ -174,6 +209,30 @@ class Distiller:
             pairs=pairs,
             release_maps=True,
             precomputed=precomputed,
+        )
+
+    def _fused_step(self, batch: dict, teacher: Features, on_policy: bool, step: int, total_steps: int, pairs):
+        """The step with the student's output projection fused into its losses: the student runs without labels
+        and with its lm_head skipped (its ``logits`` are its last hidden states); the logits terms and the
+        next-token loss apply the lm_head per chunk."""
+        labels = batch.get("labels")
+        student_inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with output_projection_skipped(self.student) as head:
+            student, precomputed = self.capture_student(student_inputs, teacher, step=step, pairs=pairs)
+        hard = None
+        if labels is not None and not on_policy:
+            hard = next_token_loss(student.logits, labels, head, self.fused_chunk)
+        return self.wrapped_plan(
+            teacher,
+            student,
+            labels=labels,
+            hard_loss=hard,
+            step=step,
+            total_steps=total_steps,
+            pairs=pairs,
+            release_maps=True,
+            precomputed=precomputed,
+            student_head=(head.weight, head.bias),
         )
 
     @torch.no_grad()

@@ -56,6 +56,7 @@ FIELDS: dict[str, str] = {
     "train.teacher_cache_dir": SPEED,  # where logits already computed may be found
     "train.attention_capture": SPEED,  # inline and recompute give the same losses and gradients
     "train.logits_chunk_tokens": SPEED,  # chunked divergences: the same losses and gradients (unikd.chunked)
+    "train.fused_output_projection": SPEED,  # the lm_head per chunk inside the losses: the same losses and gradients
     "train.keep_freed_memory": SPEED,  # the allocator's heap setting
     "train.cpu": SPEED,  # where a CPU-only run runs anyway
     "train.progress": WATCH,

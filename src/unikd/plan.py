@@ -294,6 +294,7 @@ class DistillationPlan(nn.Module):
         pairs: dict[int, Pairs] | None = None,
         release_maps: bool = False,
         precomputed: dict | None = None,
+        student_head: tuple | None = None,
     ):
         """Total loss and each term's unweighted value (detached tensors, so logging never syncs a GPU).
 
@@ -302,6 +303,8 @@ class DistillationPlan(nn.Module):
         layer's attention maps from ``teacher``/``student`` once the last attention loss has read them, so
         that only what backward needs stays alive: a lower peak, and those maps are gone from the Features.
         ``precomputed``: the values an ``inline_consumer`` computed during the student's forward (used up).
+        ``student_head``: (weight, bias) of the student's output projection when ``student.logits`` holds its
+        last hidden states (a fused step, ``train.fused_output_projection``).
         """
         pairs = self.pairs_at(step) if pairs is None else pairs
         book = AttentionBook(
@@ -322,6 +325,7 @@ class DistillationPlan(nn.Module):
             attention=book,
             logits_chunk=self.logits_chunk,
             shared_vocab=self.shared_vocab,
+            student_head=student_head,
         )
         total = torch.zeros((), device=student.attention_mask.device)
         logs: dict[str, torch.Tensor] = {}

@@ -68,3 +68,41 @@ def test_a_baseline_search_grid_names_its_field(tiny_teacher, mini_glue, tmp_pat
     with pytest.raises(ConfigError) as err:
         load_study(study)
     assert "baseline_search.grid.optim.lrr" in str(err.value)
+
+
+def test_baseline_search_variants_searches_only_the_named_variants_twins(tiny_teacher, mini_glue, tmp_path):
+    """baseline_search.variants: only the named variant's no-KD twin gets the grid; a second variant with a
+    different student keeps its untuned twin alone (no tuned student, no search rows); an unknown label is refused
+    by field before anything trains."""
+    out = tmp_path / "tuned"
+    study = _study(
+        tiny_teacher,
+        mini_glue,
+        out,
+        axes={},
+        mode="list",
+        latency={"enabled": False},
+        runs=[{"label": "one layer"}, {"label": "two layers", "student.shape": {"num_layers": 2}}],
+        baseline_search={
+            "grid": {"optim.lr": [1e-3, 2e-3], "train.max_steps": [5, 8]},
+            "holdout": 10,
+            "variants": ["one layer"],
+        },
+    )
+    runner = CountingFake(tuned_runner)
+    run_study(study, runner=runner, echo=lambda s: None)
+    searched = [c for c in runner.calls if c.data.holdout]
+    assert len(searched) == 4 and {c.student.shape.num_layers for c in searched} == {1}
+    rows = read_rows(out)
+    tuned = [r for r in rows if r["label"] == "no-KD tuned"]
+    assert len(tuned) == 1 and tuned[0]["config"]["student"]["shape"]["num_layers"] == 1
+    twins = [r for r in rows if r["kind"] == "no-KD" and r["label"] != "no-KD tuned"]
+    assert sorted(r["config"]["student"]["shape"]["num_layers"] for r in twins) == [1, 2]
+
+    study["baseline_search"]["variants"] = ["three layers"]
+    study["output_dir"] = str(tmp_path / "unknown")
+    again = CountingFake(tuned_runner)
+    with pytest.raises(ConfigError) as err:
+        run_study(study, runner=again, echo=lambda s: None)
+    assert "baseline_search.variants" in str(err.value) and "'one layer'" in str(err.value)
+    assert again.calls == []

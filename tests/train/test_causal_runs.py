@@ -213,7 +213,9 @@ def test_eval_metric_can_rank_by_the_samples_and_the_best_checkpoint_stays_on_pe
 @pytest.mark.parametrize("term", ["{knowledge: logits, loss: kl}", "{knowledge: logits, loss: jsd, beta: 0.5}"])
 def test_chunked_logits_train_the_same_student(teacher_run, tmp_path, term):
     """train.logits_chunk_tokens (3: chunks that split batches' scored tokens unevenly) trains the same run as the
-    unchunked divergence: the dev perplexities at steps 4, 8 and 12 agree to fp32 rounding."""
+    unchunked divergence, and so does train.fused_output_projection (the lm_head applied per chunk inside the
+    divergence and the next-token loss, the student's logits never made): the dev perplexities at steps 4, 8 and
+    12 agree to fp32 rounding."""
     root, _ = teacher_run
     base = [
         "stage=task",
@@ -229,9 +231,22 @@ def test_chunked_logits_train_the_same_student(teacher_run, tmp_path, term):
     chunked = run(
         load_config(None, [*base, *_files(root), f"output_dir={tmp_path / 'chunked'}", "train.logits_chunk_tokens=3"])
     )
+    fused = run(
+        load_config(
+            None,
+            [
+                *base,
+                *_files(root),
+                f"output_dir={tmp_path / 'fused'}",
+                "train.logits_chunk_tokens=3",
+                "train.fused_output_projection=true",
+            ],
+        )
+    )
     history = [h["perplexity"] for h in plain["history"]]
     assert len(history) == 3 and history[0] != history[-1]  # the student moved: the comparison has teeth
     assert [h["perplexity"] for h in chunked["history"]] == pytest.approx(history, rel=1e-4)
+    assert [h["perplexity"] for h in fused["history"]] == pytest.approx(history, rel=1e-4)
 
 
 def test_length_grouped_batches_train_a_causal_run(teacher_run, tmp_path):
@@ -268,3 +283,46 @@ def test_unikd_validate_reads_causal_data_with_the_teachers_tokenizer(teacher_ru
     assert "data.chat_template" in result.output and "Traceback" not in result.output, result.output
     assert result.exit_code == 3  # a data field (README "Exit codes")
     assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_fused_output_projection_is_refused_where_it_cannot_apply(teacher_run, tmp_path):
+    """train.fused_output_projection without chunks, with the top-k cache, or with a logits loss that has no
+    fused form: each refused by field before training."""
+    from unikd.train.validate import validate_run
+
+    root, _ = teacher_run
+    base = [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+        f"output_dir={tmp_path / 'fused'}",
+        *_files(root),
+    ]
+    for extra, expected in (
+        (["train.fused_output_projection=true"], "train.logits_chunk_tokens"),
+        (
+            [
+                "train.fused_output_projection=true",
+                "train.logits_chunk_tokens=8",
+                "train.teacher_cache=true",
+                "train.teacher_cache_topk=8",
+            ],
+            "train.teacher_cache_topk",
+        ),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            validate_run(load_config(None, [*base, *extra]))
+        assert exc.value.field == "train.fused_output_projection" and expected in str(exc.value)
+    cfg = load_config(
+        None,
+        [
+            *base,
+            "plan.terms=[{knowledge: logits, loss: mse}]",
+            "train.logits_chunk_tokens=8",
+            "train.fused_output_projection=true",
+        ],
+    )
+    with pytest.raises(ConfigError) as exc:
+        validate_run(cfg)
+    assert exc.value.field == "plan.terms[0].loss" and "fused" in exc.value.problem

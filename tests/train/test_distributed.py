@@ -97,6 +97,15 @@ def runs(tmp_path_factory, glue_dir, minilm_path, teacher_run) -> dict:
     jobs = [
         {"overrides": _causal(causal_root, tmp / "causal-ddp", 4, *CACHED_AND_CHUNKED)},
         {"overrides": _causal(causal_root, tmp / "causal-ddp-plain", 4)},
+        {
+            "overrides": _causal(
+                causal_root,
+                tmp / "causal-ddp-fused",
+                4,
+                "train.logits_chunk_tokens=5",
+                "train.fused_output_projection=true",
+            )
+        },
         {"overrides": resumed, "stop_after": 3},
         {"overrides": resumed, "resume": True},
         {
@@ -279,3 +288,12 @@ def test_two_processes_fill_one_token_cache_and_train_the_uncached_run(runs):
     assert np.load(cache / "filled.npy").all() and ddp["teacher_pass"]["rows"] == 64
     assert ddp["steps"] == plain["steps"] == 16  # 64 rows, 2 epochs, 2 processes x 4 rows a step
     assert ddp["final"]["perplexity"] == pytest.approx(plain["final"]["perplexity"], rel=2e-3)
+
+
+@pytest.mark.slow  # one 2-process launch for the module: about 50 s on 2 cores
+def test_two_processes_train_the_fused_projection_as_the_plain_run(runs):
+    """train.fused_output_projection under DDP: the lm_head's gradient, taken inside the fused losses (outside the
+    wrapped forward), still reaches every process's reducer, and the run equals the 2-process plain run."""
+    fused, plain = _metrics(runs["tmp"] / "causal-ddp-fused"), _metrics(runs["tmp"] / "causal-ddp-plain")
+    assert fused["steps"] == plain["steps"] == 16
+    assert fused["final"]["perplexity"] == pytest.approx(plain["final"]["perplexity"], rel=1e-4)

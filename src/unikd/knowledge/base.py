@@ -71,6 +71,8 @@ class StepContext:
     attention: AttentionBook
     logits_chunk: int | None = None  # train.logits_chunk_tokens: token-level divergences chunked (unikd.chunked)
     shared_vocab: int | None = None  # logits cropped to the tokenizer both embeddings pad past (unikd.vocab)
+    # train.fused_output_projection: the student's (weight [V, d], bias) - its "logits" are then its last hidden states
+    student_head: tuple | None = None
     _valid: Tensor | None = None
 
     @property

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from unikd import losses as L
 from unikd.capture import CaptureRequest
-from unikd.chunked import chunked_divergence
+from unikd.chunked import chunked_divergence, fused_linear_divergence
 from unikd.divergences import ROWS, scored_positions, topk_divergence
 from unikd.errors import ConfigError
 from unikd.families import ModelSpec
@@ -83,6 +83,8 @@ class LogitsTerm(Term):
         # getattr: a context built by hand (a user's loop, older callers) may lack the fields added for decoders
         if getattr(ctx.teacher, "topk", None) is not None:  # a token top-k cache's teacher (unikd.token_cache)
             return self._from_topk(ctx)
+        if getattr(ctx, "student_head", None) is not None:  # a fused step: the student's logits were never made
+            return self._fused(ctx)
         s, t = ctx.student.logits, ctx.teacher.logits
         # rows past a shared tokenizer are padding on either side
         if getattr(ctx, "shared_vocab", None) and s.dim() == 3:
@@ -121,6 +123,27 @@ class LogitsTerm(Term):
                 )
             return spec.fn(s, t, temperature=temperature, mask=mask, t2_scaling=self.t2_scaling, **extra)
         return spec.fn(s, t, mask=mask)
+
+    def _fused(self, ctx: StepContext) -> Tensor:
+        """train.fused_output_projection: ``ctx.student.logits`` are the student's last hidden states [B, L, d]; the
+        divergence applies its output projection chunk by chunk over the scored positions."""
+        (weight, bias), t = ctx.student_head, ctx.teacher.logits
+        if ctx.shared_vocab:
+            weight, t = weight[: ctx.shared_vocab], t[..., : ctx.shared_vocab]
+            bias = bias[: ctx.shared_vocab] if bias is not None else None
+        keep = scored_positions(ctx.labels, ctx.student.attention_mask, causal=ctx.student.causal).bool()
+        temperature = linear_schedule(self.temperature, self.temperature_end, ctx.step, ctx.total_steps)
+        return fused_linear_divergence(
+            ctx.student.logits[keep],
+            weight,
+            bias,
+            t[keep],
+            self.loss,
+            temperature=temperature,
+            chunk=ctx.logits_chunk,
+            t2_scaling=self.t2_scaling,
+            parameter=self.parameter_value if self.spec.parameter else None,
+        )
 
     def _from_topk(self, ctx: StepContext) -> Tensor:
         s = ctx.student.logits

@@ -89,6 +89,13 @@ class BaselineSearch(BaseModel):
     )
     holdout: int = Field(ge=1, description="Labelled training rows held out to score the search (data.holdout).")
     seed: int | None = Field(None, description="The search's seed (default: the study's first).")
+    variants: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Labels of the KD variants whose no-KD twins are searched (default: every variant's). A "
+        "variant left out is paired with its untuned twin alone, e.g. a one-factor diagnostic beside the recipe "
+        "(each distinct twin costs a whole grid).",
+    )
 
     @field_validator("grid")
     @classmethod

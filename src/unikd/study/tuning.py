@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unikd.errors import ConfigError
 from unikd.identity import config_hash, is_augmentation_only
 from unikd.io import atomic_write_json
 from unikd.study.db import DB_NAME, StudyDB
@@ -30,8 +31,11 @@ def baseline_search(study: StudyConfig, root: Path, planned: list[PlannedRun], r
     search = study.baseline_search
     seed = search.seed if search.seed is not None else study.seeds[0]
     twins: dict[tuple, PlannedRun] = {}
+    wanted = _searched_baselines(planned, search.variants)
     for run in planned:
         if run.kind == "no-KD" and run.seed == seed and not is_augmentation_only(run.config):
+            if wanted is not None and run.run_id not in wanted:
+                continue
             twins.setdefault((run.task, search_key(run.config, search.grid)), run)
     name = f"{study.name} / baseline search"
     runs = [r for r in planned if r.kind == "teacher"]
@@ -69,6 +73,21 @@ def baseline_search(study: StudyConfig, root: Path, planned: list[PlannedRun], r
     if summary["pending"] or summary["status"].get("failed"):
         return {}, summary
     return _choose(study, root, by_twin, seed), summary
+
+
+def _searched_baselines(planned: list[PlannedRun], variants: list[str] | None) -> set[str] | None:
+    """The run ids of the no-KD twins of ``variants`` (None: every twin); a label no KD variant has is refused."""
+    if variants is None:
+        return None
+    labels = {r.label for r in planned if r.kind == "kd"}
+    unknown = [v for v in variants if v not in labels]
+    if unknown:
+        raise ConfigError(
+            "baseline_search.variants",
+            f"{unknown} name no KD variant of the study",
+            f"give labels among {sorted(labels)}",
+        )
+    return {r.baseline_id for r in planned if r.kind == "kd" and r.label in variants}
 
 
 def _choose(study: StudyConfig, root: Path, by_twin: dict, seed: int) -> dict:

@@ -260,6 +260,7 @@ def _distiller(cfg: RunConfig, plan, teacher, student, cache, wrapped_plan, toke
         teacher_cache=cache,
         wrapped_plan=wrapped_plan,
         policy=_policy(cfg, tokenizer),
+        fused_chunk=cfg.train.logits_chunk_tokens if cfg.train.fused_output_projection and plan is not None else None,
     )
 
 

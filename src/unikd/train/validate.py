@@ -97,6 +97,8 @@ def _validate_step(cfg: RunConfig, teacher_config=None):
                 "drop the logits terms and set plan.hard_label_weight=0 (intermediate "
                 "knowledge only, as MiniLM does), or use a teacher with an MLM/CLM head",
             )
+    if cfg.train.fused_output_projection:
+        _check_fused(cfg, plan, cfg.stage == "general" or _causal(cfg))
     if cfg.teacher.ensemble:  # more teachers: their labels, tokenizers and weights (unikd.ensemble)
         from unikd.ensemble import check_ensemble
 
@@ -255,6 +257,39 @@ def _check_inputs(cfg: RunConfig, teacher_config, plan: DistillationPlan | None)
             'the transfer protocol"); use student.init.strategy=teacher-layers (or a general-stage student via '
             "student.init.strategy=pretrained) unless a random student is what you study"
         )
+
+
+def _check_fused(cfg: RunConfig, plan: DistillationPlan | None, token_level: bool) -> None:
+    """train.fused_output_projection: a decoder's (or general-stage) token-level step whose logits terms all have
+    a chunked divergence."""
+    from unikd.divergences import ROWS
+
+    if not cfg.train.logits_chunk_tokens:
+        raise ConfigError(
+            "train.fused_output_projection",
+            "the fused projection works chunk by chunk",
+            "set train.logits_chunk_tokens too (e.g. 1024)",
+        )
+    if cfg.train.teacher_cache_topk:
+        raise ConfigError(
+            "train.fused_output_projection",
+            "KD from the top-k teacher cache (train.teacher_cache_topk) reads the student's full logits",
+            "drop train.teacher_cache_topk or train.fused_output_projection",
+        )
+    if not token_level:
+        raise ConfigError(
+            "train.fused_output_projection",
+            "the fused projection is for token-level logits (a decoder's causal-LM data, or the general stage); "
+            "a classification head's [batch, classes] logits are small",
+            "drop train.fused_output_projection",
+        )
+    for i, term in enumerate(cfg.plan.terms):
+        if term.knowledge == "logits" and term.loss not in ROWS:
+            raise ConfigError(
+                f"plan.terms[{i}].loss",
+                f"{term.loss!r} has no fused form (train.fused_output_projection)",
+                f"use one of {', '.join(ROWS)}, or drop train.fused_output_projection",
+            )
 
 
 #: below this T², T² x a divergence underflows fp32 (its smallest normal is 1.2e-38; a KL is rarely above 1e3)
