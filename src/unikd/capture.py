@@ -474,12 +474,16 @@ class FeatureCapture:
         """[B, L, H*d] -> [B, H, L, d] (a view)."""
         return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
-    def __call__(self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None) -> Features:
+    def __call__(
+        self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None, copy_out: bool = True
+    ) -> Features:
         """Run the model on ``batch`` (a dict of model inputs) and return the requested features.
 
         Keys the model's ``forward`` does not name are dropped. ``teacher=True`` runs under
         ``torch.inference_mode()`` and returns normal tensors without grad; otherwise tensors keep
-        their autograd graph. ``autocast_dtype`` runs the forward under ``torch.autocast``.
+        their autograd graph. ``autocast_dtype`` runs the forward under ``torch.autocast``. ``copy_out=False``
+        (a teacher pass that only stores them) leaves the teacher's tensors as inference tensors: no loss can save
+        them for backward, and the [B, L, V] copy of a decoder's logits (3% of its forward) is not made.
         """
         if self.attention_mode == "auto" and self.request.attention:
             self.attention_mode = self._auto_mode()
@@ -508,7 +512,7 @@ class FeatureCapture:
         # Outside inference mode: reshape, split, rotate, and (teacher) copy out the kept tensors.
         try:
             with torch.no_grad() if teacher else contextlib.nullcontext():
-                features = self._collect(output, attention_mask, teacher, batch.get("context_mask"))
+                features = self._collect(output, attention_mask, teacher and copy_out, batch.get("context_mask"))
         finally:
             self._clear()
         return features

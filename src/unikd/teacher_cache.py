@@ -360,7 +360,7 @@ def teacher_pass(cfg, accelerator, distiller, train_ds, collate) -> dict:
         rows = mine[first : first + size]
         batch = collate([train_ds[i] for i in rows])
         batch = {k: v.to(accelerator.device) for k, v in model_inputs(batch).items()}
-        distiller.capture_teacher(batch, torch.tensor(rows, device=accelerator.device))  # stores the rows
+        distiller.fill_cache(batch, torch.tensor(rows, device=accelerator.device))
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:

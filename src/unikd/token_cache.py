@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from unikd.capture import Features
 from unikd.divergences import LOG_FLOOR, ROWS, scored_positions, topk_divergence  # noqa: F401 - the cache's reader
@@ -124,8 +123,7 @@ class TokenTopkCache:
         if not self.is_open:
             self._open(logits.shape[-1], mode="w+")
         mask = scored_positions(batch["labels"], features.attention_mask, causal=True).bool()
-        log_p = F.log_softmax(logits[mask].float() / self.temperature, dim=-1)
-        top, ids = log_p.topk(self.k, dim=-1)
+        top, ids = self._top_k(logits, mask)
         tail = torch.log(-torch.expm1(torch.logsumexp(top, dim=-1).clamp(max=-1e-7))).clamp(min=LOG_FLOOR)
         top, ids, tail = top.cpu().numpy(), ids.cpu().numpy(), tail.cpu().numpy()
         first = 0
@@ -142,6 +140,27 @@ class TokenTopkCache:
             self._arrays["tail"][start:end] = tail[first : first + count]
             first += count
         self._arrays["filled"][idx.cpu().numpy()] = True
+
+    #: scored positions per chunk of the top-k: [64, V] fp32 at a time (12.6 MB at V = 49,152) instead of the
+    #: batch's [positions, V] log-softmax: the store's time fell by about a third on a CPU (2% of the teacher pass)
+    TOPK_CHUNK = 64
+
+    def _top_k(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k log p (at the cache's temperature) and ids at the scored positions of ``logits`` [B, L, V], in
+        row-major order: the top-k of the logits less their logsumexp, a chunk of positions at a time."""
+        flat = logits.reshape(-1, logits.shape[-1])
+        where = mask.reshape(-1).nonzero().squeeze(-1)
+        tops, ids = [], []
+        for start in range(0, len(where), self.TOPK_CHUNK):
+            x = flat[where[start : start + self.TOPK_CHUNK]].float()
+            if self.temperature != 1.0:
+                x = x / self.temperature
+            top, idx = x.topk(self.k, dim=-1)
+            tops.append(top - torch.logsumexp(x, dim=-1, keepdim=True))
+            ids.append(idx)
+        if not tops:
+            return logits.new_zeros((0, self.k), dtype=torch.float32), torch.zeros((0, self.k), dtype=torch.long)
+        return torch.cat(tops), torch.cat(ids)
 
     def missing(self, rows: list[int]) -> list[int]:
         if not self.is_open:
