@@ -248,11 +248,11 @@ def test_processes_split_one_list_even_when_one_reads_it_late(tmp_path):
             print=lambda *a: None,
         )
 
-        def capture_teacher(batch, idx):
+        def fill_cache(batch, idx):
             labelled.extend(idx.tolist())
             cache.store(idx, SimpleNamespace(logits=torch.stack([idx.float(), -idx.float()], dim=-1)))
 
-        distiller = SimpleNamespace(cache=cache, capture_teacher=capture_teacher)
+        distiller = SimpleNamespace(cache=cache, fill_cache=fill_cache)
         cfg = SimpleNamespace(
             train=SimpleNamespace(eval_batch_size=4, batch_size=2, progress=False, teacher_cache_dir=None)
         )
