@@ -200,11 +200,13 @@ class Distiller:
             return loss, {"hard": loss.detach(), "total": loss.detach()}
         pairs = self._pairs(step)
         teacher = self.capture_teacher(batch, idx)
+        head = None
         if self.fused_chunk:
-            return self._fused_step(batch, teacher, on_policy, step, total_steps, pairs)
-        student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
-        hard = None if on_policy else getattr(student.output, "loss", None)
-        if labelled is not None and hard is not None:
+            student, precomputed, hard, head = self._fused_student(batch, teacher, on_policy, step, pairs)
+        else:
+            student, precomputed = self.capture_student(batch, teacher, step=step, pairs=pairs)
+            hard = None if on_policy else getattr(student.output, "loss", None)
+        if labelled is not None and hard is not None and head is None:
             hard = hard_label_loss(
                 student.logits, batch["labels"], labelled, teacher.logits, pseudo_labels=self.plan.config.pseudo_labels
             )
@@ -218,12 +220,13 @@ class Distiller:
             pairs=pairs,
             release_maps=True,
             precomputed=precomputed,
+            student_head=None if head is None else (head.weight, head.bias),
         )
 
-    def _fused_step(self, batch: dict, teacher: Features, on_policy: bool, step: int, total_steps: int, pairs):
-        """The step with the student's output projection fused into its losses: the student runs without labels
-        and with its lm_head skipped (its ``logits`` are its last hidden states); the logits terms and the
-        next-token loss apply the lm_head per chunk."""
+    def _fused_student(self, batch: dict, teacher: Features, on_policy: bool, step: int, pairs):
+        """The student's side of a step with its output projection fused into the losses: it runs without labels
+        and with its lm_head skipped (its ``logits`` are its last hidden states), and the next-token loss applies
+        the lm_head per chunk. (features, precomputed, hard-label loss or None, the lm_head)."""
         labels = batch.get("labels")
         student_inputs = {k: v for k, v in batch.items() if k != "labels"}
         with output_projection_skipped(self.student) as head:
@@ -231,18 +234,7 @@ class Distiller:
         hard = None
         if labels is not None and not on_policy:
             hard = next_token_loss(student.logits, labels, head, self.fused_chunk)
-        return self.wrapped_plan(
-            teacher,
-            student,
-            labels=labels,
-            hard_loss=hard,
-            step=step,
-            total_steps=total_steps,
-            pairs=pairs,
-            release_maps=True,
-            precomputed=precomputed,
-            student_head=(head.weight, head.bias),
-        )
+        return student, precomputed, hard, head
 
     @torch.no_grad()
     def evaluate_loss(self, batch: dict) -> torch.Tensor:

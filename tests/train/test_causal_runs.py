@@ -18,6 +18,16 @@ from unikd.errors import ConfigError
 from unikd.train import run
 
 
+def _one_layer_student(root: Path) -> list[str]:
+    """A task-stage run from the toy decoder teacher into a student of its first layer."""
+    return [
+        "stage=task",
+        f"teacher.path={root / 'teacher' / 'student'}",
+        "student.shape.num_layers=1",
+        "student.init.strategy=teacher-layers",
+    ]
+
+
 def _independent_perplexity(model_dir: Path, rows: list[dict]) -> float:
     """Response perplexity from HF's own loss, one row at a time: Σ (mean NLL of the row × its scored tokens) / Σ
     tokens, the prompt + "\\n" + response + EOS rendering written out here."""
@@ -218,10 +228,7 @@ def test_chunked_logits_train_the_same_student(teacher_run, tmp_path, term):
     12 agree to fp32 rounding."""
     root, _ = teacher_run
     base = [
-        "stage=task",
-        f"teacher.path={root / 'teacher' / 'student'}",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
+        *_one_layer_student(root),
         f"plan.terms=[{term}]",
         "train.max_steps=12",
         "train.eval_every=4",
@@ -292,10 +299,7 @@ def test_fused_output_projection_is_refused_where_it_cannot_apply(teacher_run, t
 
     root, _ = teacher_run
     base = [
-        "stage=task",
-        f"teacher.path={root / 'teacher' / 'student'}",
-        "student.shape.num_layers=1",
-        "student.init.strategy=teacher-layers",
+        *_one_layer_student(root),
         f"output_dir={tmp_path / 'fused'}",
         *_files(root),
     ]
