@@ -47,6 +47,7 @@ def test_report_numbers_over_seeds_and_tasks(tiny_teacher, mini_glue, tmp_path, 
         assert float(rec["latency_b32_ms_mean"]) == pytest.approx(32 * float(rec["latency_ms_mean"]), rel=1e-9)
     md = (out / "report.md").read_text()
     assert "| parameters | latency (ms) | latency b32 (ms) |" in md and "at batch 1 in PyTorch" in md
+    assert "is on dev, which chose nothing here. A ranking of the variants read off these tables is chosen and " in md
     assert {rec["steps"] for rec in results} == {"1"} and "| steps | wall (s) |" in md  # fake_runner's 1 step
 
 

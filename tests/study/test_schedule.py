@@ -96,6 +96,7 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     md = Path(make_report(out)["report.md"]).read_text()
     assert "## Schedule check" in md and "| sst2 | 1.0 | 88.00 | 90.00 | 86.00 | 4 |" in md
     assert "standard error of about 12.6 points on 10 rows" in md
+    assert "the schedule check chose the step budgets on 10 held-out training rows" in md
     # again: nothing trains (the check and the study are found by hash)
     again = CountingFake(scheduled_runner)
     run_study(study, runner=again, echo=lambda s: None)
@@ -103,4 +104,5 @@ def test_a_schedule_check_sets_each_objectives_steps_from_held_out_rows(tiny_tea
     # another study in the same directory (no check) reports without the check: its runs did not train by it
     other = dict(study, name="other", seeds=[3], schedule_check=None)
     run_study(other, runner=CountingFake(scheduled_runner), echo=lambda s: None)
-    assert "## Schedule check" not in Path(make_report(out)["report.md"]).read_text()
+    md = Path(make_report(out)["report.md"]).read_text()
+    assert "## Schedule check" not in md and "the schedule check chose" not in md

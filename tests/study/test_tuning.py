@@ -52,7 +52,9 @@ def test_a_baseline_search_tunes_the_no_kd_student_on_held_out_rows_and_the_repo
     paths = make_report(out)
     paired = list(csv.DictReader(open(paths["paired_tuned_no_kd.csv"])))
     assert {p["baseline"] for p in paired} == {"no-KD tuned"} and {p["n"] for p in paired} == {"2"}
-    assert "## Paired differences to tuned no-KD" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Paired differences to tuned no-KD" in report
+    assert "the baseline search chose the tuned no-KD settings on 10 held-out training rows" in report
     again = CountingFake(tuned_runner)
     run_study(study, runner=again, echo=lambda s: None)
     assert again.calls == []  # the search and the study are found by hash

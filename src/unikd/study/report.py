@@ -336,6 +336,30 @@ def _schedule_section(study_dir: Path, studies: list[str]) -> list[str]:
     ]
 
 
+def _splits_note(study_dir: Path, studies: list[str]) -> str:
+    """Which split chose and which reports (issue 35): the scores are dev's; what the study chose itself was
+    chosen on held-out training rows, and a ranking read off this report is chosen on the dev it reports."""
+    chose = []
+    path = study_dir / SCHEDULE_FILE
+    if path.is_file():
+        check = json.loads(path.read_text())
+        if schedule_check_study(check, studies[0] if studies else None) in studies:
+            chose.append(f"the schedule check chose the step budgets on {check['holdout']} held-out training rows")
+    path = study_dir / SEARCH_FILE
+    if path.is_file():
+        search = json.loads(path.read_text())
+        chose.append(
+            f"the baseline search chose the tuned no-KD settings on {search['holdout']} held-out training rows"
+        )
+    head = "Splits: every score in this report is on dev, which chose nothing here"
+    if chose:
+        return f"{head}: {'; '.join(chose)}. A ranking of the variants read off these tables is chosen on dev."
+    return (
+        f"{head}. A ranking of the variants read off these tables is chosen and reported on the same dev rows: "
+        "confirm it on held-out training rows (a schedule check or baseline search: data.holdout) or another task."
+    )
+
+
 def _scores_note(tasks: list[str], batches: list[str]) -> str:
     latency = f"Latency: CPU p50 at batch {batches[0]} in PyTorch" + (
         f" (batch {', '.join(batches[1:])}: their own columns)." if len(batches) > 1 else "."
@@ -395,6 +419,8 @@ def make_report(study_dir: str | os.PathLike, compare: tuple[str, str] | None = 
         "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (database {DB_NAME}).",
         "",
         _scores_note(tasks, latency_batches(done)),
+        "",
+        _splits_note(study_dir, names),
         "",
     ]
     if per_variant:
