@@ -474,16 +474,12 @@ class FeatureCapture:
         """[B, L, H*d] -> [B, H, L, d] (a view)."""
         return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
-    def __call__(
-        self, batch: dict, *, teacher: bool = False, autocast_dtype: torch.dtype | None = None, copy_out: bool = True
-    ) -> Features:
+    def __call__(self, batch: dict, *, teacher=False, autocast_dtype: torch.dtype | None = None, copy_out=True):
         """Run the model on ``batch`` (a dict of model inputs) and return the requested features.
 
-        Keys the model's ``forward`` does not name are dropped. ``teacher=True`` runs under
-        ``torch.inference_mode()`` and returns normal tensors without grad; otherwise tensors keep
-        their autograd graph. ``autocast_dtype`` runs the forward under ``torch.autocast``. ``copy_out=False``
-        (a teacher pass that only stores them) leaves the teacher's tensors as inference tensors: no loss can save
-        them for backward, and the [B, L, V] copy of a decoder's logits (3% of its forward) is not made.
+        Keys the model's ``forward`` does not name are dropped. ``teacher=True`` runs under ``torch.inference_mode()``
+        and returns normal tensors without grad (``copy_out=False``: inference tensors, for a pass that only stores
+        them, no [B, L, V] copy); otherwise tensors keep their graph. ``autocast_dtype``: under ``torch.autocast``.
         """
         if self.attention_mode == "auto" and self.request.attention:
             self.attention_mode = self._auto_mode()
