@@ -203,12 +203,17 @@ def main(argv=None) -> dict:
         "steps": steps,
         "generation": gen,
     }
+    write_result(result, args.out)
+    return result
+
+
+def write_result(result: dict, out: Path | None) -> None:
+    """Print the result as JSON and, with ``--out``, write it there (the other decoder benchmarks call this)."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return result
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

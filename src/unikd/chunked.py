@@ -26,6 +26,7 @@ functions, ``divergences.ROWS``; tests/test_chunked.py: 1e-5 relative), mean ove
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -61,10 +62,12 @@ def _teacher_log_probs(teacher: Teacher, rows: slice, temperature: float) -> Ten
 
 class _ChunkedDivergence(torch.autograd.Function):
     """x: student logits [N, V] (``weight`` None) or last hidden states [N, d] with the output projection
-    ``weight`` [V, d] and ``bias`` [V] | None. Returns the mean divergence; the gradients come from the forward."""
+    ``weight`` [V, d] and ``bias`` [V] | None; ``target(rows)``: what ``rows_fn`` compares a chunk's student
+    log-probabilities with (the teacher's log-probabilities, or the labels' ids). Returns the mean of ``rows_fn``;
+    the gradients come from the forward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, teacher, rows_fn, parameter, chunk, temperature, scale):
+    def forward(ctx, x, weight, bias, target, rows_fn, parameter, chunk, temperature, scale):
         n = x.shape[0]
         grad_x = torch.zeros_like(x)
         grad_w = torch.zeros_like(weight) if weight is not None else None
@@ -72,7 +75,7 @@ class _ChunkedDivergence(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
-            log_p = _teacher_log_probs(teacher, rows, temperature)
+            log_p = target(rows)
             with torch.enable_grad():
                 x_c = x[rows].detach().requires_grad_(True)
                 leaves = [x_c]
@@ -123,7 +126,9 @@ def chunked_divergence(
     if s.shape != t.shape:
         raise ConfigError("logits", f"student {tuple(s.shape)} and teacher {tuple(t.shape)} differ", "same vocabulary")
     scale = temperature**2 if t2_scaling else 1.0
-    return _ChunkedDivergence.apply(s, None, None, t.detach(), rows_fn, parameter, chunk, temperature, scale)
+    t = t.detach()
+    target = functools.partial(_teacher_log_probs, t, temperature=temperature)
+    return _ChunkedDivergence.apply(s, None, None, target, rows_fn, parameter, chunk, temperature, scale)
 
 
 def fused_linear_divergence(
@@ -151,42 +156,13 @@ def fused_linear_divergence(
     else:
         teacher = teacher.detach()
     scale = temperature**2 if t2_scaling else 1.0
-    return _ChunkedDivergence.apply(hidden, weight, bias, teacher, rows_fn, parameter, chunk, temperature, scale)
+    target = functools.partial(_teacher_log_probs, teacher, temperature=temperature)
+    return _ChunkedDivergence.apply(hidden, weight, bias, target, rows_fn, parameter, chunk, temperature, scale)
 
 
-class _FusedCrossEntropy(torch.autograd.Function):
-    """hidden [N, d], weight [V, d], bias [V] | None, targets [N] (ids). The mean cross-entropy; the gradients are
-    taken per chunk in the forward, as in ``_ChunkedDivergence``."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
-        n = hidden.shape[0]
-        grad_h = torch.zeros_like(hidden)
-        grad_w = torch.zeros_like(weight)
-        grad_b = torch.zeros_like(bias) if bias is not None else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            with torch.enable_grad():
-                h = hidden[rows].detach().requires_grad_(True)
-                w = weight.detach().requires_grad_(True)
-                b = bias.detach().requires_grad_(True) if bias is not None else None
-                logits = F.linear(h, w, b).float()
-                value = F.cross_entropy(logits, targets[rows], reduction="sum")
-                grads = torch.autograd.grad(value, [h, w] + ([b] if b is not None else []))
-            total += value.detach()
-            grad_h[rows] = grads[0]
-            grad_w += grads[1]
-            if b is not None:
-                grad_b += grads[2]
-        factor = 1.0 / max(n, 1)
-        ctx.save_for_backward(grad_h * factor, grad_w * factor, grad_b * factor if grad_b is not None else None)
-        return total * factor
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grads = [None if g is None else g * grad_out.to(g.dtype) for g in ctx.saved_tensors]
-        return (*grads, None, None)
+def _cross_entropy_rows(log_q: Tensor, targets: Tensor, parameter=None) -> Tensor:
+    """Each row's cross-entropy to its target id: -log q(target)."""
+    return -log_q.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def fused_linear_cross_entropy(
@@ -198,4 +174,7 @@ def fused_linear_cross_entropy(
     in value and gradients. A scalar."""
     if chunk < 1:
         raise ConfigError("train.logits_chunk_tokens", f"must be >= 1, got {chunk}", "use e.g. 1024")
-    return _FusedCrossEntropy.apply(hidden, weight, bias, targets.long(), chunk)
+    targets = targets.long()
+    return _ChunkedDivergence.apply(
+        hidden, weight, bias, targets.__getitem__, _cross_entropy_rows, None, chunk, 1.0, 1.0
+    )

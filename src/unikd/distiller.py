@@ -151,9 +151,7 @@ class Distiller:
         cache = self.cache if idx is not None else None
         features = cache.lookup(idx, batch) if cache is not None else None
         if features is None:
-            # without the labels: the teacher's own loss is never read, and a decoder's costs ~2% of its forward
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            features = self.teacher_capture(inputs, teacher=True, autocast_dtype=self.teacher_dtype)
+            features = self._teacher_features(batch)
             if cache is not None:
                 cache.store(idx, features, batch)
         return features
@@ -161,9 +159,13 @@ class Distiller:
     def fill_cache(self, batch: dict, idx: torch.Tensor) -> None:
         """The teacher pass's call (``unikd.teacher_cache.teacher_pass``): the teacher's outputs of rows ``idx``
         into the cache, as inference tensors (nothing here is saved for backward, so they are not copied out)."""
+        self.cache.store(idx, self._teacher_features(batch, copy_out=False), batch)
+
+    def _teacher_features(self, batch: dict, copy_out: bool = True) -> Features:
+        """The teacher's capture of ``batch`` without its labels: the teacher's own loss is never read, and a
+        decoder's costs ~2% of its forward."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        features = self.teacher_capture(inputs, teacher=True, autocast_dtype=self.teacher_dtype, copy_out=False)
-        self.cache.store(idx, features, batch)
+        return self.teacher_capture(inputs, teacher=True, autocast_dtype=self.teacher_dtype, copy_out=copy_out)
 
     def capture_student(
         self, batch: dict, teacher: Features, *, step: int = 0, pairs: dict | None = None
